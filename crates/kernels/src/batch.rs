@@ -1,0 +1,196 @@
+//! A batch of dispatches: one uniform arena (every dispatch's parameters at aligned offsets of a
+//! single buffer), one command encoder, one compute pass, one submission.
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::pipeline::PipelineKey;
+use crate::{GpuContext, KernelError, Result, Tensor};
+
+/// Largest workgroup count per dimension WebGPU guarantees.
+pub(crate) const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
+
+#[derive(Debug)]
+struct Dispatch {
+    key: PipelineKey,
+    source: &'static str,
+    uniform_offset: u64,
+    uniform_size: u64,
+    bindings: Vec<(wgpu::Buffer, u64)>,
+    workgroups: [u32; 3],
+}
+
+/// Dispatches recorded for one submission. Record with the launchers in [`crate::ops`], then
+/// [`Batch::submit`].
+#[derive(Debug)]
+pub struct Batch<'c> {
+    ctx: &'c GpuContext,
+    arena: Vec<u8>,
+    dispatches: Vec<Dispatch>,
+}
+
+impl<'c> Batch<'c> {
+    pub(crate) fn new(ctx: &'c GpuContext) -> Self {
+        Self {
+            ctx,
+            arena: Vec::new(),
+            dispatches: Vec::new(),
+        }
+    }
+
+    /// The context the batch records for.
+    pub fn context(&self) -> &'c GpuContext {
+        self.ctx
+    }
+
+    /// Number of dispatches recorded so far.
+    pub fn len(&self) -> usize {
+        self.dispatches.len()
+    }
+
+    /// Whether nothing has been recorded.
+    pub fn is_empty(&self) -> bool {
+        self.dispatches.is_empty()
+    }
+
+    /// Records one dispatch: `params` at binding 0 (uniform), `tensors` at bindings 1.. (storage,
+    /// in the order the shader declares them).
+    pub(crate) fn dispatch<P: Pod>(
+        &mut self,
+        key: PipelineKey,
+        source: &'static str,
+        params: &P,
+        tensors: &[&Tensor],
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        if let Some(&n) = workgroups.iter().find(|&&n| n > MAX_WORKGROUPS_PER_DIM) {
+            return Err(KernelError::Dispatch {
+                op: key.entry,
+                detail: format!(
+                    "{n} workgroups in one dimension (at most {MAX_WORKGROUPS_PER_DIM})"
+                ),
+            });
+        }
+        let mut bindings = Vec::with_capacity(tensors.len());
+        for tensor in tensors {
+            self.ctx.check_binding_size(tensor.byte_len())?;
+            bindings.push((tensor.buffer().clone(), tensor.byte_len()));
+        }
+        let align = u64::from(self.ctx.limits().min_uniform_buffer_offset_alignment);
+        let uniform_offset = (self.arena.len() as u64).div_ceil(align) * align;
+        let bytes = bytemuck::bytes_of(params);
+        self.arena.resize(uniform_offset as usize, 0);
+        self.arena.extend_from_slice(bytes);
+        self.dispatches.push(Dispatch {
+            key,
+            source,
+            uniform_offset,
+            uniform_size: bytes.len() as u64,
+            bindings,
+            workgroups,
+        });
+        Ok(())
+    }
+
+    /// Compiles any pipeline not yet cached, encodes every dispatch into one compute pass and
+    /// submits it. GPU errors come back as typed errors.
+    pub async fn submit(self) -> Result<()> {
+        let ctx = self.ctx;
+        ctx.check_health()?;
+        if self.dispatches.is_empty() {
+            return Ok(());
+        }
+        let mut pipelines = Vec::with_capacity(self.dispatches.len());
+        for d in &self.dispatches {
+            let pipeline = match ctx.pipelines.get(&d.key) {
+                Some(p) => p,
+                None => ctx.pipelines.compile(&ctx.device, &d.key, d.source).await?,
+            };
+            pipelines.push(pipeline);
+        }
+
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let arena = ctx
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("uniform arena"),
+                contents: &self.arena,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch"),
+                timestamp_writes: None,
+            });
+            for (d, pipeline) in self.dispatches.iter().zip(&pipelines) {
+                let mut entries = vec![wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &arena,
+                        offset: d.uniform_offset,
+                        size: wgpu::BufferSize::new(d.uniform_size),
+                    }),
+                }];
+                for (i, (buffer, size)) in d.bindings.iter().enumerate() {
+                    entries.push(wgpu::BindGroupEntry {
+                        binding: i as u32 + 1,
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: 0,
+                            size: wgpu::BufferSize::new(*size),
+                        }),
+                    });
+                }
+                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some(d.key.entry),
+                    layout: &pipeline.get_bind_group_layout(0),
+                    entries: &entries,
+                });
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, &bind_group, &[]);
+                let [x, y, z] = d.workgroups;
+                pass.dispatch_workgroups(x, y, z);
+            }
+        }
+        ctx.queue.submit([encoder.finish()]);
+        if let Some(error) = out_of_memory.pop().await {
+            return Err(KernelError::OutOfMemory(error.to_string()));
+        }
+        if let Some(error) = validation.pop().await {
+            return Err(KernelError::Validation(error.to_string()));
+        }
+        ctx.check_health()
+    }
+}
+
+/// Workgroups for `threads` invocations of a 1-D kernel with `workgroup_size` threads: split over
+/// x and y when x alone would exceed the per-dimension limit. Kernels rebuild the linear index
+/// from `workgroup_id` and `num_workgroups`.
+pub(crate) fn grid_1d(threads: usize, workgroup_size: u32) -> [u32; 3] {
+    let groups = (threads as u64).div_ceil(u64::from(workgroup_size)).max(1);
+    let max = u64::from(MAX_WORKGROUPS_PER_DIM);
+    if groups <= max {
+        [groups as u32, 1, 1]
+    } else {
+        let y = groups.div_ceil(max);
+        [groups.div_ceil(y) as u32, y as u32, 1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grid_1d;
+
+    #[test]
+    fn grid_covers_every_thread_within_limits() {
+        for threads in [1usize, 255, 256, 257, 65535 * 256, 65535 * 256 + 1, 200_000_000] {
+            let [x, y, z] = grid_1d(threads, 256);
+            assert!(x <= 65535 && y <= 65535 && z == 1, "{threads}: {x}x{y}");
+            assert!(u64::from(x) * u64::from(y) * 256 >= threads as u64, "{threads} not covered");
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The GPU context: adapter choice, device creation with the limits the model needs, error and
+//! device-loss capture, the pipeline cache, the buffer pool, uploads and the readback path.
+
+use std::sync::{Arc, Mutex};
+
+use crate::pipeline::PipelineCache;
+use crate::pool::BufferPool;
+use crate::tensor::{DType, Tensor};
+use crate::{KernelError, Result};
+
+/// WebGPU's default `maxStorageBufferBindingSize` (128 MiB), the budget every kernel is planned in.
+pub const DEFAULT_MAX_BINDING: u64 = 128 << 20;
+/// WebGPU's default `maxBufferSize` (256 MiB).
+pub const DEFAULT_MAX_BUFFER: u64 = 256 << 20;
+
+/// How f16 weights are read by the shaders.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum F16Mode {
+    /// Native `f16` (`enable f16;`) when the adapter has `shader-f16`, packed otherwise.
+    #[default]
+    Auto,
+    /// Always the packed path: pairs of f16 in a `u32`, read with `unpack2x16float`. This is what
+    /// browsers without `shader-f16` run; tests force it to prove that path on any adapter.
+    ForcePacked,
+}
+
+/// Buffer sizes the caller needs beyond WebGPU's defaults (from the memory planner).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NeededLimits {
+    /// Largest storage binding, in bytes.
+    pub storage_binding: u64,
+    /// Largest buffer, in bytes.
+    pub buffer: u64,
+}
+
+impl Default for NeededLimits {
+    fn default() -> Self {
+        Self {
+            storage_binding: DEFAULT_MAX_BINDING,
+            buffer: DEFAULT_MAX_BUFFER,
+        }
+    }
+}
+
+/// How to pick the adapter and create the device.
+#[derive(Clone, Debug)]
+pub struct ContextOptions {
+    /// High performance (a discrete GPU) first, by default.
+    pub power_preference: wgpu::PowerPreference,
+    /// Pick the first adapter whose name contains this (case-insensitive), for machines with
+    /// several GPUs. Native only.
+    pub adapter_name: Option<String>,
+    /// Backends to consider; `None` means all that this build enabled.
+    pub backends: Option<wgpu::Backends>,
+    /// Fail unless the adapter runs on this backend (wgpu may otherwise fall back silently).
+    pub expect_backend: Option<wgpu::Backend>,
+    /// Sizes beyond the WebGPU defaults that the model needs.
+    pub needed: NeededLimits,
+    /// How f16 weights are read.
+    pub f16: F16Mode,
+}
+
+impl Default for ContextOptions {
+    fn default() -> Self {
+        Self {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            adapter_name: None,
+            backends: None,
+            expect_backend: None,
+            needed: NeededLimits::default(),
+            f16: F16Mode::Auto,
+        }
+    }
+}
+
+impl ContextOptions {
+    /// Defaults, overridden by the environment:
+    /// - `SD_ADAPTER` (or wgpu's `WGPU_ADAPTER_NAME`): a substring of the adapter's name;
+    /// - `WGPU_BACKEND`: `vulkan`, `metal`, `dx12` (comma-separated list);
+    /// - `SD_EXPECT_BACKEND`: fail unless the adapter is on this backend;
+    /// - `SD_F16`: `auto` (default) or `packed`.
+    pub fn from_env() -> Result<Self> {
+        let mut options = Self::default();
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        options.adapter_name = var("SD_ADAPTER").or_else(|| var("WGPU_ADAPTER_NAME"));
+        if let Some(value) = var("WGPU_BACKEND") {
+            let backends = wgpu::Backends::from_comma_list(&value);
+            if backends.is_empty() {
+                return Err(KernelError::Env {
+                    var: "WGPU_BACKEND",
+                    value,
+                    allowed: "a comma-separated list of vulkan, metal, dx12, webgpu",
+                });
+            }
+            options.backends = Some(backends);
+        }
+        if let Some(value) = var("SD_EXPECT_BACKEND") {
+            options.expect_backend = Some(parse_backend(&value).ok_or(KernelError::Env {
+                var: "SD_EXPECT_BACKEND",
+                value,
+                allowed: "one of vulkan, metal, dx12, webgpu",
+            })?);
+        }
+        if let Some(value) = var("SD_F16") {
+            options.f16 = match value.to_ascii_lowercase().as_str() {
+                "auto" => F16Mode::Auto,
+                "packed" => F16Mode::ForcePacked,
+                _ => {
+                    return Err(KernelError::Env {
+                        var: "SD_F16",
+                        value,
+                        allowed: "auto or packed",
+                    });
+                }
+            };
+        }
+        Ok(options)
+    }
+}
+
+fn parse_backend(name: &str) -> Option<wgpu::Backend> {
+    match name.to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => Some(wgpu::Backend::Vulkan),
+        "metal" | "mtl" => Some(wgpu::Backend::Metal),
+        "dx12" | "d3d12" => Some(wgpu::Backend::Dx12),
+        "webgpu" | "browser" => Some(wgpu::Backend::BrowserWebGpu),
+        _ => None,
+    }
+}
+
+/// Errors the device reported outside an error scope, and whether it was lost.
+#[derive(Debug, Default)]
+struct DeviceHealth {
+    lost: Option<String>,
+    uncaptured: Vec<String>,
+}
+
+/// One GPU device with everything the kernels share: the pipeline cache and the buffer pool.
+#[derive(Debug)]
+pub struct GpuContext {
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    native_f16: bool,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pool: Arc<BufferPool>,
+    health: Arc<Mutex<DeviceHealth>>,
+    placeholder: Tensor,
+}
+
+impl GpuContext {
+    /// Picks an adapter and creates the device as `options` say.
+    pub async fn new(options: ContextOptions) -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        if let Some(backends) = options.backends {
+            desc.backends = backends;
+        }
+        let backends = desc.backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = choose_adapter(&instance, backends, &options).await?;
+        let info = adapter.get_info();
+        if let Some(expected) = options.expect_backend {
+            if info.backend != expected {
+                return Err(KernelError::NoAdapter(format!(
+                    "expected a {expected:?} adapter but got {:?} on {:?}",
+                    info.name, info.backend
+                )));
+            }
+        }
+        let limits = required_limits(&adapter.limits(), options.needed)?;
+        let native_f16 = options.f16 == F16Mode::Auto
+            && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let required_features = if native_f16 {
+            wgpu::Features::SHADER_F16
+        } else {
+            wgpu::Features::empty()
+        };
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("sd-kernels"),
+                required_features,
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| KernelError::RequestDevice(e.to_string()))?;
+
+        let health = Arc::new(Mutex::new(DeviceHealth::default()));
+        let lost = Arc::clone(&health);
+        device.set_device_lost_callback(move |reason, message| {
+            if let Ok(mut h) = lost.lock() {
+                h.lost = Some(format!("{reason:?}: {message}"));
+            }
+        });
+        let uncaptured = Arc::clone(&health);
+        device.on_uncaptured_error(Arc::new(move |error: wgpu::Error| {
+            if let Ok(mut h) = uncaptured.lock() {
+                h.uncaptured.push(error.to_string());
+            }
+        }));
+
+        log::info!(
+            "GPU: {} ({:?}, {:?}), shader-f16 {}",
+            info.name,
+            info.backend,
+            info.device_type,
+            if native_f16 { "native" } else { "packed" }
+        );
+        let pool = Arc::new(BufferPool::new(device.clone()));
+        let placeholder = Tensor::new(pool.upload(&[0; 4]), &[1], DType::F32);
+        Ok(Self {
+            pool,
+            placeholder,
+            pipelines: PipelineCache::default(),
+            device,
+            queue,
+            info,
+            limits,
+            native_f16,
+            health,
+        })
+    }
+
+    /// The adapter's name, backend and driver.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// Whether f16 weights are read as native `f16` (else packed in `u32`).
+    pub fn native_f16(&self) -> bool {
+        self.native_f16
+    }
+
+    /// A one-line description of the adapter, for logs and benchmark reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?}, driver {} {}), f16 weights {}",
+            self.info.name,
+            self.info.backend,
+            self.info.device_type,
+            self.info.driver,
+            self.info.driver_info,
+            if self.native_f16 {
+                "native shader-f16"
+            } else {
+                "packed u32"
+            }
+        )
+    }
+
+    /// Starts recording a batch of dispatches (one uniform arena, one command buffer).
+    pub fn batch(&self) -> crate::Batch<'_> {
+        crate::Batch::new(self)
+    }
+
+    /// Fails with the device loss or an error reported outside an error scope, if any.
+    pub(crate) fn check_health(&self) -> Result<()> {
+        let mut health = self
+            .health
+            .lock()
+            .map_err(|_| KernelError::DeviceLost("device state poisoned".into()))?;
+        if let Some(reason) = &health.lost {
+            return Err(KernelError::DeviceLost(reason.clone()));
+        }
+        if !health.uncaptured.is_empty() {
+            let errors = std::mem::take(&mut health.uncaptured).join("; ");
+            return Err(KernelError::Validation(errors));
+        }
+        Ok(())
+    }
+
+    /// An uninitialised tensor from the buffer pool.
+    pub fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        let bytes = dtype.storage_bytes(shape.iter().product());
+        self.check_buffer_size(bytes)?;
+        Ok(Tensor::new(self.pool.acquire(bytes), shape, dtype))
+    }
+
+    /// Uploads f32 values into a new buffer.
+    pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
+        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::F32, "upload_f32")
+    }
+
+    /// Uploads u32 values (token ids) into a new buffer.
+    pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
+        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::U32, "upload_u32")
+    }
+
+    /// Uploads f16 values (weights) into a new buffer.
+    pub fn upload_f16(&self, data: &[half::f16], shape: &[usize]) -> Result<Tensor> {
+        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::F16, "upload_f16")
+    }
+
+    /// Uploads f32 values as a weight of the given storage type (f32 or f16).
+    pub fn upload_weight(&self, data: &[f32], shape: &[usize], dtype: DType) -> Result<Tensor> {
+        match dtype {
+            DType::F32 => self.upload_f32(data, shape),
+            DType::F16 => {
+                let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+                self.upload_f16(&halves, shape)
+            }
+            DType::U32 => Err(KernelError::shape("upload_weight", "weights are f32 or f16")),
+        }
+    }
+
+    /// Uploads never reuse pooled buffers (see `BufferPool::upload`).
+    fn upload(
+        &self,
+        bytes: &[u8],
+        len: usize,
+        shape: &[usize],
+        dtype: DType,
+        op: &'static str,
+    ) -> Result<Tensor> {
+        let expected: usize = shape.iter().product();
+        if len != expected {
+            return Err(KernelError::shape(
+                op,
+                format!("{len} values given for shape {shape:?} ({expected} values)"),
+            ));
+        }
+        self.check_buffer_size(dtype.storage_bytes(len))?;
+        Ok(Tensor::new(self.pool.upload(bytes), shape, dtype))
+    }
+
+    /// A one-element buffer bound where a kernel's optional input (a bias) is absent.
+    pub(crate) fn placeholder(&self) -> &Tensor {
+        &self.placeholder
+    }
+
+    /// Idle buffers in the pool.
+    pub fn pool_stats(&self) -> crate::pool::PoolStats {
+        self.pool.stats()
+    }
+
+    /// Frees the pool's idle buffers (e.g. between models).
+    pub fn trim_pool(&self) {
+        self.pool.trim();
+    }
+
+    /// Number of compiled pipelines.
+    pub fn cached_pipelines(&self) -> usize {
+        self.pipelines.len()
+    }
+
+    /// Overwrites an f32 tensor's contents at once, through the queue (tests poison outputs with
+    /// it). Not for tensors that a recorded, unsubmitted batch still uses.
+    pub fn fill_f32(&self, tensor: &Tensor, value: f32) -> Result<()> {
+        if tensor.dtype() != DType::F32 {
+            return Err(KernelError::shape("fill_f32", "tensor is not f32"));
+        }
+        let data = vec![value; tensor.len()];
+        self.queue
+            .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(&data));
+        Ok(())
+    }
+
+    /// Reads an f32 tensor back to the CPU: the one readback path, native and wasm alike.
+    pub async fn read_f32(&self, tensor: &Tensor) -> Result<Vec<f32>> {
+        if tensor.dtype() != DType::F32 {
+            return Err(KernelError::shape("read_f32", "tensor is not f32"));
+        }
+        let bytes = self.read_bytes(tensor).await?;
+        Ok(bytemuck::cast_slice(&bytes[..tensor.len() * 4]).to_vec())
+    }
+
+    async fn read_bytes(&self, tensor: &Tensor) -> Result<Vec<u8>> {
+        let size = tensor.byte_len();
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("readback"),
+            });
+        encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, size);
+        self.queue.submit([encoder.finish()]);
+
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        let slice = staging.slice(..);
+        slice.map_async(wgpu::MapMode::Read, move |result| {
+            // The receiver only disappears if the caller's future was dropped.
+            let _ = sender.send(result);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KernelError::Readback(e.to_string()))?;
+        receiver
+            .await
+            .map_err(|_| KernelError::Readback("the map callback was dropped".into()))?
+            .map_err(|e| {
+                self.check_health()
+                    .err()
+                    .unwrap_or_else(|| KernelError::Readback(e.to_string()))
+            })?;
+        let data = slice
+            .get_mapped_range()
+            .map_err(|e| KernelError::Readback(e.to_string()))?
+            .to_vec();
+        staging.unmap();
+        self.check_health()?;
+        Ok(data)
+    }
+
+    pub(crate) fn check_buffer_size(&self, bytes: u64) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(KernelError::Limit {
+                name: "max_buffer_size",
+                needed: bytes,
+                max: self.limits.max_buffer_size,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_binding_size(&self, bytes: u64) -> Result<()> {
+        let max = u64::from(self.limits.max_storage_buffer_binding_size);
+        if bytes > max {
+            return Err(KernelError::Limit {
+                name: "max_storage_buffer_binding_size",
+                needed: bytes,
+                max,
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn choose_adapter(
+    instance: &wgpu::Instance,
+    backends: wgpu::Backends,
+    options: &ContextOptions,
+) -> Result<wgpu::Adapter> {
+    #[cfg(not(target_arch = "wasm32"))]
+    if let Some(wanted) = &options.adapter_name {
+        let adapters = instance.enumerate_adapters(backends).await;
+        let wanted_lower = wanted.to_lowercase();
+        let names: Vec<String> = adapters
+            .iter()
+            .map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend))
+            .collect();
+        return adapters
+            .into_iter()
+            .find(|a| a.get_info().name.to_lowercase().contains(&wanted_lower))
+            .ok_or_else(|| {
+                KernelError::NoAdapter(format!(
+                    "no adapter name contains {wanted:?}; available: {}",
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ))
+            });
+    }
+    #[cfg(target_arch = "wasm32")]
+    let _ = backends;
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: options.power_preference,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| KernelError::NoAdapter(e.to_string()))?;
+    #[cfg(target_arch = "wasm32")]
+    if let Some(wanted) = &options.adapter_name {
+        let name = adapter.get_info().name;
+        if !name.to_lowercase().contains(&wanted.to_lowercase()) {
+            return Err(KernelError::NoAdapter(format!(
+                "the browser gave adapter {name:?}, not one matching {wanted:?}"
+            )));
+        }
+    }
+    Ok(adapter)
+}
+
+/// WebGPU's defaults, raised where the model needs more; an error names the limit that the
+/// adapter cannot reach.
+fn required_limits(adapter: &wgpu::Limits, needed: NeededLimits) -> Result<wgpu::Limits> {
+    let mut limits = wgpu::Limits::default();
+    if needed.storage_binding > u64::from(limits.max_storage_buffer_binding_size) {
+        let max = u64::from(adapter.max_storage_buffer_binding_size);
+        if needed.storage_binding > max {
+            return Err(KernelError::Limit {
+                name: "max_storage_buffer_binding_size",
+                needed: needed.storage_binding,
+                max,
+            });
+        }
+        limits.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size;
+    }
+    if needed.buffer > limits.max_buffer_size {
+        if needed.buffer > adapter.max_buffer_size {
+            return Err(KernelError::Limit {
+                name: "max_buffer_size",
+                needed: needed.buffer,
+                max: adapter.max_buffer_size,
+            });
+        }
+        limits.max_buffer_size = adapter.max_buffer_size;
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_stay_at_webgpu_defaults_unless_needed() -> Result<()> {
+        let adapter = wgpu::Limits {
+            max_storage_buffer_binding_size: 1 << 30,
+            max_buffer_size: 1 << 31,
+            ..wgpu::Limits::default()
+        };
+        let limits = required_limits(&adapter, NeededLimits::default())?;
+        assert_eq!(u64::from(limits.max_storage_buffer_binding_size), DEFAULT_MAX_BINDING);
+        assert_eq!(limits.max_buffer_size, DEFAULT_MAX_BUFFER);
+        let needed = NeededLimits {
+            storage_binding: 300 << 20,
+            buffer: 300 << 20,
+        };
+        let raised = required_limits(&adapter, needed)?;
+        assert_eq!(raised.max_storage_buffer_binding_size, 1 << 30);
+        assert_eq!(raised.max_buffer_size, 1 << 31);
+        Ok(())
+    }
+
+    #[test]
+    fn too_small_adapter_names_the_limit() {
+        let needed = NeededLimits {
+            storage_binding: 300 << 20,
+            buffer: DEFAULT_MAX_BUFFER,
+        };
+        match required_limits(&wgpu::Limits::default(), needed) {
+            Err(KernelError::Limit { name, needed, max }) => {
+                assert_eq!(name, "max_storage_buffer_binding_size");
+                assert_eq!(needed, 300 << 20);
+                assert_eq!(max, DEFAULT_MAX_BINDING);
+            }
+            other => panic!("expected a limit error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Multi-head attention, flash-style with an online softmax (shaders/attention.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, to_u32};
+use crate::{Batch, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+
+const SOURCE: &str = include_str!("../shaders/attention.wgsl");
+const QUERY_ROWS: usize = 64;
+/// Bytes of workgroup memory the two key/value tiles may use: under WebGPU's default 16 KiB.
+const TILE_BUDGET: usize = 12 << 10;
+/// Largest head size a thread keeps in registers (SD XL's 64, SD 1.5's 40..160).
+pub const MAX_HEAD_DIM: usize = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    heads: u32,
+    q_len: u32,
+    kv_len: u32,
+    q_stride: u32,
+    kv_stride: u32,
+    o_stride: u32,
+    causal: u32,
+    scale: f32,
+    _pad: [u32; 3],
+}
+const _: () = assert!(size_of::<Params>() % 16 == 0);
+
+/// Sizes of one attention call. Tensors are token-major: `q` `[batch, q_len, heads * head_dim]`,
+/// `k` and `v` `[batch, kv_len, heads * head_dim]`, the output like `q`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    /// Query i sees keys 0..=i (CLIP's text encoder).
+    pub causal: bool,
+    /// Multiplies the scores, usually `1 / sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// Keys per shared-memory block: the largest power of two whose k and v tiles fit the budget.
+pub(crate) fn block_k(head_dim: usize) -> usize {
+    let fit = TILE_BUDGET / (2 * 4 * padded_head_dim(head_dim));
+    let mut block = 1;
+    while block * 2 <= fit.min(64) {
+        block *= 2;
+    }
+    block
+}
+
+/// The head size rounded up to whole vec4s, as the shader holds it.
+fn padded_head_dim(head_dim: usize) -> usize {
+    head_dim.max(1).div_ceil(4) * 4
+}
+
+/// Records `o = softmax(q k^T * scale) v` per head.
+pub fn attention(
+    batch: &mut Batch<'_>,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    shape: AttentionShape,
+) -> Result<()> {
+    const OP: &str = "attention";
+    let AttentionShape { batch: n, heads, head_dim, q_len, kv_len, causal, scale } = shape;
+    if head_dim == 0 || head_dim > MAX_HEAD_DIM || heads == 0 || kv_len == 0 {
+        return Err(KernelError::shape(
+            OP,
+            format!("{heads} heads of size {head_dim} over {kv_len} keys (head size 1..={MAX_HEAD_DIM}, at least one head and key)"),
+        ));
+    }
+    if causal && q_len > kv_len {
+        return Err(KernelError::shape(OP, format!("a causal mask needs q_len {q_len} <= kv_len {kv_len}")));
+    }
+    let width = heads * head_dim;
+    expect_f32(OP, "q", q, n * q_len * width)?;
+    expect_f32(OP, "k", k, n * kv_len * width)?;
+    expect_f32(OP, "v", v, n * kv_len * width)?;
+    expect_f32(OP, "o", o, n * q_len * width)?;
+    let params = Params {
+        batch: to_u32(OP, n)?,
+        heads: to_u32(OP, heads)?,
+        q_len: to_u32(OP, q_len)?,
+        kv_len: to_u32(OP, kv_len)?,
+        q_stride: to_u32(OP, width)?,
+        kv_stride: to_u32(OP, width)?,
+        o_stride: to_u32(OP, width)?,
+        causal: u32::from(causal),
+        scale,
+        _pad: [0; 3],
+    };
+    let key = PipelineKey::new("attention.wgsl", "attention", ShaderVariant::NoWeights)
+        .with("HEAD_DIM", to_u32(OP, head_dim)?)
+        .with("HEAD_VEC", to_u32(OP, padded_head_dim(head_dim) / 4)?)
+        .with("BLOCK_K", to_u32(OP, block_k(head_dim))?);
+    let groups = [
+        to_u32(OP, q_len.div_ceil(QUERY_ROWS))?,
+        params.heads,
+        params.batch,
+    ];
+    batch.dispatch(key, SOURCE, &params, &[q, k, v, o], groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_blocks_fit_the_default_workgroup_memory() {
+        for head_dim in [1, 4, 8, 40, 64, 80, 160, MAX_HEAD_DIM] {
+            let block = block_k(head_dim);
+            assert!(block >= 1 && block.is_power_of_two());
+            assert!(2 * 4 * block * padded_head_dim(head_dim) <= 16 << 10, "head {head_dim}: block {block}");
+        }
+        assert_eq!(block_k(40), 32);
+        assert_eq!(block_k(160), 8);
+    }
+}

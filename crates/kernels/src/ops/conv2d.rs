@@ -1,0 +1,150 @@
+//! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, to_u32, weight_variant};
+use crate::{Batch, KernelError, PipelineKey, Result, Tensor};
+
+const SOURCE: &str = include_str!("../shaders/conv2d.wgsl");
+const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    batch: u32,
+    in_channels: u32,
+    in_h: u32,
+    in_w: u32,
+    out_channels: u32,
+    out_h: u32,
+    out_w: u32,
+    kernel_h: u32,
+    kernel_w: u32,
+    stride: u32,
+    pad: u32,
+    weight_in_channels: u32,
+    ic_offset: u32,
+    oc_offset: u32,
+    accumulate: u32,
+    has_bias: u32,
+}
+const _: () = assert!(size_of::<Params>() % 16 == 0);
+
+/// Stride and padding (the kernel size comes from the weight). SD uses 3x3 s1 p1, 3x3 s2 p1
+/// (downsamplers) and 1x1 s1 p0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dShape {
+    /// Output height or width for an input of `size`.
+    pub fn out_size(&self, size: usize, kernel: usize) -> usize {
+        (size + 2 * self.pad).saturating_sub(kernel) / self.stride + 1
+    }
+}
+
+/// Where a channel chunk sits in the whole convolution: see conv2d.wgsl. `Conv2dChunk::WHOLE`
+/// is the ordinary, unchunked case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dChunk {
+    /// First input channel of the weight that `x` holds.
+    pub ic_offset: usize,
+    /// First output channel of the weight that `y` holds.
+    pub oc_offset: usize,
+    /// Add to `y` (later input chunks) instead of starting from the bias.
+    pub accumulate: bool,
+}
+
+impl Conv2dChunk {
+    /// The whole tensor in one buffer.
+    pub const WHOLE: Self = Self {
+        ic_offset: 0,
+        oc_offset: 0,
+        accumulate: false,
+    };
+}
+
+/// Records `y = conv2d(x, weight) + bias`. `x` is `[N, Cin, H, W]` (a chunk of the weight's
+/// input channels), `weight` `[OC, IC, kh, kw]` (f16 or f32), `bias` `[OC]`, `y` `[N, Cout, OH,
+/// OW]` (a chunk of the output channels).
+pub fn conv2d(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    chunk: Conv2dChunk,
+) -> Result<()> {
+    const OP: &str = "conv2d";
+    let [oc_total, ic_total, kh, kw] = *weight.shape() else {
+        return Err(KernelError::shape(OP, format!("weight must be [OC, IC, kh, kw], is {:?}", weight.shape())));
+    };
+    let [n, cin, h, w] = *x.shape() else {
+        return Err(KernelError::shape(OP, format!("x must be NCHW, is {:?}", x.shape())));
+    };
+    let [yn, cout, oh, ow] = *y.shape() else {
+        return Err(KernelError::shape(OP, format!("y must be NCHW, is {:?}", y.shape())));
+    };
+    if shape.stride == 0 || h + 2 * shape.pad < kh || w + 2 * shape.pad < kw {
+        return Err(KernelError::shape(OP, format!("{shape:?} with a {kh}x{kw} kernel does not fit a {h}x{w} input")));
+    }
+    if chunk.ic_offset + cin > ic_total || chunk.oc_offset + cout > oc_total {
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "channels {}..{} in, {}..{} out exceed the weight's {ic_total} in, {oc_total} out",
+                chunk.ic_offset,
+                chunk.ic_offset + cin,
+                chunk.oc_offset,
+                chunk.oc_offset + cout
+            ),
+        ));
+    }
+    let (eh, ew) = (shape.out_size(h, kh), shape.out_size(w, kw));
+    if yn != n || oh != eh || ow != ew {
+        return Err(KernelError::shape(
+            OP,
+            format!("y is {:?}, expected [{n}, {cout}, {eh}, {ew}]", y.shape()),
+        ));
+    }
+    expect_f32(OP, "x", x, n * cin * h * w)?;
+    expect_f32(OP, "y", y, n * cout * oh * ow)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, oc_total)?;
+    }
+    let variant = weight_variant(batch, OP, weight)?;
+    let params = Params {
+        batch: to_u32(OP, n)?,
+        in_channels: to_u32(OP, cin)?,
+        in_h: to_u32(OP, h)?,
+        in_w: to_u32(OP, w)?,
+        out_channels: to_u32(OP, cout)?,
+        out_h: to_u32(OP, oh)?,
+        out_w: to_u32(OP, ow)?,
+        kernel_h: to_u32(OP, kh)?,
+        kernel_w: to_u32(OP, kw)?,
+        stride: to_u32(OP, shape.stride)?,
+        pad: to_u32(OP, shape.pad)?,
+        weight_in_channels: to_u32(OP, ic_total)?,
+        ic_offset: to_u32(OP, chunk.ic_offset)?,
+        oc_offset: to_u32(OP, chunk.oc_offset)?,
+        accumulate: u32::from(chunk.accumulate),
+        has_bias: u32::from(bias.is_some() && !chunk.accumulate),
+    };
+    let bias = bias.unwrap_or(batch.context().placeholder());
+    let groups = [
+        to_u32(OP, (oh * ow).div_ceil(TILE))?,
+        to_u32(OP, cout.div_ceil(TILE))?,
+        to_u32(OP, n)?,
+    ];
+    batch.dispatch(
+        PipelineKey::new("conv2d.wgsl", "conv2d", variant),
+        SOURCE,
+        &params,
+        &[x, weight, bias, y],
+        groups,
+    )
+}

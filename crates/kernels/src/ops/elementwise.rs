@@ -1,0 +1,326 @@
+//! Elementwise kernels: activations, arithmetic, GEGLU, upsampling, concatenation, layout
+//! changes (shaders/unary.wgsl, shaders/binary.wgsl), the timestep embedding and the token +
+//! position embedding (shaders/embedding.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, to_u32, weight_variant};
+use crate::batch::grid_1d;
+use crate::{Batch, DType, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+
+const UNARY: &str = include_str!("../shaders/unary.wgsl");
+const BINARY: &str = include_str!("../shaders/binary.wgsl");
+const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
+const WG: u32 = 256;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct UnaryParams {
+    len: u32,
+    dim0: u32,
+    dim1: u32,
+    flag: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: [u32; 2],
+}
+const _: () = assert!(size_of::<UnaryParams>() % 16 == 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct BinaryParams {
+    len: u32,
+    dim0: u32,
+    dim1: u32,
+    dim2: u32,
+}
+const _: () = assert!(size_of::<BinaryParams>() % 16 == 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct EmbeddingParams {
+    tokens: u32,
+    seq_len: u32,
+    dim: u32,
+    vocab: u32,
+}
+const _: () = assert!(size_of::<EmbeddingParams>() % 16 == 0);
+
+/// Pointwise activation functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// `x * sigmoid(x)`.
+    Silu,
+    /// Exact GELU with erf (diffusers, CLIP's `gelu`).
+    Gelu,
+    /// The tanh approximation of GELU.
+    GeluTanh,
+    /// `x * sigmoid(1.702 x)` (CLIP's `quick_gelu`).
+    QuickGelu,
+}
+
+impl Activation {
+    fn entry(self) -> &'static str {
+        match self {
+            Activation::Silu => "act_silu",
+            Activation::Gelu => "act_gelu",
+            Activation::GeluTanh => "act_gelu_tanh",
+            Activation::QuickGelu => "act_quick_gelu",
+        }
+    }
+}
+
+fn unary(
+    batch: &mut Batch<'_>,
+    entry: &'static str,
+    params: UnaryParams,
+    x: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    batch.dispatch(
+        PipelineKey::new("unary.wgsl", entry, ShaderVariant::NoWeights),
+        UNARY,
+        &params,
+        &[x, y],
+        grid_1d(params.len as usize, WG),
+    )
+}
+
+fn binary(
+    batch: &mut Batch<'_>,
+    entry: &'static str,
+    params: BinaryParams,
+    a: &Tensor,
+    b: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    batch.dispatch(
+        PipelineKey::new("binary.wgsl", entry, ShaderVariant::NoWeights),
+        BINARY,
+        &params,
+        &[a, b, y],
+        grid_1d(params.len as usize, WG),
+    )
+}
+
+fn same_len(op: &'static str, x: &Tensor, y: &Tensor) -> Result<u32> {
+    expect_f32(op, "x", x, x.len())?;
+    expect_f32(op, "y", y, x.len())?;
+    to_u32(op, x.len())
+}
+
+/// Records `y = f(x)`.
+pub fn activation(batch: &mut Batch<'_>, f: Activation, x: &Tensor, y: &Tensor) -> Result<()> {
+    let len = same_len("activation", x, y)?;
+    unary(batch, f.entry(), UnaryParams { len, ..Default::default() }, x, y)
+}
+
+/// Records `y = x * factor`.
+pub fn scale(batch: &mut Batch<'_>, x: &Tensor, factor: f32, y: &Tensor) -> Result<()> {
+    let len = same_len("scale", x, y)?;
+    unary(batch, "scale", UnaryParams { len, alpha: factor, ..Default::default() }, x, y)
+}
+
+/// Records, in place, `y = (y + x) * factor` (residual connections; `factor` is
+/// `1 / output_scale_factor`, usually 1).
+pub fn residual_add(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, factor: f32) -> Result<()> {
+    let len = same_len("residual_add", x, y)?;
+    unary(batch, "residual_add", UnaryParams { len, alpha: factor, ..Default::default() }, x, y)
+}
+
+/// Records GEGLU: `x` `[..., 2D]` to `y` `[..., D]`, `hidden * gelu(gate)` with `hidden` the
+/// first half of the last dimension.
+pub fn geglu(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "geglu";
+    let two_d = *x.shape().last().unwrap_or(&0);
+    if two_d == 0 || two_d % 2 != 0 {
+        return Err(KernelError::shape(OP, format!("x {:?} must end in an even dimension", x.shape())));
+    }
+    expect_f32(OP, "x", x, x.len())?;
+    expect_f32(OP, "y", y, x.len() / 2)?;
+    let params = UnaryParams { len: to_u32(OP, y.len())?, dim0: to_u32(OP, two_d / 2)?, ..Default::default() };
+    unary(batch, "geglu", params, x, y)
+}
+
+/// Records nearest-neighbour 2x upsampling, `[N, C, H, W]` to `[N, C, 2H, 2W]`.
+pub fn upsample_nearest2x(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "upsample_nearest2x";
+    let [n, c, h, w] = *x.shape() else {
+        return Err(KernelError::shape(OP, format!("x must be NCHW, is {:?}", x.shape())));
+    };
+    expect_f32(OP, "x", x, x.len())?;
+    expect_f32(OP, "y", y, 4 * x.len())?;
+    if y.shape() != [n, c, 2 * h, 2 * w] {
+        return Err(KernelError::shape(OP, format!("y is {:?}, expected [{n}, {c}, {}, {}]", y.shape(), 2 * h, 2 * w)));
+    }
+    let params = UnaryParams { len: to_u32(OP, y.len())?, dim0: to_u32(OP, h)?, dim1: to_u32(OP, w)?, ..Default::default() };
+    unary(batch, "upsample_nearest2x", params, x, y)
+}
+
+fn layout(op: &'static str, entry: &'static str, batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, channels: usize) -> Result<()> {
+    let n = *x.shape().first().unwrap_or(&0);
+    if channels == 0 || n == 0 || x.len() % (n * channels) != 0 {
+        return Err(KernelError::shape(op, format!("x {:?} does not have {channels} channels", x.shape())));
+    }
+    let len = same_len(op, x, y)?;
+    let params = UnaryParams { len, dim0: to_u32(op, channels)?, dim1: to_u32(op, x.len() / (n * channels))?, ..Default::default() };
+    unary(batch, entry, params, x, y)
+}
+
+/// Records the change from `[N, C, H, W]` (or `[N, C, L]`) to token-major `[N, H*W, C]`.
+pub fn layout_nchw_to_nlc(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    let channels = *x.shape().get(1).unwrap_or(&0);
+    layout("layout_nchw_to_nlc", "nchw_to_nlc", batch, x, y, channels)
+}
+
+/// Records the change from token-major `[N, L, C]` back to `[N, C, L]` (reshape `y` to NCHW).
+pub fn layout_nlc_to_nchw(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    let channels = *x.shape().last().unwrap_or(&0);
+    layout("layout_nlc_to_nchw", "nlc_to_nchw", batch, x, y, channels)
+}
+
+fn same_shape(op: &'static str, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<u32> {
+    if a.shape() != b.shape() {
+        return Err(KernelError::shape(op, format!("a {:?} and b {:?} differ", a.shape(), b.shape())));
+    }
+    expect_f32(op, "b", b, a.len())?;
+    same_len(op, a, y)
+}
+
+/// Records `y = a + b`.
+pub fn add(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
+    let len = same_shape("add", a, b, y)?;
+    binary(batch, "add", BinaryParams { len, ..Default::default() }, a, b, y)
+}
+
+/// Records `y = a * b`.
+pub fn mul(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
+    let len = same_shape("mul", a, b, y)?;
+    binary(batch, "mul", BinaryParams { len, ..Default::default() }, a, b, y)
+}
+
+/// Records `y = a + b[:, :, None, None]`: `a` `[N, C, ...]`, `b` `[N, C]`.
+pub fn add_channel_bias(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "add_channel_bias";
+    let (n, c) = match *a.shape() {
+        [n, c, ..] => (n, c),
+        _ => return Err(KernelError::shape(OP, format!("a must be [N, C, ...], is {:?}", a.shape()))),
+    };
+    if b.shape() != [n, c] {
+        return Err(KernelError::shape(OP, format!("b is {:?}, expected [{n}, {c}]", b.shape())));
+    }
+    let len = same_len(OP, a, y)?;
+    expect_f32(OP, "b", b, n * c)?;
+    let spatial = if n * c == 0 { 0 } else { a.len() / (n * c) };
+    binary(batch, OP, BinaryParams { len, dim0: to_u32(OP, c)?, dim1: to_u32(OP, spatial)?, dim2: 0 }, a, b, y)
+}
+
+/// Records `y = cat([a, b], dim=1)` for `[N, Ca, ...]` and `[N, Cb, ...]` with equal rest.
+pub fn concat_channels(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "concat_channels";
+    let (na, ca, rest_a) = match a.shape() {
+        [n, c, rest @ ..] => (*n, *c, rest),
+        _ => return Err(KernelError::shape(OP, format!("a must be [N, C, ...], is {:?}", a.shape()))),
+    };
+    let (nb, cb, rest_b) = match b.shape() {
+        [n, c, rest @ ..] => (*n, *c, rest),
+        _ => return Err(KernelError::shape(OP, format!("b must be [N, C, ...], is {:?}", b.shape()))),
+    };
+    if na != nb || rest_a != rest_b {
+        return Err(KernelError::shape(OP, format!("a {:?} and b {:?} differ outside the channels", a.shape(), b.shape())));
+    }
+    let spatial: usize = rest_a.iter().product();
+    expect_f32(OP, "a", a, a.len())?;
+    expect_f32(OP, "b", b, b.len())?;
+    expect_f32(OP, "y", y, a.len() + b.len())?;
+    let params = BinaryParams {
+        len: to_u32(OP, y.len())?,
+        dim0: to_u32(OP, ca)?,
+        dim1: to_u32(OP, cb)?,
+        dim2: to_u32(OP, spatial)?,
+    };
+    binary(batch, OP, params, a, b, y)
+}
+
+/// The sinusoid frequencies of diffusers' `get_timestep_embedding` (max period 10000), computed
+/// in f64 and rounded once, as torch's f32 `exp` gives them.
+pub fn timestep_frequencies(dim: usize, freq_shift: f64) -> Vec<f32> {
+    let half = dim / 2;
+    (0..half)
+        .map(|j| (-(10000f64.ln()) * j as f64 / (half as f64 - freq_shift)).exp() as f32)
+        .collect()
+}
+
+/// Records the sinusoidal embedding of `timesteps` `[N]` into `y` `[N, dim]` (`flip_sin_to_cos`
+/// puts cos first, `freq_shift` is diffusers' `downscale_freq_shift`).
+pub fn timestep_embedding(
+    batch: &mut Batch<'_>,
+    timesteps: &Tensor,
+    y: &Tensor,
+    flip_sin_to_cos: bool,
+    freq_shift: f32,
+) -> Result<()> {
+    const OP: &str = "timestep_embedding";
+    let [n, dim] = *y.shape() else {
+        return Err(KernelError::shape(OP, format!("y must be [N, dim], is {:?}", y.shape())));
+    };
+    if dim < 2 || f64::from(freq_shift) >= (dim / 2) as f64 {
+        return Err(KernelError::shape(OP, format!("dim {dim} too small for freq_shift {freq_shift}")));
+    }
+    expect_f32(OP, "timesteps", timesteps, n)?;
+    expect_f32(OP, "y", y, n * dim)?;
+    let freqs = timestep_frequencies(dim, f64::from(freq_shift));
+    let freqs = batch.context().upload_f32(&freqs, &[dim / 2])?;
+    let params = BinaryParams {
+        len: to_u32(OP, n * dim)?,
+        dim0: to_u32(OP, dim)?,
+        dim1: u32::from(flip_sin_to_cos),
+        dim2: 0,
+    };
+    binary(batch, OP, params, timesteps, &freqs, y)
+}
+
+/// Records CLIP's input embedding: `y[b, l] = token_table[ids[b, l]] + positions[l]`. `ids` is
+/// `[B, L]` (u32, each below the vocabulary size: checked here on the CPU copy `ids_host`),
+/// `token_table` `[vocab, D]` (f16 or f32), `positions` `[>= L, D]` (f32), `y` `[B, L, D]`.
+pub fn embedding(
+    batch: &mut Batch<'_>,
+    ids: &Tensor,
+    ids_host: &[u32],
+    token_table: &Tensor,
+    positions: &Tensor,
+    y: &Tensor,
+) -> Result<()> {
+    const OP: &str = "embedding";
+    let [vocab, dim] = *token_table.shape() else {
+        return Err(KernelError::shape(OP, format!("token table must be [vocab, D], is {:?}", token_table.shape())));
+    };
+    let [b, l] = *ids.shape() else {
+        return Err(KernelError::shape(OP, format!("ids must be [B, L], is {:?}", ids.shape())));
+    };
+    if ids.dtype() != DType::U32 || ids_host.len() != b * l {
+        return Err(KernelError::shape(OP, "ids must be u32 and match their host copy"));
+    }
+    if let Some((i, id)) = ids_host.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
+        return Err(KernelError::shape(OP, format!("token id {id} at position {i} is outside the vocabulary of {vocab}")));
+    }
+    if positions.len() < l * dim || positions.shape().last() != Some(&dim) {
+        return Err(KernelError::shape(OP, format!("positions {:?} do not cover {l} tokens of width {dim}", positions.shape())));
+    }
+    expect_f32(OP, "positions", positions, positions.len())?;
+    expect_f32(OP, "y", y, b * l * dim)?;
+    let variant = weight_variant(batch, OP, token_table)?;
+    let params = EmbeddingParams {
+        tokens: to_u32(OP, b * l)?,
+        seq_len: to_u32(OP, l)?,
+        dim: to_u32(OP, dim)?,
+        vocab: to_u32(OP, vocab)?,
+    };
+    batch.dispatch(
+        PipelineKey::new("embedding.wgsl", "embedding", variant),
+        EMBEDDING,
+        &params,
+        &[ids, token_table, positions, y],
+        grid_1d(b * l * dim, WG),
+    )
+}

@@ -1,0 +1,66 @@
+//! `y = x W^T + b` (shaders/linear.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, to_u32, weight_variant};
+use crate::{Batch, KernelError, PipelineKey, Result, Tensor};
+
+const SOURCE: &str = include_str!("../shaders/linear.wgsl");
+const TILE: usize = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Params {
+    rows: u32,
+    n: u32,
+    k: u32,
+    has_bias: u32,
+}
+const _: () = assert!(size_of::<Params>() % 16 == 0);
+
+/// Records `y = x W^T + b`: `x` is `[..., k]` (f32, leading dimensions flattened into rows),
+/// `weight` is `[n, k]` (f16 or f32), `bias` is `[n]` (f32), `y` is `[..., n]` (f32).
+pub fn linear(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    const OP: &str = "linear";
+    let [n, k] = *weight.shape() else {
+        return Err(KernelError::shape(OP, format!("weight must be [n, k], is {:?}", weight.shape())));
+    };
+    if k == 0 || x.shape().last() != Some(&k) {
+        return Err(KernelError::shape(
+            OP,
+            format!("x {:?} does not end in the weight's k = {k}", x.shape()),
+        ));
+    }
+    let rows = x.len() / k;
+    expect_f32(OP, "x", x, rows * k)?;
+    expect_f32(OP, "y", y, rows * n)?;
+    if let Some(b) = bias {
+        expect_f32(OP, "bias", b, n)?;
+    }
+    let variant = weight_variant(batch, OP, weight)?;
+    let params = Params {
+        rows: to_u32(OP, rows)?,
+        n: to_u32(OP, n)?,
+        k: to_u32(OP, k)?,
+        has_bias: u32::from(bias.is_some()),
+    };
+    let bias = bias.unwrap_or(batch.context().placeholder());
+    let groups = [
+        to_u32(OP, n.div_ceil(TILE))?,
+        to_u32(OP, rows.div_ceil(TILE))?,
+        1,
+    ];
+    batch.dispatch(
+        PipelineKey::new("linear.wgsl", "linear", variant),
+        SOURCE,
+        &params,
+        &[x, weight, bias, y],
+        groups,
+    )
+}

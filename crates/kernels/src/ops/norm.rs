@@ -1,0 +1,144 @@
+//! Group norm with optional fused SiLU (shaders/group_norm.wgsl) and layer norm
+//! (shaders/layer_norm.wgsl).
+
+use bytemuck::{Pod, Zeroable};
+
+use super::{expect_f32, to_u32};
+use crate::batch::grid_1d;
+use crate::{Batch, DType, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+
+const GROUP_NORM: &str = include_str!("../shaders/group_norm.wgsl");
+const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct GroupNormParams {
+    batch: u32,
+    channels: u32,
+    spatial: u32,
+    groups: u32,
+    eps: f32,
+    silu: u32,
+    c_offset: u32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<GroupNormParams>() % 16 == 0);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct LayerNormParams {
+    rows: u32,
+    dim: u32,
+    eps: f32,
+    _pad: u32,
+}
+const _: () = assert!(size_of::<LayerNormParams>() % 16 == 0);
+
+/// Group norm settings for one tensor or channel chunk.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormShape {
+    /// Groups in this tensor or chunk (a chunk holds whole groups).
+    pub groups: usize,
+    pub eps: f32,
+    /// Apply SiLU after the affine (the norm + activation pairs of ResNet blocks).
+    pub silu: bool,
+    /// First channel of gamma and beta that this chunk holds (0 when unchunked).
+    pub c_offset: usize,
+}
+
+/// Records group norm of `x` `[N, C, H, W]` (or `[N, C, L]`) into `y` of the same shape:
+/// statistics per (item, group), then the affine with `gamma`, `beta` (`[C_total]`, f32).
+pub fn group_norm(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    y: &Tensor,
+    shape: GroupNormShape,
+) -> Result<()> {
+    const OP: &str = "group_norm";
+    let (n, c, spatial) = match *x.shape() {
+        [n, c, ref rest @ ..] if !rest.is_empty() => (n, c, rest.iter().product::<usize>()),
+        _ => return Err(KernelError::shape(OP, format!("x must be [N, C, ...], is {:?}", x.shape()))),
+    };
+    if shape.groups == 0 || c % shape.groups != 0 {
+        return Err(KernelError::shape(OP, format!("{c} channels do not split into {} groups", shape.groups)));
+    }
+    if gamma.len() < shape.c_offset + c || beta.len() != gamma.len() {
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "gamma/beta have {}/{} channels, channels {}..{} needed",
+                gamma.len(),
+                beta.len(),
+                shape.c_offset,
+                shape.c_offset + c
+            ),
+        ));
+    }
+    expect_f32(OP, "x", x, n * c * spatial)?;
+    expect_f32(OP, "y", y, n * c * spatial)?;
+    expect_f32(OP, "gamma", gamma, gamma.len())?;
+    expect_f32(OP, "beta", beta, beta.len())?;
+    let stats = batch.context().empty(&[n, shape.groups, 2], DType::F32)?;
+    let params = GroupNormParams {
+        batch: to_u32(OP, n)?,
+        channels: to_u32(OP, c)?,
+        spatial: to_u32(OP, spatial)?,
+        groups: to_u32(OP, shape.groups)?,
+        eps: shape.eps,
+        silu: u32::from(shape.silu),
+        c_offset: to_u32(OP, shape.c_offset)?,
+        _pad: 0,
+    };
+    batch.dispatch(
+        PipelineKey::new("group_norm.wgsl", "group_norm_stats", ShaderVariant::NoWeights),
+        GROUP_NORM,
+        &params,
+        &[x, &stats],
+        [params.groups, params.batch, 1],
+    )?;
+    batch.dispatch(
+        PipelineKey::new("group_norm.wgsl", "group_norm_apply", ShaderVariant::NoWeights),
+        GROUP_NORM,
+        &params,
+        &[x, &stats, gamma, beta, y],
+        grid_1d(x.len(), 256),
+    )
+}
+
+/// Records layer norm over the last dimension of `x` `[..., D]` into `y`, with `gamma`, `beta`
+/// `[D]` (f32).
+pub fn layer_norm(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    y: &Tensor,
+    eps: f32,
+) -> Result<()> {
+    const OP: &str = "layer_norm";
+    let dim = *x.shape().last().unwrap_or(&0);
+    if dim == 0 {
+        return Err(KernelError::shape(OP, format!("x {:?} has no last dimension", x.shape())));
+    }
+    let rows = x.len() / dim;
+    expect_f32(OP, "x", x, rows * dim)?;
+    expect_f32(OP, "y", y, rows * dim)?;
+    expect_f32(OP, "gamma", gamma, dim)?;
+    expect_f32(OP, "beta", beta, dim)?;
+    let params = LayerNormParams {
+        rows: to_u32(OP, rows)?,
+        dim: to_u32(OP, dim)?,
+        eps,
+        _pad: 0,
+    };
+    // One workgroup per row: grid_1d with a "workgroup size" of 1 spreads rows over x and y.
+    batch.dispatch(
+        PipelineKey::new("layer_norm.wgsl", "layer_norm", ShaderVariant::NoWeights),
+        LAYER_NORM,
+        &params,
+        &[x, gamma, beta, y],
+        grid_1d(rows, 1),
+    )
+}

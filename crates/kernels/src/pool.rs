@@ -1,0 +1,129 @@
+//! The buffer pool: activations are taken from it and go back to it when their last handle is
+//! dropped, so a UNet step reuses the same few buffers instead of allocating new ones.
+//!
+//! Reuse inside one unsubmitted batch is safe: dispatches run in recording order, and WebGPU
+//! orders a write after an earlier read of the same buffer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use wgpu::util::DeviceExt;
+
+/// Buffers are pooled by size rounded up to this many bytes.
+const SIZE_QUANTUM: u64 = 256;
+
+#[derive(Debug)]
+pub(crate) struct BufferPool {
+    device: wgpu::Device,
+    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+}
+
+/// A buffer lent by the pool.
+#[derive(Debug)]
+pub(crate) struct PooledBuffer {
+    buffer: wgpu::Buffer,
+    pool: Weak<BufferPool>,
+}
+
+impl PooledBuffer {
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for PooledBuffer {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(self.buffer.clone());
+        }
+    }
+}
+
+/// What the pool holds, for reports and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Buffers waiting to be reused.
+    pub free_buffers: usize,
+    /// Their total size in bytes.
+    pub free_bytes: u64,
+}
+
+impl BufferPool {
+    pub(crate) fn new(device: wgpu::Device) -> Self {
+        Self {
+            device,
+            free: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn acquire(self: &Arc<Self>, bytes: u64) -> Arc<PooledBuffer> {
+        let size = bytes.max(1).div_ceil(SIZE_QUANTUM) * SIZE_QUANTUM;
+        let reused = self
+            .free
+            .lock()
+            .ok()
+            .and_then(|mut free| free.get_mut(&size).and_then(Vec::pop));
+        let buffer = reused.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("pooled"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        });
+        Arc::new(PooledBuffer {
+            buffer,
+            pool: Arc::downgrade(self),
+        })
+    }
+
+    /// A buffer filled with `contents` that never returns to the pool. Uploads use these: a
+    /// pooled buffer could still be read by a dispatch recorded but not yet submitted, and
+    /// `queue.write_buffer` would overwrite it before that dispatch runs.
+    pub(crate) fn upload(&self, contents: &[u8]) -> Arc<PooledBuffer> {
+        let mut padded;
+        let mut contents = contents;
+        if contents.is_empty() || contents.len() % 4 != 0 {
+            padded = contents.to_vec();
+            padded.resize(contents.len().max(1).div_ceil(4) * 4, 0);
+            contents = &padded;
+        }
+        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("upload"),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        });
+        Arc::new(PooledBuffer {
+            buffer,
+            pool: Weak::new(),
+        })
+    }
+
+    fn give_back(&self, buffer: wgpu::Buffer) {
+        if let Ok(mut free) = self.free.lock() {
+            free.entry(buffer.size()).or_default().push(buffer);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let Ok(free) = self.free.lock() else {
+            return PoolStats::default();
+        };
+        let buffers = free.values().flatten();
+        PoolStats {
+            free_buffers: buffers.clone().count(),
+            free_bytes: buffers.map(wgpu::Buffer::size).sum(),
+        }
+    }
+
+    /// Frees every idle buffer.
+    pub(crate) fn trim(&self) {
+        if let Ok(mut free) = self.free.lock() {
+            free.clear();
+        }
+    }
+}

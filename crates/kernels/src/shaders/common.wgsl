@@ -1,0 +1,76 @@
+// common.wgsl: helpers prepended to every kernel (see shader.rs). Math in f32.
+
+const SQRT_HALF: f32 = 0.7071067811865476;
+const SQRT_2_OVER_PI: f32 = 0.7978845608028654;
+
+// Linear invocation index of a 1-D kernel dispatched over x and y (see grid_1d in batch.rs).
+fn linear_index(gid: vec3<u32>, num_groups: vec3<u32>, workgroup_size: u32) -> u32 {
+    return gid.x + gid.y * num_groups.x * workgroup_size;
+}
+
+// x reduced to [-pi, pi] (Cody-Waite, 2 pi = 6.28125 + 0.00193530717958647692...): WGSL only
+// promises accurate sin and cos there, and timestep arguments reach 1000.
+fn reduce_angle(x: f32) -> f32 {
+    let k = round(x * 0.15915494309189535);
+    return (x - k * 6.28125) - k * 0.0019353071795864769;
+}
+
+// tanh that stays finite for large |x| (exp overflows to inf otherwise: inf/inf = NaN).
+fn safe_tanh(x: f32) -> f32 {
+    let e = exp(2.0 * clamp(x, -15.0, 15.0));
+    return (e - 1.0) / (e + 1.0);
+}
+
+fn sigmoid(x: f32) -> f32 {
+    return 1.0 / (1.0 + exp(-clamp(x, -80.0, 80.0)));
+}
+
+fn silu(x: f32) -> f32 {
+    return x * sigmoid(x);
+}
+
+// erfc with fractional error below 1.2e-7 everywhere (Numerical Recipes' Chebyshev fit), so that
+// GELU is accurate to f32 rounding on both tails.
+fn erfc_approx(x: f32) -> f32 {
+    let z = abs(x);
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418
+        + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587
+        + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * exp(poly);
+    return select(2.0 - r, r, x >= 0.0);
+}
+
+// Exact GELU, 0.5 x (1 + erf(x / sqrt 2)) = 0.5 x erfc(-x / sqrt 2), as diffusers' GEGLU uses.
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * erfc_approx(-x * SQRT_HALF);
+}
+
+// The tanh approximation of GELU (gelu_pytorch_tanh, "gelu_new").
+fn gelu_tanh(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + safe_tanh(SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)));
+}
+
+// CLIP's quick_gelu: x * sigmoid(1.702 x).
+fn quick_gelu(x: f32) -> f32 {
+    return x * sigmoid(1.702 * x);
+}
+
+// Workgroup-wide sum for kernels with REDUCE_WG threads; every thread gets the total. Only the
+// kernels that call it allocate the scratch array.
+const REDUCE_WG: u32 = 256u;
+var<workgroup> reduce_scratch: array<f32, REDUCE_WG>;
+
+fn workgroup_sum(lid: u32, v: f32) -> f32 {
+    reduce_scratch[lid] = v;
+    workgroupBarrier();
+    for (var s = REDUCE_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            reduce_scratch[lid] += reduce_scratch[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let total = reduce_scratch[0];
+    workgroupBarrier();
+    return total;
+}

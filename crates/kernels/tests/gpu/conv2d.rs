@@ -1,0 +1,87 @@
+use sd_kernels::ops::{self, Conv2dChunk, Conv2dShape};
+use sd_kernels::reference::{self, Tolerance};
+
+use crate::common::*;
+
+const TOL: Tolerance = Tolerance { abs: 2e-5, rel: 1e-5 };
+
+/// ([n, ic, h, w], oc, kernel, stride, pad): SD's three kinds, with odd sizes and channel counts
+/// off the 64-wide tiles.
+const CASES: [([usize; 4], usize, usize, usize, usize); 4] = [
+    ([2, 5, 9, 7], 6, 3, 1, 1),
+    ([1, 13, 11, 10], 70, 3, 2, 1),
+    ([2, 33, 6, 5], 17, 1, 1, 0),
+    ([1, 3, 8, 8], 65, 3, 1, 1),
+];
+
+#[test]
+fn conv2d_matches_reference_for_every_weight_variant() {
+    for weights in ALL_WEIGHTS {
+        for (case, &([n, ic, h, w], oc, kernel, stride, pad)) in CASES.iter().enumerate() {
+            let ctx = context_for(weights);
+            let mut rng = rng(200 + case as u64);
+            let x = random(&mut rng, n * ic * h * w, 1.0);
+            let wt = random(&mut rng, oc * ic * kernel * kernel, 0.3);
+            let b = random(&mut rng, oc, 1.0);
+            let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[oc, ic, kernel, kernel]);
+            let shape = Conv2dShape { stride, pad };
+            let (oh, ow) = (shape.out_size(h, kernel), shape.out_size(w, kernel));
+            let x_gpu = upload(ctx, &x, &[n, ic, h, w]);
+            let b_gpu = upload(ctx, &b, &[oc]);
+            let y = poisoned(ctx, &[n, oc, oh, ow]);
+            let got = run(ctx, &y, |batch| {
+                ops::conv2d(batch, &x_gpu, &w_gpu, Some(&b_gpu), &y, shape, Conv2dChunk::WHOLE)
+                    .expect("record")
+            });
+            let want = reference::conv2d(&x, [n, ic, h, w], &w_seen, [oc, kernel, kernel], Some(&b), stride, pad);
+            assert_close(&format!("conv2d {weights:?} case {case}"), &got, &want, TOL);
+        }
+    }
+}
+
+/// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
+/// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
+/// select their channels.
+#[test]
+fn conv2d_over_channel_chunks_equals_the_whole() {
+    let ctx = native();
+    let mut rng = rng(250);
+    let (n, ic, h, w, oc) = (2, 12, 7, 9, 10);
+    let x = random(&mut rng, n * ic * h * w, 1.0);
+    let wt = random(&mut rng, oc * ic * 9, 0.3);
+    let b = random(&mut rng, oc, 1.0);
+    let want = reference::conv2d(&x, [n, ic, h, w], &wt, [oc, 3, 3], Some(&b), 1, 1);
+    let (w_gpu, _) = weight(ctx, Weights::F32, &wt, &[oc, ic, 3, 3]);
+    let b_gpu = upload(ctx, &b, &[oc]);
+    // Input channels 0..5 and 5..12; output channels 0..4 and 4..10.
+    let split_in = |lo: usize, hi: usize| -> Vec<f32> {
+        (0..n).flat_map(|i| x[(i * ic + lo) * h * w..(i * ic + hi) * h * w].to_vec()).collect()
+    };
+    let x_chunks = [(0, upload(ctx, &split_in(0, 5), &[n, 5, h, w])), (5, upload(ctx, &split_in(5, 12), &[n, 7, h, w]))];
+    let shape = Conv2dShape { stride: 1, pad: 1 };
+    for (oc_lo, oc_hi) in [(0, 4), (4, 10)] {
+        let y = poisoned(ctx, &[n, oc_hi - oc_lo, h, w]);
+        let got = run(ctx, &y, |batch| {
+            for (i, (ic_offset, xc)) in x_chunks.iter().enumerate() {
+                let chunk = Conv2dChunk { ic_offset: *ic_offset, oc_offset: oc_lo, accumulate: i > 0 };
+                ops::conv2d(batch, xc, &w_gpu, Some(&b_gpu), &y, shape, chunk).expect("record");
+            }
+        });
+        let want_chunk: Vec<f32> = (0..n)
+            .flat_map(|i| want[(i * oc + oc_lo) * h * w..(i * oc + oc_hi) * h * w].to_vec())
+            .collect();
+        assert_close(&format!("conv2d chunk out {oc_lo}..{oc_hi}"), &got, &want_chunk, TOL);
+    }
+}
+
+#[test]
+fn conv2d_rejects_a_wrong_output_shape() {
+    let ctx = native();
+    let x = upload(ctx, &[0.5; 2 * 4 * 4], &[1, 2, 4, 4]);
+    let w = upload(ctx, &[0.5; 3 * 2 * 9], &[3, 2, 3, 3]);
+    let y = poisoned(ctx, &[1, 3, 4, 4]);
+    let mut batch = ctx.batch();
+    let stride2 = Conv2dShape { stride: 2, pad: 1 };
+    let err = ops::conv2d(&mut batch, &x, &w, None, &y, stride2, Conv2dChunk::WHOLE).expect_err("y is 4x4, stride 2 gives 2x2");
+    assert!(err.to_string().contains("expected [1, 3, 2, 2]"), "{err}");
+}

@@ -1,0 +1,60 @@
+use sd_kernels::ops;
+use sd_kernels::reference::{self, Tolerance};
+
+use crate::common::*;
+
+/// (leading dims of x, n, k): single element, sizes off the 64x64x16 tiles, a batched CLIP-like
+/// projection, k not a multiple of 4.
+const CASES: [(&[usize], usize, usize); 4] = [
+    (&[1], 1, 1),
+    (&[67], 45, 37),
+    (&[2, 77], 130, 67),
+    (&[3, 43], 70, 129),
+];
+
+#[test]
+fn linear_matches_reference_for_every_weight_variant() {
+    for weights in ALL_WEIGHTS {
+        for (case, &(lead, n, k)) in CASES.iter().enumerate() {
+            let ctx = context_for(weights);
+            let mut rng = rng(100 + case as u64);
+            let rows: usize = lead.iter().product();
+            let x = random(&mut rng, rows * k, 1.0);
+            let w = random(&mut rng, n * k, 0.5);
+            let b = random(&mut rng, n, 1.0);
+            let (w_gpu, w_seen) = weight(ctx, weights, &w, &[n, k]);
+            let mut x_shape = lead.to_vec();
+            x_shape.push(k);
+            let mut y_shape = lead.to_vec();
+            y_shape.push(n);
+            let x_gpu = upload(ctx, &x, &x_shape);
+            let b_gpu = upload(ctx, &b, &[n]);
+            for with_bias in [true, false] {
+                let y = poisoned(ctx, &y_shape);
+                let bias = with_bias.then_some(&b_gpu);
+                let got = run(ctx, &y, |batch| {
+                    ops::linear(batch, &x_gpu, &w_gpu, bias, &y).expect("record")
+                });
+                let want = reference::linear(&x, &w_seen, with_bias.then_some(&b[..]), rows, n, k);
+                assert_close(
+                    &format!("linear {weights:?} {lead:?}x{k} -> {n} bias {with_bias}"),
+                    &got,
+                    &want,
+                    Tolerance { abs: 2e-5, rel: 1e-5 },
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_rejects_mismatched_shapes() {
+    let ctx = native();
+    let x = upload(ctx, &[0.5; 6], &[2, 3]);
+    let w = upload(ctx, &[0.5; 8], &[2, 4]);
+    let y = poisoned(ctx, &[2, 2]);
+    let mut batch = ctx.batch();
+    let err = ops::linear(&mut batch, &x, &w, None, &y).expect_err("k differs");
+    assert!(err.to_string().contains("k = 4"), "{err}");
+    assert!(batch.is_empty());
+}
