@@ -120,7 +120,9 @@ impl<'c> Batch<'c> {
             });
         let mut encoder = ctx
             .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("batch"),
+            });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some("batch"),
@@ -187,10 +189,21 @@ mod tests {
 
     #[test]
     fn grid_covers_every_thread_within_limits() {
-        for threads in [1usize, 255, 256, 257, 65535 * 256, 65535 * 256 + 1, 200_000_000] {
+        for threads in [
+            1usize,
+            255,
+            256,
+            257,
+            65535 * 256,
+            65535 * 256 + 1,
+            200_000_000,
+        ] {
             let [x, y, z] = grid_1d(threads, 256);
             assert!(x <= 65535 && y <= 65535 && z == 1, "{threads}: {x}x{y}");
-            assert!(u64::from(x) * u64::from(y) * 256 >= threads as u64, "{threads} not covered");
+            assert!(
+                u64::from(x) * u64::from(y) * 256 >= threads as u64,
+                "{threads} not covered"
+            );
         }
     }
 }

@@ -160,17 +160,17 @@ impl GpuContext {
         let instance = wgpu::Instance::new(desc);
         let adapter = choose_adapter(&instance, backends, &options).await?;
         let info = adapter.get_info();
-        if let Some(expected) = options.expect_backend {
-            if info.backend != expected {
-                return Err(KernelError::NoAdapter(format!(
-                    "expected a {expected:?} adapter but got {:?} on {:?}",
-                    info.name, info.backend
-                )));
-            }
+        if let Some(expected) = options.expect_backend
+            && info.backend != expected
+        {
+            return Err(KernelError::NoAdapter(format!(
+                "expected a {expected:?} adapter but got {:?} on {:?}",
+                info.name, info.backend
+            )));
         }
         let limits = required_limits(&adapter.limits(), options.needed)?;
-        let native_f16 = options.f16 == F16Mode::Auto
-            && adapter.features().contains(wgpu::Features::SHADER_F16);
+        let native_f16 =
+            options.f16 == F16Mode::Auto && adapter.features().contains(wgpu::Features::SHADER_F16);
         let required_features = if native_f16 {
             wgpu::Features::SHADER_F16
         } else {
@@ -286,17 +286,35 @@ impl GpuContext {
 
     /// Uploads f32 values into a new buffer.
     pub fn upload_f32(&self, data: &[f32], shape: &[usize]) -> Result<Tensor> {
-        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::F32, "upload_f32")
+        self.upload(
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::F32,
+            "upload_f32",
+        )
     }
 
     /// Uploads u32 values (token ids) into a new buffer.
     pub fn upload_u32(&self, data: &[u32], shape: &[usize]) -> Result<Tensor> {
-        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::U32, "upload_u32")
+        self.upload(
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::U32,
+            "upload_u32",
+        )
     }
 
     /// Uploads f16 values (weights) into a new buffer.
     pub fn upload_f16(&self, data: &[half::f16], shape: &[usize]) -> Result<Tensor> {
-        self.upload(bytemuck::cast_slice(data), data.len(), shape, DType::F16, "upload_f16")
+        self.upload(
+            bytemuck::cast_slice(data),
+            data.len(),
+            shape,
+            DType::F16,
+            "upload_f16",
+        )
     }
 
     /// Uploads f32 values as a weight of the given storage type (f32 or f16).
@@ -307,7 +325,10 @@ impl GpuContext {
                 let halves: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
                 self.upload_f16(&halves, shape)
             }
-            DType::U32 => Err(KernelError::shape("upload_weight", "weights are f32 or f16")),
+            DType::U32 => Err(KernelError::shape(
+                "upload_weight",
+                "weights are f32 or f16",
+            )),
         }
     }
 
@@ -361,6 +382,22 @@ impl GpuContext {
         self.queue
             .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(&data));
         Ok(())
+    }
+
+    /// Waits until the GPU has finished all submitted work (benchmarks time with it).
+    pub async fn finish(&self) -> Result<()> {
+        let (sender, receiver) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = sender.send(());
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| KernelError::Readback(e.to_string()))?;
+        receiver
+            .await
+            .map_err(|_| KernelError::DeviceLost("the GPU never reported the work done".into()))?;
+        self.check_health()
     }
 
     /// Reads an f32 tensor back to the CPU: the one readback path, native and wasm alike.
@@ -427,7 +464,7 @@ impl GpuContext {
     }
 
     pub(crate) fn check_binding_size(&self, bytes: u64) -> Result<()> {
-        let max = u64::from(self.limits.max_storage_buffer_binding_size);
+        let max = self.limits.max_storage_buffer_binding_size;
         if bytes > max {
             return Err(KernelError::Limit {
                 name: "max_storage_buffer_binding_size",
@@ -491,8 +528,8 @@ async fn choose_adapter(
 /// adapter cannot reach.
 fn required_limits(adapter: &wgpu::Limits, needed: NeededLimits) -> Result<wgpu::Limits> {
     let mut limits = wgpu::Limits::default();
-    if needed.storage_binding > u64::from(limits.max_storage_buffer_binding_size) {
-        let max = u64::from(adapter.max_storage_buffer_binding_size);
+    if needed.storage_binding > limits.max_storage_buffer_binding_size {
+        let max = adapter.max_storage_buffer_binding_size;
         if needed.storage_binding > max {
             return Err(KernelError::Limit {
                 name: "max_storage_buffer_binding_size",
@@ -527,7 +564,7 @@ mod tests {
             ..wgpu::Limits::default()
         };
         let limits = required_limits(&adapter, NeededLimits::default())?;
-        assert_eq!(u64::from(limits.max_storage_buffer_binding_size), DEFAULT_MAX_BINDING);
+        assert_eq!(limits.max_storage_buffer_binding_size, DEFAULT_MAX_BINDING);
         assert_eq!(limits.max_buffer_size, DEFAULT_MAX_BUFFER);
         let needed = NeededLimits {
             storage_binding: 300 << 20,

@@ -23,7 +23,7 @@ pub use context::{ContextOptions, F16Mode, GpuContext, NeededLimits};
 pub use error::KernelError;
 pub use pipeline::PipelineKey;
 pub use pool::PoolStats;
-pub use shader::{compose_shader, ShaderVariant};
+pub use shader::{ShaderVariant, compose_shader};
 pub use tensor::{DType, Tensor};
 pub use wgpu;
 

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use crate::shader::{compose_shader, ShaderVariant};
+use crate::shader::{ShaderVariant, compose_shader};
 use crate::{KernelError, Result};
 
 /// Everything that makes two compute pipelines different.

@@ -85,18 +85,20 @@ impl BufferPool {
     pub(crate) fn upload(&self, contents: &[u8]) -> Arc<PooledBuffer> {
         let mut padded;
         let mut contents = contents;
-        if contents.is_empty() || contents.len() % 4 != 0 {
+        if contents.is_empty() || !contents.len().is_multiple_of(4) {
             padded = contents.to_vec();
             padded.resize(contents.len().max(1).div_ceil(4) * 4, 0);
             contents = &padded;
         }
-        let buffer = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("upload"),
-            contents,
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_SRC
-                | wgpu::BufferUsages::COPY_DST,
-        });
+        let buffer = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("upload"),
+                contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            });
         Arc::new(PooledBuffer {
             buffer,
             pool: Weak::new(),

@@ -65,7 +65,9 @@ pub fn compose_shader(
     }
     out.push_str(rest);
     if let Some(unused) = consts.keys().find(|k| !used.contains_key(*k)) {
-        return Err(format!("constant {unused} has no placeholder in the shader"));
+        return Err(format!(
+            "constant {unused} has no placeholder in the shader"
+        ));
     }
     Ok(out)
 }
@@ -95,8 +97,8 @@ mod tests {
         let out = compose_shader("", ShaderVariant::WeightsF16, &BTreeMap::new()).expect("ok");
         assert!(out.starts_with("enable f16;\n"));
         assert!(out.contains("array<f16>") || out.contains("WEIGHT_STORE = f16"));
-        let packed = compose_shader("", ShaderVariant::WeightsPacked, &BTreeMap::new())
-            .expect("ok");
+        let packed =
+            compose_shader("", ShaderVariant::WeightsPacked, &BTreeMap::new()).expect("ok");
         assert!(packed.contains("unpack2x16float"));
     }
 }

@@ -26,7 +26,7 @@ struct Params {
     scale: f32,
     _pad: [u32; 3],
 }
-const _: () = assert!(size_of::<Params>() % 16 == 0);
+const _: () = assert!(size_of::<Params>().is_multiple_of(16));
 
 /// Sizes of one attention call. Tensors are token-major: `q` `[batch, q_len, heads * head_dim]`,
 /// `k` and `v` `[batch, kv_len, heads * head_dim]`, the output like `q`.
@@ -68,15 +68,28 @@ pub fn attention(
     shape: AttentionShape,
 ) -> Result<()> {
     const OP: &str = "attention";
-    let AttentionShape { batch: n, heads, head_dim, q_len, kv_len, causal, scale } = shape;
+    let AttentionShape {
+        batch: n,
+        heads,
+        head_dim,
+        q_len,
+        kv_len,
+        causal,
+        scale,
+    } = shape;
     if head_dim == 0 || head_dim > MAX_HEAD_DIM || heads == 0 || kv_len == 0 {
         return Err(KernelError::shape(
             OP,
-            format!("{heads} heads of size {head_dim} over {kv_len} keys (head size 1..={MAX_HEAD_DIM}, at least one head and key)"),
+            format!(
+                "{heads} heads of size {head_dim} over {kv_len} keys (head size 1..={MAX_HEAD_DIM}, at least one head and key)"
+            ),
         ));
     }
     if causal && q_len > kv_len {
-        return Err(KernelError::shape(OP, format!("a causal mask needs q_len {q_len} <= kv_len {kv_len}")));
+        return Err(KernelError::shape(
+            OP,
+            format!("a causal mask needs q_len {q_len} <= kv_len {kv_len}"),
+        ));
     }
     let width = heads * head_dim;
     expect_f32(OP, "q", q, n * q_len * width)?;
@@ -116,7 +129,10 @@ mod tests {
         for head_dim in [1, 4, 8, 40, 64, 80, 160, MAX_HEAD_DIM] {
             let block = block_k(head_dim);
             assert!(block >= 1 && block.is_power_of_two());
-            assert!(2 * 4 * block * padded_head_dim(head_dim) <= 16 << 10, "head {head_dim}: block {block}");
+            assert!(
+                2 * 4 * block * padded_head_dim(head_dim) <= 16 << 10,
+                "head {head_dim}: block {block}"
+            );
         }
         assert_eq!(block_k(40), 32);
         assert_eq!(block_k(160), 8);

@@ -28,7 +28,7 @@ struct Params {
     accumulate: u32,
     has_bias: u32,
 }
-const _: () = assert!(size_of::<Params>() % 16 == 0);
+const _: () = assert!(size_of::<Params>().is_multiple_of(16));
 
 /// Stride and padding (the kernel size comes from the weight). SD uses 3x3 s1 p1, 3x3 s2 p1
 /// (downsamplers) and 1x1 s1 p0.
@@ -80,16 +80,28 @@ pub fn conv2d(
 ) -> Result<()> {
     const OP: &str = "conv2d";
     let [oc_total, ic_total, kh, kw] = *weight.shape() else {
-        return Err(KernelError::shape(OP, format!("weight must be [OC, IC, kh, kw], is {:?}", weight.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("weight must be [OC, IC, kh, kw], is {:?}", weight.shape()),
+        ));
     };
     let [n, cin, h, w] = *x.shape() else {
-        return Err(KernelError::shape(OP, format!("x must be NCHW, is {:?}", x.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("x must be NCHW, is {:?}", x.shape()),
+        ));
     };
     let [yn, cout, oh, ow] = *y.shape() else {
-        return Err(KernelError::shape(OP, format!("y must be NCHW, is {:?}", y.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("y must be NCHW, is {:?}", y.shape()),
+        ));
     };
     if shape.stride == 0 || h + 2 * shape.pad < kh || w + 2 * shape.pad < kw {
-        return Err(KernelError::shape(OP, format!("{shape:?} with a {kh}x{kw} kernel does not fit a {h}x{w} input")));
+        return Err(KernelError::shape(
+            OP,
+            format!("{shape:?} with a {kh}x{kw} kernel does not fit a {h}x{w} input"),
+        ));
     }
     if chunk.ic_offset + cin > ic_total || chunk.oc_offset + cout > oc_total {
         return Err(KernelError::shape(

@@ -24,7 +24,7 @@ struct UnaryParams {
     beta: f32,
     _pad: [u32; 2],
 }
-const _: () = assert!(size_of::<UnaryParams>() % 16 == 0);
+const _: () = assert!(size_of::<UnaryParams>().is_multiple_of(16));
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -34,7 +34,7 @@ struct BinaryParams {
     dim1: u32,
     dim2: u32,
 }
-const _: () = assert!(size_of::<BinaryParams>() % 16 == 0);
+const _: () = assert!(size_of::<BinaryParams>().is_multiple_of(16));
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -44,7 +44,7 @@ struct EmbeddingParams {
     dim: u32,
     vocab: u32,
 }
-const _: () = assert!(size_of::<EmbeddingParams>() % 16 == 0);
+const _: () = assert!(size_of::<EmbeddingParams>().is_multiple_of(16));
 
 /// Pointwise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,20 +112,49 @@ fn same_len(op: &'static str, x: &Tensor, y: &Tensor) -> Result<u32> {
 /// Records `y = f(x)`.
 pub fn activation(batch: &mut Batch<'_>, f: Activation, x: &Tensor, y: &Tensor) -> Result<()> {
     let len = same_len("activation", x, y)?;
-    unary(batch, f.entry(), UnaryParams { len, ..Default::default() }, x, y)
+    unary(
+        batch,
+        f.entry(),
+        UnaryParams {
+            len,
+            ..Default::default()
+        },
+        x,
+        y,
+    )
 }
 
 /// Records `y = x * factor`.
 pub fn scale(batch: &mut Batch<'_>, x: &Tensor, factor: f32, y: &Tensor) -> Result<()> {
     let len = same_len("scale", x, y)?;
-    unary(batch, "scale", UnaryParams { len, alpha: factor, ..Default::default() }, x, y)
+    unary(
+        batch,
+        "scale",
+        UnaryParams {
+            len,
+            alpha: factor,
+            ..Default::default()
+        },
+        x,
+        y,
+    )
 }
 
 /// Records, in place, `y = (y + x) * factor` (residual connections; `factor` is
 /// `1 / output_scale_factor`, usually 1).
 pub fn residual_add(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, factor: f32) -> Result<()> {
     let len = same_len("residual_add", x, y)?;
-    unary(batch, "residual_add", UnaryParams { len, alpha: factor, ..Default::default() }, x, y)
+    unary(
+        batch,
+        "residual_add",
+        UnaryParams {
+            len,
+            alpha: factor,
+            ..Default::default()
+        },
+        x,
+        y,
+    )
 }
 
 /// Records GEGLU: `x` `[..., 2D]` to `y` `[..., D]`, `hidden * gelu(gate)` with `hidden` the
@@ -133,12 +162,19 @@ pub fn residual_add(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, factor: f32) 
 pub fn geglu(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "geglu";
     let two_d = *x.shape().last().unwrap_or(&0);
-    if two_d == 0 || two_d % 2 != 0 {
-        return Err(KernelError::shape(OP, format!("x {:?} must end in an even dimension", x.shape())));
+    if two_d == 0 || !two_d.is_multiple_of(2) {
+        return Err(KernelError::shape(
+            OP,
+            format!("x {:?} must end in an even dimension", x.shape()),
+        ));
     }
     expect_f32(OP, "x", x, x.len())?;
     expect_f32(OP, "y", y, x.len() / 2)?;
-    let params = UnaryParams { len: to_u32(OP, y.len())?, dim0: to_u32(OP, two_d / 2)?, ..Default::default() };
+    let params = UnaryParams {
+        len: to_u32(OP, y.len())?,
+        dim0: to_u32(OP, two_d / 2)?,
+        ..Default::default()
+    };
     unary(batch, "geglu", params, x, y)
 }
 
@@ -146,24 +182,55 @@ pub fn geglu(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
 pub fn upsample_nearest2x(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     const OP: &str = "upsample_nearest2x";
     let [n, c, h, w] = *x.shape() else {
-        return Err(KernelError::shape(OP, format!("x must be NCHW, is {:?}", x.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("x must be NCHW, is {:?}", x.shape()),
+        ));
     };
     expect_f32(OP, "x", x, x.len())?;
     expect_f32(OP, "y", y, 4 * x.len())?;
     if y.shape() != [n, c, 2 * h, 2 * w] {
-        return Err(KernelError::shape(OP, format!("y is {:?}, expected [{n}, {c}, {}, {}]", y.shape(), 2 * h, 2 * w)));
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "y is {:?}, expected [{n}, {c}, {}, {}]",
+                y.shape(),
+                2 * h,
+                2 * w
+            ),
+        ));
     }
-    let params = UnaryParams { len: to_u32(OP, y.len())?, dim0: to_u32(OP, h)?, dim1: to_u32(OP, w)?, ..Default::default() };
+    let params = UnaryParams {
+        len: to_u32(OP, y.len())?,
+        dim0: to_u32(OP, h)?,
+        dim1: to_u32(OP, w)?,
+        ..Default::default()
+    };
     unary(batch, "upsample_nearest2x", params, x, y)
 }
 
-fn layout(op: &'static str, entry: &'static str, batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, channels: usize) -> Result<()> {
+fn layout(
+    op: &'static str,
+    entry: &'static str,
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    y: &Tensor,
+    channels: usize,
+) -> Result<()> {
     let n = *x.shape().first().unwrap_or(&0);
-    if channels == 0 || n == 0 || x.len() % (n * channels) != 0 {
-        return Err(KernelError::shape(op, format!("x {:?} does not have {channels} channels", x.shape())));
+    if channels == 0 || n == 0 || !x.len().is_multiple_of(n * channels) {
+        return Err(KernelError::shape(
+            op,
+            format!("x {:?} does not have {channels} channels", x.shape()),
+        ));
     }
     let len = same_len(op, x, y)?;
-    let params = UnaryParams { len, dim0: to_u32(op, channels)?, dim1: to_u32(op, x.len() / (n * channels))?, ..Default::default() };
+    let params = UnaryParams {
+        len,
+        dim0: to_u32(op, channels)?,
+        dim1: to_u32(op, x.len() / (n * channels))?,
+        ..Default::default()
+    };
     unary(batch, entry, params, x, y)
 }
 
@@ -181,7 +248,10 @@ pub fn layout_nlc_to_nchw(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Resu
 
 fn same_shape(op: &'static str, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<u32> {
     if a.shape() != b.shape() {
-        return Err(KernelError::shape(op, format!("a {:?} and b {:?} differ", a.shape(), b.shape())));
+        return Err(KernelError::shape(
+            op,
+            format!("a {:?} and b {:?} differ", a.shape(), b.shape()),
+        ));
     }
     expect_f32(op, "b", b, a.len())?;
     same_len(op, a, y)
@@ -190,13 +260,33 @@ fn same_shape(op: &'static str, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<u3
 /// Records `y = a + b`.
 pub fn add(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
     let len = same_shape("add", a, b, y)?;
-    binary(batch, "add", BinaryParams { len, ..Default::default() }, a, b, y)
+    binary(
+        batch,
+        "add",
+        BinaryParams {
+            len,
+            ..Default::default()
+        },
+        a,
+        b,
+        y,
+    )
 }
 
 /// Records `y = a * b`.
 pub fn mul(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
     let len = same_shape("mul", a, b, y)?;
-    binary(batch, "mul", BinaryParams { len, ..Default::default() }, a, b, y)
+    binary(
+        batch,
+        "mul",
+        BinaryParams {
+            len,
+            ..Default::default()
+        },
+        a,
+        b,
+        y,
+    )
 }
 
 /// Records `y = a + b[:, :, None, None]`: `a` `[N, C, ...]`, `b` `[N, C]`.
@@ -204,15 +294,35 @@ pub fn add_channel_bias(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tenso
     const OP: &str = "add_channel_bias";
     let (n, c) = match *a.shape() {
         [n, c, ..] => (n, c),
-        _ => return Err(KernelError::shape(OP, format!("a must be [N, C, ...], is {:?}", a.shape()))),
+        _ => {
+            return Err(KernelError::shape(
+                OP,
+                format!("a must be [N, C, ...], is {:?}", a.shape()),
+            ));
+        }
     };
     if b.shape() != [n, c] {
-        return Err(KernelError::shape(OP, format!("b is {:?}, expected [{n}, {c}]", b.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("b is {:?}, expected [{n}, {c}]", b.shape()),
+        ));
     }
     let len = same_len(OP, a, y)?;
     expect_f32(OP, "b", b, n * c)?;
-    let spatial = if n * c == 0 { 0 } else { a.len() / (n * c) };
-    binary(batch, OP, BinaryParams { len, dim0: to_u32(OP, c)?, dim1: to_u32(OP, spatial)?, dim2: 0 }, a, b, y)
+    let spatial = a.len().checked_div(n * c).unwrap_or(0);
+    binary(
+        batch,
+        OP,
+        BinaryParams {
+            len,
+            dim0: to_u32(OP, c)?,
+            dim1: to_u32(OP, spatial)?,
+            dim2: 0,
+        },
+        a,
+        b,
+        y,
+    )
 }
 
 /// Records `y = cat([a, b], dim=1)` for `[N, Ca, ...]` and `[N, Cb, ...]` with equal rest.
@@ -220,14 +330,31 @@ pub fn concat_channels(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor
     const OP: &str = "concat_channels";
     let (na, ca, rest_a) = match a.shape() {
         [n, c, rest @ ..] => (*n, *c, rest),
-        _ => return Err(KernelError::shape(OP, format!("a must be [N, C, ...], is {:?}", a.shape()))),
+        _ => {
+            return Err(KernelError::shape(
+                OP,
+                format!("a must be [N, C, ...], is {:?}", a.shape()),
+            ));
+        }
     };
     let (nb, cb, rest_b) = match b.shape() {
         [n, c, rest @ ..] => (*n, *c, rest),
-        _ => return Err(KernelError::shape(OP, format!("b must be [N, C, ...], is {:?}", b.shape()))),
+        _ => {
+            return Err(KernelError::shape(
+                OP,
+                format!("b must be [N, C, ...], is {:?}", b.shape()),
+            ));
+        }
     };
     if na != nb || rest_a != rest_b {
-        return Err(KernelError::shape(OP, format!("a {:?} and b {:?} differ outside the channels", a.shape(), b.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "a {:?} and b {:?} differ outside the channels",
+                a.shape(),
+                b.shape()
+            ),
+        ));
     }
     let spatial: usize = rest_a.iter().product();
     expect_f32(OP, "a", a, a.len())?;
@@ -262,10 +389,16 @@ pub fn timestep_embedding(
 ) -> Result<()> {
     const OP: &str = "timestep_embedding";
     let [n, dim] = *y.shape() else {
-        return Err(KernelError::shape(OP, format!("y must be [N, dim], is {:?}", y.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("y must be [N, dim], is {:?}", y.shape()),
+        ));
     };
     if dim < 2 || f64::from(freq_shift) >= (dim / 2) as f64 {
-        return Err(KernelError::shape(OP, format!("dim {dim} too small for freq_shift {freq_shift}")));
+        return Err(KernelError::shape(
+            OP,
+            format!("dim {dim} too small for freq_shift {freq_shift}"),
+        ));
     }
     expect_f32(OP, "timesteps", timesteps, n)?;
     expect_f32(OP, "y", y, n * dim)?;
@@ -293,19 +426,44 @@ pub fn embedding(
 ) -> Result<()> {
     const OP: &str = "embedding";
     let [vocab, dim] = *token_table.shape() else {
-        return Err(KernelError::shape(OP, format!("token table must be [vocab, D], is {:?}", token_table.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "token table must be [vocab, D], is {:?}",
+                token_table.shape()
+            ),
+        ));
     };
     let [b, l] = *ids.shape() else {
-        return Err(KernelError::shape(OP, format!("ids must be [B, L], is {:?}", ids.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("ids must be [B, L], is {:?}", ids.shape()),
+        ));
     };
     if ids.dtype() != DType::U32 || ids_host.len() != b * l {
-        return Err(KernelError::shape(OP, "ids must be u32 and match their host copy"));
+        return Err(KernelError::shape(
+            OP,
+            "ids must be u32 and match their host copy",
+        ));
     }
-    if let Some((i, id)) = ids_host.iter().enumerate().find(|(_, id)| **id as usize >= vocab) {
-        return Err(KernelError::shape(OP, format!("token id {id} at position {i} is outside the vocabulary of {vocab}")));
+    if let Some((i, id)) = ids_host
+        .iter()
+        .enumerate()
+        .find(|(_, id)| **id as usize >= vocab)
+    {
+        return Err(KernelError::shape(
+            OP,
+            format!("token id {id} at position {i} is outside the vocabulary of {vocab}"),
+        ));
     }
     if positions.len() < l * dim || positions.shape().last() != Some(&dim) {
-        return Err(KernelError::shape(OP, format!("positions {:?} do not cover {l} tokens of width {dim}", positions.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "positions {:?} do not cover {l} tokens of width {dim}",
+                positions.shape()
+            ),
+        ));
     }
     expect_f32(OP, "positions", positions, positions.len())?;
     expect_f32(OP, "y", y, b * l * dim)?;

@@ -16,7 +16,7 @@ struct Params {
     k: u32,
     has_bias: u32,
 }
-const _: () = assert!(size_of::<Params>() % 16 == 0);
+const _: () = assert!(size_of::<Params>().is_multiple_of(16));
 
 /// Records `y = x W^T + b`: `x` is `[..., k]` (f32, leading dimensions flattened into rows),
 /// `weight` is `[n, k]` (f16 or f32), `bias` is `[n]` (f32), `y` is `[..., n]` (f32).
@@ -29,7 +29,10 @@ pub fn linear(
 ) -> Result<()> {
     const OP: &str = "linear";
     let [n, k] = *weight.shape() else {
-        return Err(KernelError::shape(OP, format!("weight must be [n, k], is {:?}", weight.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("weight must be [n, k], is {:?}", weight.shape()),
+        ));
     };
     if k == 0 || x.shape().last() != Some(&k) {
         return Err(KernelError::shape(

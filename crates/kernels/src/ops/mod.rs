@@ -8,37 +8,51 @@ mod elementwise;
 mod linear;
 mod norm;
 
-pub use attention::{attention, AttentionShape};
-pub use conv2d::{conv2d, Conv2dChunk, Conv2dShape};
+pub use attention::{AttentionShape, attention};
+pub use conv2d::{Conv2dChunk, Conv2dShape, conv2d};
 pub use elementwise::{
-    activation, add, add_channel_bias, concat_channels, embedding, geglu, layout_nchw_to_nlc,
-    layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding, timestep_frequencies,
-    upsample_nearest2x, Activation,
+    Activation, activation, add, add_channel_bias, concat_channels, embedding, geglu,
+    layout_nchw_to_nlc, layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding,
+    timestep_frequencies, upsample_nearest2x,
 };
 pub use linear::linear;
-pub use norm::{group_norm, layer_norm, GroupNormShape};
+pub use norm::{GroupNormShape, group_norm, layer_norm};
 
 use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
 /// The shader variant that reads `weights` of this tensor's storage type on this device.
-pub(crate) fn weight_variant(batch: &Batch<'_>, op: &'static str, w: &Tensor) -> Result<ShaderVariant> {
+pub(crate) fn weight_variant(
+    batch: &Batch<'_>,
+    op: &'static str,
+    w: &Tensor,
+) -> Result<ShaderVariant> {
     match w.dtype() {
         DType::F32 => Ok(ShaderVariant::WeightsF32),
         DType::F16 if batch.context().native_f16() => Ok(ShaderVariant::WeightsF16),
         DType::F16 => Ok(ShaderVariant::WeightsPacked),
-        DType::U32 => Err(KernelError::shape(op, "weights must be f32 or f16, not u32")),
+        DType::U32 => Err(KernelError::shape(
+            op,
+            "weights must be f32 or f16, not u32",
+        )),
     }
 }
 
 /// Fails unless the tensor is f32 with exactly `len` elements.
 pub(crate) fn expect_f32(op: &'static str, name: &str, t: &Tensor, len: usize) -> Result<()> {
     if t.dtype() != DType::F32 {
-        return Err(KernelError::shape(op, format!("{name} must be f32, is {:?}", t.dtype())));
+        return Err(KernelError::shape(
+            op,
+            format!("{name} must be f32, is {:?}", t.dtype()),
+        ));
     }
     if t.len() != len {
         return Err(KernelError::shape(
             op,
-            format!("{name} has {} elements (shape {:?}), expected {len}", t.len(), t.shape()),
+            format!(
+                "{name} has {} elements (shape {:?}), expected {len}",
+                t.len(),
+                t.shape()
+            ),
         ));
     }
     Ok(())
@@ -46,6 +60,10 @@ pub(crate) fn expect_f32(op: &'static str, name: &str, t: &Tensor, len: usize) -
 
 /// Converts a size to the u32 the shaders index with.
 pub(crate) fn to_u32(op: &'static str, value: usize) -> Result<u32> {
-    u32::try_from(value)
-        .map_err(|_| KernelError::shape(op, format!("size {value} exceeds the u32 range of a shader index")))
+    u32::try_from(value).map_err(|_| {
+        KernelError::shape(
+            op,
+            format!("size {value} exceeds the u32 range of a shader index"),
+        )
+    })
 }

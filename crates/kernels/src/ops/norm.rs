@@ -22,7 +22,7 @@ struct GroupNormParams {
     c_offset: u32,
     _pad: u32,
 }
-const _: () = assert!(size_of::<GroupNormParams>() % 16 == 0);
+const _: () = assert!(size_of::<GroupNormParams>().is_multiple_of(16));
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -32,7 +32,7 @@ struct LayerNormParams {
     eps: f32,
     _pad: u32,
 }
-const _: () = assert!(size_of::<LayerNormParams>() % 16 == 0);
+const _: () = assert!(size_of::<LayerNormParams>().is_multiple_of(16));
 
 /// Group norm settings for one tensor or channel chunk.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -59,10 +59,18 @@ pub fn group_norm(
     const OP: &str = "group_norm";
     let (n, c, spatial) = match *x.shape() {
         [n, c, ref rest @ ..] if !rest.is_empty() => (n, c, rest.iter().product::<usize>()),
-        _ => return Err(KernelError::shape(OP, format!("x must be [N, C, ...], is {:?}", x.shape()))),
+        _ => {
+            return Err(KernelError::shape(
+                OP,
+                format!("x must be [N, C, ...], is {:?}", x.shape()),
+            ));
+        }
     };
     if shape.groups == 0 || c % shape.groups != 0 {
-        return Err(KernelError::shape(OP, format!("{c} channels do not split into {} groups", shape.groups)));
+        return Err(KernelError::shape(
+            OP,
+            format!("{c} channels do not split into {} groups", shape.groups),
+        ));
     }
     if gamma.len() < shape.c_offset + c || beta.len() != gamma.len() {
         return Err(KernelError::shape(
@@ -92,14 +100,22 @@ pub fn group_norm(
         _pad: 0,
     };
     batch.dispatch(
-        PipelineKey::new("group_norm.wgsl", "group_norm_stats", ShaderVariant::NoWeights),
+        PipelineKey::new(
+            "group_norm.wgsl",
+            "group_norm_stats",
+            ShaderVariant::NoWeights,
+        ),
         GROUP_NORM,
         &params,
         &[x, &stats],
         [params.groups, params.batch, 1],
     )?;
     batch.dispatch(
-        PipelineKey::new("group_norm.wgsl", "group_norm_apply", ShaderVariant::NoWeights),
+        PipelineKey::new(
+            "group_norm.wgsl",
+            "group_norm_apply",
+            ShaderVariant::NoWeights,
+        ),
         GROUP_NORM,
         &params,
         &[x, &stats, gamma, beta, y],
@@ -120,7 +136,10 @@ pub fn layer_norm(
     const OP: &str = "layer_norm";
     let dim = *x.shape().last().unwrap_or(&0);
     if dim == 0 {
-        return Err(KernelError::shape(OP, format!("x {:?} has no last dimension", x.shape())));
+        return Err(KernelError::shape(
+            OP,
+            format!("x {:?} has no last dimension", x.shape()),
+        ));
     }
     let rows = x.len() / dim;
     expect_f32(OP, "x", x, rows * dim)?;

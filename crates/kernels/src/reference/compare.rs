@@ -12,9 +12,15 @@ pub struct Tolerance {
 
 impl Tolerance {
     /// f32 arithmetic with f32 inputs.
-    pub const F32: Self = Self { abs: 1e-5, rel: 1e-5 };
+    pub const F32: Self = Self {
+        abs: 1e-5,
+        rel: 1e-5,
+    };
     /// Inputs or weights rounded through f16 storage.
-    pub const F16: Self = Self { abs: 1e-3, rel: 1e-3 };
+    pub const F16: Self = Self {
+        abs: 1e-3,
+        rel: 1e-3,
+    };
 }
 
 /// Why a comparison failed.
@@ -74,8 +80,9 @@ pub fn compare(label: &str, got: &[f32], want: &[f32], tol: Tolerance) -> Result
             f32::INFINITY
         };
         // Normalise by the allowed error so "worst" means "furthest past its own bound".
-        let bound = tol.abs + tol.rel * w.abs();
-        if !(error <= bound) {
+        let bound = tol.abs + tol.rel * if w.is_finite() { w.abs() } else { 0.0 };
+        // Neither is NaN here: non-finite pairs were mapped to 0 or inf above.
+        if error > bound {
             report.count += 1;
         }
         let badness = error / bound;
@@ -87,7 +94,11 @@ pub fn compare(label: &str, got: &[f32], want: &[f32], tol: Tolerance) -> Result
             report.error = error;
         }
     }
-    if report.count == 0 { Ok(()) } else { Err(report) }
+    if report.count == 0 {
+        Ok(())
+    } else {
+        Err(report)
+    }
 }
 
 #[cfg(test)]
@@ -103,6 +114,11 @@ mod tests {
         assert_eq!(err.count, 2);
         assert_eq!(err.index, 2, "NaN is the worst element");
         assert!(err.to_string().contains("2 of 4"));
+        let nan_wanted = compare("nan", &[1.0], &[f32::NAN], Tolerance::F32);
+        assert!(
+            nan_wanted.is_err(),
+            "a finite value where NaN is expected fails"
+        );
         let short = compare("short", &got[..2], &want, Tolerance::F32).expect_err("length");
         assert_eq!(short.lengths, Some((2, 4)));
     }

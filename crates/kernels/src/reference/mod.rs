@@ -4,10 +4,17 @@
 
 mod compare;
 
-pub use compare::{compare, Mismatch, Tolerance};
+pub use compare::{Mismatch, Tolerance, compare};
 
 /// `y[r, j] = sum_k x[r, k] w[j, k] + b[j]`.
-pub fn linear(x: &[f32], w: &[f32], b: Option<&[f32]>, rows: usize, n: usize, k: usize) -> Vec<f32> {
+pub fn linear(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    rows: usize,
+    n: usize,
+    k: usize,
+) -> Vec<f32> {
     let mut y = vec![0.0; rows * n];
     for r in 0..rows {
         for j in 0..n {
@@ -84,11 +91,16 @@ pub fn group_norm(
             let base = (b * groups + g) * per_group;
             let xs = &x[base..base + per_group];
             let mean = xs.iter().map(|&v| f64::from(v)).sum::<f64>() / per_group as f64;
-            let var = xs.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / per_group as f64;
+            let var = xs
+                .iter()
+                .map(|&v| (f64::from(v) - mean).powi(2))
+                .sum::<f64>()
+                / per_group as f64;
             let rstd = 1.0 / (var + f64::from(eps)).sqrt();
             for (i, &v) in xs.iter().enumerate() {
                 let ch = (base + i) / spatial % c;
-                let mut out = (f64::from(v) - mean) * rstd * f64::from(gamma[ch]) + f64::from(beta[ch]);
+                let mut out =
+                    (f64::from(v) - mean) * rstd * f64::from(gamma[ch]) + f64::from(beta[ch]);
                 if silu {
                     out = silu_f64(out);
                 }
@@ -104,10 +116,15 @@ pub fn layer_norm(x: &[f32], dim: usize, gamma: &[f32], beta: &[f32], eps: f32) 
     let mut y = vec![0.0; x.len()];
     for (row, out) in x.chunks(dim).zip(y.chunks_mut(dim)) {
         let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / dim as f64;
-        let var = row.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / dim as f64;
+        let var = row
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / dim as f64;
         let rstd = 1.0 / (var + f64::from(eps)).sqrt();
         for i in 0..dim {
-            out[i] = ((f64::from(row[i]) - mean) * rstd * f64::from(gamma[i]) + f64::from(beta[i])) as f32;
+            out[i] = ((f64::from(row[i]) - mean) * rstd * f64::from(gamma[i]) + f64::from(beta[i]))
+                as f32;
         }
     }
     y
@@ -136,7 +153,11 @@ pub fn attention(
                 let mut max = f64::NEG_INFINITY;
                 for j in 0..keys {
                     let kj = &k[(b * kv_len + j) * width + h * head_dim..][..head_dim];
-                    let s: f64 = qi.iter().zip(kj).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>()
+                    let s: f64 = qi
+                        .iter()
+                        .zip(kj)
+                        .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                        .sum::<f64>()
                         * f64::from(scale);
                     scores[j] = s;
                     max = max.max(s);
@@ -150,7 +171,8 @@ pub fn attention(
                 for (d, od) in o.iter_mut().enumerate() {
                     let mut acc = 0.0;
                     for j in 0..keys {
-                        acc += scores[j] * f64::from(v[(b * kv_len + j) * width + h * head_dim + d]);
+                        acc +=
+                            scores[j] * f64::from(v[(b * kv_len + j) * width + h * head_dim + d]);
                     }
                     *od = (acc / sum) as f32;
                 }
@@ -191,7 +213,9 @@ pub fn quick_gelu(x: f32) -> f32 {
 /// GEGLU over rows of `2 * dim`: `hidden * gelu(gate)`.
 pub fn geglu(x: &[f32], dim: usize) -> Vec<f32> {
     x.chunks(2 * dim)
-        .flat_map(|row| (0..dim).map(move |i| (f64::from(row[i]) * f64::from(gelu(row[dim + i]))) as f32))
+        .flat_map(|row| {
+            (0..dim).map(move |i| (f64::from(row[i]) * f64::from(gelu(row[dim + i]))) as f32)
+        })
         .collect()
 }
 
@@ -209,7 +233,14 @@ pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f
 }
 
 /// `cat([a, b], dim=1)` of `[n, ca, spatial]` and `[n, cb, spatial]`.
-pub fn concat_channels(a: &[f32], b: &[f32], n: usize, ca: usize, cb: usize, spatial: usize) -> Vec<f32> {
+pub fn concat_channels(
+    a: &[f32],
+    b: &[f32],
+    n: usize,
+    ca: usize,
+    cb: usize,
+    spatial: usize,
+) -> Vec<f32> {
     let mut y = Vec::with_capacity(a.len() + b.len());
     for i in 0..n {
         y.extend_from_slice(&a[i * ca * spatial..(i + 1) * ca * spatial]);
@@ -233,14 +264,24 @@ pub fn transpose_last2(x: &[f32], n: usize, rows: usize, cols: usize) -> Vec<f32
 
 /// diffusers' `get_timestep_embedding` (max period 10000, scale 1) as torch computes it in
 /// f32: frequencies rounded to f32, the argument `t * freq` an f32 product, sin and cos exact.
-pub fn timestep_embedding(timesteps: &[f32], dim: usize, flip_sin_to_cos: bool, freq_shift: f32) -> Vec<f32> {
+pub fn timestep_embedding(
+    timesteps: &[f32],
+    dim: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f32,
+) -> Vec<f32> {
     let half = dim / 2;
     let mut y = vec![0.0; timesteps.len() * dim];
     for (n, &t) in timesteps.iter().enumerate() {
         for j in 0..half {
-            let freq = (-(10000f64.ln()) * j as f64 / (half as f64 - f64::from(freq_shift))).exp() as f32;
+            let freq =
+                (-(10000f64.ln()) * j as f64 / (half as f64 - f64::from(freq_shift))).exp() as f32;
             let arg = f64::from(t * freq);
-            let (first, second) = if flip_sin_to_cos { (arg.cos(), arg.sin()) } else { (arg.sin(), arg.cos()) };
+            let (first, second) = if flip_sin_to_cos {
+                (arg.cos(), arg.sin())
+            } else {
+                (arg.sin(), arg.cos())
+            };
             y[n * dim + j] = first as f32;
             y[n * dim + half + j] = second as f32;
         }
@@ -249,7 +290,13 @@ pub fn timestep_embedding(timesteps: &[f32], dim: usize, flip_sin_to_cos: bool, 
 }
 
 /// `token_table[ids[i]] + positions[i % seq_len]`, rows of width `dim`.
-pub fn embedding(ids: &[u32], seq_len: usize, token_table: &[f32], positions: &[f32], dim: usize) -> Vec<f32> {
+pub fn embedding(
+    ids: &[u32],
+    seq_len: usize,
+    token_table: &[f32],
+    positions: &[f32],
+    dim: usize,
+) -> Vec<f32> {
     ids.iter()
         .enumerate()
         .flat_map(|(i, &id)| {

@@ -3,11 +3,22 @@ use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
 
-const TOL: Tolerance = Tolerance { abs: 2e-5, rel: 1e-4 };
+const TOL: Tolerance = Tolerance {
+    abs: 2e-5,
+    rel: 1e-4,
+};
 
 fn check(label: &str, shape: AttentionShape, seed: u64, rows: std::ops::Range<usize>) {
     let ctx = native();
-    let AttentionShape { batch, heads, head_dim, q_len, kv_len, causal, scale } = shape;
+    let AttentionShape {
+        batch,
+        heads,
+        head_dim,
+        q_len,
+        kv_len,
+        causal,
+        scale,
+    } = shape;
     let width = heads * head_dim;
     let mut rng = rng(seed);
     let q = random(&mut rng, batch * q_len * width, 1.0);
@@ -19,19 +30,49 @@ fn check(label: &str, shape: AttentionShape, seed: u64, rows: std::ops::Range<us
         upload(ctx, &v, &[batch, kv_len, width]),
     );
     let o = poisoned(ctx, &[batch, q_len, width]);
-    let got = run(ctx, &o, |b| ops::attention(b, &qg, &kg, &vg, &o, shape).expect("record"));
-    let want = reference::attention(&q, &k, &v, [batch, heads, head_dim, q_len, kv_len], causal, scale, rows.clone());
+    let got = run(ctx, &o, |b| {
+        ops::attention(b, &qg, &kg, &vg, &o, shape).expect("record")
+    });
+    let want = reference::attention(
+        &q,
+        &k,
+        &v,
+        [batch, heads, head_dim, q_len, kv_len],
+        causal,
+        scale,
+        rows.clone(),
+    );
     let got_rows: Vec<f32> = (0..batch)
-        .flat_map(|b| got[(b * q_len + rows.start) * width..(b * q_len + rows.end) * width].to_vec())
+        .flat_map(|b| {
+            got[(b * q_len + rows.start) * width..(b * q_len + rows.end) * width].to_vec()
+        })
         .collect();
     assert_close(label, &got_rows, &want, TOL);
     if rows.len() < q_len {
-        assert!(got.iter().all(|v| v.is_finite()), "{label}: rows outside the checked range were not written");
+        assert!(
+            got.iter().all(|v| v.is_finite()),
+            "{label}: rows outside the checked range were not written"
+        );
     }
 }
 
-fn shape(batch: usize, heads: usize, head_dim: usize, q_len: usize, kv_len: usize, causal: bool) -> AttentionShape {
-    AttentionShape { batch, heads, head_dim, q_len, kv_len, causal, scale: 1.0 / (head_dim as f32).sqrt() }
+fn shape(
+    batch: usize,
+    heads: usize,
+    head_dim: usize,
+    q_len: usize,
+    kv_len: usize,
+    causal: bool,
+) -> AttentionShape {
+    AttentionShape {
+        batch,
+        heads,
+        head_dim,
+        q_len,
+        kv_len,
+        causal,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+    }
 }
 
 #[test]
@@ -73,8 +114,10 @@ fn attention_rejects_bad_shapes() {
     let ctx = native();
     let t = upload(ctx, &[0.5; 2 * 8], &[1, 2, 8]);
     let mut batch = ctx.batch();
-    let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 2, 300, 2, 2, false)).expect_err("head too big");
+    let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 2, 300, 2, 2, false))
+        .expect_err("head too big");
     assert!(err.to_string().contains("head size"), "{err}");
-    let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 3, 4, 2, 2, false)).expect_err("3x4 != 8");
+    let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 3, 4, 2, 2, false))
+        .expect_err("3x4 != 8");
     assert!(err.to_string().contains("elements"), "{err}");
 }

@@ -4,7 +4,7 @@ use std::sync::OnceLock;
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use sd_kernels::reference::{compare, Tolerance};
+use sd_kernels::reference::{Tolerance, compare};
 use sd_kernels::{Batch, ContextOptions, DType, F16Mode, GpuContext, Tensor};
 
 /// Weight storage variants every weight-reading kernel is tested with.
@@ -36,7 +36,11 @@ fn make_context(f16: F16Mode) -> GpuContext {
 pub fn native() -> &'static GpuContext {
     static CTX: OnceLock<GpuContext> = OnceLock::new();
     let ctx = CTX.get_or_init(|| make_context(F16Mode::Auto));
-    assert!(ctx.native_f16(), "adapter {} lacks shader-f16: the native f16 path is untested", ctx.describe());
+    assert!(
+        ctx.native_f16(),
+        "adapter {} lacks shader-f16: the native f16 path is untested",
+        ctx.describe()
+    );
     ctx
 }
 
@@ -64,16 +68,30 @@ pub fn random(rng: &mut SmallRng, len: usize, scale: f32) -> Vec<f32> {
 
 /// Rounds through f16, as the GPU sees f16 weights.
 pub fn round_f16(values: &[f32]) -> Vec<f32> {
-    values.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect()
+    values
+        .iter()
+        .map(|&v| half::f16::from_f32(v).to_f32())
+        .collect()
 }
 
 /// Uploads `values` as weights of the variant; returns the tensor and the values the GPU sees.
-pub fn weight(ctx: &GpuContext, weights: Weights, values: &[f32], shape: &[usize]) -> (Tensor, Vec<f32>) {
+pub fn weight(
+    ctx: &GpuContext,
+    weights: Weights,
+    values: &[f32],
+    shape: &[usize],
+) -> (Tensor, Vec<f32>) {
     match weights {
-        Weights::F32 => (ctx.upload_weight(values, shape, DType::F32).expect("upload"), values.to_vec()),
-        Weights::F16Native | Weights::F16Packed => {
-            (ctx.upload_weight(values, shape, DType::F16).expect("upload"), round_f16(values))
-        }
+        Weights::F32 => (
+            ctx.upload_weight(values, shape, DType::F32)
+                .expect("upload"),
+            values.to_vec(),
+        ),
+        Weights::F16Native | Weights::F16Packed => (
+            ctx.upload_weight(values, shape, DType::F16)
+                .expect("upload"),
+            round_f16(values),
+        ),
     }
 }
 

@@ -8,19 +8,28 @@ fn the_adapter_is_the_expected_one_and_reports_itself() {
     let info = ctx.adapter_info();
     assert!(!info.name.is_empty());
     assert!(ctx.describe().contains(&info.name));
-    assert!(!packed().native_f16(), "the packed context must not read f16 natively");
+    assert!(
+        !packed().native_f16(),
+        "the packed context must not read f16 natively"
+    );
 }
 
 #[test]
 fn a_binding_over_the_limit_is_a_typed_error() {
     let ctx = native();
-    let max = u64::from(ctx.limits().max_storage_buffer_binding_size);
+    let max = ctx.limits().max_storage_buffer_binding_size;
     let elements = (max / 4 + 256) as usize;
-    let big = ctx.empty(&[elements], DType::F32).expect("a buffer under max_buffer_size");
+    let big = ctx
+        .empty(&[elements], DType::F32)
+        .expect("a buffer under max_buffer_size");
     let y = ctx.empty(&[elements], DType::F32).expect("allocate");
     let mut batch = ctx.batch();
     match sd_kernels::ops::scale(&mut batch, &big, 2.0, &y) {
-        Err(KernelError::Limit { name, needed, max: limit }) => {
+        Err(KernelError::Limit {
+            name,
+            needed,
+            max: limit,
+        }) => {
             assert_eq!(name, "max_storage_buffer_binding_size");
             assert!(needed > limit);
         }
@@ -33,7 +42,10 @@ fn a_buffer_over_the_limit_is_a_typed_error() {
     let ctx = native();
     let too_many = (ctx.limits().max_buffer_size / 4 + 1) as usize;
     match ctx.empty(&[too_many], DType::F32) {
-        Err(KernelError::Limit { name: "max_buffer_size", .. }) => {}
+        Err(KernelError::Limit {
+            name: "max_buffer_size",
+            ..
+        }) => {}
         other => panic!("expected a limit error, got {other:?}"),
     }
 }
@@ -47,12 +59,24 @@ fn pooled_buffers_are_reused_and_pipelines_cached() {
     let before = ctx.pool_stats();
     assert!(before.free_buffers >= 1);
     let reused = ctx.empty(&shape, DType::F32).expect("allocate");
-    assert_eq!(ctx.pool_stats().free_buffers, before.free_buffers - 1, "the idle buffer was taken");
+    assert_eq!(
+        ctx.pool_stats().free_buffers,
+        before.free_buffers - 1,
+        "the idle buffer was taken"
+    );
     drop(reused);
     let y = poisoned(ctx, &[3]);
-    run(ctx, &y, |b| sd_kernels::ops::scale(b, &x, 2.0, &y).expect("record"));
+    run(ctx, &y, |b| {
+        sd_kernels::ops::scale(b, &x, 2.0, &y).expect("record")
+    });
     let compiled = ctx.cached_pipelines();
-    let got = run(ctx, &y, |b| sd_kernels::ops::scale(b, &x, 3.0, &y).expect("record"));
+    let got = run(ctx, &y, |b| {
+        sd_kernels::ops::scale(b, &x, 3.0, &y).expect("record")
+    });
     assert_eq!(got, [3.0, 6.0, 9.0]);
-    assert_eq!(ctx.cached_pipelines(), compiled, "the second run compiled nothing");
+    assert_eq!(
+        ctx.cached_pipelines(),
+        compiled,
+        "the second run compiled nothing"
+    );
 }

@@ -3,7 +3,10 @@ use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
 
-const TOL: Tolerance = Tolerance { abs: 2e-5, rel: 1e-5 };
+const TOL: Tolerance = Tolerance {
+    abs: 2e-5,
+    rel: 1e-5,
+};
 
 /// ([n, ic, h, w], oc, kernel, stride, pad): SD's three kinds, with odd sizes and channel counts
 /// off the 64-wide tiles.
@@ -30,10 +33,26 @@ fn conv2d_matches_reference_for_every_weight_variant() {
             let b_gpu = upload(ctx, &b, &[oc]);
             let y = poisoned(ctx, &[n, oc, oh, ow]);
             let got = run(ctx, &y, |batch| {
-                ops::conv2d(batch, &x_gpu, &w_gpu, Some(&b_gpu), &y, shape, Conv2dChunk::WHOLE)
-                    .expect("record")
+                ops::conv2d(
+                    batch,
+                    &x_gpu,
+                    &w_gpu,
+                    Some(&b_gpu),
+                    &y,
+                    shape,
+                    Conv2dChunk::WHOLE,
+                )
+                .expect("record")
             });
-            let want = reference::conv2d(&x, [n, ic, h, w], &w_seen, [oc, kernel, kernel], Some(&b), stride, pad);
+            let want = reference::conv2d(
+                &x,
+                [n, ic, h, w],
+                &w_seen,
+                [oc, kernel, kernel],
+                Some(&b),
+                stride,
+                pad,
+            );
             assert_close(&format!("conv2d {weights:?} case {case}"), &got, &want, TOL);
         }
     }
@@ -55,22 +74,36 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
     let b_gpu = upload(ctx, &b, &[oc]);
     // Input channels 0..5 and 5..12; output channels 0..4 and 4..10.
     let split_in = |lo: usize, hi: usize| -> Vec<f32> {
-        (0..n).flat_map(|i| x[(i * ic + lo) * h * w..(i * ic + hi) * h * w].to_vec()).collect()
+        (0..n)
+            .flat_map(|i| x[(i * ic + lo) * h * w..(i * ic + hi) * h * w].to_vec())
+            .collect()
     };
-    let x_chunks = [(0, upload(ctx, &split_in(0, 5), &[n, 5, h, w])), (5, upload(ctx, &split_in(5, 12), &[n, 7, h, w]))];
+    let x_chunks = [
+        (0, upload(ctx, &split_in(0, 5), &[n, 5, h, w])),
+        (5, upload(ctx, &split_in(5, 12), &[n, 7, h, w])),
+    ];
     let shape = Conv2dShape { stride: 1, pad: 1 };
     for (oc_lo, oc_hi) in [(0, 4), (4, 10)] {
         let y = poisoned(ctx, &[n, oc_hi - oc_lo, h, w]);
         let got = run(ctx, &y, |batch| {
             for (i, (ic_offset, xc)) in x_chunks.iter().enumerate() {
-                let chunk = Conv2dChunk { ic_offset: *ic_offset, oc_offset: oc_lo, accumulate: i > 0 };
+                let chunk = Conv2dChunk {
+                    ic_offset: *ic_offset,
+                    oc_offset: oc_lo,
+                    accumulate: i > 0,
+                };
                 ops::conv2d(batch, xc, &w_gpu, Some(&b_gpu), &y, shape, chunk).expect("record");
             }
         });
         let want_chunk: Vec<f32> = (0..n)
             .flat_map(|i| want[(i * oc + oc_lo) * h * w..(i * oc + oc_hi) * h * w].to_vec())
             .collect();
-        assert_close(&format!("conv2d chunk out {oc_lo}..{oc_hi}"), &got, &want_chunk, TOL);
+        assert_close(
+            &format!("conv2d chunk out {oc_lo}..{oc_hi}"),
+            &got,
+            &want_chunk,
+            TOL,
+        );
     }
 }
 
@@ -82,6 +115,7 @@ fn conv2d_rejects_a_wrong_output_shape() {
     let y = poisoned(ctx, &[1, 3, 4, 4]);
     let mut batch = ctx.batch();
     let stride2 = Conv2dShape { stride: 2, pad: 1 };
-    let err = ops::conv2d(&mut batch, &x, &w, None, &y, stride2, Conv2dChunk::WHOLE).expect_err("y is 4x4, stride 2 gives 2x2");
+    let err = ops::conv2d(&mut batch, &x, &w, None, &y, stride2, Conv2dChunk::WHOLE)
+        .expect_err("y is 4x4, stride 2 gives 2x2");
     assert!(err.to_string().contains("expected [1, 3, 2, 2]"), "{err}");
 }

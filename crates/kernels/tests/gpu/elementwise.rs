@@ -1,10 +1,13 @@
+use sd_kernels::DType;
 use sd_kernels::ops::{self, Activation};
 use sd_kernels::reference::{self, Tolerance};
-use sd_kernels::DType;
 
 use crate::common::*;
 
-const TOL: Tolerance = Tolerance { abs: 1e-6, rel: 2e-6 };
+const TOL: Tolerance = Tolerance {
+    abs: 1e-6,
+    rel: 2e-6,
+};
 
 #[test]
 fn activations_match_reference() {
@@ -14,7 +17,8 @@ fn activations_match_reference() {
     let mut x = random(&mut rng, 1000, 12.0);
     x.extend([0.0, -0.0, 50.0, -50.0, 100.0, -100.0, 1e-7]);
     let xg = upload(ctx, &x, &[x.len()]);
-    let cases: [(Activation, fn(f32) -> f32); 4] = [
+    type Reference = fn(f32) -> f32;
+    let cases: [(Activation, Reference); 4] = [
         (Activation::Silu, reference::silu),
         (Activation::Gelu, reference::gelu),
         (Activation::GeluTanh, reference::gelu_tanh),
@@ -49,25 +53,54 @@ fn arithmetic_matches_reference() {
     let a = random(&mut rng, len, 2.0);
     let b = random(&mut rng, len, 2.0);
     let bias = random(&mut rng, n * c, 2.0);
-    let (ag, bg, biasg) = (upload(ctx, &a, &[n, c, h, w]), upload(ctx, &b, &[n, c, h, w]), upload(ctx, &bias, &[n, c]));
+    let (ag, bg, biasg) = (
+        upload(ctx, &a, &[n, c, h, w]),
+        upload(ctx, &b, &[n, c, h, w]),
+        upload(ctx, &bias, &[n, c]),
+    );
 
     let y = poisoned(ctx, &[n, c, h, w]);
     let got = run(ctx, &y, |bt| ops::add(bt, &ag, &bg, &y).expect("record"));
-    assert_close("add", &got, &a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>(), TOL);
+    assert_close(
+        "add",
+        &got,
+        &a.iter().zip(&b).map(|(x, y)| x + y).collect::<Vec<_>>(),
+        TOL,
+    );
 
     let got = run(ctx, &y, |bt| ops::mul(bt, &ag, &bg, &y).expect("record"));
-    assert_close("mul", &got, &a.iter().zip(&b).map(|(x, y)| x * y).collect::<Vec<_>>(), TOL);
+    assert_close(
+        "mul",
+        &got,
+        &a.iter().zip(&b).map(|(x, y)| x * y).collect::<Vec<_>>(),
+        TOL,
+    );
 
-    let got = run(ctx, &y, |bt| ops::scale(bt, &ag, 0.18215, &y).expect("record"));
-    assert_close("scale", &got, &a.iter().map(|x| x * 0.18215).collect::<Vec<_>>(), TOL);
+    let got = run(ctx, &y, |bt| {
+        ops::scale(bt, &ag, 0.18215, &y).expect("record")
+    });
+    assert_close(
+        "scale",
+        &got,
+        &a.iter().map(|x| x * 0.18215).collect::<Vec<_>>(),
+        TOL,
+    );
 
-    let got = run(ctx, &y, |bt| ops::add_channel_bias(bt, &ag, &biasg, &y).expect("record"));
-    let want: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + bias[i / (h * w)]).collect();
+    let got = run(ctx, &y, |bt| {
+        ops::add_channel_bias(bt, &ag, &biasg, &y).expect("record")
+    });
+    let want: Vec<f32> = a
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + bias[i / (h * w)])
+        .collect();
     assert_close("add_channel_bias", &got, &want, TOL);
 
     // In place: y holds b, then y = (y + a) * 0.5.
     let yb = upload(ctx, &b, &[n, c, h, w]);
-    let got = run(ctx, &yb, |bt| ops::residual_add(bt, &ag, &yb, 0.5).expect("record"));
+    let got = run(ctx, &yb, |bt| {
+        ops::residual_add(bt, &ag, &yb, 0.5).expect("record")
+    });
     let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| (y + x) * 0.5).collect();
     assert_close("residual_add", &got, &want, TOL);
 }
@@ -79,23 +112,44 @@ fn upsample_concat_and_layouts_match_reference() {
     let (n, ca, cb, h, w) = (2, 3, 5, 7, 9);
     let a = random(&mut rng, n * ca * h * w, 1.0);
     let b = random(&mut rng, n * cb * h * w, 1.0);
-    let (ag, bg) = (upload(ctx, &a, &[n, ca, h, w]), upload(ctx, &b, &[n, cb, h, w]));
+    let (ag, bg) = (
+        upload(ctx, &a, &[n, ca, h, w]),
+        upload(ctx, &b, &[n, cb, h, w]),
+    );
 
     let up = poisoned(ctx, &[n, ca, 2 * h, 2 * w]);
-    let got = run(ctx, &up, |bt| ops::upsample_nearest2x(bt, &ag, &up).expect("record"));
-    assert_close("upsample", &got, &reference::upsample_nearest2x(&a, n * ca, h, w), TOL);
+    let got = run(ctx, &up, |bt| {
+        ops::upsample_nearest2x(bt, &ag, &up).expect("record")
+    });
+    assert_close(
+        "upsample",
+        &got,
+        &reference::upsample_nearest2x(&a, n * ca, h, w),
+        TOL,
+    );
 
     let cat = poisoned(ctx, &[n, ca + cb, h, w]);
-    let got = run(ctx, &cat, |bt| ops::concat_channels(bt, &ag, &bg, &cat).expect("record"));
-    assert_close("concat", &got, &reference::concat_channels(&a, &b, n, ca, cb, h * w), TOL);
+    let got = run(ctx, &cat, |bt| {
+        ops::concat_channels(bt, &ag, &bg, &cat).expect("record")
+    });
+    assert_close(
+        "concat",
+        &got,
+        &reference::concat_channels(&a, &b, n, ca, cb, h * w),
+        TOL,
+    );
 
     let nlc = poisoned(ctx, &[n, h * w, cb]);
-    let got = run(ctx, &nlc, |bt| ops::layout_nchw_to_nlc(bt, &bg, &nlc).expect("record"));
+    let got = run(ctx, &nlc, |bt| {
+        ops::layout_nchw_to_nlc(bt, &bg, &nlc).expect("record")
+    });
     let want = reference::transpose_last2(&b, n, cb, h * w);
     assert_close("nchw_to_nlc", &got, &want, TOL);
 
     let back = poisoned(ctx, &[n, cb, h, w]);
-    let got = run(ctx, &back, |bt| ops::layout_nlc_to_nchw(bt, &nlc, &back).expect("record"));
+    let got = run(ctx, &back, |bt| {
+        ops::layout_nlc_to_nchw(bt, &nlc, &back).expect("record")
+    });
     assert_close("nlc_to_nchw round trip", &got, &b, TOL);
 }
 
@@ -107,9 +161,19 @@ fn timestep_embedding_matches_diffusers_formula() {
     let tg = upload(ctx, &t, &[t.len()]);
     for (dim, flip, shift) in [(320, true, 0.0), (33, false, 1.0), (64, false, 0.0)] {
         let y = poisoned(ctx, &[t.len(), dim]);
-        let got = run(ctx, &y, |b| ops::timestep_embedding(b, &tg, &y, flip, shift).expect("record"));
+        let got = run(ctx, &y, |b| {
+            ops::timestep_embedding(b, &tg, &y, flip, shift).expect("record")
+        });
         let want = reference::timestep_embedding(&t, dim, flip, shift);
-        assert_close(&format!("timestep dim {dim} flip {flip} shift {shift}"), &got, &want, Tolerance { abs: 2e-6, rel: 0.0 });
+        assert_close(
+            &format!("timestep dim {dim} flip {flip} shift {shift}"),
+            &got,
+            &want,
+            Tolerance {
+                abs: 2e-6,
+                rel: 0.0,
+            },
+        );
     }
 }
 
@@ -121,20 +185,32 @@ fn embedding_gather_matches_reference_for_every_weight_variant() {
         let (vocab, dim, batch, len) = (50, 33, 2, 7);
         let table = random(&mut rng, vocab * dim, 1.0);
         let positions = random(&mut rng, 9 * dim, 1.0);
-        let ids: Vec<u32> = (0..batch * len).map(|i| ((i * 37 + 11) % vocab) as u32).collect();
+        let ids: Vec<u32> = (0..batch * len)
+            .map(|i| ((i * 37 + 11) % vocab) as u32)
+            .collect();
         let (tg, seen) = weight(ctx, weights, &table, &[vocab, dim]);
         let pg = upload(ctx, &positions, &[9, dim]);
         let idg = ctx.upload_u32(&ids, &[batch, len]).expect("upload");
         let y = poisoned(ctx, &[batch, len, dim]);
-        let got = run(ctx, &y, |b| ops::embedding(b, &idg, &ids, &tg, &pg, &y).expect("record"));
+        let got = run(ctx, &y, |b| {
+            ops::embedding(b, &idg, &ids, &tg, &pg, &y).expect("record")
+        });
         let want = reference::embedding(&ids, len, &seen, &positions, dim);
         assert_close(&format!("embedding {weights:?}"), &got, &want, TOL);
 
         let bad: Vec<u32> = ids.iter().map(|&i| i + vocab as u32).collect();
         let bad_gpu = ctx.upload_u32(&bad, &[batch, len]).expect("upload");
         let mut batch_rec = ctx.batch();
-        let err = ops::embedding(&mut batch_rec, &bad_gpu, &bad, &tg, &pg, &y).expect_err("ids out of range");
+        let err = ops::embedding(&mut batch_rec, &bad_gpu, &bad, &tg, &pg, &y)
+            .expect_err("ids out of range");
         assert!(err.to_string().contains("outside the vocabulary"), "{err}");
-        assert_eq!(tg.dtype(), if matches!(weights, Weights::F32) { DType::F32 } else { DType::F16 });
+        assert_eq!(
+            tg.dtype(),
+            if matches!(weights, Weights::F32) {
+                DType::F32
+            } else {
+                DType::F16
+            }
+        );
     }
 }

@@ -40,7 +40,10 @@ fn linear_matches_reference_for_every_weight_variant() {
                     &format!("linear {weights:?} {lead:?}x{k} -> {n} bias {with_bias}"),
                     &got,
                     &want,
-                    Tolerance { abs: 2e-5, rel: 1e-5 },
+                    Tolerance {
+                        abs: 2e-5,
+                        rel: 1e-5,
+                    },
                 );
             }
         }

@@ -3,7 +3,10 @@ use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
 
-const TOL: Tolerance = Tolerance { abs: 1e-5, rel: 1e-5 };
+const TOL: Tolerance = Tolerance {
+    abs: 1e-5,
+    rel: 1e-5,
+};
 
 /// ([n, c, h, w], groups, silu): SD's 32 groups, few large groups (loops past the 256 threads),
 /// odd spatial sizes.
@@ -19,13 +22,27 @@ fn group_norm_matches_reference() {
     for (case, &([n, c, h, w], groups, silu)) in CASES.iter().enumerate() {
         let mut rng = rng(300 + case as u64);
         // An offset mean, as real activations have: two-pass statistics must not lose it.
-        let x: Vec<f32> = random(&mut rng, n * c * h * w, 2.0).iter().map(|v| v + 3.0).collect();
+        let x: Vec<f32> = random(&mut rng, n * c * h * w, 2.0)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
         let gamma = random(&mut rng, c, 1.5);
         let beta = random(&mut rng, c, 0.5);
-        let (xg, gg, bg) = (upload(ctx, &x, &[n, c, h, w]), upload(ctx, &gamma, &[c]), upload(ctx, &beta, &[c]));
+        let (xg, gg, bg) = (
+            upload(ctx, &x, &[n, c, h, w]),
+            upload(ctx, &gamma, &[c]),
+            upload(ctx, &beta, &[c]),
+        );
         let y = poisoned(ctx, &[n, c, h, w]);
-        let shape = GroupNormShape { groups, eps: 1e-5, silu, c_offset: 0 };
-        let got = run(ctx, &y, |batch| ops::group_norm(batch, &xg, &gg, &bg, &y, shape).expect("record"));
+        let shape = GroupNormShape {
+            groups,
+            eps: 1e-5,
+            silu,
+            c_offset: 0,
+        };
+        let got = run(ctx, &y, |batch| {
+            ops::group_norm(batch, &xg, &gg, &bg, &y, shape).expect("record")
+        });
         let want = reference::group_norm(&x, [n, c, h * w], groups, &gamma, &beta, 1e-5, silu);
         assert_close(&format!("group_norm case {case}"), &got, &want, TOL);
     }
@@ -42,12 +59,23 @@ fn group_norm_of_a_channel_chunk_equals_the_slice() {
     let beta = random(&mut rng, c, 1.0);
     let whole = reference::group_norm(&x, [n, c, hw], groups, &gamma, &beta, 1e-6, true);
     let (lo, hi) = (6, 12); // groups 3..6
-    let slice = |v: &[f32]| -> Vec<f32> { (0..n).flat_map(|i| v[(i * c + lo) * hw..(i * c + hi) * hw].to_vec()).collect() };
+    let slice = |v: &[f32]| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| v[(i * c + lo) * hw..(i * c + hi) * hw].to_vec())
+            .collect()
+    };
     let xg = upload(ctx, &slice(&x), &[n, hi - lo, hw]);
     let (gg, bg) = (upload(ctx, &gamma, &[c]), upload(ctx, &beta, &[c]));
     let y = poisoned(ctx, &[n, hi - lo, hw]);
-    let shape = GroupNormShape { groups: 3, eps: 1e-6, silu: true, c_offset: lo };
-    let got = run(ctx, &y, |batch| ops::group_norm(batch, &xg, &gg, &bg, &y, shape).expect("record"));
+    let shape = GroupNormShape {
+        groups: 3,
+        eps: 1e-6,
+        silu: true,
+        c_offset: lo,
+    };
+    let got = run(ctx, &y, |batch| {
+        ops::group_norm(batch, &xg, &gg, &bg, &y, shape).expect("record")
+    });
     assert_close("group_norm chunk", &got, &slice(&whole), TOL);
 }
 
@@ -58,7 +86,12 @@ fn group_norm_rejects_channels_that_do_not_split() {
     let g = upload(ctx, &[1.0; 6], &[6]);
     let y = poisoned(ctx, &[1, 6, 2, 2]);
     let mut batch = ctx.batch();
-    let shape = GroupNormShape { groups: 4, eps: 1e-5, silu: false, c_offset: 0 };
+    let shape = GroupNormShape {
+        groups: 4,
+        eps: 1e-5,
+        silu: false,
+        c_offset: 0,
+    };
     let err = ops::group_norm(&mut batch, &x, &g, &g, &y, shape).expect_err("6 channels, 4 groups");
     assert!(err.to_string().contains("4 groups"), "{err}");
 }
@@ -66,14 +99,26 @@ fn group_norm_rejects_channels_that_do_not_split() {
 #[test]
 fn layer_norm_matches_reference() {
     let ctx = native();
-    for (case, &(rows, dim)) in [(5usize, 64usize), (2 * 77, 300), (3, 1), (1, 1280)].iter().enumerate() {
+    for (case, &(rows, dim)) in [(5usize, 64usize), (2 * 77, 300), (3, 1), (1, 1280)]
+        .iter()
+        .enumerate()
+    {
         let mut rng = rng(320 + case as u64);
-        let x: Vec<f32> = random(&mut rng, rows * dim, 2.0).iter().map(|v| v - 1.0).collect();
+        let x: Vec<f32> = random(&mut rng, rows * dim, 2.0)
+            .iter()
+            .map(|v| v - 1.0)
+            .collect();
         let gamma = random(&mut rng, dim, 1.5);
         let beta = random(&mut rng, dim, 0.5);
-        let (xg, gg, bg) = (upload(ctx, &x, &[rows, dim]), upload(ctx, &gamma, &[dim]), upload(ctx, &beta, &[dim]));
+        let (xg, gg, bg) = (
+            upload(ctx, &x, &[rows, dim]),
+            upload(ctx, &gamma, &[dim]),
+            upload(ctx, &beta, &[dim]),
+        );
         let y = poisoned(ctx, &[rows, dim]);
-        let got = run(ctx, &y, |batch| ops::layer_norm(batch, &xg, &gg, &bg, &y, 1e-5).expect("record"));
+        let got = run(ctx, &y, |batch| {
+            ops::layer_norm(batch, &xg, &gg, &bg, &y, 1e-5).expect("record")
+        });
         let want = reference::layer_norm(&x, dim, &gamma, &beta, 1e-5);
         assert_close(&format!("layer_norm {rows}x{dim}"), &got, &want, TOL);
     }
