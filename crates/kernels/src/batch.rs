@@ -2,7 +2,6 @@
 //! single buffer), one command encoder, one compute pass, one submission.
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use crate::pipeline::PipelineKey;
 use crate::{GpuContext, KernelError, Result, Tensor};
@@ -111,13 +110,13 @@ impl<'c> Batch<'c> {
 
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let arena = ctx
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("uniform arena"),
-                contents: &self.arena,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
+        let arena = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: self.arena.len().div_ceil(4) as u64 * 4,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        crate::pool::write_padded(&ctx.queue, &arena, &self.arena);
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {

@@ -210,7 +210,7 @@ impl GpuContext {
             if native_f16 { "native" } else { "packed" }
         );
         let pool = Arc::new(BufferPool::new(device.clone()));
-        let placeholder = Tensor::new(pool.upload(&[0; 4]), &[1], DType::F32);
+        let placeholder = Tensor::new(pool.upload(&queue, &[0; 4]), &[1], DType::F32);
         Ok(Self {
             pool,
             placeholder,
@@ -254,6 +254,16 @@ impl GpuContext {
                 "packed u32"
             }
         )
+    }
+
+    /// Frees the device and everything on it now, instead of when the context is dropped. Every
+    /// later call returns [`KernelError::DeviceLost`].
+    pub fn dispose(&self) {
+        if let Ok(mut health) = self.health.lock() {
+            health.lost = Some("the context was disposed".into());
+        }
+        self.pool.trim();
+        self.device.destroy();
     }
 
     /// Starts recording a batch of dispatches (one uniform arena, one command buffer).
@@ -349,7 +359,11 @@ impl GpuContext {
             ));
         }
         self.check_buffer_size(dtype.storage_bytes(len))?;
-        Ok(Tensor::new(self.pool.upload(bytes), shape, dtype))
+        Ok(Tensor::new(
+            self.pool.upload(&self.queue, bytes),
+            shape,
+            dtype,
+        ))
     }
 
     /// A one-element buffer bound where a kernel's optional input (a bias) is absent.

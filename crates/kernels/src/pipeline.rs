@@ -84,3 +84,23 @@ impl PipelineCache {
         self.pipelines.lock().map(|p| p.len()).unwrap_or(0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ContextOptions, GpuContext};
+
+    #[test]
+    fn a_broken_shader_is_a_validation_error_naming_the_kernel() {
+        let ctx = pollster::block_on(GpuContext::new(ContextOptions::default())).expect("adapter");
+        let key = PipelineKey::new("broken.wgsl", "main", ShaderVariant::NoWeights);
+        let source = "@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }";
+        match pollster::block_on(ctx.pipelines.compile(&ctx.device, &key, source)) {
+            Err(KernelError::Validation(message)) => {
+                assert!(message.contains("broken.wgsl::main"), "{message}");
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+        assert_eq!(ctx.pipelines.len(), 0, "nothing broken is cached");
+    }
+}

@@ -7,8 +7,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
-use wgpu::util::DeviceExt;
-
 /// Buffers are pooled by size rounded up to this many bytes.
 const SIZE_QUANTUM: u64 = 256;
 
@@ -82,23 +80,16 @@ impl BufferPool {
     /// A buffer filled with `contents` that never returns to the pool. Uploads use these: a
     /// pooled buffer could still be read by a dispatch recorded but not yet submitted, and
     /// `queue.write_buffer` would overwrite it before that dispatch runs.
-    pub(crate) fn upload(&self, contents: &[u8]) -> Arc<PooledBuffer> {
-        let mut padded;
-        let mut contents = contents;
-        if contents.is_empty() || !contents.len().is_multiple_of(4) {
-            padded = contents.to_vec();
-            padded.resize(contents.len().max(1).div_ceil(4) * 4, 0);
-            contents = &padded;
-        }
-        let buffer = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("upload"),
-                contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_SRC
-                    | wgpu::BufferUsages::COPY_DST,
-            });
+    pub(crate) fn upload(&self, queue: &wgpu::Queue, contents: &[u8]) -> Arc<PooledBuffer> {
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("upload"),
+            size: (contents.len() as u64).max(1).div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        write_padded(queue, &buffer, contents);
         Arc::new(PooledBuffer {
             buffer,
             pool: Weak::new(),
@@ -127,5 +118,17 @@ impl BufferPool {
         if let Ok(mut free) = self.free.lock() {
             free.clear();
         }
+    }
+}
+
+/// `queue.write_buffer` of `contents`, zero-padded to the 4-byte multiple it requires. (Not
+/// `create_buffer_init`: its mapping panics on a lost device, where this reports an error.)
+pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, contents: &[u8]) {
+    if contents.len() % 4 == 0 {
+        queue.write_buffer(buffer, 0, contents);
+    } else {
+        let mut padded = contents.to_vec();
+        padded.resize(contents.len().div_ceil(4) * 4, 0);
+        queue.write_buffer(buffer, 0, &padded);
     }
 }

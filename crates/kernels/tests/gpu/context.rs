@@ -80,3 +80,23 @@ fn pooled_buffers_are_reused_and_pipelines_cached() {
         "the second run compiled nothing"
     );
 }
+
+#[test]
+fn a_disposed_device_reports_loss_instead_of_panicking() {
+    let ctx = pollster::block_on(sd_kernels::GpuContext::new(
+        sd_kernels::ContextOptions::from_env().expect("valid environment"),
+    ))
+    .expect("adapter");
+    let x = ctx.upload_f32(&[1.0, 2.0], &[2]).expect("upload");
+    let y = ctx.empty(&[2], DType::F32).expect("allocate");
+    ctx.dispose();
+    let mut batch = ctx.batch();
+    sd_kernels::ops::scale(&mut batch, &x, 2.0, &y).expect("recording needs no device");
+    let submitted = pollster::block_on(batch.submit());
+    let read = pollster::block_on(ctx.read_f32(&y));
+    assert!(
+        matches!(submitted, Err(KernelError::DeviceLost(_)))
+            || matches!(read, Err(KernelError::DeviceLost(_))),
+        "submit: {submitted:?}, read: {read:?}"
+    );
+}
