@@ -124,7 +124,7 @@ impl BufferPool {
 /// `queue.write_buffer` of `contents`, zero-padded to the 4-byte multiple it requires. (Not
 /// `create_buffer_init`: its mapping panics on a lost device, where this reports an error.)
 pub(crate) fn write_padded(queue: &wgpu::Queue, buffer: &wgpu::Buffer, contents: &[u8]) {
-    if contents.len() % 4 == 0 {
+    if contents.len().is_multiple_of(4) {
         queue.write_buffer(buffer, 0, contents);
     } else {
         let mut padded = contents.to_vec();
