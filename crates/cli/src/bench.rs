@@ -194,7 +194,7 @@ fn conv_case(
     let wg = ctx.upload_weight(&w, &[oc, ic, 3, 3], DType::F16)?;
     let bg = ctx.upload_f32(&b, &[oc])?;
     let y = ctx.empty(&[n, oc, hw, hw], DType::F32)?;
-    let shape = Conv2dShape { stride: 1, pad: 1 };
+    let shape = Conv2dShape::symmetric(1, 1);
     Ok(Case {
         name,
         flops: 2.0 * (n * oc * hw * hw * ic * 9) as f64,
@@ -209,7 +209,7 @@ fn conv_case(
                 [oc, 3, 3],
                 Some(&b),
                 1,
-                1,
+                (1, 1),
             ));
         }),
     })

@@ -9,8 +9,9 @@ const SOURCE: &str = include_str!("../shaders/attention.wgsl");
 const QUERY_ROWS: usize = 64;
 /// Bytes of workgroup memory the two key/value tiles may use: under WebGPU's default 16 KiB.
 const TILE_BUDGET: usize = 12 << 10;
-/// Largest head size a thread keeps in registers (SD XL's 64, SD 1.5's 40..160).
-pub const MAX_HEAD_DIM: usize = 256;
+/// Largest head size a thread keeps in registers: SD 1.5's 40..160, SD XL's 64, and the VAE's
+/// single-head mid-block attention over 512 channels.
+pub const MAX_HEAD_DIM: usize = 512;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
@@ -126,7 +127,7 @@ mod tests {
 
     #[test]
     fn key_blocks_fit_the_default_workgroup_memory() {
-        for head_dim in [1, 4, 8, 40, 64, 80, 160, MAX_HEAD_DIM] {
+        for head_dim in [1, 4, 8, 40, 64, 80, 160, 512, MAX_HEAD_DIM] {
             let block = block_k(head_dim);
             assert!(block >= 1 && block.is_power_of_two());
             assert!(

@@ -30,18 +30,31 @@ struct Params {
 }
 const _: () = assert!(size_of::<Params>().is_multiple_of(16));
 
-/// Stride and padding (the kernel size comes from the weight). SD uses 3x3 s1 p1, 3x3 s2 p1
-/// (downsamplers) and 1x1 s1 p0.
+/// Stride and zero padding (the kernel size comes from the weight). SD uses 3x3 s1 p1, 3x3 s2 p1
+/// (UNet downsamplers), 1x1 s1 p0, and 3x3 s2 with padding only after (the VAE encoder's
+/// downsamplers pad right and bottom by one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dShape {
     pub stride: usize,
-    pub pad: usize,
+    /// Zeros before the first row and column.
+    pub pad_begin: usize,
+    /// Zeros after the last row and column.
+    pub pad_end: usize,
 }
 
 impl Conv2dShape {
+    /// The same padding on both sides.
+    pub const fn symmetric(stride: usize, pad: usize) -> Self {
+        Self {
+            stride,
+            pad_begin: pad,
+            pad_end: pad,
+        }
+    }
+
     /// Output height or width for an input of `size`.
     pub fn out_size(&self, size: usize, kernel: usize) -> usize {
-        (size + 2 * self.pad).saturating_sub(kernel) / self.stride + 1
+        (size + self.pad_begin + self.pad_end).saturating_sub(kernel) / self.stride + 1
     }
 }
 
@@ -97,7 +110,8 @@ pub fn conv2d(
             format!("y must be NCHW, is {:?}", y.shape()),
         ));
     };
-    if shape.stride == 0 || h + 2 * shape.pad < kh || w + 2 * shape.pad < kw {
+    let padded = shape.pad_begin + shape.pad_end;
+    if shape.stride == 0 || h + padded < kh || w + padded < kw {
         return Err(KernelError::shape(
             OP,
             format!("{shape:?} with a {kh}x{kw} kernel does not fit a {h}x{w} input"),
@@ -139,7 +153,7 @@ pub fn conv2d(
         kernel_h: to_u32(OP, kh)?,
         kernel_w: to_u32(OP, kw)?,
         stride: to_u32(OP, shape.stride)?,
-        pad: to_u32(OP, shape.pad)?,
+        pad: to_u32(OP, shape.pad_begin)?,
         weight_in_channels: to_u32(OP, ic_total)?,
         ic_offset: to_u32(OP, chunk.ic_offset)?,
         oc_offset: to_u32(OP, chunk.oc_offset)?,

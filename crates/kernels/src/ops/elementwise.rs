@@ -19,9 +19,9 @@ struct UnaryParams {
     len: u32,
     dim0: u32,
     dim1: u32,
-    flag: u32,
+    dim2: u32,
+    dim3: u32,
     alpha: f32,
-    beta: f32,
     _pad: [u32; 2],
 }
 const _: () = assert!(size_of::<UnaryParams>().is_multiple_of(16));
@@ -178,35 +178,39 @@ pub fn geglu(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
     unary(batch, "geglu", params, x, y)
 }
 
-/// Records nearest-neighbour 2x upsampling, `[N, C, H, W]` to `[N, C, 2H, 2W]`.
-pub fn upsample_nearest2x(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
-    const OP: &str = "upsample_nearest2x";
+/// Records nearest-neighbour upsampling of `x` `[N, C, H, W]` to the size of `y`
+/// `[N, C, OH, OW]` (2x in SD, or the size of an odd skip connection).
+pub fn upsample_nearest(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
+    const OP: &str = "upsample_nearest";
     let [n, c, h, w] = *x.shape() else {
         return Err(KernelError::shape(
             OP,
             format!("x must be NCHW, is {:?}", x.shape()),
         ));
     };
-    expect_f32(OP, "x", x, x.len())?;
-    expect_f32(OP, "y", y, 4 * x.len())?;
-    if y.shape() != [n, c, 2 * h, 2 * w] {
+    let [yn, yc, oh, ow] = *y.shape() else {
         return Err(KernelError::shape(
             OP,
-            format!(
-                "y is {:?}, expected [{n}, {c}, {}, {}]",
-                y.shape(),
-                2 * h,
-                2 * w
-            ),
+            format!("y must be NCHW, is {:?}", y.shape()),
+        ));
+    };
+    if (yn, yc) != (n, c) || oh < h || ow < w || h == 0 || w == 0 {
+        return Err(KernelError::shape(
+            OP,
+            format!("cannot upsample {:?} to {:?}", x.shape(), y.shape()),
         ));
     }
+    expect_f32(OP, "x", x, x.len())?;
+    expect_f32(OP, "y", y, y.len())?;
     let params = UnaryParams {
         len: to_u32(OP, y.len())?,
         dim0: to_u32(OP, h)?,
         dim1: to_u32(OP, w)?,
+        dim2: to_u32(OP, oh)?,
+        dim3: to_u32(OP, ow)?,
         ..Default::default()
     };
-    unary(batch, "upsample_nearest2x", params, x, y)
+    unary(batch, "upsample_nearest", params, x, y)
 }
 
 fn layout(

@@ -13,7 +13,7 @@ pub use conv2d::{Conv2dChunk, Conv2dShape, conv2d};
 pub use elementwise::{
     Activation, activation, add, add_channel_bias, concat_channels, embedding, geglu,
     layout_nchw_to_nlc, layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding,
-    timestep_frequencies, upsample_nearest2x,
+    timestep_frequencies, upsample_nearest,
 };
 pub use linear::linear;
 pub use norm::{GroupNormShape, group_norm, layer_norm};

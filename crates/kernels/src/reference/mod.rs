@@ -29,7 +29,7 @@ pub fn linear(
 }
 
 /// NCHW convolution: `x` `[n, ic, h, w]`, `weight` `[oc, ic, kh, kw]`, output
-/// `[n, oc, oh, ow]` with `oh = (h + 2 pad - kh) / stride + 1`.
+/// `[n, oc, oh, ow]` with `oh = (h + pad_begin + pad_end - kh) / stride + 1`.
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d(
     x: &[f32],
@@ -38,10 +38,10 @@ pub fn conv2d(
     [oc, kh, kw]: [usize; 3],
     bias: Option<&[f32]>,
     stride: usize,
-    pad: usize,
+    (pad, pad_end): (usize, usize),
 ) -> Vec<f32> {
-    let oh = (h + 2 * pad - kh) / stride + 1;
-    let ow = (w + 2 * pad - kw) / stride + 1;
+    let oh = (h + pad + pad_end - kh) / stride + 1;
+    let ow = (w + pad + pad_end - kw) / stride + 1;
     let mut y = vec![0.0; n * oc * oh * ow];
     for b in 0..n {
         for o in 0..oc {
@@ -219,13 +219,18 @@ pub fn geglu(x: &[f32], dim: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Nearest 2x upsampling of `planes` planes of `h x w`.
-pub fn upsample_nearest2x(x: &[f32], planes: usize, h: usize, w: usize) -> Vec<f32> {
-    let mut y = Vec::with_capacity(4 * x.len());
+/// Nearest upsampling of `planes` planes of `h x w` to `oh x ow` (source `floor(o * h / oh)`).
+pub fn upsample_nearest(
+    x: &[f32],
+    planes: usize,
+    (h, w): (usize, usize),
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let mut y = Vec::with_capacity(planes * oh * ow);
     for p in 0..planes {
-        for oy in 0..2 * h {
-            for ox in 0..2 * w {
-                y.push(x[(p * h + oy / 2) * w + ox / 2]);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                y.push(x[(p * h + oy * h / oh) * w + ox * w / ow]);
             }
         }
     }

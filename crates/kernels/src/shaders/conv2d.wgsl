@@ -21,7 +21,7 @@ struct Params {
     kernel_h: u32,
     kernel_w: u32,
     stride: u32,
-    pad: u32,
+    pad: u32,                // zeros before; those after follow from out_h and out_w
     weight_in_channels: u32, // input channels of the whole weight
     ic_offset: u32,          // first weight input channel of this input chunk
     oc_offset: u32,          // first weight output channel of this output chunk

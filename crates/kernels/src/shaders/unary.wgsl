@@ -1,14 +1,14 @@
 // unary.wgsl: kernels that read one tensor x and write y, one thread per output element:
-// activations, scale, residual add, GEGLU, nearest 2x upsample, and the NCHW <-> token-major
+// activations, scale, residual add, GEGLU, nearest upsampling, and the NCHW <-> token-major
 // layout changes of the transformer blocks.
 
 struct Params {
     len: u32,    // output elements
     dim0: u32,   // meaning per entry point, see each
     dim1: u32,
-    flag: u32,
+    dim2: u32,
+    dim3: u32,
     alpha: f32,
-    beta: f32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -73,16 +73,17 @@ fn geglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups)
     y[i] = x[base + col] * gelu_erf(x[base + p.dim0 + col]);
 }
 
-// x [planes, dim0 = H, dim1 = W] -> y [planes, 2H, 2W], nearest neighbour.
+// x [planes, dim0 = H, dim1 = W] -> y [planes, dim2 = OH, dim3 = OW], nearest neighbour:
+// source row floor(oy * H / OH), as torch's interpolate(size=...) (exactly oy / 2 for 2x; other
+// sizes occur when a skip connection is odd-sized).
 @compute @workgroup_size(256)
-fn upsample_nearest2x(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
+fn upsample_nearest(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
     let i = element(gid, ng);
     if (i >= p.len) { return; }
-    let w2 = 2u * p.dim1;
-    let plane = i / (2u * p.dim0 * w2);
-    let oy = (i / w2) % (2u * p.dim0);
-    let ox = i % w2;
-    y[i] = x[(plane * p.dim0 + oy / 2u) * p.dim1 + ox / 2u];
+    let plane = i / (p.dim2 * p.dim3);
+    let oy = (i / p.dim3) % p.dim2;
+    let ox = i % p.dim3;
+    y[i] = x[(plane * p.dim0 + oy * p.dim0 / p.dim2) * p.dim1 + ox * p.dim1 / p.dim3];
 }
 
 // x [N, dim0 = C, dim1 = L] -> y [N, L, C].

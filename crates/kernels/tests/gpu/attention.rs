@@ -85,6 +85,7 @@ fn self_and_cross_attention_match_reference() {
         ("cross 2x40", shape(1, 2, 40, 70, 77, false)),
         ("cross 1x160", shape(2, 1, 160, 65, 9, false)),
         ("self 3x5", shape(1, 3, 5, 130, 130, false)),
+        ("vae mid 1x512", shape(1, 1, 512, 70, 70, false)),
     ];
     for (i, (label, s)) in cases.into_iter().enumerate() {
         check(label, s, 400 + i as u64, 0..s.q_len);
@@ -113,9 +114,17 @@ fn sd15_sized_self_attention_is_tiled_and_exact() {
 fn attention_rejects_bad_shapes() {
     let ctx = native();
     let t = upload(ctx, &[0.5; 2 * 8], &[1, 2, 8]);
+    let big = upload(ctx, &[0.5; 2 * 600], &[1, 2, 600]);
     let mut batch = ctx.batch();
-    let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 2, 300, 2, 2, false))
-        .expect_err("head too big");
+    let err = ops::attention(
+        &mut batch,
+        &big,
+        &big,
+        &big,
+        &big,
+        shape(1, 1, 600, 2, 2, false),
+    )
+    .expect_err("head too big");
     assert!(err.to_string().contains("head size"), "{err}");
     let err = ops::attention(&mut batch, &t, &t, &t, &t, shape(1, 3, 4, 2, 2, false))
         .expect_err("3x4 != 8");

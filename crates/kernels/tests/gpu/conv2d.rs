@@ -27,7 +27,7 @@ fn conv2d_matches_reference_for_every_weight_variant() {
             let wt = random(&mut rng, oc * ic * kernel * kernel, 0.3);
             let b = random(&mut rng, oc, 1.0);
             let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[oc, ic, kernel, kernel]);
-            let shape = Conv2dShape { stride, pad };
+            let shape = Conv2dShape::symmetric(stride, pad);
             let (oh, ow) = (shape.out_size(h, kernel), shape.out_size(w, kernel));
             let x_gpu = upload(ctx, &x, &[n, ic, h, w]);
             let b_gpu = upload(ctx, &b, &[oc]);
@@ -51,7 +51,7 @@ fn conv2d_matches_reference_for_every_weight_variant() {
                 [oc, kernel, kernel],
                 Some(&b),
                 stride,
-                pad,
+                (pad, pad),
             );
             assert_close(&format!("conv2d {weights:?} case {case}"), &got, &want, TOL);
         }
@@ -61,6 +61,35 @@ fn conv2d_matches_reference_for_every_weight_variant() {
 /// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
 /// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
 /// select their channels.
+/// The VAE encoder's downsampler: stride 2, no padding before, one row and column after.
+#[test]
+fn conv2d_with_padding_only_after() {
+    for weights in ALL_WEIGHTS {
+        let ctx = context_for(weights);
+        let mut rng = rng(260);
+        let (n, ic, h, w, oc) = (1, 7, 10, 9, 5);
+        let x = random(&mut rng, n * ic * h * w, 1.0);
+        let wt = random(&mut rng, oc * ic * 9, 0.3);
+        let b = random(&mut rng, oc, 1.0);
+        let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[oc, ic, 3, 3]);
+        let shape = Conv2dShape {
+            stride: 2,
+            pad_begin: 0,
+            pad_end: 1,
+        };
+        let (oh, ow) = (shape.out_size(h, 3), shape.out_size(w, 3));
+        assert_eq!((oh, ow), (5, 4));
+        let (xg, bg) = (upload(ctx, &x, &[n, ic, h, w]), upload(ctx, &b, &[oc]));
+        let y = poisoned(ctx, &[n, oc, oh, ow]);
+        let got = run(ctx, &y, |batch| {
+            ops::conv2d(batch, &xg, &w_gpu, Some(&bg), &y, shape, Conv2dChunk::WHOLE)
+                .expect("record")
+        });
+        let want = reference::conv2d(&x, [n, ic, h, w], &w_seen, [oc, 3, 3], Some(&b), 2, (0, 1));
+        assert_close(&format!("conv2d pad after {weights:?}"), &got, &want, TOL);
+    }
+}
+
 #[test]
 fn conv2d_over_channel_chunks_equals_the_whole() {
     let ctx = native();
@@ -69,7 +98,7 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
     let x = random(&mut rng, n * ic * h * w, 1.0);
     let wt = random(&mut rng, oc * ic * 9, 0.3);
     let b = random(&mut rng, oc, 1.0);
-    let want = reference::conv2d(&x, [n, ic, h, w], &wt, [oc, 3, 3], Some(&b), 1, 1);
+    let want = reference::conv2d(&x, [n, ic, h, w], &wt, [oc, 3, 3], Some(&b), 1, (1, 1));
     let (w_gpu, _) = weight(ctx, Weights::F32, &wt, &[oc, ic, 3, 3]);
     let b_gpu = upload(ctx, &b, &[oc]);
     // Input channels 0..5 and 5..12; output channels 0..4 and 4..10.
@@ -82,7 +111,7 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
         (0, upload(ctx, &split_in(0, 5), &[n, 5, h, w])),
         (5, upload(ctx, &split_in(5, 12), &[n, 7, h, w])),
     ];
-    let shape = Conv2dShape { stride: 1, pad: 1 };
+    let shape = Conv2dShape::symmetric(1, 1);
     for (oc_lo, oc_hi) in [(0, 4), (4, 10)] {
         let y = poisoned(ctx, &[n, oc_hi - oc_lo, h, w]);
         let got = run(ctx, &y, |batch| {
@@ -114,7 +143,7 @@ fn conv2d_rejects_a_wrong_output_shape() {
     let w = upload(ctx, &[0.5; 3 * 2 * 9], &[3, 2, 3, 3]);
     let y = poisoned(ctx, &[1, 3, 4, 4]);
     let mut batch = ctx.batch();
-    let stride2 = Conv2dShape { stride: 2, pad: 1 };
+    let stride2 = Conv2dShape::symmetric(2, 1);
     let err = ops::conv2d(&mut batch, &x, &w, None, &y, stride2, Conv2dChunk::WHOLE)
         .expect_err("y is 4x4, stride 2 gives 2x2");
     assert!(err.to_string().contains("expected [1, 3, 2, 2]"), "{err}");

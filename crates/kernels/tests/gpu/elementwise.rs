@@ -117,16 +117,17 @@ fn upsample_concat_and_layouts_match_reference() {
         upload(ctx, &b, &[n, cb, h, w]),
     );
 
-    let up = poisoned(ctx, &[n, ca, 2 * h, 2 * w]);
-    let got = run(ctx, &up, |bt| {
-        ops::upsample_nearest2x(bt, &ag, &up).expect("record")
-    });
-    assert_close(
-        "upsample",
-        &got,
-        &reference::upsample_nearest2x(&a, n * ca, h, w),
-        TOL,
-    );
+    for (oh, ow) in [(2 * h, 2 * w), (2 * h - 1, 2 * w + 1)] {
+        let up = poisoned(ctx, &[n, ca, oh, ow]);
+        let got = run(ctx, &up, |bt| {
+            ops::upsample_nearest(bt, &ag, &up).expect("record")
+        });
+        let want = reference::upsample_nearest(&a, n * ca, (h, w), (oh, ow));
+        assert_close(&format!("upsample to {oh}x{ow}"), &got, &want, TOL);
+    }
+    // 2x is exactly "each pixel twice in each direction".
+    let twice = reference::upsample_nearest(&[1.0, 2.0], 1, (1, 2), (2, 4));
+    assert_eq!(twice, [1.0, 1.0, 2.0, 2.0, 1.0, 1.0, 2.0, 2.0]);
 
     let cat = poisoned(ctx, &[n, ca + cb, h, w]);
     let got = run(ctx, &cat, |bt| {

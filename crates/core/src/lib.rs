@@ -1,0 +1,12 @@
+//! Stable Diffusion without I/O: the pieces that are plain data and arithmetic, shared by the
+//! native and the browser builds.
+//!
+//! `no_std` + `alloc`: nothing here touches files, the network or the GPU, so the crate builds
+//! for `wasm32-unknown-unknown` and is unit-tested on the host. Callers read the bytes and hand
+//! them over (for example `config::UNet2DConditionConfig::from_json`).
+
+#![no_std]
+
+extern crate alloc;
+
+pub mod config;
