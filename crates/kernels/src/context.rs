@@ -118,6 +118,26 @@ impl ContextOptions {
     }
 }
 
+impl ContextOptions {
+    /// What test suites use: [`ContextOptions::from_env`], and unless `SD_EXPECT_BACKEND` says
+    /// otherwise, the backend this platform must run on (Vulkan on Linux: lavapipe without a
+    /// GPU; Metal on macOS), so a missing driver fails the tests instead of passing them on
+    /// something else.
+    pub fn for_tests() -> Result<Self> {
+        let mut options = Self::from_env()?;
+        if options.expect_backend.is_none() {
+            options.expect_backend = if cfg!(target_os = "linux") {
+                Some(wgpu::Backend::Vulkan)
+            } else if cfg!(target_os = "macos") {
+                Some(wgpu::Backend::Metal)
+            } else {
+                None
+            };
+        }
+        Ok(options)
+    }
+}
+
 fn parse_backend(name: &str) -> Option<wgpu::Backend> {
     match name.to_ascii_lowercase().as_str() {
         "vulkan" | "vk" => Some(wgpu::Backend::Vulkan),

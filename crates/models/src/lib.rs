@@ -1,7 +1,46 @@
 //! Stable Diffusion's models as compositions of `sd-kernels`: the CLIP text encoder,
-//! `UNet2DConditionModel` and `AutoencoderKL`, built from their diffusers `config.json`.
+//! `UNet2DConditionModel` and `AutoencoderKL`, built from their diffusers `config.json` and
+//! weights loaded by their diffusers names. One file per diffusers module.
 //!
 //! [`plan`] is the memory planner: from the configs and an image size it computes every
 //! buffer the forward passes need and checks them against the device limits, without a GPU.
 
+pub mod attention;
+pub mod clip;
+pub mod layers;
 pub mod plan;
+pub mod resnet;
+pub mod transformer;
+pub mod unet;
+pub mod vae;
+
+pub use clip::{CLIPTextModel, TextOutput};
+pub use layers::Params;
+pub use unet::UNet2DConditionModel;
+pub use vae::{VaeDecoder, VaeEncoder};
+
+/// Everything that can go wrong building or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A GPU error or a kernel's shape check.
+    #[error(transparent)]
+    Kernel(#[from] sd_kernels::KernelError),
+    /// A missing, truncated or mis-shaped weight.
+    #[error(transparent)]
+    Weights(#[from] sd_weights::WeightError),
+    /// A config file that could not be read.
+    #[error(transparent)]
+    Config(#[from] sd_core::config::ConfigError),
+    /// The model does not fit the device.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// The config asks for a module we do not implement.
+    #[error("{part}: {what} is not supported")]
+    Unsupported { part: &'static str, what: String },
+    /// Tensors that do not fit together (a bug or a bad input).
+    #[error("shape mismatch: {0}")]
+    Shape(String),
+}
+
+/// Result type of this crate.
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -20,11 +20,8 @@ pub enum Weights {
 pub const ALL_WEIGHTS: [Weights; 3] = [Weights::F32, Weights::F16Native, Weights::F16Packed];
 
 fn make_context(f16: F16Mode) -> GpuContext {
-    let mut options = ContextOptions::from_env().expect("valid environment");
+    let mut options = ContextOptions::for_tests().expect("valid environment");
     options.f16 = f16;
-    if options.expect_backend.is_none() && !cfg!(target_os = "macos") && !cfg!(windows) {
-        options.expect_backend = Some(sd_kernels::wgpu::Backend::Vulkan);
-    }
     let ctx = pollster::block_on(GpuContext::new(options))
         .expect("a GPU adapter on the expected backend (see SD_EXPECT_BACKEND)");
     eprintln!("adapter: {}", ctx.describe());

@@ -1,0 +1,190 @@
+//! The models against diffusers' own numbers for the digits fixture
+//! (`shared/fixtures/tiny-sd-digits-refs/refs.safetensors`, described in `refs.json`): text
+//! encoder hidden states, one UNet call, VAE decode and encode. f32 weights must be within
+//! 1e-4 (max abs); f16 weights are reported and bounded.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
+use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
+use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder};
+use sd_weights::{Component, SafetensorsFile, open_component};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+fn model_dir() -> PathBuf {
+    fixtures().join("tiny-sd-digits")
+}
+
+fn refs() -> &'static SafetensorsFile {
+    static REFS: OnceLock<SafetensorsFile> = OnceLock::new();
+    REFS.get_or_init(|| {
+        SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs/refs.safetensors"))
+            .expect("refs.safetensors")
+    })
+}
+
+fn reference(name: &str) -> Vec<f32> {
+    refs()
+        .tensor(name)
+        .unwrap_or_else(|| panic!("no tensor {name} in refs"))
+        .to_f32()
+        .expect("f32 ref")
+}
+
+fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ContextOptions::for_tests().expect("valid environment");
+        pollster::block_on(GpuContext::new(options)).expect("a GPU adapter on the expected backend")
+    })
+}
+
+fn component(name: &str) -> Component {
+    open_component(&model_dir(), name, None).expect("fixture component")
+}
+
+fn config(path: &str) -> String {
+    std::fs::read_to_string(model_dir().join(path)).expect("fixture config")
+}
+
+fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max)
+}
+
+fn read(t: &Tensor) -> Vec<f32> {
+    pollster::block_on(ctx().read_f32(t)).expect("read back")
+}
+
+fn run(record: impl FnOnce(&mut sd_kernels::Batch<'_>) -> sd_models::Result<Tensor>) -> Vec<f32> {
+    let mut batch = ctx().batch();
+    let out = record(&mut batch).expect("record");
+    pollster::block_on(batch.submit()).expect("submit");
+    read(&out)
+}
+
+/// (storage, bound): f32 weights must match to 1e-4; f16 weights are bounded loosely.
+const STORAGES: [(DType, f32); 2] = [(DType::F32, 1e-4), (DType::F16, 2e-2)];
+
+#[test]
+fn text_encoder_matches_diffusers() {
+    let cfg = CLIPTextConfig::from_json(
+        "text_encoder/config.json",
+        &config("text_encoder/config.json"),
+    )
+    .expect("config");
+    let weights = component("text_encoder");
+    for (dtype, bound) in STORAGES {
+        let p = Params {
+            ctx: ctx(),
+            scope: weights.source.root(),
+            matrices: dtype,
+        };
+        let model = CLIPTextModel::load(&cfg, &p).expect("load");
+        for i in 0..4 {
+            let ids: Vec<u32> = refs()
+                .tensor(&format!("token_ids_{i}"))
+                .expect("ids")
+                .to_i64()
+                .expect("i64 ids")
+                .iter()
+                .map(|&id| u32::try_from(id).expect("id fits u32"))
+                .collect();
+            let ids_gpu = ctx().upload_u32(&ids, &[1, 77]).expect("upload");
+            let got = run(|b| model.forward(b, &ids_gpu, &ids, TextOutput::Last));
+            let err = max_abs_diff(&got, &reference(&format!("text_hidden_{i}")));
+            println!("text_hidden_{i} {dtype:?}: max abs error {err:e}");
+            assert!(
+                err <= bound,
+                "text_hidden_{i} {dtype:?}: {err:e} > {bound:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unet_matches_diffusers_at_t500() {
+    let cfg = UNet2DConditionConfig::from_json("unet/config.json", &config("unet/config.json"))
+        .expect("config");
+    let weights = component("unet");
+    for (dtype, bound) in STORAGES {
+        let p = Params {
+            ctx: ctx(),
+            scope: weights.source.root(),
+            matrices: dtype,
+        };
+        let model = UNet2DConditionModel::load(&cfg, &p).expect("load");
+        let sample = ctx()
+            .upload_f32(&reference("init_latents"), &[1, 4, 8, 8])
+            .expect("upload");
+        let t = ctx().upload_f32(&[500.0], &[1]).expect("upload");
+        let context = ctx()
+            .upload_f32(&reference("text_hidden_1"), &[1, 77, 64])
+            .expect("upload");
+        let got = run(|b| model.forward(b, &sample, &t, &context));
+        let err = max_abs_diff(&got, &reference("unet_t500"));
+        println!("unet_t500 {dtype:?}: max abs error {err:e}");
+        assert!(err <= bound, "unet_t500 {dtype:?}: {err:e} > {bound:e}");
+    }
+    let unused = weights.source.unused();
+    assert!(unused.is_empty(), "UNet weights never read: {unused:?}");
+}
+
+#[test]
+fn vae_decoder_matches_diffusers() {
+    let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
+        .expect("config");
+    let weights = component("vae");
+    for (dtype, bound) in STORAGES {
+        let p = Params {
+            ctx: ctx(),
+            scope: weights.source.root(),
+            matrices: dtype,
+        };
+        let model = VaeDecoder::load(&cfg, &p).expect("load");
+        let latents: Vec<f32> = reference("init_latents")
+            .iter()
+            .map(|v| v / cfg.scaling_factor as f32)
+            .collect();
+        let z = ctx().upload_f32(&latents, &[1, 4, 8, 8]).expect("upload");
+        let got = run(|b| model.forward(b, &z));
+        let err = max_abs_diff(&got, &reference("vae_decode"));
+        println!("vae_decode {dtype:?}: max abs error {err:e}");
+        assert!(err <= bound, "vae_decode {dtype:?}: {err:e} > {bound:e}");
+    }
+}
+
+#[test]
+fn vae_encoder_matches_diffusers() {
+    let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
+        .expect("config");
+    let weights = component("vae");
+    for (dtype, bound) in STORAGES {
+        let p = Params {
+            ctx: ctx(),
+            scope: weights.source.root(),
+            matrices: dtype,
+        };
+        let model = VaeEncoder::load(&cfg, &p).expect("load");
+        let image = ctx()
+            .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
+            .expect("upload");
+        let moments = run(|b| model.forward(b, &image));
+        let (mean, logvar) = moments.split_at(moments.len() / 2);
+        let logvar: Vec<f32> = logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect();
+        let err_mean = max_abs_diff(mean, &reference("vae_encode_mean"));
+        let err_logvar = max_abs_diff(&logvar, &reference("vae_encode_logvar"));
+        println!("vae_encode {dtype:?}: mean {err_mean:e}, logvar {err_logvar:e}");
+        assert!(
+            err_mean <= bound && err_logvar <= bound,
+            "vae_encode {dtype:?}: {err_mean:e}, {err_logvar:e} > {bound:e}"
+        );
+    }
+}
