@@ -8,14 +8,18 @@
 pub mod attention;
 pub mod clip;
 pub mod layers;
+pub mod pipeline;
 pub mod plan;
 pub mod resnet;
+pub mod source;
 pub mod transformer;
 pub mod unet;
 pub mod vae;
 
 pub use clip::{CLIPTextModel, TextOutput};
 pub use layers::Params;
+pub use pipeline::{Generated, StableDiffusion};
+pub use source::ModelSource;
 pub use unet::UNet2DConditionModel;
 pub use vae::{VaeDecoder, VaeEncoder};
 
@@ -37,6 +41,18 @@ pub enum ModelError {
     /// The config asks for a module we do not implement.
     #[error("{part}: {what} is not supported")]
     Unsupported { part: &'static str, what: String },
+    /// A model file that could not be read.
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    /// The tokenizer could not be loaded or could not encode the prompt.
+    #[error(transparent)]
+    Tokenizer(#[from] sd_weights::TokenizerError),
+    /// Generation parameters outside what is allowed.
+    #[error(transparent)]
+    Params(#[from] sd_core::params::ParamsError),
+    /// The sampler could not be built or stepped.
+    #[error(transparent)]
+    Sampler(#[from] sd_core::sampler::SamplerError),
     /// Tensors that do not fit together (a bug or a bad input).
     #[error("shape mismatch: {0}")]
     Shape(String),
