@@ -9,6 +9,8 @@ use xshell::{Shell, cmd};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
+  run [OPTIONS]   generate an image: the options of `sd generate` (--prompt, --steps, --seed,
+                  --sampler, --width, --height, --count, --out, --model, ...; --help lists them)
   test            every test of the workspace (native, on the GPU adapter wgpu picks: lavapipe
                   without a GPU), after building the kernel layer for wasm32-unknown-unknown
   bench kernels   GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
@@ -25,6 +27,16 @@ fn main() -> Result<()> {
         .as_slice()
     {
         ["test", rest @ ..] => test(&sh, rest),
+        ["run", rest @ ..] => {
+            // `sd` prints its own errors; pass its exit code on without an xtask trace.
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["run", "--quiet", "-p", "sd-cli", "--", "generate"])
+                .args(rest)
+                .current_dir(project_root()?)
+                .status()
+                .context("cannot run cargo")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
         ["bench", "kernels", rest @ ..] => stage("bench kernels (release)", || {
             Ok(cmd!(
                 sh,

@@ -1,9 +1,11 @@
 //! `sd`: the native command line.
 
-mod bench;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use sd_cli::{bench, generate};
 use sd_kernels::{ContextOptions, GpuContext};
 
 #[derive(Debug, Parser)]
@@ -19,6 +21,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate images from a prompt (the embedded digits model unless --model is given).
+    Generate(generate::GenerateArgs),
+    /// Convert a diffusers model folder to f16 safetensors (half the size), configs copied.
+    Convert {
+        /// The diffusers folder to read.
+        src: PathBuf,
+        /// The folder to write (must not exist inside the source).
+        dst: PathBuf,
+    },
     /// Print the GPU adapter the kernels run on, its limits and the f16 path.
     ///
     /// The adapter can be chosen with SD_ADAPTER (a substring of its name) and WGPU_BACKEND;
@@ -38,24 +49,63 @@ enum BenchCommand {
     Kernels(bench::KernelBenchArgs),
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
-    let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
-    match cli.command {
-        Command::Info => {
-            println!("adapter: {}", ctx.describe());
-            let limits = ctx.limits();
-            println!(
-                "limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB",
-                limits.max_storage_buffer_binding_size >> 20,
-                limits.max_buffer_size >> 20,
-                limits.max_compute_workgroup_storage_size >> 10
-            );
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(args) => {
+            let report = generate::run(&args, true)?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
+            for (file, seed) in report.files.iter().zip(&report.seeds) {
+                println!("wrote {} (seed {seed})", file.display());
+            }
+            let times: Vec<String> = report
+                .timings
+                .iter()
+                .map(|(stage, t)| format!("{stage} {:.0} ms", t.as_secs_f64() * 1e3))
+                .collect();
+            println!("time: {}", times.join(", "));
+            Ok(())
+        }
+        Command::Convert { src, dst } => {
+            let report = sd_weights::convert_folder_f16(&src, &dst, None)?;
+            for component in &report.components {
+                println!("{component:?}");
+            }
+            println!("wrote {}", dst.display());
+            Ok(())
+        }
+        Command::Info => info(),
         Command::Bench {
             what: BenchCommand::Kernels(args),
-        } => bench::kernels(&ctx, &args)?,
+        } => {
+            let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
+            bench::kernels(&ctx, &args)
+        }
     }
+}
+
+fn info() -> Result<()> {
+    let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
+    println!("adapter: {}", ctx.describe());
+    let limits = ctx.limits();
+    println!(
+        "limits: storage binding {} MiB, buffer {} MiB, workgroup memory {} KiB",
+        limits.max_storage_buffer_binding_size >> 20,
+        limits.max_buffer_size >> 20,
+        limits.max_compute_workgroup_storage_size >> 10
+    );
     Ok(())
 }

@@ -1,0 +1,7 @@
+//! The native command line's library: what `sd` does, callable from tests (the end-to-end
+//! tests run exactly the CLI's code path).
+
+pub mod bench;
+pub mod embedded;
+pub mod generate;
+pub mod png_out;
