@@ -19,6 +19,7 @@ use sd_weights::ClipTokenizer;
 
 use crate::clip::{CLIPTextModel, TextOutput};
 use crate::layers::Params;
+use crate::plan::{DeviceLimits, ModelConfigs, Part, PlanError, PlanRequest, plan};
 use crate::source::ModelSource;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::VaeDecoder;
@@ -131,9 +132,70 @@ impl StableDiffusion {
         &self.ctx
     }
 
+    /// The image size the model was trained at (width, height): the UNet's `sample_size`
+    /// times the VAE's scale factor (512x512 for SD 1.5, 64x64 for the digits model).
+    pub fn native_size(&self) -> (u32, u32) {
+        use sd_core::config::OneOrMany;
+        let (h, w) = match &self.unet.config().sample_size {
+            Some(OneOrMany::One(n)) => (*n, *n),
+            Some(OneOrMany::Many(hw)) if hw.len() == 2 => (hw[0], hw[1]),
+            _ => (64, 64),
+        };
+        (w as u32 * VAE_SCALE, h as u32 * VAE_SCALE)
+    }
+
     /// The scheduler config samplers are built from.
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler_config
+    }
+
+    /// Plans the generation's buffers for this device before any GPU work, so a size that
+    /// cannot run fails at once with the buffer that does not fit. The executors do not split
+    /// tensors into channel chunks yet, so a plan that needs chunks is refused too (SD 1.5 runs
+    /// unchunked up to 512x512 within WebGPU's default limits; larger needs the chunked VAE).
+    fn check_plan(&self, width: u32, height: u32, cfg: bool) -> Result<()> {
+        let limits = self.ctx.limits();
+        let device = DeviceLimits {
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer: limits.max_buffer_size,
+        };
+        let configs = ModelConfigs {
+            text_encoder: self.text_encoder.config(),
+            unet: self.unet.config(),
+            vae: &self.vae_config,
+        };
+        let request = PlanRequest {
+            width,
+            height,
+            images: 1,
+            classifier_free_guidance: cfg,
+        };
+        let memory = plan(&configs, &request, &device)?;
+        let chunked = memory
+            .parts
+            .iter()
+            .filter(|part| part.part != Part::VaeEncoder)
+            .flat_map(|part| &part.tensors)
+            .find(|t| t.chunks.len() > 1);
+        if let Some(tensor) = chunked {
+            let bytes = memory
+                .parts
+                .iter()
+                .flat_map(|p| &p.buffers)
+                .filter(|b| b.name.starts_with(&tensor.name))
+                .map(|b| b.bytes)
+                .sum();
+            return Err(PlanError::Limit {
+                name: format!(
+                    "{} (split into channel chunks: not yet supported by the executors)",
+                    tensor.name
+                ),
+                needed: bytes,
+                max: device.max_storage_binding,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// Tokenizes `prompts` and runs the text encoder on them as one batch; returns the hidden
@@ -220,6 +282,7 @@ impl StableDiffusion {
         );
         let latent_len = LATENT_CHANNELS * h * w;
         let cfg = params.uses_cfg();
+        self.check_plan(params.width, params.height, cfg)?;
 
         on_stage(Stage::Encode);
         let prompts: Vec<&str> = if cfg {
