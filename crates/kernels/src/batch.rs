@@ -9,6 +9,23 @@ use crate::{GpuContext, KernelError, Result, Tensor};
 /// Largest workgroup count per dimension WebGPU guarantees.
 pub(crate) const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
 
+/// A buffer-to-buffer copy between dispatches (re-splitting channel chunks).
+#[derive(Debug)]
+struct Copy {
+    src: wgpu::Buffer,
+    src_offset: u64,
+    dst: wgpu::Buffer,
+    dst_offset: u64,
+    bytes: u64,
+}
+
+/// What a batch records, in order.
+#[derive(Debug)]
+enum Command {
+    Dispatch(Dispatch),
+    Copy(Copy),
+}
+
 #[derive(Debug)]
 struct Dispatch {
     key: PipelineKey,
@@ -25,7 +42,7 @@ struct Dispatch {
 pub struct Batch<'c> {
     ctx: &'c GpuContext,
     arena: Vec<u8>,
-    dispatches: Vec<Dispatch>,
+    commands: Vec<Command>,
 }
 
 impl<'c> Batch<'c> {
@@ -33,7 +50,7 @@ impl<'c> Batch<'c> {
         Self {
             ctx,
             arena: Vec::new(),
-            dispatches: Vec::new(),
+            commands: Vec::new(),
         }
     }
 
@@ -42,14 +59,45 @@ impl<'c> Batch<'c> {
         self.ctx
     }
 
-    /// Number of dispatches recorded so far.
+    /// Number of commands (dispatches and copies) recorded so far.
     pub fn len(&self) -> usize {
-        self.dispatches.len()
+        self.commands.len()
     }
 
     /// Whether nothing has been recorded.
     pub fn is_empty(&self) -> bool {
-        self.dispatches.is_empty()
+        self.commands.is_empty()
+    }
+
+    /// Records a copy of `len` f32 elements from `src[src_start..]` to `dst[dst_start..]`.
+    pub fn copy_f32(
+        &mut self,
+        src: &Tensor,
+        src_start: usize,
+        dst: &Tensor,
+        dst_start: usize,
+        len: usize,
+    ) -> Result<()> {
+        let fits =
+            |t: &Tensor, start: usize| t.dtype() == crate::DType::F32 && start + len <= t.len();
+        if !fits(src, src_start) || !fits(dst, dst_start) {
+            return Err(KernelError::shape(
+                "copy_f32",
+                format!(
+                    "{len} elements from {:?}[{src_start}..] to {:?}[{dst_start}..] do not fit",
+                    src.shape(),
+                    dst.shape()
+                ),
+            ));
+        }
+        self.commands.push(Command::Copy(Copy {
+            src: src.buffer().clone(),
+            src_offset: src_start as u64 * 4,
+            dst: dst.buffer().clone(),
+            dst_offset: dst_start as u64 * 4,
+            bytes: len as u64 * 4,
+        }));
+        Ok(())
     }
 
     /// Records one dispatch: `params` at binding 0 (uniform), `tensors` at bindings 1.. (storage,
@@ -80,14 +128,14 @@ impl<'c> Batch<'c> {
         let bytes = bytemuck::bytes_of(params);
         self.arena.resize(uniform_offset as usize, 0);
         self.arena.extend_from_slice(bytes);
-        self.dispatches.push(Dispatch {
+        self.commands.push(Command::Dispatch(Dispatch {
             key,
             source,
             uniform_offset,
             uniform_size: bytes.len() as u64,
             bindings,
             workgroups,
-        });
+        }));
         Ok(())
     }
 
@@ -96,16 +144,18 @@ impl<'c> Batch<'c> {
     pub async fn submit(self) -> Result<()> {
         let ctx = self.ctx;
         ctx.check_health()?;
-        if self.dispatches.is_empty() {
+        if self.commands.is_empty() {
             return Ok(());
         }
-        let mut pipelines = Vec::with_capacity(self.dispatches.len());
-        for d in &self.dispatches {
-            let pipeline = match ctx.pipelines.get(&d.key) {
-                Some(p) => p,
-                None => ctx.pipelines.compile(&ctx.device, &d.key, d.source).await?,
-            };
-            pipelines.push(pipeline);
+        let mut pipelines = Vec::with_capacity(self.commands.len());
+        for command in &self.commands {
+            if let Command::Dispatch(d) = command {
+                let pipeline = match ctx.pipelines.get(&d.key) {
+                    Some(p) => p,
+                    None => ctx.pipelines.compile(&ctx.device, &d.key, d.source).await?,
+                };
+                pipelines.push(pipeline);
+            }
         }
 
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -122,39 +172,40 @@ impl<'c> Batch<'c> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("batch"),
             });
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("batch"),
-                timestamp_writes: None,
-            });
-            for (d, pipeline) in self.dispatches.iter().zip(&pipelines) {
-                let mut entries = vec![wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &arena,
-                        offset: d.uniform_offset,
-                        size: wgpu::BufferSize::new(d.uniform_size),
-                    }),
-                }];
-                for (i, (buffer, size)) in d.bindings.iter().enumerate() {
-                    entries.push(wgpu::BindGroupEntry {
-                        binding: i as u32 + 1,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer,
-                            offset: 0,
-                            size: wgpu::BufferSize::new(*size),
-                        }),
-                    });
+        // Consecutive dispatches share one compute pass; a copy ends it.
+        let mut pipelines = pipelines.iter();
+        let mut commands = self.commands.iter().peekable();
+        while let Some(command) = commands.next() {
+            match command {
+                Command::Copy(c) => {
+                    encoder.copy_buffer_to_buffer(
+                        &c.src,
+                        c.src_offset,
+                        &c.dst,
+                        c.dst_offset,
+                        c.bytes,
+                    );
                 }
-                let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some(d.key.entry),
-                    layout: &pipeline.get_bind_group_layout(0),
-                    entries: &entries,
-                });
-                pass.set_pipeline(pipeline);
-                pass.set_bind_group(0, &bind_group, &[]);
-                let [x, y, z] = d.workgroups;
-                pass.dispatch_workgroups(x, y, z);
+                Command::Dispatch(first) => {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some("batch"),
+                        timestamp_writes: None,
+                    });
+                    let mut next = Some(first);
+                    while let Some(d) = next {
+                        let pipeline = pipelines.next().ok_or_else(|| {
+                            KernelError::Validation("a dispatch has no pipeline".into())
+                        })?;
+                        encode_dispatch(ctx, &mut pass, &arena, d, pipeline);
+                        next = match commands.peek() {
+                            Some(Command::Dispatch(d)) => {
+                                commands.next();
+                                Some(d)
+                            }
+                            _ => None,
+                        };
+                    }
+                }
             }
         }
         ctx.queue.submit([encoder.finish()]);
@@ -166,6 +217,42 @@ impl<'c> Batch<'c> {
         }
         ctx.check_health()
     }
+}
+
+fn encode_dispatch(
+    ctx: &GpuContext,
+    pass: &mut wgpu::ComputePass<'_>,
+    arena: &wgpu::Buffer,
+    d: &Dispatch,
+    pipeline: &wgpu::ComputePipeline,
+) {
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: arena,
+            offset: d.uniform_offset,
+            size: wgpu::BufferSize::new(d.uniform_size),
+        }),
+    }];
+    for (i, (buffer, size)) in d.bindings.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry {
+            binding: i as u32 + 1,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(*size),
+            }),
+        });
+    }
+    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(d.key.entry),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    pass.set_pipeline(pipeline);
+    pass.set_bind_group(0, &bind_group, &[]);
+    let [x, y, z] = d.workgroups;
+    pass.dispatch_workgroups(x, y, z);
 }
 
 /// Workgroups for `threads` invocations of a 1-D kernel with `workgroup_size` threads: split over

@@ -58,6 +58,9 @@ pub struct ContextOptions {
     pub needed: NeededLimits,
     /// How f16 weights are read.
     pub f16: F16Mode,
+    /// Split tensors as if bindings were at most this large (tests exercise the chunked paths
+    /// of the models on small inputs with it); `None`: the device's limit.
+    pub chunk_budget: Option<u64>,
 }
 
 impl Default for ContextOptions {
@@ -69,6 +72,7 @@ impl Default for ContextOptions {
             expect_backend: None,
             needed: NeededLimits::default(),
             f16: F16Mode::Auto,
+            chunk_budget: None,
         }
     }
 }
@@ -163,6 +167,7 @@ pub struct GpuContext {
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
     native_f16: bool,
+    chunk_budget: u64,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: Arc<BufferPool>,
     health: Arc<Mutex<DeviceHealth>>,
@@ -238,6 +243,10 @@ impl GpuContext {
             device,
             queue,
             info,
+            chunk_budget: options
+                .chunk_budget
+                .unwrap_or(limits.max_storage_buffer_binding_size)
+                .min(limits.max_storage_buffer_binding_size),
             limits,
             native_f16,
             health,
@@ -252,6 +261,12 @@ impl GpuContext {
     /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// The largest binding the models plan their chunks for: the device's
+    /// `max_storage_buffer_binding_size`, or less when [`ContextOptions::chunk_budget`] says so.
+    pub fn chunk_budget(&self) -> u64 {
+        self.chunk_budget
     }
 
     /// Whether f16 weights are read as native `f16` (else packed in `u32`).

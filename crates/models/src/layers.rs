@@ -6,6 +6,7 @@ use sd_kernels::ops::{self, Conv2dChunk, Conv2dShape, GroupNormShape};
 use sd_kernels::{Batch, DType, GpuContext, Tensor};
 use sd_weights::Scope;
 
+use crate::chunks::{self, ChunkPolicy, Chunks};
 use crate::{ModelError, Result};
 
 /// Where a model's parameters come from: a scoped weight source, the context they are uploaded
@@ -173,6 +174,24 @@ impl Conv2d {
         )?;
         Ok(y)
     }
+
+    /// Records the convolution of a channel-chunked tensor into chunks split by `policy`.
+    pub fn forward_chunks(
+        &self,
+        batch: &mut Batch<'_>,
+        x: &Chunks,
+        policy: &ChunkPolicy,
+    ) -> Result<Chunks> {
+        chunks::conv2d(
+            batch,
+            x,
+            &self.weight,
+            &self.bias,
+            self.shape,
+            self.out_channels,
+            policy,
+        )
+    }
 }
 
 /// `nn.GroupNorm` (affine), optionally followed by SiLU in the same pass.
@@ -213,6 +232,19 @@ impl GroupNorm {
         };
         ops::group_norm(batch, x, &self.gamma, &self.beta, &y, shape)?;
         Ok(y)
+    }
+
+    /// Records the norm (and SiLU) of a channel-chunked tensor, chunk by chunk.
+    pub fn forward_chunks(&self, batch: &mut Batch<'_>, x: &Chunks, silu: bool) -> Result<Chunks> {
+        chunks::group_norm(
+            batch,
+            x,
+            &self.gamma,
+            &self.beta,
+            self.groups,
+            self.eps,
+            silu,
+        )
     }
 }
 

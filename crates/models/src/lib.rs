@@ -6,6 +6,7 @@
 //! buffer the forward passes need and checks them against the device limits, without a GPU.
 
 pub mod attention;
+pub mod chunks;
 pub mod clip;
 pub mod layers;
 pub mod pipeline;

@@ -19,7 +19,7 @@ use sd_weights::ClipTokenizer;
 
 use crate::clip::{CLIPTextModel, TextOutput};
 use crate::layers::Params;
-use crate::plan::{DeviceLimits, ModelConfigs, Part, PlanError, PlanRequest, plan};
+use crate::plan::{DeviceLimits, ModelConfigs, PlanRequest, plan};
 use crate::source::ModelSource;
 use crate::unet::UNet2DConditionModel;
 use crate::vae::VaeDecoder;
@@ -150,9 +150,9 @@ impl StableDiffusion {
     }
 
     /// Plans the generation's buffers for this device before any GPU work, so a size that
-    /// cannot run fails at once with the buffer that does not fit. The executors do not split
-    /// tensors into channel chunks yet, so a plan that needs chunks is refused too (SD 1.5 runs
-    /// unchunked up to 512x512 within WebGPU's default limits; larger needs the chunked VAE).
+    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The
+    /// executors split what the plan splits: VAE decoder tensors into channel chunks, the UNet's
+    /// feed-forward into row chunks.
     fn check_plan(&self, width: u32, height: u32, cfg: bool) -> Result<()> {
         let limits = self.ctx.limits();
         let device = DeviceLimits {
@@ -170,31 +170,7 @@ impl StableDiffusion {
             images: 1,
             classifier_free_guidance: cfg,
         };
-        let memory = plan(&configs, &request, &device)?;
-        let chunked = memory
-            .parts
-            .iter()
-            .filter(|part| part.part != Part::VaeEncoder)
-            .flat_map(|part| &part.tensors)
-            .find(|t| t.chunks.len() > 1);
-        if let Some(tensor) = chunked {
-            let bytes = memory
-                .parts
-                .iter()
-                .flat_map(|p| &p.buffers)
-                .filter(|b| b.name.starts_with(&tensor.name))
-                .map(|b| b.bytes)
-                .sum();
-            return Err(PlanError::Limit {
-                name: format!(
-                    "{} (split into channel chunks: not yet supported by the executors)",
-                    tensor.name
-                ),
-                needed: bytes,
-                max: device.max_storage_binding,
-            }
-            .into());
-        }
+        plan(&configs, &request, &device)?;
         Ok(())
     }
 

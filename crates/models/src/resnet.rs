@@ -4,6 +4,7 @@
 use sd_kernels::ops::{self, Conv2dShape};
 use sd_kernels::{Batch, DType, Tensor};
 
+use crate::chunks::{self, ChunkPolicy, Chunks};
 use crate::layers::{Conv2d, GroupNorm, Linear, Params};
 use crate::{ModelError, Result};
 
@@ -81,6 +82,26 @@ impl ResnetBlock2D {
         ops::residual_add(batch, &shortcut, &h, 1.0 / self.output_scale_factor)?;
         Ok(h)
     }
+
+    /// The same block on a channel-chunked tensor, without time embedding (the VAE decoder at
+    /// full resolution).
+    pub fn forward_chunks(
+        &self,
+        batch: &mut Batch<'_>,
+        x: &Chunks,
+        policy: &ChunkPolicy,
+    ) -> Result<Chunks> {
+        let h = self.norm1.forward_chunks(batch, x, true)?;
+        let h = self.conv1.forward_chunks(batch, &h, policy)?;
+        let h = self.norm2.forward_chunks(batch, &h, true)?;
+        let h = self.conv2.forward_chunks(batch, &h, policy)?;
+        let shortcut = match &self.conv_shortcut {
+            Some(conv) => conv.forward_chunks(batch, x, policy)?,
+            None => x.clone(),
+        };
+        chunks::residual_add(batch, &shortcut, &h, 1.0 / self.output_scale_factor)?;
+        Ok(h)
+    }
 }
 
 /// `Downsample2D` with a convolution: 3x3 stride 2, padding 1 (UNet) or padding only after
@@ -142,5 +163,16 @@ impl Upsample2D {
         let up = batch.context().empty(&[n, c, oh, ow], DType::F32)?;
         ops::upsample_nearest(batch, x, &up)?;
         self.conv.forward(batch, &up)
+    }
+
+    /// 2x upsampling and the convolution on a channel-chunked tensor.
+    pub fn forward_chunks(
+        &self,
+        batch: &mut Batch<'_>,
+        x: &Chunks,
+        policy: &ChunkPolicy,
+    ) -> Result<Chunks> {
+        let up = chunks::upsample_nearest(batch, x, 2 * x.height, 2 * x.width, policy)?;
+        self.conv.forward_chunks(batch, &up, policy)
     }
 }

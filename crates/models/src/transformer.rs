@@ -7,6 +7,7 @@ use sd_kernels::{Batch, DType, Tensor};
 
 use crate::attention::{Attention, ProjectionNames};
 use crate::layers::{self, Conv2d, GroupNorm, LayerNorm, Linear, Params};
+use crate::plan::row_chunk;
 use crate::{ModelError, Result};
 
 /// `BasicTransformerBlock` with diffusers' SD defaults (layer norms, GEGLU with exact GELU).
@@ -62,16 +63,47 @@ impl BasicTransformerBlock {
         let a = self.attn2.forward(batch, &n, Some(context), false)?;
         ops::residual_add(batch, &a, h, 1.0)?;
         let n = self.norm3.forward(batch, h)?;
-        let projected = self.ff_proj.forward(batch, &n)?;
+        let f = self.feed_forward(batch, &n)?;
+        ops::residual_add(batch, &f, h, 1.0)?;
+        Ok(())
+    }
+}
+
+impl BasicTransformerBlock {
+    /// The GEGLU feed-forward on tokens `x` `[B, L, C]`. Its hidden state is `2 * 4C` wide (the
+    /// largest UNet tensor: SD 1.5 at 768x768 with CFG is 189 MB), so when it would exceed one
+    /// binding the tokens go through in row chunks (the planner's [`row_chunk`]), copied out of
+    /// `x` and back into the result.
+    fn feed_forward(&self, batch: &mut Batch<'_>, x: &Tensor) -> Result<Tensor> {
+        let ctx = batch.context();
+        let dim = *x.shape().last().unwrap_or(&0);
+        let rows = x.len() / dim.max(1);
+        let hidden = self.ff_proj.out_features();
+        let max_binding = ctx.chunk_budget();
+        let per_chunk = row_chunk(rows, (hidden * 4) as u64, max_binding)?;
+        if per_chunk >= rows {
+            return self.feed_forward_rows(batch, x);
+        }
+        let out = ctx.empty(x.shape(), DType::F32)?;
+        for start in (0..rows).step_by(per_chunk) {
+            let len = per_chunk.min(rows - start);
+            let part = ctx.empty(&[len, dim], DType::F32)?;
+            batch.copy_f32(x, start * dim, &part, 0, len * dim)?;
+            let y = self.feed_forward_rows(batch, &part)?;
+            batch.copy_f32(&y, 0, &out, start * dim, len * dim)?;
+        }
+        Ok(out)
+    }
+
+    fn feed_forward_rows(&self, batch: &mut Batch<'_>, x: &Tensor) -> Result<Tensor> {
+        let projected = self.ff_proj.forward(batch, x)?;
         let mut shape = projected.shape().to_vec();
         if let Some(last) = shape.last_mut() {
             *last /= 2;
         }
         let gated = batch.context().empty(&shape, DType::F32)?;
         ops::geglu(batch, &projected, &gated)?;
-        let f = self.ff_out.forward(batch, &gated)?;
-        ops::residual_add(batch, &f, h, 1.0)?;
-        Ok(())
+        self.ff_out.forward(batch, &gated)
     }
 }
 

@@ -6,6 +6,7 @@ use sd_kernels::ops::Conv2dShape;
 use sd_kernels::{Batch, Tensor};
 
 use crate::attention::{Attention, ProjectionNames};
+use crate::chunks::{ChunkPolicy, Chunks};
 use crate::layers::{self, Conv2d, GroupNorm, Params};
 use crate::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::{ModelError, Result};
@@ -114,6 +115,7 @@ pub struct VaeEncoder {
 /// image `[N, 3, H, W]` in about [-1, 1].
 #[derive(Debug)]
 pub struct VaeDecoder {
+    norm_groups: usize,
     post_quant_conv: Option<Conv2d>,
     conv_in: Conv2d,
     mid_block: MidBlock,
@@ -268,6 +270,7 @@ impl VaeDecoder {
         }
         let last = out_ch;
         Ok(Self {
+            norm_groups: groups,
             post_quant_conv: c
                 .use_post_quant_conv
                 .then(|| {
@@ -294,23 +297,45 @@ impl VaeDecoder {
         })
     }
 
-    /// Records the decoder on `latents` `[N, L, h, w]` (divided by the scaling factor already).
+    /// Records the decoder on `latents` `[1, L, h, w]` (divided by the scaling factor already).
+    /// From the up blocks on, activations are channel-chunked wherever a tensor would exceed one
+    /// binding (SD 1.5 at 512x512 and beyond); below that everything is one chunk.
     pub fn forward(&self, batch: &mut Batch<'_>, latents: &Tensor) -> Result<Tensor> {
         let z = match &self.post_quant_conv {
             Some(conv) => conv.forward(batch, latents)?,
             None => latents.clone(),
         };
         let h = self.conv_in.forward(batch, &z)?;
-        let mut h = self.mid_block.forward(batch, &h)?;
+        let h = self.mid_block.forward(batch, &h)?;
+        let [_, _, lh, lw] = *h.shape() else {
+            return Err(ModelError::Shape(format!(
+                "VAE latents must be NCHW, are {:?}",
+                h.shape()
+            )));
+        };
+        let scale = 1
+            << self
+                .up_blocks
+                .iter()
+                .filter(|l| l.resample.is_some())
+                .count();
+        let policy = ChunkPolicy {
+            max_binding: batch.context().chunk_budget(),
+            norm_groups: self.norm_groups,
+            plane: (lh * scale, lw * scale),
+        };
+        let mut x = Chunks::split(batch, &h, &policy)?;
         for level in &self.up_blocks {
             for resnet in &level.resnets {
-                h = resnet.forward(batch, &h, None)?;
+                x = resnet.forward_chunks(batch, &x, &policy)?;
             }
             if let Some(up) = &level.resample {
-                h = up.forward(batch, &h, None)?;
+                x = up.forward_chunks(batch, &x, &policy)?;
             }
         }
-        let h = self.conv_norm_out.forward(batch, &h, true)?;
-        self.conv_out.forward(batch, &h)
+        let x = self.conv_norm_out.forward_chunks(batch, &x, true)?;
+        self.conv_out
+            .forward_chunks(batch, &x, &policy)?
+            .join(batch)
     }
 }

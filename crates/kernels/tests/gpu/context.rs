@@ -100,3 +100,25 @@ fn a_disposed_device_reports_loss_instead_of_panicking() {
         "submit: {submitted:?}, read: {read:?}"
     );
 }
+
+#[test]
+fn copies_between_dispatches_keep_their_order() {
+    let ctx = native();
+    let x = upload(ctx, &[1.0, 2.0, 3.0, 4.0, 5.0], &[5]);
+    let doubled = poisoned(ctx, &[5]);
+    let y = poisoned(ctx, &[4]);
+    let mut batch = ctx.batch();
+    sd_kernels::ops::scale(&mut batch, &x, 2.0, &doubled).expect("record");
+    batch.copy_f32(&doubled, 1, &y, 0, 3).expect("in range");
+    batch.copy_f32(&x, 0, &y, 3, 1).expect("in range");
+    // A dispatch after the copies sees them: y = y * 10.
+    let z = poisoned(ctx, &[4]);
+    sd_kernels::ops::scale(&mut batch, &y, 10.0, &z).expect("record");
+    assert!(
+        batch.copy_f32(&x, 3, &y, 0, 3).is_err(),
+        "a copy past the end is refused"
+    );
+    pollster::block_on(batch.submit()).expect("submit");
+    let got = pollster::block_on(ctx.read_f32(&z)).expect("read");
+    assert_eq!(got, [40.0, 60.0, 80.0, 10.0]);
+}
