@@ -126,6 +126,18 @@ fn output_path(out: &Path, index: usize, count: u32) -> PathBuf {
 pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     let sampler = SamplerKind::parse(&args.sampler)?;
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    // Refuse an output folder that does not exist now, not after the whole generation.
+    let out_dir = match args.out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !out_dir.is_dir() {
+        bail!(
+            "--out {}: the folder {} does not exist",
+            args.out.display(),
+            out_dir.display()
+        );
+    }
     let (source, model_name) = match &args.model {
         Some(path) => {
             if !path.is_dir() {

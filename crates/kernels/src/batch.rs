@@ -38,11 +38,16 @@ struct Dispatch {
 
 /// Dispatches recorded for one submission. Record with the launchers in [`crate::ops`], then
 /// [`Batch::submit`].
+///
+/// A batch holds its context's recording lock until it is submitted or dropped: buffers that
+/// go back to the pool while a batch records may be reused by that batch only, never by
+/// another thread's batch that could be submitted first and overwrite them.
 #[derive(Debug)]
 pub struct Batch<'c> {
     ctx: &'c GpuContext,
     arena: Vec<u8>,
     commands: Vec<Command>,
+    _recording: std::sync::MutexGuard<'c, ()>,
 }
 
 impl<'c> Batch<'c> {
@@ -51,6 +56,11 @@ impl<'c> Batch<'c> {
             ctx,
             arena: Vec::new(),
             commands: Vec::new(),
+            // A poisoned lock only means another batch panicked; the pool is still consistent.
+            _recording: ctx
+                .recording
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
         }
     }
 

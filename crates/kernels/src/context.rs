@@ -170,6 +170,8 @@ pub struct GpuContext {
     chunk_budget: u64,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pool: Arc<BufferPool>,
+    /// Held by the batch being recorded (see [`crate::Batch`]).
+    pub(crate) recording: Mutex<()>,
     health: Arc<Mutex<DeviceHealth>>,
     placeholder: Tensor,
 }
@@ -238,6 +240,7 @@ impl GpuContext {
         let placeholder = Tensor::new(pool.upload(&queue, &[0; 4]), &[1], DType::F32);
         Ok(Self {
             pool,
+            recording: Mutex::new(()),
             placeholder,
             pipelines: PipelineCache::default(),
             device,

@@ -1,5 +1,7 @@
 //! Whole text-to-image runs against diffusers (`refs.safetensors`): 20 steps, guidance 5, 64x64,
-//! from `init_latents`, for Euler, DDIM and DPM++ 2M and prompts 1..3, f32 weights.
+//! from `init_latents`, for Euler, DDIM and DPM++ 2M and prompts 1..3, f32 weights; and from
+//! `more_refs.safetensors`, Euler with a negative prompt (`euler_negative`) and without
+//! classifier-free guidance (`euler_nocfg`, guidance 1.0), step by step.
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -30,6 +32,8 @@ fn reference(name: &str) -> Vec<f32> {
         .expect("f32 ref")
 }
 
+/// The digits model, shared by every test of this file; the harness runs them on parallel
+/// threads, which `concurrent_generations_agree_with_serial_ones` shows is safe.
 fn model() -> &'static StableDiffusion {
     static MODEL: OnceLock<StableDiffusion> = OnceLock::new();
     MODEL.get_or_init(|| {
@@ -112,5 +116,155 @@ fn whole_runs_match_diffusers_for_three_samplers_and_prompts() {
                 100.0 * share
             );
         }
+    }
+}
+
+fn more_refs() -> &'static SafetensorsFile {
+    static MORE: OnceLock<SafetensorsFile> = OnceLock::new();
+    MORE.get_or_init(|| {
+        SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs/more_refs.safetensors"))
+            .expect("more_refs.safetensors")
+    })
+}
+
+fn more_reference(name: &str) -> Vec<f32> {
+    more_refs()
+        .tensor(name)
+        .unwrap_or_else(|| panic!("no tensor {name} in more_refs"))
+        .to_f32()
+        .expect("f32 ref")
+}
+
+/// A 20-step Euler run of `more_refs.json`'s `run` from `init_latents`: every step's output
+/// (`<run>_step_prev_sample`, seen through `on_step`) and the final latents (the last step's
+/// output; diffusers' Euler returns it unchanged) within 1e-3, and the image within 2/255.
+fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_scale: f32) {
+    let params = GenerationParams {
+        prompt: prompt.to_string(),
+        negative_prompt: negative_prompt.to_string(),
+        steps: 20,
+        guidance_scale,
+        sampler: SamplerKind::Euler,
+        width: 64,
+        height: 64,
+        ..GenerationParams::default()
+    };
+    let mut steps: Vec<Vec<f32>> = Vec::new();
+    let mut on_step = |step: usize, latents: &[f32]| {
+        assert_eq!(step, steps.len(), "steps are observed in order");
+        steps.push(latents.to_vec());
+    };
+    let out = pollster::block_on(model().generate(
+        &params,
+        Some(&reference("init_latents")),
+        &mut |_| {},
+        Some(&mut on_step),
+    ))
+    .expect("generate");
+
+    let want = more_reference(&format!("{run}_step_prev_sample"));
+    assert_eq!(
+        want.len(),
+        20 * 256,
+        "{run}: 20 recorded steps of [4, 8, 8]"
+    );
+    assert_eq!(steps.len(), 20, "{run}: 20 steps observed");
+    let mut worst = (0.0f32, 0);
+    for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
+        let err = max_abs_diff(got, want);
+        if err > worst.0 {
+            worst = (err, step);
+        }
+        assert!(err <= 1e-3, "{run} step {step}: prev_sample {err:e} > 1e-3");
+    }
+    println!(
+        "{run}: every step's prev_sample within {:e} (worst at step {})",
+        worst.0, worst.1
+    );
+
+    let final_want = &want[19 * 256..];
+    assert_eq!(
+        out.latents[0], steps[19],
+        "{run}: the final latents are the last step's output"
+    );
+    let err = max_abs_diff(&out.latents[0], final_want);
+    println!("{run}: final latents max abs error {err:e}");
+    assert!(err <= 1e-3, "{run}: final latents {err:e} > 1e-3");
+
+    let image = more_reference(&format!("{run}_image"));
+    let close = out.pixels[0]
+        .iter()
+        .zip(&image)
+        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
+        .count();
+    let share = close as f64 / image.len() as f64;
+    println!("{run}: {:.2} % of image values within 2/255", 100.0 * share);
+    assert!(
+        share >= 0.99,
+        "{run}: only {:.2} % within 2/255",
+        100.0 * share
+    );
+}
+
+/// Prompt 2 with prompt 1 as the negative prompt: the negative prompt's hidden states, not the
+/// empty prompt's, are the unconditional half of guidance.
+#[test]
+fn euler_negative() {
+    euler_run_matches("euler_negative", PROMPTS[1], PROMPTS[0], 5.0);
+}
+
+/// Guidance 1.0: diffusers runs no unconditional pass (batch 1, the prediction used as is).
+#[test]
+fn euler_nocfg() {
+    euler_run_matches("euler_nocfg", PROMPTS[0], "", 1.0);
+}
+
+/// Two generations at once on one model (one `GpuContext`) must give what each gives alone:
+/// the model is `Sync`, so a server may share it between requests. (Before batches took the
+/// context's recording lock, a pooled buffer freed while one thread recorded was handed to the
+/// other thread's batch, which could be submitted first and was then overwritten.)
+#[test]
+fn concurrent_generations_agree_with_serial_ones() {
+    let options = ContextOptions::for_tests().expect("valid environment");
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
+    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
+    let model = StableDiffusion::load(ctx, &source, DType::F32).expect("load the digits model");
+    let init = reference("init_latents");
+    let requests: Vec<GenerationParams> = [(0, 5.0), (1, 1.0)]
+        .into_iter()
+        .map(|(prompt, guidance_scale)| GenerationParams {
+            prompt: PROMPTS[prompt].to_string(),
+            steps: 10,
+            guidance_scale,
+            sampler: SamplerKind::Euler,
+            width: 64,
+            height: 64,
+            ..GenerationParams::default()
+        })
+        .collect();
+    let run = |params: &GenerationParams| {
+        pollster::block_on(model.generate(params, Some(&init), &mut |_| {}, None))
+            .expect("generate")
+            .latents
+            .remove(0)
+    };
+    let alone: Vec<Vec<f32>> = requests.iter().map(run).collect();
+    let together: Vec<Vec<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = requests
+            .iter()
+            .map(|params| s.spawn(move || run(params)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("no panic"))
+            .collect()
+    });
+    for (i, (a, t)) in alone.iter().zip(&together).enumerate() {
+        let err = max_abs_diff(t, a);
+        println!("request {i}: concurrent vs alone max abs difference {err:e}");
+        assert!(
+            err <= 1e-6,
+            "request {i}: concurrent run differs by {err:e}"
+        );
     }
 }
