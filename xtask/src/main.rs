@@ -13,6 +13,8 @@ commands:
                   --sampler, --width, --height, --count, --out, --model, ...; --help lists them)
   test            every test of the workspace (native, on the GPU adapter wgpu picks: lavapipe
                   without a GPU), after building the kernel layer for wasm32-unknown-unknown
+  bench           the digits model at 64x64, 20 steps, CFG: per stage and whole, against
+                  candle-transformers on the CPU in the same run
   bench kernels   GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
   info            the adapter the kernels run on";
 
@@ -41,6 +43,13 @@ fn main() -> Result<()> {
             Ok(cmd!(
                 sh,
                 "cargo run --release --quiet -p sd-cli -- bench kernels {rest...}"
+            )
+            .run()?)
+        }),
+        ["bench", rest @ ..] => stage("bench pipeline (release)", || {
+            Ok(cmd!(
+                sh,
+                "cargo run --release --quiet -p sd-tests --example bench_pipeline -- {rest...}"
             )
             .run()?)
         }),
