@@ -3,36 +3,20 @@
 //! encoder hidden states, one UNet call, VAE decode and encode. f32 weights must be within
 //! 1e-4 (max abs); f16 weights are reported and bounded.
 
+mod common;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
 use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
 use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder};
-use sd_weights::{Component, SafetensorsFile, open_component};
+use sd_weights::{Component, open_component};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
+use common::{fixtures, max_abs_diff, reference, refs};
 
 fn model_dir() -> PathBuf {
     fixtures().join("tiny-sd-digits")
-}
-
-fn refs() -> &'static SafetensorsFile {
-    static REFS: OnceLock<SafetensorsFile> = OnceLock::new();
-    REFS.get_or_init(|| {
-        SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs/refs.safetensors"))
-            .expect("refs.safetensors")
-    })
-}
-
-fn reference(name: &str) -> Vec<f32> {
-    refs()
-        .tensor(name)
-        .unwrap_or_else(|| panic!("no tensor {name} in refs"))
-        .to_f32()
-        .expect("f32 ref")
 }
 
 fn ctx() -> &'static GpuContext {
@@ -49,14 +33,6 @@ fn component(name: &str) -> Component {
 
 fn config(path: &str) -> String {
     std::fs::read_to_string(model_dir().join(path)).expect("fixture config")
-}
-
-fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
 }
 
 fn read(t: &Tensor) -> Vec<f32> {

@@ -3,34 +3,16 @@
 //! `more_refs.safetensors`, Euler with a negative prompt (`euler_negative`) and without
 //! classifier-free guidance (`euler_nocfg`, guidance 1.0), step by step.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::{Arc, OnceLock};
 
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
 use sd_models::{ModelSource, StableDiffusion};
-use sd_weights::SafetensorsFile;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
-fn refs() -> &'static SafetensorsFile {
-    static REFS: OnceLock<SafetensorsFile> = OnceLock::new();
-    REFS.get_or_init(|| {
-        SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs/refs.safetensors"))
-            .expect("refs.safetensors")
-    })
-}
-
-fn reference(name: &str) -> Vec<f32> {
-    refs()
-        .tensor(name)
-        .unwrap_or_else(|| panic!("no tensor {name} in refs"))
-        .to_f32()
-        .expect("f32 ref")
-}
+use common::{fixtures, max_abs_diff, more_refs, reference, tensor};
 
 /// The digits model, shared by every test of this file; the harness runs them on parallel
 /// threads, which `concurrent_generations_agree_with_serial_ones` shows is safe.
@@ -49,14 +31,6 @@ const PROMPTS: [&str; 3] = [
     "a white digit three on a black background",
     "a yellow digit zero on a green background",
 ];
-
-fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
-    assert_eq!(got.len(), want.len(), "lengths differ");
-    got.iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0, f32::max)
-}
 
 #[test]
 fn whole_runs_match_diffusers_for_three_samplers_and_prompts() {
@@ -119,22 +93,6 @@ fn whole_runs_match_diffusers_for_three_samplers_and_prompts() {
     }
 }
 
-fn more_refs() -> &'static SafetensorsFile {
-    static MORE: OnceLock<SafetensorsFile> = OnceLock::new();
-    MORE.get_or_init(|| {
-        SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs/more_refs.safetensors"))
-            .expect("more_refs.safetensors")
-    })
-}
-
-fn more_reference(name: &str) -> Vec<f32> {
-    more_refs()
-        .tensor(name)
-        .unwrap_or_else(|| panic!("no tensor {name} in more_refs"))
-        .to_f32()
-        .expect("f32 ref")
-}
-
 /// A 20-step Euler run of `more_refs.json`'s `run` from `init_latents`: every step's output
 /// (`<run>_step_prev_sample`, seen through `on_step`) and the final latents (the last step's
 /// output; diffusers' Euler returns it unchanged) within 1e-3, and the image within 2/255.
@@ -162,7 +120,7 @@ fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_sc
     ))
     .expect("generate");
 
-    let want = more_reference(&format!("{run}_step_prev_sample"));
+    let want = tensor(more_refs(), &format!("{run}_step_prev_sample"));
     assert_eq!(
         want.len(),
         20 * 256,
@@ -191,7 +149,7 @@ fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_sc
     println!("{run}: final latents max abs error {err:e}");
     assert!(err <= 1e-3, "{run}: final latents {err:e} > 1e-3");
 
-    let image = more_reference(&format!("{run}_image"));
+    let image = tensor(more_refs(), &format!("{run}_image"));
     let close = out.pixels[0]
         .iter()
         .zip(&image)
