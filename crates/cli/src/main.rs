@@ -23,12 +23,20 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt (the embedded digits model unless --model is given).
     Generate(generate::GenerateArgs),
-    /// Convert a diffusers model folder to f16 safetensors (half the size), configs copied.
+    /// Convert a diffusers model folder to f16 safetensors (half the size), configs copied;
+    /// with --web, to the web format (manifest.json + fp16 shards named by their SHA-256) that
+    /// the npm package fetches and `--model` also reads.
     Convert {
         /// The diffusers folder to read.
         src: PathBuf,
         /// The folder to write (must not exist inside the source).
         dst: PathBuf,
+        /// Write the web format instead of a diffusers folder.
+        #[arg(long)]
+        web: bool,
+        /// The model's name in the web manifest (default: the source folder's name).
+        #[arg(long, requires = "web")]
+        name: Option<String>,
     },
     /// Print the GPU adapter the kernels run on, its limits and the f16 path.
     ///
@@ -79,7 +87,34 @@ fn run(cli: Cli) -> Result<()> {
             println!("time: {}", times.join(", "));
             Ok(())
         }
-        Command::Convert { src, dst } => {
+        Command::Convert {
+            src,
+            dst,
+            web: true,
+            name,
+        } => {
+            let report = sd_weights::web::convert_to_web(&src, &dst, name.as_deref())?;
+            let manifest = &report.manifest;
+            println!(
+                "{}: {} tensors in {} shards, {:.1} MiB",
+                manifest.name,
+                manifest.tensors.len(),
+                manifest.shards.len(),
+                manifest.total_bytes() as f64 / (1 << 20) as f64
+            );
+            for t in &report.overflowed {
+                println!("warning: {t}: values beyond the f16 range became infinite");
+            }
+            for f in &report.skipped {
+                println!("skipped (not UTF-8 text): {f}");
+            }
+            println!(
+                "wrote {}",
+                dst.join(sd_weights::web::MANIFEST_FILE).display()
+            );
+            Ok(())
+        }
+        Command::Convert { src, dst, .. } => {
             let report = sd_weights::convert_folder_f16(&src, &dst, None)?;
             for component in &report.components {
                 println!("{component:?}");

@@ -1,5 +1,5 @@
 //! Where a model's files come from: a diffusers folder on disk, or files held in memory (the
-//! default model embedded in the CLI; later the browser's downloaded shards).
+//! default model embedded in the CLI, a web model's verified shards).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,17 @@ impl ModelSource {
         Self::Folder {
             path: path.into(),
             variant: None,
+        }
+    }
+
+    /// A model folder on disk: a web model (`manifest.json` + shards, read and verified now)
+    /// or a diffusers folder (read as components are loaded).
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        if path.join(sd_weights::web::MANIFEST_FILE).is_file() {
+            Ok(Self::Memory(sd_weights::web::read_web_model(&path)?))
+        } else {
+            Ok(Self::folder(path))
         }
     }
 

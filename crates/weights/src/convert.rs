@@ -16,10 +16,10 @@ use crate::error::{Result, WeightError};
 use crate::file::SafetensorsFile;
 
 /// A tensor to be written.
-struct Out {
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
+pub(crate) struct Out {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
 }
 
 impl View for &Out {
@@ -50,11 +50,17 @@ pub struct F16File {
     pub kept: Vec<String>,
 }
 
-/// Writes the tensors of `files` (e.g. the shards of one component) into one safetensors file
-/// with every F32/F16/BF16 tensor as F16 (see [`crate::TensorData::to_f16`]), other element
-/// types unchanged. Names are kept; the same name in two files is a
-/// [`WeightError::Duplicate`]. `label` names the output in errors.
-pub fn to_f16_safetensors(label: &str, files: &[SafetensorsFile]) -> Result<F16File> {
+/// The tensors of `files` (e.g. the shards of one component) with every F32/F16/BF16 tensor as
+/// F16 (see [`crate::TensorData::to_f16`]), other element types unchanged, sorted by name.
+/// The same name in two files is a [`WeightError::Duplicate`]. `label` names the output in
+/// errors.
+pub(crate) struct F16Tensors<'a> {
+    pub tensors: Vec<(&'a str, Out)>,
+    pub overflowed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+pub(crate) fn f16_tensors<'a>(label: &str, files: &'a [SafetensorsFile]) -> Result<F16Tensors<'a>> {
     let mut tensors: Vec<(&str, Out)> = Vec::new();
     let mut overflowed = Vec::new();
     let mut kept = Vec::new();
@@ -99,22 +105,42 @@ pub fn to_f16_safetensors(label: &str, files: &[SafetensorsFile]) -> Result<F16F
         });
     }
     tensors.sort_by(|a, b| a.0.cmp(b.0));
-    let count = tensors.len();
+    overflowed.sort();
+    kept.sort();
+    Ok(F16Tensors {
+        tensors,
+        overflowed,
+        kept,
+    })
+}
+
+/// Serialises tensors as one safetensors file with a fixed `__metadata__`, so the same tensors
+/// always give the same bytes.
+pub(crate) fn serialize<'a>(
+    label: &str,
+    tensors: impl IntoIterator<Item = &'a (&'a str, Out)>,
+) -> Result<Vec<u8>> {
     let metadata = [("format".to_owned(), "pt".to_owned())]
         .into_iter()
         .collect();
-    let bytes = safetensors::serialize(tensors.iter().map(|(n, t)| (*n, t)), Some(metadata))
-        .map_err(|e| WeightError::Serialize {
+    safetensors::serialize(tensors.into_iter().map(|(n, t)| (*n, t)), Some(metadata)).map_err(|e| {
+        WeightError::Serialize {
             file: label.to_owned(),
             reason: e.to_string(),
-        })?;
-    overflowed.sort();
-    kept.sort();
+        }
+    })
+}
+
+/// Writes the tensors of `files` (e.g. the shards of one component) into one safetensors file
+/// as [`f16_tensors`] converts them.
+pub fn to_f16_safetensors(label: &str, files: &[SafetensorsFile]) -> Result<F16File> {
+    let converted = f16_tensors(label, files)?;
+    let bytes = serialize(label, &converted.tensors)?;
     Ok(F16File {
         bytes,
-        tensors: count,
-        overflowed,
-        kept,
+        tensors: converted.tensors.len(),
+        overflowed: converted.overflowed,
+        kept: converted.kept,
     })
 }
 
@@ -152,7 +178,7 @@ pub struct FolderReport {
 }
 
 /// Whether a file name is a weight file (safetensors, pickle, ...) or a shard index of one.
-fn is_weight_file(name: &str) -> bool {
+pub(crate) fn is_weight_file(name: &str) -> bool {
     const EXTS: [&str; 10] = [
         ".safetensors",
         ".bin",
@@ -169,7 +195,7 @@ fn is_weight_file(name: &str) -> bool {
     EXTS.iter().any(|e| name.ends_with(e))
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WeightError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WeightError + '_ {
     move |source| WeightError::Io {
         path: path.to_owned(),
         source,
@@ -177,7 +203,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WeightError + '_ {
 }
 
 /// The entries of a folder, sorted by name.
-fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn sorted_entries(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io(dir))? {
         let entry = entry.map_err(io(dir))?;

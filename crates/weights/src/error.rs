@@ -146,6 +146,30 @@ pub enum WeightError {
         /// Why it was refused.
         reason: String,
     },
+
+    /// A web model's `manifest.json` is not one this version reads.
+    #[error("{file}: invalid web model manifest: {reason}")]
+    Manifest {
+        /// The manifest (its path or URL).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A web model's shard is not the file the manifest describes: damaged or partly written.
+    #[error(
+        "{file}: {what} is {got}, but the manifest says {expected} (a damaged or partial download?)"
+    )]
+    Integrity {
+        /// The shard.
+        file: String,
+        /// `size` or `SHA-256`.
+        what: &'static str,
+        /// The manifest's value.
+        expected: String,
+        /// The file's value.
+        got: String,
+    },
 }
 
 fn suggestions_text(suggestions: &[String]) -> String {

@@ -192,6 +192,15 @@ impl SafetensorsFile {
         self.entries.get(i).map(|e| self.view(e))
     }
 
+    /// Where the tensor called `name` lies in the file's bytes (header included).
+    pub fn byte_range(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        let i = self
+            .entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()?;
+        self.entries.get(i).map(|e| e.start..e.end)
+    }
+
     /// Every tensor, sorted by name.
     pub fn tensors(&self) -> impl ExactSizeIterator<Item = TensorData<'_>> {
         self.entries.iter().map(|e| self.view(e))

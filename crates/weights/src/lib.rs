@@ -15,6 +15,8 @@
 //!   `text_encoder/model[.fp16].safetensors` or their sharded forms.
 //! - In [`convert`], [`to_f16_safetensors`] and [`convert_folder_f16`] write f16 checkpoints.
 //! - In [`tokenizer`], [`ClipTokenizer`] turns prompts into CLIP token ids.
+//! - In [`web`], the web model format (`manifest.json` + fp16 shards named by their SHA-256):
+//!   [`web::convert_to_web`], [`web::WebManifest`], [`web::read_web_model`].
 
 pub mod convert;
 pub mod diffusers;
@@ -22,6 +24,7 @@ pub mod error;
 pub mod file;
 pub mod source;
 pub mod tokenizer;
+pub mod web;
 
 pub use convert::{ComponentReport, F16File, FolderReport, convert_folder_f16, to_f16_safetensors};
 pub use diffusers::{
