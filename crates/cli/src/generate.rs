@@ -15,7 +15,8 @@ use sd_kernels::{ContextOptions, DType, GpuContext};
 use sd_models::{ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-use crate::{embedded, png_out};
+use crate::embedded;
+use sd_models::png;
 
 /// Options of `sd generate`.
 #[derive(Debug, Clone, Args)]
@@ -142,7 +143,8 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
         Some(path) => {
             if !path.is_dir() {
                 bail!(
-                    "--model {}: not a folder (expected a diffusers model folder)",
+                    "--model {}: not a folder (expected a diffusers model folder or a web \
+                     model folder with manifest.json)",
                     path.display()
                 );
             }
@@ -150,7 +152,7 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            (ModelSource::folder(path), name)
+            (ModelSource::open(path)?, name)
         }
         None => (embedded::source(), embedded::NAME.to_string()),
     };
@@ -217,7 +219,7 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     let mut files = Vec::new();
     for (i, (pixels, seed)) in generated.images.iter().zip(&generated.seeds).enumerate() {
         let path = output_path(&args.out, i, args.count);
-        let text = png_out::parameters_text(
+        let text = png::parameters_text(
             &GenerationParams {
                 seed: *seed,
                 ..params.clone()
@@ -225,7 +227,9 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
             *seed,
             &model_name,
         );
-        png_out::write_png(&path, generated.width, generated.height, pixels, &text)?;
+        let bytes = png::encode_png(generated.width, generated.height, pixels, &text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
         files.push(path);
     }
     Ok(Report {

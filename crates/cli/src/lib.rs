@@ -4,4 +4,3 @@
 pub mod bench;
 pub mod embedded;
 pub mod generate;
-pub mod png_out;

@@ -1,7 +1,7 @@
 //! Stable Diffusion without I/O: the pieces that are plain data and arithmetic, shared by the
 //! native and the browser builds: diffusers configs ([`config`]), the noise schedules
 //! ([`schedule`]) and samplers ([`sampler`]), the seeded noise ([`rng`]), generation
-//! parameters ([`params`]) and progress events ([`progress`]).
+//! parameters ([`params`]), progress events ([`progress`]) and latent previews ([`preview`]).
 //!
 //! `no_std` + `alloc`: nothing here touches files, the network or the GPU, so the crate builds
 //! for `wasm32-unknown-unknown` and is unit-tested on the host. Callers read the bytes and hand
@@ -13,6 +13,7 @@ extern crate alloc;
 
 pub mod config;
 pub mod params;
+pub mod preview;
 pub mod progress;
 pub mod rng;
 pub mod sampler;

@@ -11,6 +11,7 @@ pub mod clip;
 pub mod layers;
 pub mod pipeline;
 pub mod plan;
+pub mod png;
 pub mod resnet;
 pub mod source;
 pub mod transformer;
@@ -57,6 +58,9 @@ pub enum ModelError {
     /// Tensors that do not fit together (a bug or a bad input).
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// The caller stopped the generation.
+    #[error("the generation was cancelled")]
+    Cancelled,
 }
 
 /// Result type of this crate.

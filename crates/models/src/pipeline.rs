@@ -63,6 +63,17 @@ impl StableDiffusion {
     /// Loads every part of the model from `source` onto `ctx`, weight matrices stored as
     /// `matrices` (f16 normally; f32 for parity tests).
     pub fn load(ctx: Arc<GpuContext>, source: &ModelSource, matrices: DType) -> Result<Self> {
+        Self::load_with_progress(ctx, source, matrices, &mut |_| {})
+    }
+
+    /// [`Self::load`], telling `on_component` which component (`text_encoder`, `unet`, `vae`)
+    /// is about to be uploaded.
+    pub fn load_with_progress(
+        ctx: Arc<GpuContext>,
+        source: &ModelSource,
+        matrices: DType,
+        on_component: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
         let text_config = CLIPTextConfig::from_json(
             "text_encoder/config.json",
             &source.read_text("text_encoder/config.json")?,
@@ -89,6 +100,7 @@ impl StableDiffusion {
             tokenizer_config.as_deref(),
         )?;
 
+        on_component("text_encoder");
         let weights = source.weights("text_encoder")?;
         let text_encoder = CLIPTextModel::load(
             &text_config,
@@ -98,6 +110,7 @@ impl StableDiffusion {
                 matrices,
             },
         )?;
+        on_component("unet");
         let weights = source.weights("unet")?;
         let unet = UNet2DConditionModel::load(
             &unet_config,
@@ -107,6 +120,7 @@ impl StableDiffusion {
                 matrices,
             },
         )?;
+        on_component("vae");
         let weights = source.weights("vae")?;
         let vae_decoder = VaeDecoder::load(
             &vae_config,
@@ -247,8 +261,29 @@ impl StableDiffusion {
         params: &GenerationParams,
         initial_latents: Option<&[f32]>,
         on_stage: &mut dyn FnMut(Stage),
-        mut on_step: Option<StepObserver<'_>>,
+        on_step: Option<StepObserver<'_>>,
     ) -> Result<Generated> {
+        self.generate_cancellable(params, initial_latents, on_stage, on_step, &|| false)
+            .await
+    }
+
+    /// [`Self::generate`] that asks `cancelled` before every step and before decoding, and
+    /// stops with [`ModelError::Cancelled`] when it says so (the browser's `AbortSignal`).
+    pub async fn generate_cancellable(
+        &self,
+        params: &GenerationParams,
+        initial_latents: Option<&[f32]>,
+        on_stage: &mut dyn FnMut(Stage),
+        mut on_step: Option<StepObserver<'_>>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Generated> {
+        let check = || {
+            if cancelled() {
+                Err(ModelError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
         let mut params = params.clone();
         params.latents_len = initial_latents.map(<[f32]>::len);
         params.validate()?;
@@ -260,6 +295,7 @@ impl StableDiffusion {
         let cfg = params.uses_cfg();
         self.check_plan(params.width, params.height, cfg)?;
 
+        check()?;
         on_stage(Stage::Encode);
         let prompts: Vec<&str> = if cfg {
             vec![&params.negative_prompt, &params.prompt]
@@ -294,6 +330,7 @@ impl StableDiffusion {
                 total: timesteps.len(),
             });
             for (step, &t) in timesteps.iter().enumerate() {
+                check()?;
                 let mut input = latents.clone();
                 sampler.scale_model_input(&mut input, step)?;
                 let input: Vec<f32> = input
@@ -324,6 +361,7 @@ impl StableDiffusion {
                     total: timesteps.len(),
                 });
             }
+            check()?;
             on_stage(Stage::Decode);
             let pixels = self.decode(&latents, h, w).await?;
             out.images
