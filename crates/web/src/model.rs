@@ -1,0 +1,354 @@
+//! [`WasmModel`]: a web model on WebGPU, and [`parse_manifest`].
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use js_sys::{Array, Function, Map, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
+use sd_core::params::{GenerationParams, LATENT_CHANNELS, VAE_SCALE};
+use sd_core::preview::latents_to_rgba;
+use sd_core::progress::Stage;
+use sd_core::sampler::SamplerKind;
+use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_models::{ModelError, ModelSource, StableDiffusion, png};
+use sd_weights::web::WebManifest;
+use wasm_bindgen::prelude::*;
+use web_sys::AbortSignal;
+
+use crate::errors::{ErrorCode, WebError};
+use crate::request::{params_error, parse_request};
+
+/// Sets `key` on a plain object (cannot fail on a fresh `Object`).
+fn set(obj: &Object, key: &str, value: impl Into<JsValue>) {
+    let _ = Reflect::set(obj, &key.into(), &value.into());
+}
+
+/// Calls a JavaScript callback, ignoring what it throws: a broken progress handler must not
+/// abort the work it watches.
+fn notify(callback: Option<&Function>, arg: &JsValue) {
+    if let Some(f) = callback {
+        let _ = f.call1(&JsValue::NULL, arg);
+    }
+}
+
+/// Checks a `manifest.json` and returns what the downloader needs: `{name, version, shards:
+/// [{file, component, size, sha256}], totalBytes}`. Throws `MODEL_INVALID`.
+#[wasm_bindgen(js_name = parseManifest)]
+pub fn parse_manifest(json: &str) -> Result<Object, JsValue> {
+    let manifest = WebManifest::from_json("manifest.json", json.as_bytes())
+        .map_err(|e| WebError::new(ErrorCode::ModelInvalid, e.to_string()))?;
+    let shards = Array::new();
+    for shard in &manifest.shards {
+        let s = Object::new();
+        set(&s, "file", shard.file.as_str());
+        set(&s, "component", shard.component.as_str());
+        set(&s, "size", shard.size as f64);
+        set(&s, "sha256", shard.sha256.as_str());
+        shards.push(&s);
+    }
+    let out = Object::new();
+    set(&out, "name", manifest.name.as_str());
+    set(&out, "version", manifest.version);
+    set(&out, "shards", shards);
+    set(&out, "totalBytes", manifest.total_bytes() as f64);
+    Ok(out)
+}
+
+/// What a loaded model holds.
+#[derive(Debug)]
+struct Loaded {
+    sd: StableDiffusion,
+    name: String,
+}
+
+/// A model on the GPU. One generation at a time (the JavaScript side queues them).
+#[wasm_bindgen]
+#[derive(Debug)]
+pub struct WasmModel {
+    /// `None` once disposed; an `Rc` so a running generation keeps what it uses.
+    loaded: RefCell<Option<Rc<Loaded>>>,
+}
+
+#[wasm_bindgen]
+impl WasmModel {
+    /// Uploads a web model: `manifest_json` is the text of `manifest.json`, `shards` maps each
+    /// shard's file name to its bytes (already verified by SHA-256), `on_upload(component,
+    /// index, total)` hears each component before it goes to the GPU.
+    pub async fn load(
+        manifest_json: String,
+        shards: Map,
+        on_upload: Option<Function>,
+    ) -> Result<WasmModel, JsValue> {
+        let manifest = WebManifest::from_json("manifest.json", manifest_json.as_bytes())
+            .map_err(|e| WebError::new(ErrorCode::ModelInvalid, e.to_string()))?;
+        let mut bytes: BTreeMap<String, Arc<[u8]>> = BTreeMap::new();
+        for (i, shard) in manifest.shards.iter().enumerate() {
+            let data = shards.get(&shard.file.as_str().into());
+            let data = data.dyn_into::<Uint8Array>().map_err(|_| {
+                WebError::new(
+                    ErrorCode::ModelInvalid,
+                    format!("shard {i} ({}) was not given as a Uint8Array", shard.file),
+                )
+            })?;
+            if u64::from(data.length()) != shard.size {
+                return Err(WebError::new(
+                    ErrorCode::ModelInvalid,
+                    format!(
+                        "shard {} is {} bytes, the manifest says {}",
+                        shard.file,
+                        data.length(),
+                        shard.size
+                    ),
+                )
+                .into());
+            }
+            bytes.insert(shard.file.clone(), Arc::from(data.to_vec()));
+        }
+        let name = manifest.name.clone();
+        let files = manifest
+            .into_files(&bytes)
+            .map_err(|e| WebError::new(ErrorCode::ModelInvalid, e.to_string()))?;
+        drop(bytes);
+        let source = ModelSource::Memory(files);
+
+        let ctx = GpuContext::new(ContextOptions::default())
+            .await
+            .map_err(|e| WebError::from_model(&ModelError::from(e), true))?;
+        let components = ["text_encoder", "unet", "vae"];
+        let mut on_component = |component: &str| {
+            let index = components.iter().position(|c| *c == component).unwrap_or(0);
+            if let Some(f) = &on_upload {
+                let _ = f.call3(
+                    &JsValue::NULL,
+                    &component.into(),
+                    &(index as u32).into(),
+                    &(components.len() as u32).into(),
+                );
+            }
+        };
+        let sd = StableDiffusion::load_with_progress(
+            Arc::new(ctx),
+            &source,
+            DType::F16,
+            &mut on_component,
+        )
+        .map_err(|e| WebError::from_model(&e, true))?;
+        Ok(WasmModel {
+            loaded: RefCell::new(Some(Rc::new(Loaded { sd, name }))),
+        })
+    }
+
+    fn current(&self) -> Result<Rc<Loaded>, WebError> {
+        self.loaded.borrow().clone().ok_or_else(|| {
+            WebError::new(
+                ErrorCode::Disposed,
+                "the model was disposed: load it again to generate",
+            )
+        })
+    }
+
+    /// The model's name, native size, the adapter, whether shader-f16 is used, the samplers and
+    /// the request defaults.
+    pub fn info(&self) -> Result<Object, JsValue> {
+        let loaded = self.current()?;
+        let (width, height) = loaded.sd.native_size();
+        let ctx = loaded.sd.context();
+        let out = Object::new();
+        set(&out, "name", loaded.name.as_str());
+        set(&out, "nativeWidth", width);
+        set(&out, "nativeHeight", height);
+        set(&out, "adapter", ctx.describe());
+        set(&out, "shaderF16", ctx.native_f16());
+        let samplers: Array = SamplerKind::ALL
+            .iter()
+            .map(|k| JsValue::from(k.name()))
+            .collect();
+        set(&out, "samplers", samplers);
+        let d = GenerationParams::default();
+        let defaults = Object::new();
+        set(&defaults, "steps", d.steps as u32);
+        set(&defaults, "guidanceScale", d.guidance_scale);
+        set(&defaults, "sampler", d.sampler.name());
+        set(&defaults, "width", width);
+        set(&defaults, "height", height);
+        set(&defaults, "count", d.count);
+        set(&out, "defaults", defaults);
+        Ok(out)
+    }
+
+    /// Runs a request (JSON, see `parse_request`), optionally from `initial_latents` (unit
+    /// noise, `count x 4 x h/8 x w/8`), stopping with `ABORTED` when `signal` fires, and
+    /// telling `on_progress` each stage and step with a latent preview. Resolves to
+    /// `{images: [{width, height, rgba, png, seed}], params, warnings}`.
+    pub fn generate(
+        &self,
+        params_json: String,
+        initial_latents: Option<js_sys::Float32Array>,
+        signal: Option<AbortSignal>,
+        on_progress: Option<Function>,
+    ) -> Promise {
+        let loaded = self.current();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let loaded = loaded?;
+            run(&loaded, &params_json, initial_latents, signal, on_progress)
+                .await
+                .map_err(JsValue::from)
+        })
+    }
+
+    /// Frees the model's GPU memory now. Later calls fail with `DISPOSED`.
+    pub fn dispose(&self) {
+        if let Some(loaded) = self.loaded.borrow_mut().take() {
+            loaded.sd.context().dispose();
+        }
+    }
+}
+
+/// Tracks which image and step a generation is at, for `percent` and the preview.
+struct Position {
+    count: u32,
+    image: Cell<u32>,
+}
+
+impl Position {
+    fn event(&self, stage: Stage) -> Object {
+        let (step, total) = match stage {
+            Stage::Diffusion { step, total } => (step, total),
+            _ => (0, 0),
+        };
+        // Within one image: the steps take 95 %, the VAE the rest.
+        let within = match stage {
+            Stage::Load | Stage::Encode => 0.0,
+            Stage::Diffusion { step, total } => 0.95 * step as f64 / total.max(1) as f64,
+            Stage::Decode => 0.95,
+            Stage::Done => 1.0,
+        };
+        let image = self.image.get();
+        let percent = if matches!(stage, Stage::Done) {
+            100.0
+        } else {
+            100.0 * (f64::from(image) + within) / f64::from(self.count.max(1))
+        };
+        let out = Object::new();
+        set(&out, "stage", stage.name());
+        set(&out, "image", image.min(self.count.saturating_sub(1)));
+        set(&out, "count", self.count);
+        set(&out, "step", step as u32);
+        set(&out, "total", total as u32);
+        set(&out, "percent", percent);
+        out
+    }
+}
+
+async fn run(
+    loaded: &Loaded,
+    params_json: &str,
+    initial_latents: Option<js_sys::Float32Array>,
+    signal: Option<AbortSignal>,
+    on_progress: Option<Function>,
+) -> Result<JsValue, WebError> {
+    let native = loaded.sd.native_size();
+    let mut params = parse_request(params_json, native, || {
+        (js_sys::Math::random() * 4_294_967_296.0) as u64
+    })?;
+    let latents = initial_latents.map(|l| l.to_vec());
+    params.latents_len = latents.as_ref().map(Vec::len);
+    params.validate().map_err(|e| params_error(&e))?;
+
+    let position = Position {
+        count: params.count,
+        image: Cell::new(0),
+    };
+    let (h, w) = (
+        (params.height / VAE_SCALE) as usize,
+        (params.width / VAE_SCALE) as usize,
+    );
+    let total_steps = Cell::new(0usize);
+    let mut on_stage = |stage: Stage| {
+        if let Stage::Diffusion { step, total } = stage {
+            total_steps.set(total);
+            if step > 0 {
+                // Sent with the preview by `on_step`.
+                return;
+            }
+        }
+        notify(on_progress.as_ref(), &position.event(stage).into());
+        if matches!(stage, Stage::Decode) {
+            position.image.set(position.image.get() + 1);
+        }
+    };
+    let mut on_step = |step: usize, latents: &[f32]| {
+        let total = total_steps.get();
+        let event = position.event(Stage::Diffusion {
+            step: step + 1,
+            total,
+        });
+        if latents.len() == LATENT_CHANNELS * h * w {
+            let preview = Object::new();
+            set(&preview, "width", w as u32);
+            set(&preview, "height", h as u32);
+            let rgba = latents_to_rgba(latents, h, w);
+            set(&preview, "rgba", Uint8ClampedArray::from(rgba.as_slice()));
+            set(&event, "preview", preview);
+        }
+        notify(on_progress.as_ref(), &event.into());
+    };
+    let cancelled = || signal.as_ref().is_some_and(AbortSignal::aborted);
+    let generated = loaded
+        .sd
+        .generate_cancellable(
+            &params,
+            latents.as_deref(),
+            &mut on_stage,
+            Some(&mut on_step),
+            &cancelled,
+        )
+        .await
+        .map_err(|e| WebError::from_model(&e, false))?;
+
+    let images = Array::new();
+    for (rgb, &seed) in generated.images.iter().zip(&generated.seeds) {
+        let text = png::parameters_text(
+            &GenerationParams {
+                seed,
+                ..params.clone()
+            },
+            seed,
+            &loaded.name,
+        );
+        let png = png::encode_png(generated.width, generated.height, rgb, &text)
+            .map_err(|e| WebError::new(ErrorCode::Internal, e))?;
+        let rgba: Vec<u8> = rgb
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let image = Object::new();
+        set(&image, "width", generated.width);
+        set(&image, "height", generated.height);
+        set(&image, "rgba", Uint8ClampedArray::from(rgba.as_slice()));
+        set(&image, "png", Uint8Array::from(png.as_slice()));
+        set(&image, "seed", seed as f64);
+        images.push(&image);
+    }
+    let p = Object::new();
+    set(&p, "prompt", params.prompt.as_str());
+    set(&p, "negativePrompt", params.negative_prompt.as_str());
+    set(&p, "steps", params.steps as u32);
+    set(&p, "guidanceScale", params.guidance_scale);
+    set(&p, "seed", params.seed as f64);
+    set(&p, "sampler", params.sampler.name());
+    set(&p, "width", params.width);
+    set(&p, "height", params.height);
+    set(&p, "count", params.count);
+    let warnings: Array = generated
+        .warnings
+        .iter()
+        .map(|w| JsValue::from(w.as_str()))
+        .collect();
+    let out = Object::new();
+    set(&out, "images", images);
+    set(&out, "params", p);
+    set(&out, "warnings", warnings);
+    Ok(out.into())
+}
