@@ -1,0 +1,143 @@
+// SdError, the conversion of anything thrown into one, and its form on the wire between the
+// page and the worker.
+
+/** Every code an SdError can carry. */
+export const ERROR_CODES = Object.freeze([
+  "NO_WEBGPU",
+  "MODEL_NOT_FOUND",
+  "MODEL_INVALID",
+  "NETWORK",
+  "INTEGRITY",
+  "QUOTA",
+  "INVALID_REQUEST",
+  "DEVICE_LOST",
+  "OUT_OF_MEMORY",
+  "ABORTED",
+  "DISPOSED",
+  "INTERNAL",
+]);
+
+const KNOWN_CODES = new Set(ERROR_CODES);
+
+/** The one error type the package rejects with; `code` says what went wrong. */
+export class SdError extends Error {
+  /**
+   * @param {string} message what happened, for a person
+   * @param {string} [code] one of ERROR_CODES; anything else becomes "INTERNAL"
+   * @param {{ cause?: unknown }} [options]
+   */
+  constructor(message, code = "INTERNAL", options = undefined) {
+    super(message, options);
+    this.name = "SdError";
+    this.code = KNOWN_CODES.has(code) ? code : "INTERNAL";
+  }
+}
+
+/** The error for a cancelled operation; `what` names it ("Loading the model", "Generation"). */
+export function abortedError(what = "The operation") {
+  return new SdError(`${what} was cancelled.`, "ABORTED");
+}
+
+export function throwIfAborted(signal, what) {
+  if (signal?.aborted) throw abortedError(what);
+}
+
+export function disposedError() {
+  return new SdError("This model has been disposed: load it again to generate.", "DISPOSED");
+}
+
+/** True for a storage quota error, however the browser spells it. */
+export function isQuotaError(error) {
+  if (error instanceof SdError) return error.code === "QUOTA";
+  const name = error?.name;
+  // 22 is the legacy DOMException code of QuotaExceededError; Firefox once used its own name.
+  return name === "QuotaExceededError" || name === "NS_ERROR_DOM_QUOTA_REACHED" || error?.code === 22;
+}
+
+function messageOf(value) {
+  if (typeof value === "string") return value;
+  if (typeof value?.message === "string" && value.message) return value.message;
+  try {
+    return String(value);
+  } catch {
+    return "unknown error";
+  }
+}
+
+// Chrome: "Failed to fetch"; Firefox: "NetworkError when attempting to fetch resource.";
+// Safari: "Load failed" or "The network connection was lost."
+const FETCH_FAILURE = /fetch|network|load failed|connection/i;
+
+/**
+ * Turns any thrown value into an SdError whose message a person understands.
+ * `context.url` says that the value came from fetching that URL (so a TypeError is a network
+ * failure); `context.what` names the operation for cancellations.
+ * @returns {SdError}
+ */
+export function toSdError(value, context = {}) {
+  if (value instanceof SdError) return value;
+  const { url, what } = context;
+  const message = messageOf(value);
+  const name = value?.name;
+  const cause = { cause: value };
+  // Errors from the wasm module carry a string code (DOMExceptions carry a numeric one).
+  if (typeof value?.code === "string" && KNOWN_CODES.has(value.code)) {
+    return new SdError(message, value.code, cause);
+  }
+  if (name === "AbortError") return new SdError(abortedError(what).message, "ABORTED", cause);
+  if (name === "TimeoutError") return new SdError(`${what ?? "The operation"} timed out.`, "ABORTED", cause);
+  if (isQuotaError(value)) {
+    return new SdError(
+      "Browser storage is full: free some space (or clear this site's data) to cache models.",
+      "QUOTA",
+      cause,
+    );
+  }
+  if (name === "TypeError" && (url || FETCH_FAILURE.test(message))) {
+    const where = url ? `Could not download ${url}` : "A download failed";
+    return new SdError(
+      `${where}: the request did not reach the server or was refused ` +
+        `(offline, server down, or blocked by CORS). Browser said: ${message}`,
+      "NETWORK",
+      cause,
+    );
+  }
+  if (name === "RangeError" && /memory|allocation/i.test(message)) {
+    return new SdError(
+      `Out of memory: ${message}. Close other tabs, or generate fewer or smaller images.`,
+      "OUT_OF_MEMORY",
+      cause,
+    );
+  }
+  if (name === "CompileError" || name === "LinkError") {
+    return new SdError(`The WebAssembly module could not be loaded: ${message}`, "INTERNAL", cause);
+  }
+  if (name === "RuntimeError") {
+    return new SdError(`The WebAssembly module crashed (${message}): load the model again.`, "INTERNAL", cause);
+  }
+  const prefix = name && name !== "Error" ? `${name}: ` : "";
+  return new SdError(`Internal error: ${prefix}${message}`, "INTERNAL", cause);
+}
+
+/** The structured-cloneable form of an error, for postMessage. */
+export function serializeError(error) {
+  const { name, code, message } = toSdError(error);
+  return { name, code, message };
+}
+
+/** The SdError back from its serialised form. */
+export function deserializeError(data) {
+  const message = typeof data?.message === "string" ? data.message : "Unknown error in the worker.";
+  return new SdError(message, data?.code);
+}
+
+/** Calls a user callback; an exception in it is reported, never allowed to break a load or generation. */
+export function callSafely(callback, value) {
+  if (typeof callback !== "function") return;
+  try {
+    callback(value);
+  } catch (error) {
+    if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+    else console.error(error);
+  }
+}
