@@ -1,0 +1,817 @@
+// Demo page of sd-wgsl: plain ES module, no bundler, no dependencies.
+// Programs against the public API of the npm package, served at /pkg/index.js.
+
+const PKG_URL = "/pkg/index.js";
+const DEFAULT_MODEL_URL = "models/digits/manifest.json";
+const DEFAULT_GUIDANCE = 5.0;
+
+const SAMPLER_LABELS = {
+  euler_a: "Euler a",
+  euler: "Euler",
+  euler_karras: "Euler Karras",
+  ddim: "DDIM",
+  dpmpp_2m: "DPM++ 2M",
+  dpmpp_2m_karras: "DPM++ 2M Karras",
+};
+
+const DIGIT_COLOURS = ["red", "green", "blue", "yellow", "white", "black"];
+const DIGIT_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
+
+// ───────────────────────── elements and shared state ─────────────────────────
+
+const $ = (id) => document.getElementById(id);
+const el = {
+  prompt: $("prompt"),
+  negativePrompt: $("negative-prompt"),
+  sampler: $("sampler"),
+  steps: $("steps"),
+  guidance: $("guidance"),
+  seed: $("seed"),
+  dice: $("dice"),
+  seedClear: $("seed-clear"),
+  width: $("width"),
+  height: $("height"),
+  sizes: $("sizes"),
+  sizeNative: $("size-native"),
+  sizeSwap: $("size-swap"),
+  sizeNote: $("size-note"),
+  generate: $("generate"),
+  cancel: $("cancel"),
+  modelUrl: $("model-url"),
+  loadModel: $("load-model"),
+  status: $("status"),
+  error: $("error"),
+  gallery: $("gallery"),
+  galleryEmpty: $("gallery-empty"),
+  galleryCount: $("gallery-count"),
+  galleryClear: $("gallery-clear"),
+  surprise: $("surprise"),
+  noWebgpu: $("no-webgpu"),
+  insecureHint: $("insecure-hint"),
+  modelPill: $("model-pill"),
+  modelPillText: $("model-pill-text"),
+  modelMeta: $("model-meta"),
+  loadPanel: $("load-panel"),
+  loadTitle: $("load-title"),
+  loadPhase: $("load-phase"),
+  loadBar: $("load-bar"),
+  loadBytes: $("load-bytes"),
+  loadShards: $("load-shards"),
+  loadWarning: $("load-warning"),
+  stepBar: $("step-bar"),
+  stepText: $("step-text"),
+  preview: $("preview"),
+  stageEmpty: $("stage-empty"),
+  cacheList: $("cached-models"),
+  cacheEmpty: $("cache-empty"),
+  cacheUsage: $("cache-usage"),
+  cacheRefresh: $("cache-refresh"),
+  adapterInfo: $("adapter-info"),
+};
+
+/** Kept current for the automated browser tests (and for poking around in the console). */
+const demo = { model: null, lastError: null, generations: 0 };
+window.sdDemo = demo;
+
+let sd = null; // the imported package module
+let loadController = null; // AbortController of the model load in flight
+let loadToken = 0; // bumps on every load; stale loads ignore their results
+let genController = null; // AbortController of the generation in flight
+let nativeSize = null; // { width, height } of the loaded model
+
+// ───────────────────────── small helpers ─────────────────────────
+
+function state() {
+  return document.body.dataset.state;
+}
+
+function setState(next) {
+  document.body.dataset.state = next;
+  updateControls();
+}
+
+function updateControls() {
+  const s = state();
+  el.generate.disabled = !(s === "ready" && demo.model);
+  el.cancel.disabled = s !== "generating";
+  el.loadModel.disabled = !sd || s === "generating";
+  el.generate.classList.toggle("busy", s === "generating");
+  el.modelPill.dataset.state = s;
+}
+
+function setStatus(text) {
+  el.status.textContent = text;
+}
+
+function formatMB(bytes) {
+  return `${(Math.max(0, bytes || 0) / 1e6).toFixed(1)} MB`;
+}
+
+function formatBytes(bytes) {
+  const b = Math.max(0, bytes || 0);
+  return b >= 1e9 ? `${(b / 1e9).toFixed(1)} GB` : formatMB(b);
+}
+
+function formatSeconds(ms) {
+  return ms < 10_000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms / 1000)} s`;
+}
+
+function randomSeed() {
+  const buf = new Uint32Array(1);
+  crypto.getRandomValues(buf);
+  return buf[0];
+}
+
+function pick(list) {
+  return list[randomSeed() % list.length];
+}
+
+/** Reads a number input: undefined when empty (the library's default applies), else parse(value). */
+function readNumber(input, parse) {
+  const raw = String(input.value).trim();
+  if (raw === "") return undefined;
+  return parse(raw);
+}
+
+function resolveUrl(raw) {
+  try {
+    return new URL(raw, location.href).href;
+  } catch {
+    return raw; // let the library report what is wrong with it
+  }
+}
+
+function modelLabelFromUrl(url) {
+  try {
+    const parts = new URL(url, location.href).pathname.split("/").filter(Boolean);
+    if (parts.length && /\.json$/i.test(parts[parts.length - 1])) parts.pop();
+    return decodeURIComponent(parts[parts.length - 1] || url);
+  } catch {
+    return url;
+  }
+}
+
+function samplerLabel(id) {
+  return SAMPLER_LABELS[id] || id;
+}
+
+function makeError(code, message) {
+  try {
+    if (sd && typeof sd.SdError === "function") {
+      const err = new sd.SdError(message, code);
+      if (err.code === code && err.message === message) return err;
+    }
+  } catch {
+    /* fall through */
+  }
+  const err = new Error(message);
+  err.name = "SdError";
+  err.code = code;
+  return err;
+}
+
+function setBar(bar, fraction, { indeterminate = false } = {}) {
+  const pct = Math.max(0, Math.min(100, (Number.isFinite(fraction) ? fraction : 0) * 100));
+  bar.classList.toggle("indeterminate", indeterminate);
+  bar.querySelector(".fill").style.width = indeterminate ? "" : `${pct}%`;
+  bar.setAttribute("aria-valuenow", String(Math.round(pct)));
+}
+
+// ───────────────────────── errors ─────────────────────────
+
+function showError(err) {
+  demo.lastError = err ?? null;
+  const code = err && typeof err.code === "string" ? err.code : "";
+  const message = (err && (err.message || String(err))) || "Unknown error";
+  el.error.replaceChildren();
+  if (code) {
+    const badge = document.createElement("span");
+    badge.className = "code";
+    badge.textContent = code;
+    el.error.append(badge, " ");
+  }
+  const text = document.createElement("span");
+  text.className = "message";
+  text.textContent = message;
+  el.error.append(text);
+  if (code) el.error.dataset.code = code;
+  else el.error.removeAttribute("data-code");
+  el.error.hidden = false;
+  if (code === "NO_WEBGPU") showNoWebGPU();
+  console.error("[sd-wgsl demo]", err);
+}
+
+function clearError() {
+  demo.lastError = null;
+  el.error.replaceChildren();
+  el.error.removeAttribute("data-code");
+  el.error.hidden = true;
+}
+
+function showNoWebGPU() {
+  el.noWebgpu.hidden = false;
+  el.insecureHint.hidden = window.isSecureContext !== false;
+}
+
+// ───────────────────────── form set-up ─────────────────────────
+
+function initForm() {
+  const params = new URLSearchParams(location.search);
+  el.modelUrl.value = params.get("model") || el.modelUrl.value || DEFAULT_MODEL_URL;
+
+  const frag = document.createDocumentFragment();
+  for (let size = 64; size <= 1024; size += 8) {
+    const opt = document.createElement("option");
+    opt.value = String(size);
+    frag.append(opt);
+  }
+  el.sizes.append(frag);
+
+  el.generate.addEventListener("click", () => generate());
+  el.cancel.addEventListener("click", () => cancel());
+  el.loadModel.addEventListener("click", () => loadModel(el.modelUrl.value.trim() || DEFAULT_MODEL_URL));
+  el.modelUrl.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !el.loadModel.disabled) {
+      e.preventDefault();
+      el.loadModel.click();
+    }
+  });
+
+  for (const area of [el.prompt, el.negativePrompt]) {
+    area.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+        e.preventDefault();
+        generate();
+      }
+    });
+  }
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && state() === "generating") cancel();
+  });
+
+  el.dice.addEventListener("click", () => {
+    el.seed.value = String(randomSeed());
+    el.seed.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  el.seedClear.addEventListener("click", () => {
+    el.seed.value = "";
+    el.seed.focus();
+  });
+
+  el.sizeNative.addEventListener("click", () => {
+    if (!nativeSize) return;
+    el.width.value = String(nativeSize.width);
+    el.height.value = String(nativeSize.height);
+  });
+  el.sizeSwap.addEventListener("click", () => {
+    const w = el.width.value;
+    el.width.value = el.height.value;
+    el.height.value = w;
+  });
+
+  el.surprise.addEventListener("click", () => {
+    const fg = pick(DIGIT_COLOURS);
+    let bg = pick(DIGIT_COLOURS);
+    while (bg === fg) bg = pick(DIGIT_COLOURS);
+    el.prompt.value = `a ${fg} digit ${pick(DIGIT_NUMBERS)} on a ${bg} background`;
+    el.prompt.focus();
+  });
+
+  el.galleryClear.addEventListener("click", () => {
+    for (const img of el.gallery.querySelectorAll("img")) URL.revokeObjectURL(img.src);
+    el.gallery.replaceChildren();
+    updateGalleryMeta();
+  });
+
+  el.cacheRefresh.addEventListener("click", () => refreshCache());
+  updateGalleryMeta();
+}
+
+// ───────────────────────── model loading ─────────────────────────
+
+function applyModelInfo(info) {
+  const w = Number(info?.nativeWidth);
+  const h = Number(info?.nativeHeight);
+  if (Number.isFinite(w) && w > 0 && Number.isFinite(h) && h > 0) {
+    nativeSize = { width: w, height: h };
+    el.width.value = String(w);
+    el.height.value = String(h);
+    el.sizeNote.textContent = `native ${w}×${h}`;
+  }
+
+  const defaults = info?.defaults;
+  if (defaults && typeof defaults === "object") {
+    const g = defaults.guidanceScale ?? defaults.guidance_scale ?? defaults.guidance;
+    if (typeof g === "number" && Number.isFinite(g)) el.guidance.value = Number.isInteger(g) ? g.toFixed(1) : String(g);
+  }
+
+  // Samplers the model reports that this page has no label for get an option of their own
+  // (nothing is disabled: an unsupported choice goes to the library, which says so).
+  if (Array.isArray(info?.samplers)) {
+    for (const id of info.samplers.map(String)) {
+      if (![...el.sampler.options].some((o) => o.value === id)) el.sampler.append(new Option(samplerLabel(id), id));
+    }
+  }
+
+  const name = info?.name || "model";
+  el.modelPillText.textContent = nativeSize ? `${name} · ${nativeSize.width}×${nativeSize.height}` : name;
+  const bits = [];
+  if (info?.cached) bits.push("from cache");
+  if (typeof info?.shaderF16 === "boolean") bits.push(info.shaderF16 ? "f16 shaders" : "f32 shaders");
+  el.modelMeta.textContent = bits.join(" · ");
+  el.adapterInfo.textContent = info?.adapter ? `GPU: ${info.adapter}` : "";
+}
+
+function renderLoadProgress(p, label) {
+  el.loadPanel.hidden = false;
+  const total = Number(p.totalBytes) || 0;
+  const loaded = Number(p.loadedBytes) || 0;
+  const shardsTotal = Number(p.shardsTotal) || 0;
+  const shardsDone = Number(p.shardsDone) || 0;
+  const fromCache = Number(p.fromCache) || 0;
+
+  el.loadTitle.textContent = p.phase === "ready" ? `Loaded ${label}` : `Loading ${label}`;
+
+  switch (p.phase) {
+    case "manifest":
+      el.loadPhase.textContent = "Reading the manifest…";
+      setBar(el.loadBar, 0, { indeterminate: true });
+      break;
+    case "download":
+      el.loadPhase.textContent = fromCache && fromCache >= shardsDone ? "Reading from cache…" : "Downloading…";
+      setBar(el.loadBar, total ? loaded / total : 0);
+      break;
+    case "verify":
+      el.loadPhase.textContent = "Verifying…";
+      setBar(el.loadBar, total ? loaded / total : 1);
+      break;
+    case "upload":
+      el.loadPhase.textContent = p.component ? `Uploading ${p.component} to the GPU…` : "Uploading to the GPU…";
+      setBar(el.loadBar, 1, { indeterminate: true });
+      break;
+    case "ready":
+      el.loadPhase.textContent = "Ready";
+      setBar(el.loadBar, 1);
+      break;
+    default:
+      el.loadPhase.textContent = p.phase ? String(p.phase) : "";
+  }
+
+  if (total) el.loadBytes.textContent = `${formatMB(loaded)} of ${formatMB(total)}`;
+  if (shardsTotal) {
+    el.loadShards.textContent =
+      `${shardsDone} of ${shardsTotal} shard${shardsTotal === 1 ? "" : "s"}` +
+      (fromCache ? ` · ${fromCache} from cache` : "");
+  }
+
+  if (p.warning) {
+    el.loadWarning.textContent = `⚠ ${p.warning}`;
+    el.loadWarning.hidden = false;
+  }
+
+  if (p.phase === "upload") setStatus(el.loadPhase.textContent);
+  else if (p.phase === "download" && total) setStatus(`Loading ${label}: ${formatMB(loaded)} of ${formatMB(total)}`);
+}
+
+async function loadModel(rawUrl) {
+  if (!sd || state() === "generating") return;
+  const url = resolveUrl(rawUrl);
+  const label = modelLabelFromUrl(rawUrl);
+  const token = ++loadToken;
+
+  clearError();
+  loadController?.abort();
+  const controller = new AbortController();
+  loadController = controller;
+
+  const old = demo.model;
+  demo.model = null;
+  nativeSize = null;
+  setState("loading");
+  setStatus(`Loading ${label}…`);
+  el.modelPillText.textContent = `Loading ${label}…`;
+  el.modelMeta.textContent = "";
+  el.loadWarning.hidden = true;
+  el.loadWarning.textContent = "";
+  el.loadBytes.textContent = "";
+  el.loadShards.textContent = "";
+  renderLoadProgress({ phase: "manifest" }, label);
+
+  if (old) {
+    try {
+      await old.dispose();
+    } catch (err) {
+      console.warn("[sd-wgsl demo] dispose failed", err);
+    }
+  }
+  if (token !== loadToken) return;
+
+  const started = performance.now();
+  try {
+    const model = await sd.StableDiffusion.load(url, {
+      signal: controller.signal,
+      onProgress: (p) => {
+        if (token === loadToken) renderLoadProgress(p, label);
+      },
+    });
+    if (token !== loadToken) {
+      model.dispose().catch(() => {});
+      return;
+    }
+    demo.model = model;
+    const info = model.info || {};
+    applyModelInfo(info);
+    renderLoadProgress({ phase: "ready" }, info.name || label);
+    el.loadPhase.textContent = `Ready in ${formatSeconds(performance.now() - started)}`;
+    setState("ready");
+    const size = nativeSize ? `, ${nativeSize.width}×${nativeSize.height}` : "";
+    setStatus(`Ready: ${info.name || label}${size}${info.cached ? " (from cache)" : ""}`);
+  } catch (err) {
+    if (token !== loadToken) return; // superseded by a newer load
+    demo.model = null;
+    showError(err);
+    el.modelPillText.textContent = "No model";
+    el.loadTitle.textContent = `Could not load ${label}`;
+    el.loadPhase.textContent = "Failed";
+    setBar(el.loadBar, 0);
+    setState("error");
+    setStatus(`Could not load ${label}`);
+  } finally {
+    if (loadController === controller) loadController = null;
+  }
+  refreshCache();
+}
+
+// ───────────────────────── generation ─────────────────────────
+
+function buildRequest() {
+  const request = { prompt: el.prompt.value };
+  const negative = el.negativePrompt.value;
+  if (negative.trim() !== "") request.negativePrompt = negative;
+  request.sampler = el.sampler.value;
+
+  const steps = readNumber(el.steps, (v) => parseInt(v, 10));
+  if (steps !== undefined) request.steps = steps;
+  const guidance = readNumber(el.guidance, (v) => parseFloat(v));
+  if (guidance !== undefined) request.guidanceScale = guidance;
+  const seed = readNumber(el.seed, (v) => parseInt(v, 10));
+  request.seed = seed !== undefined ? seed : randomSeed();
+  const width = readNumber(el.width, (v) => parseInt(v, 10));
+  if (width !== undefined) request.width = width;
+  const height = readNumber(el.height, (v) => parseInt(v, 10));
+  if (height !== undefined) request.height = height;
+  return request;
+}
+
+function toImageData(preview) {
+  if (!preview) return null;
+  if (typeof ImageData !== "undefined" && preview instanceof ImageData) return preview;
+  const { width, height, rgba, data } = preview;
+  const bytes = rgba || data;
+  if (!width || !height || !bytes) return null;
+  try {
+    return new ImageData(new Uint8ClampedArray(bytes), width, height);
+  } catch {
+    return null;
+  }
+}
+
+function drawOnStage(imageData) {
+  const img = toImageData(imageData);
+  if (!img) return;
+  const canvas = el.preview;
+  if (canvas.width !== img.width || canvas.height !== img.height) {
+    canvas.width = img.width;
+    canvas.height = img.height;
+  }
+  canvas.getContext("2d").putImageData(img, 0, 0);
+  canvas.classList.add("shown");
+  el.stageEmpty.hidden = true;
+}
+
+function fitStage(width, height) {
+  // Display box for the requested size (the preview arrives at latent resolution, same aspect).
+  if (!(width > 0 && height > 0)) return;
+  const maxSide = 512;
+  const scale = maxSide / Math.max(width, height);
+  el.preview.style.width = `${Math.round(width * scale)}px`;
+}
+
+function renderGenProgress(p, request) {
+  if (!p) return;
+  const count = Number(p.count) || 1;
+  const prefix = count > 1 ? `Image ${Math.min(count, (Number(p.image) || 0) + 1)} of ${count} · ` : "";
+  const total = Number(p.total) || request.steps || 0;
+  const step = Number(p.step) || 0;
+  switch (p.stage) {
+    case "encode":
+      el.stepText.textContent = `${prefix}Encoding the prompt…`;
+      setBar(el.stepBar, 0, { indeterminate: true });
+      break;
+    case "diffusion":
+      el.stepText.textContent = `${prefix}Step ${step} of ${total}`;
+      setBar(el.stepBar, total ? step / total : 0);
+      break;
+    case "decode":
+      el.stepText.textContent = `${prefix}Decoding the image…`;
+      setBar(el.stepBar, 1, { indeterminate: true });
+      break;
+    case "done":
+      setBar(el.stepBar, 1);
+      break;
+    default:
+      break;
+  }
+  if (p.preview) drawOnStage(p.preview);
+  if (p.stage === "diffusion") setStatus(`Generating: step ${step} of ${total}`);
+}
+
+function cancel() {
+  if (!genController) return;
+  genController.abort();
+  el.cancel.disabled = true;
+  setStatus("Cancelling…");
+}
+
+async function generate() {
+  if (state() !== "ready" || !demo.model || genController) return;
+  clearError();
+  const model = demo.model;
+  const request = buildRequest();
+  const controller = new AbortController();
+  genController = controller;
+  setState("generating");
+  setStatus("Generating…");
+  el.stepText.textContent = "Starting…";
+  setBar(el.stepBar, 0, { indeterminate: true });
+  fitStage(request.width, request.height);
+
+  const started = performance.now();
+  try {
+    const images = await model.generate(request, {
+      signal: controller.signal,
+      onProgress: (p) => renderGenProgress(p, request),
+    });
+    const elapsed = performance.now() - started;
+    const list = Array.isArray(images) ? images : [];
+    demo.generations += 1;
+    if (list.length) {
+      const last = list[list.length - 1];
+      fitStage(last.width, last.height);
+      drawOnStage(last.imageData);
+    }
+    for (let i = list.length - 1; i >= 0; i--) addResult(list[i], request, elapsed);
+    updateGalleryMeta();
+    setBar(el.stepBar, 1);
+    const steps = list[0]?.params?.steps ?? request.steps;
+    el.stepText.textContent = `Done: ${steps ?? "?"} steps in ${formatSeconds(elapsed)}`;
+    setStatus(
+      list.length > 1
+        ? `Done: ${list.length} images in ${formatSeconds(elapsed)}`
+        : `Done in ${formatSeconds(elapsed)} (seed ${list[0]?.seed ?? request.seed})`,
+    );
+  } catch (err) {
+    if (err && err.code === "ABORTED") {
+      demo.lastError = err;
+      el.stepText.textContent = "Cancelled";
+      setBar(el.stepBar, 0);
+      setStatus("Cancelled");
+    } else {
+      showError(err);
+      el.stepText.textContent = "Failed";
+      setBar(el.stepBar, 0);
+      setStatus("Generation failed");
+    }
+  } finally {
+    if (genController === controller) genController = null;
+    if (state() === "generating") setState(demo.model ? "ready" : "error");
+  }
+}
+
+// ───────────────────────── gallery ─────────────────────────
+
+function addResult(image, request, elapsed) {
+  const params = { ...request, ...(image.params || {}) };
+  const seed = image.seed ?? params.seed;
+  const width = image.width ?? params.width;
+  const height = image.height ?? params.height;
+  const url = URL.createObjectURL(image.blob);
+
+  const figure = document.createElement("figure");
+  figure.className = "result";
+  figure.dataset.seed = String(seed);
+
+  const frame = document.createElement("div");
+  frame.className = "frame";
+  const img = document.createElement("img");
+  img.src = url;
+  img.alt = params.prompt || "generated image";
+  img.width = width;
+  img.height = height;
+  img.decoding = "async";
+  if (Math.max(width, height) < 256) img.classList.add("pixel");
+  frame.append(img);
+
+  const caption = document.createElement("figcaption");
+  const prompt = document.createElement("p");
+  prompt.className = "prompt";
+  prompt.textContent = params.prompt || "(empty prompt)";
+  caption.append(prompt);
+  if (params.negativePrompt) {
+    const neg = document.createElement("p");
+    neg.className = "negative";
+    neg.textContent = `not: ${params.negativePrompt}`;
+    caption.append(neg);
+  }
+
+  const dl = document.createElement("dl");
+  dl.className = "params";
+  const rows = [
+    ["Seed", seed],
+    ["Sampler", samplerLabel(params.sampler)],
+    ["Steps", params.steps],
+    ["Guidance", params.guidanceScale],
+    ["Size", `${width}×${height}`],
+    ["Time", formatSeconds(elapsed)],
+  ];
+  for (const [k, v] of rows) {
+    if (v === undefined || v === null || v === "") continue;
+    const wrap = document.createElement("div");
+    const dt = document.createElement("dt");
+    dt.textContent = k;
+    const dd = document.createElement("dd");
+    dd.textContent = String(v);
+    wrap.append(dt, dd);
+    dl.append(wrap);
+  }
+  caption.append(dl);
+
+  const actions = document.createElement("div");
+  actions.className = "result-actions";
+  const download = document.createElement("a");
+  download.className = "btn small download";
+  download.href = url;
+  download.download = `sd-${seed}.png`;
+  download.setAttribute("role", "button");
+  download.textContent = "Download";
+  const reuse = document.createElement("button");
+  reuse.type = "button";
+  reuse.className = "btn small ghost reuse";
+  reuse.textContent = "Reuse settings";
+  reuse.title = "Put this image's prompt, seed and settings back into the form";
+  reuse.addEventListener("click", () => reuseSettings(params, seed, width, height));
+  actions.append(download, reuse);
+  caption.append(actions);
+
+  figure.append(frame, caption);
+  el.gallery.prepend(figure);
+}
+
+function reuseSettings(params, seed, width, height) {
+  el.prompt.value = params.prompt ?? "";
+  el.negativePrompt.value = params.negativePrompt ?? "";
+  if (params.sampler && [...el.sampler.options].some((o) => o.value === params.sampler)) {
+    el.sampler.value = params.sampler;
+  }
+  if (params.steps !== undefined) el.steps.value = String(params.steps);
+  if (params.guidanceScale !== undefined) el.guidance.value = String(params.guidanceScale);
+  if (seed !== undefined) el.seed.value = String(seed);
+  if (width) el.width.value = String(width);
+  if (height) el.height.value = String(height);
+  setStatus(`Settings of seed ${seed} restored`);
+}
+
+function updateGalleryMeta() {
+  const n = el.gallery.querySelectorAll("figure.result").length;
+  el.galleryEmpty.hidden = n > 0;
+  el.galleryClear.hidden = n === 0;
+  el.galleryCount.textContent = n ? `(${n})` : "";
+}
+
+// ───────────────────────── cache ─────────────────────────
+
+async function refreshCache() {
+  if (!sd || typeof sd.listCachedModels !== "function") return;
+  let list;
+  try {
+    list = await sd.listCachedModels();
+  } catch (err) {
+    el.cacheList.replaceChildren();
+    el.cacheEmpty.hidden = false;
+    el.cacheEmpty.textContent = `Browser storage is not available (${err?.message || err}).`;
+    return;
+  }
+  list = Array.isArray(list) ? [...list].sort((a, b) => (b.savedAt || 0) - (a.savedAt || 0)) : [];
+
+  el.cacheList.replaceChildren();
+  for (const entry of list) {
+    const li = document.createElement("li");
+    const meta = document.createElement("div");
+    meta.className = "cache-meta";
+    const name = document.createElement("span");
+    name.className = "strong";
+    name.textContent = entry.name || modelLabelFromUrl(entry.url);
+    const detail = document.createElement("span");
+    detail.className = "muted small";
+    const saved = entry.savedAt ? new Date(entry.savedAt).toLocaleDateString() : "";
+    detail.textContent = [
+      formatMB(entry.bytes),
+      `${entry.shards} shard${entry.shards === 1 ? "" : "s"}`,
+      saved && `saved ${saved}`,
+    ]
+      .filter(Boolean)
+      .join(" · ");
+    const url = document.createElement("span");
+    url.className = "muted tiny url";
+    url.textContent = entry.url;
+    url.title = entry.url;
+    meta.append(name, detail, url);
+
+    const buttons = document.createElement("div");
+    buttons.className = "cache-buttons";
+    const load = document.createElement("button");
+    load.type = "button";
+    load.className = "btn small ghost";
+    load.textContent = "Load";
+    load.disabled = state() === "generating";
+    load.addEventListener("click", () => {
+      el.modelUrl.value = entry.url;
+      loadModel(entry.url);
+    });
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "btn small ghost danger-text delete";
+    del.textContent = "Delete";
+    del.addEventListener("click", async () => {
+      del.disabled = true;
+      try {
+        await sd.deleteCachedModel(entry.url);
+        setStatus(`Removed ${entry.name || entry.url} from the cache`);
+      } catch (err) {
+        showError(err);
+      }
+      refreshCache();
+    });
+    buttons.append(load, del);
+    li.append(meta, buttons);
+    el.cacheList.append(li);
+  }
+  el.cacheEmpty.hidden = list.length > 0;
+  el.cacheEmpty.textContent = "Nothing cached yet.";
+
+  try {
+    const est = await navigator.storage?.estimate?.();
+    if (est && est.quota) {
+      el.cacheUsage.textContent = `This site uses ${formatBytes(est.usage)} of ${formatBytes(est.quota)} of browser storage.`;
+    }
+  } catch {
+    /* estimate is optional */
+  }
+}
+
+// ───────────────────────── start-up ─────────────────────────
+
+async function main() {
+  initForm();
+  setState("loading");
+  setStatus("Loading the sd-wgsl package…");
+
+  try {
+    sd = await import(PKG_URL);
+  } catch (err) {
+    const e = makeError("INTERNAL", `Could not load the sd-wgsl package from ${PKG_URL}: ${err?.message || err}`);
+    showError(e);
+    setState("error");
+    setStatus("The sd-wgsl package did not load");
+    return;
+  }
+  updateControls();
+
+  let hasWebGPU = true;
+  try {
+    hasWebGPU = await sd.isWebGPUAvailable();
+  } catch (err) {
+    console.warn("[sd-wgsl demo] isWebGPUAvailable failed; trying anyway", err);
+  }
+  refreshCache();
+
+  if (!hasWebGPU) {
+    showNoWebGPU();
+    showError(
+      makeError(
+        "NO_WEBGPU",
+        "WebGPU is not available in this browser: use a recent Chrome or Edge, or enable WebGPU in the browser flags " +
+          "(on Linux, start Chrome with --enable-unsafe-webgpu).",
+      ),
+    );
+    el.modelPillText.textContent = "No WebGPU";
+    setState("error");
+    setStatus("WebGPU is not available, so no model was loaded");
+    return;
+  }
+
+  await loadModel(el.modelUrl.value.trim() || DEFAULT_MODEL_URL);
+}
+
+if (el.guidance.value === "") el.guidance.value = DEFAULT_GUIDANCE.toFixed(1);
+main();
