@@ -279,13 +279,23 @@ impl GpuContext {
 
     /// A one-line description of the adapter, for logs and benchmark reports.
     pub fn describe(&self) -> String {
+        // Browsers hide most adapter details; say only what is known.
+        let name = if self.info.name.is_empty() {
+            "unnamed adapter"
+        } else {
+            &self.info.name
+        };
+        let driver = format!("{} {}", self.info.driver, self.info.driver_info);
+        let driver = driver.trim();
         format!(
-            "{} ({:?}, {:?}, driver {} {}), f16 weights {}",
-            self.info.name,
+            "{name} ({:?}, {:?}{}), f16 weights {}",
             self.info.backend,
             self.info.device_type,
-            self.info.driver,
-            self.info.driver_info,
+            if driver.is_empty() {
+                String::new()
+            } else {
+                format!(", driver {driver}")
+            },
             if self.native_f16 {
                 "native shader-f16"
             } else {
