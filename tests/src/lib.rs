@@ -1,6 +1,8 @@
 //! Helpers shared by the cross-checks against candle-transformers (`tests/`) and the pipeline
 //! benchmark (`examples/`): seeded random weights written as an in-memory safetensors file under
-//! diffusers' names, seeded random inputs, and the error report of a comparison.
+//! diffusers' names, seeded random inputs, and the error report of a comparison. Also the
+//! browser tests' parts: the static file server ([`static_server`]) and the paths, web model and
+//! Node driver they share with the web benchmark ([`web`]).
 //!
 //! The random weights are scaled like a real initialisation, so activations stay O(1) through
 //! SD 1.5's depth and a relative error means something: weight matrices and kernels are uniform
@@ -8,6 +10,9 @@
 //! `1 + small noise`, biases and norm shifts are small, embeddings have unit variance.
 
 use std::fmt;
+
+pub mod static_server;
+pub mod web;
 
 /// A small, fast, seeded generator (SplitMix64): the values depend only on the seed, so the
 /// same weights can be made again anywhere.

@@ -1,6 +1,11 @@
-//! `cargo xtask`: the project's tasks. `test` runs every test of the workspace and builds the
-//! kernel layer for the browser target; `bench kernels` runs the kernel benchmarks in release.
+//! `cargo xtask`: the project's tasks. `test` runs every test of the workspace, the browser
+//! tests included; `build-wasm` makes the npm package, `convert` the web model, `serve` the demo;
+//! `bench` and `bench web` / `bench kernels` measure.
 
+mod wasm;
+mod web;
+
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -9,36 +14,50 @@ use xshell::{Shell, cmd};
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  run [OPTIONS]   generate an image: the options of `sd generate` (--prompt, --steps, --seed,
-                  --sampler, --width, --height, --count, --out, --model, ...; --help lists them)
-  test            every test of the workspace (native, on the GPU adapter wgpu picks: lavapipe
-                  without a GPU), after building the kernel layer for wasm32-unknown-unknown
-  bench           the digits model at 64x64, 20 steps, CFG: per stage and whole, against
-                  candle-transformers on the CPU in the same run
-  bench kernels   GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
-  info            the adapter the kernels run on";
+  run [OPTIONS]     generate an image: the options of `sd generate` (--prompt, --steps, --seed,
+                    --sampler, --width, --height, --count, --out, --model, ...; --help lists them)
+  test              every test of the workspace (native, on the GPU adapter wgpu picks: lavapipe
+                    without a GPU), the browser tests in headless Chromium included; builds the
+                    npm package and the web model first, and installs the Node driver if missing
+  build-wasm        the npm package in target/npm/sd-wgsl: sd-web for wasm32 (release) through
+                    wasm-bindgen (installed at the Cargo.lock version if missing), plus
+                    crates/web/js
+  convert [SRC DST] a diffusers folder to the web format (manifest.json + shards); default:
+                    the embedded model (crates/cli/model) to target/web-models/digits
+  serve [--port N]  build-wasm, convert, then serve the demo at http://127.0.0.1:8080 (or N)
+  bench             the digits model at 64x64, 20 steps, CFG: per stage and whole, against
+                    candle-transformers on the CPU in the same run
+  bench web         the 20-step generation in headless Chromium vs natively in the same run,
+                    and the browser's cold and cached model loads
+  bench kernels     GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
+  info              the adapter the kernels run on";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let sh = Shell::new()?;
-    sh.change_dir(project_root()?);
+    let root = project_root()?;
+    sh.change_dir(&root);
     match args
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["test", rest @ ..] => test(&sh, rest),
+        ["test", rest @ ..] => test(&sh, &root, rest),
         ["run", rest @ ..] => {
             // `sd` prints its own errors; pass its exit code on without an xtask trace.
             let status = std::process::Command::new(env!("CARGO"))
                 .args(["run", "--quiet", "-p", "sd-cli", "--", "generate"])
                 .args(rest)
-                .current_dir(project_root()?)
+                .current_dir(&root)
                 .status()
                 .context("cannot run cargo")?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        ["build-wasm"] => wasm::build(&sh, &root),
+        ["convert"] => web::convert_default(&sh, &root),
+        ["convert", src, dst] => web::convert(&sh, src, dst, &[]),
+        ["serve", rest @ ..] => web::serve(&sh, &root, rest),
         ["bench", "kernels", rest @ ..] => stage("bench kernels (release)", || {
             Ok(cmd!(
                 sh,
@@ -46,6 +65,7 @@ fn main() -> Result<()> {
             )
             .run()?)
         }),
+        ["bench", "web", rest @ ..] => web::bench(&sh, &root, rest),
         ["bench", rest @ ..] => stage("bench pipeline (release)", || {
             Ok(cmd!(
                 sh,
@@ -61,18 +81,11 @@ fn main() -> Result<()> {
     }
 }
 
-fn test(sh: &Shell, extra: &[&str]) -> Result<()> {
+fn test(sh: &Shell, root: &Path, extra: &[&str]) -> Result<()> {
     let total = Instant::now();
-    stage(
-        "build sd-kernels and sd-web for wasm32-unknown-unknown",
-        || {
-            Ok(cmd!(
-                sh,
-                "cargo build --quiet --target wasm32-unknown-unknown -p sd-kernels -p sd-web"
-            )
-            .run()?)
-        },
-    )?;
+    wasm::build(sh, root)?;
+    web::convert_default(sh, root)?;
+    web::browser_prerequisites(sh, root)?;
     stage("adapter", || {
         Ok(cmd!(sh, "cargo run --quiet -p sd-cli -- info").run()?)
     })?;
@@ -87,7 +100,7 @@ fn test(sh: &Shell, extra: &[&str]) -> Result<()> {
 }
 
 /// Runs one stage and prints how long it took, so growth is seen before it bites.
-fn stage(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+fn stage<T>(name: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     println!("==> {name}");
     let start = Instant::now();
     let result = f().with_context(|| format!("stage failed: {name}"));
@@ -95,10 +108,18 @@ fn stage(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     result
 }
 
-fn project_root() -> Result<std::path::PathBuf> {
+fn project_root() -> Result<PathBuf> {
     let manifest = std::env::var("CARGO_MANIFEST_DIR").context("run through `cargo xtask`")?;
-    Ok(std::path::Path::new(&manifest)
+    Ok(Path::new(&manifest)
         .parent()
         .context("xtask lives in the workspace root")?
         .to_path_buf())
+}
+
+/// Cargo's target folder: `CARGO_TARGET_DIR` when set, else `<root>/target`.
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
 }

@@ -45,9 +45,14 @@ impl fmt::Display for Judged {
     }
 }
 
-/// The fixtures folder (`/work/shared/fixtures` seen from this crate).
+/// The fixtures folder: `shared/fixtures` beside the repository. This file is also compiled
+/// into sd-tests (`tests/`, one level above `crates/cli`), so it is looked for upwards.
 pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.ancestors()
+        .map(|dir| dir.join("shared/fixtures"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| here.join("../../../shared/fixtures"))
 }
 
 /// One labelled 8x8 digit (values 0..16).

@@ -1,0 +1,347 @@
+//! The browser tests: the demo page and the npm package in real headless Chromium (WebGPU on
+//! Dawn's SwiftShader adapter where there is no GPU), judged for meaning.
+//!
+//! `tests/browser/run.mjs` drives the browser and only records (results.json and PNGs in
+//! `target/browser-test/`); this test prepares everything, runs it once (Chromium and the model
+//! load are slow) and checks:
+//!
+//! 1. the demo generates "a red digit seven on a blue background": first.png reads 7/red/blue;
+//! 2. a second page load generates again without requesting any shard from the server;
+//! 3. a cached shard corrupted on purpose is fetched again (exactly once) and the image is right;
+//! 4. cancelling during generation gives `ABORTED`, and the next generation on the page works;
+//! 5. width 30, steps 0 and an unknown sampler each show `INVALID_REQUEST` naming the field;
+//! 6. the browser's first image equals the native pipeline's for the same model, seed, sampler
+//!    and size within 2/255 per channel;
+//! 7. the package README's example runs as written and draws 7/red/blue;
+//!
+//! and that no page threw. Every failed check is listed in one panic message.
+//!
+//! Needs `cargo xtask build-wasm` (the package in `target/npm/sd-wgsl`), `npm ci --prefix
+//! tests/browser` and Debian's chromium (`apt-get install -y chromium`); `cargo xtask test` sees
+//! to all three. A missing one fails the test with the command that provides it.
+
+#[path = "../../crates/cli/tests/support/judge.rs"]
+#[allow(dead_code)]
+mod judge;
+#[path = "../common/native.rs"]
+mod native;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use judge::Judged;
+use sd_tests::static_server::StaticServer;
+use sd_tests::web;
+use serde_json::Value;
+
+const PROMPT: &str = "a red digit seven on a blue background";
+const SEVEN: Judged = Judged {
+    digit: 7,
+    fg: "red",
+    bg: "blue",
+};
+const THREE: Judged = Judged {
+    digit: 3,
+    fg: "green",
+    bg: "yellow",
+};
+/// The largest difference per channel allowed between the browser's image and the native one.
+const MAX_PIXEL_DIFF: u8 = 2;
+
+/// Collects failed checks, so one run reports all of them.
+#[derive(Default)]
+struct Checks {
+    failures: Vec<String>,
+}
+
+impl Checks {
+    fn check(&mut self, ok: bool, message: impl FnOnce() -> String) {
+        if !ok {
+            self.failures.push(message());
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failures.push(message);
+    }
+}
+
+fn at<'a>(results: &'a Value, pointer: &str) -> &'a Value {
+    results.pointer(pointer).unwrap_or(&Value::Null)
+}
+
+/// Judges `<out>/<file>` against `expected`.
+fn judge_image(checks: &mut Checks, out: &Path, file: &str, what: &str, expected: Judged) {
+    let path = out.join(file);
+    if !path.is_file() {
+        checks.fail(format!("{what}: {file} was not written"));
+        return;
+    }
+    let (rgb, w, h) = judge::read_png_rgb(&path);
+    if w < 56 || h < 56 {
+        checks.fail(format!(
+            "{what}: {file} is {w}x{h}, too small for the judge (64x64 expected)"
+        ));
+        return;
+    }
+    let got = judge::judge_rgb(&rgb, w, h);
+    checks.check(got == expected, || {
+        format!("{what}: {file} reads as {got}, expected {expected}")
+    });
+}
+
+fn phase_ok(checks: &mut Checks, results: &Value, phase: &str, what: &str) -> bool {
+    let record = at(results, &format!("/phases/{phase}"));
+    if record.is_null() {
+        checks.fail(format!("{what}: the phase `{phase}` did not run"));
+        return false;
+    }
+    if record["ok"] != Value::Bool(true) {
+        checks.fail(format!(
+            "{what}: the phase `{phase}` failed: {}",
+            record["error"].as_str().unwrap_or("(no error recorded)")
+        ));
+        return false;
+    }
+    true
+}
+
+fn requested(record: &Value) -> String {
+    match record["requests"].as_object() {
+        Some(map) if !map.is_empty() => map
+            .iter()
+            .map(|(path, n)| format!("{path} x{n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "nothing".into(),
+    }
+}
+
+#[test]
+fn demo_and_package_in_headless_chromium() {
+    let root = web::project_root();
+    let model_dir = web::ensure_web_model(&root).unwrap_or_else(|e| panic!("{e}"));
+    let missing = web::missing_prerequisites(&root);
+    assert!(
+        missing.is_empty(),
+        "the browser test cannot run:\n  {}",
+        missing.join("\n  ")
+    );
+
+    let out = web::target_dir(&root).join("browser-test");
+    if out.exists() {
+        std::fs::remove_dir_all(&out)
+            .unwrap_or_else(|e| panic!("cannot clear {}: {e}", out.display()));
+    }
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+
+    let server = StaticServer::demo(&root, 0).expect("start the static server on 127.0.0.1");
+    println!(
+        "serving {} at {}; driving headless Chromium",
+        root.display(),
+        server.url()
+    );
+    let driver_ok =
+        web::run_driver(&root, &server.url(), &out, "test", &[]).unwrap_or_else(|e| panic!("{e}"));
+    drop(server);
+    println!(
+        "screenshot of the demo after a generation: {}",
+        out.join("demo.png").display()
+    );
+
+    let results_file = out.join("results.json");
+    let text = std::fs::read_to_string(&results_file).unwrap_or_else(|e| {
+        panic!(
+            "the driver (exit ok: {driver_ok}) wrote no {}: {e}",
+            results_file.display()
+        )
+    });
+    let results: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", results_file.display()));
+    let mut checks = Checks::default();
+    if let Some(error) = results["error"].as_str() {
+        checks.fail(format!("the driver failed: {error}"));
+    }
+
+    // 1. The demo's first generation.
+    let what = "1 (demo generates)";
+    if phase_ok(&mut checks, &results, "first", what) {
+        judge_image(&mut checks, &out, "first.png", what, SEVEN);
+        let seed = at(&results, "/phases/first/image/seed");
+        checks.check(seed.as_str() == Some("7"), || {
+            format!("{what}: the gallery's figure has data-seed {seed}, expected 7")
+        });
+        checks.check(out.join("demo.png").is_file(), || {
+            format!("{what}: no screenshot demo.png")
+        });
+    }
+
+    // 2. A second page load: everything from the cache.
+    let what = "2 (second load from the cache)";
+    if phase_ok(&mut checks, &results, "second", what) {
+        let record = at(&results, "/phases/second");
+        checks.check(record["shardRequests"].as_u64() == Some(0), || {
+            format!(
+                "{what}: {} shard request(s) during the reload and generation, expected none; requested: {}",
+                record["shardRequests"],
+                requested(record)
+            )
+        });
+        judge_image(&mut checks, &out, "second.png", what, SEVEN);
+    }
+
+    // 3. A corrupted cached shard.
+    let what = "3 (corrupted cached shard)";
+    if phase_ok(&mut checks, &results, "corrupt", what) {
+        let record = at(&results, "/phases/corrupt");
+        let sha = record["corrupted"]["sha256"].as_str().unwrap_or("?");
+        checks.check(record["corruptedRequests"].as_u64() == Some(1), || {
+            format!(
+                "{what}: the corrupted shard {sha} was requested {} time(s), expected exactly once; requested: {}",
+                record["corruptedRequests"],
+                requested(record)
+            )
+        });
+        checks.check(record["shardRequests"].as_u64() == Some(1), || {
+            format!(
+                "{what}: {} shard request(s), expected only the corrupted one; requested: {}",
+                record["shardRequests"],
+                requested(record)
+            )
+        });
+        judge_image(&mut checks, &out, "corrupt.png", what, SEVEN);
+    }
+
+    // 4. Cancel, then generate again on the same page.
+    let what = "4 (cancel)";
+    let record = at(&results, "/phases/cancel");
+    if !record.is_null() {
+        checks.check(record["code"].as_str() == Some("ABORTED"), || {
+            format!(
+                "{what}: cancelling gave code {} (expected ABORTED); the page showed {}",
+                record["code"], record["cancelError"]
+            )
+        });
+        checks.check(record["generationsAfterCancel"].as_u64() == Some(0), || {
+            format!(
+                "{what}: the cancelled generation still produced {} image(s)",
+                record["generationsAfterCancel"]
+            )
+        });
+    }
+    if phase_ok(&mut checks, &results, "cancel", what) {
+        judge_image(&mut checks, &out, "after_cancel.png", what, THREE);
+    }
+
+    // 5. Bad input: the typed error, shown in the page.
+    let what = "5 (bad input)";
+    if phase_ok(&mut checks, &results, "bad-input", what) {
+        let cases = at(&results, "/phases/bad-input/cases")
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        checks.check(cases.len() == 3, || {
+            format!("{what}: {} cases recorded, expected 3", cases.len())
+        });
+        for case in &cases {
+            let field = case["field"].as_str().unwrap_or("?");
+            let shown = case["shown"].as_str().unwrap_or("");
+            checks.check(case["code"].as_str() == Some("INVALID_REQUEST"), || {
+                format!(
+                    "{what}: {field} {}: code {} (expected INVALID_REQUEST), shown {shown:?}{}",
+                    case["input"],
+                    case["code"],
+                    case["error"]
+                        .as_str()
+                        .map(|e| format!(", driver error: {e}"))
+                        .unwrap_or_default()
+                )
+            });
+            checks.check(
+                shown.contains("INVALID_REQUEST")
+                    && shown.to_lowercase().contains(&field.to_lowercase()),
+                || {
+                    format!(
+                        "{what}: {field} {}: the page shows {shown:?}, which should carry the code INVALID_REQUEST and name `{field}`",
+                        case["input"]
+                    )
+                },
+            );
+            checks.check(case["generated"] != Value::Bool(true), || {
+                format!("{what}: {field} {}: an image was generated", case["input"])
+            });
+        }
+    }
+
+    // 6. The browser's image against the native pipeline's.
+    let what = "6 (browser = native)";
+    let first = out.join("first.png");
+    if first.is_file() {
+        match native::load(&model_dir).and_then(|model| {
+            let params = native::params(&model, PROMPT, 7);
+            native::generate(&model, &params)
+        }) {
+            Ok(generated) => {
+                let (browser, w, h) = judge::read_png_rgb(&first);
+                let (nw, nh) = (generated.width as usize, generated.height as usize);
+                if (w, h) != (nw, nh) {
+                    checks.fail(format!(
+                        "{what}: the browser's image is {w}x{h}, the native one {nw}x{nh}"
+                    ));
+                } else {
+                    let native = &generated.images[0];
+                    let diffs: Vec<u8> = browser
+                        .iter()
+                        .zip(native)
+                        .map(|(a, b)| a.abs_diff(*b))
+                        .collect();
+                    let max = diffs.iter().copied().max().unwrap_or(0);
+                    let over_one = diffs.iter().filter(|d| **d > 1).count();
+                    let mut report = String::new();
+                    let _ = write!(
+                        report,
+                        "browser vs native (seed 7, euler_a, 20 steps, {w}x{h}): max diff {max}/255, {over_one} of {} channels differ by more than 1/255",
+                        diffs.len()
+                    );
+                    println!("{report}");
+                    checks.check(max <= MAX_PIXEL_DIFF, || {
+                        format!("{what}: {report}; at most {MAX_PIXEL_DIFF}/255 allowed")
+                    });
+                }
+            }
+            Err(e) => checks.fail(format!("{what}: {e}")),
+        }
+    } else {
+        checks.fail(format!("{what}: no first.png to compare"));
+    }
+
+    // 7. The README's example.
+    let what = "7 (README example)";
+    if phase_ok(&mut checks, &results, "readme", what) {
+        judge_image(&mut checks, &out, "readme.png", what, SEVEN);
+    }
+
+    // No page threw.
+    let page_errors = at(&results, "/pageErrors")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    checks.check(page_errors.is_empty(), || {
+        format!(
+            "uncaught errors in the pages: {}",
+            page_errors
+                .iter()
+                .map(|e| format!("[{}] {}", e["page"], e["message"]))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+
+    assert!(
+        checks.failures.is_empty(),
+        "{} browser check(s) failed (details: {}, images and demo.png beside it):\n- {}",
+        checks.failures.len(),
+        results_file.display(),
+        checks.failures.join("\n- ")
+    );
+}
