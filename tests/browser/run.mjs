@@ -5,7 +5,7 @@
 // PNGs and decides.
 //
 //   node tests/browser/run.mjs --base http://127.0.0.1:PORT --out DIR [--mode test|bench]
-//                              [--only first,second,corrupt,cancel,bad-input,readme] [--reps N]
+//                              [--only first,second,corrupt,cancel,bad-input,readme,no-webgpu] [--reps N]
 //
 // The server at --base must serve the contract's routes (`/` the demo, `/pkg/` the package,
 // `/models/digits/` the web model, `/__requests` its request log); tests/examples/serve_demo.rs
@@ -23,6 +23,8 @@
 //   bad-input  width 30, steps 0, sampler "unknown": the code and message shown in #error
 //   readme     the first ```js block of /pkg/README.md as a page's module script (import map
 //              "sd-wgsl" -> /pkg/index.js) -> readme.png
+//   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: the error code and the
+//              no-WebGPU banner it shows
 // Every phase records /__requests before and after. Console messages, page errors and failed
 // requests of every page are recorded. results.json is written after every phase and on failure.
 //
@@ -36,7 +38,7 @@ import os from "node:os";
 import path from "node:path";
 
 const PROMPT = "a red digit seven on a blue background";
-const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "readme"];
+const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "readme", "no-webgpu"];
 const CHROMIUM_ARGS = [
   "--enable-unsafe-webgpu",
   "--no-sandbox",
@@ -578,6 +580,36 @@ ${r.code}
       const got = await readmePage.evaluate(async () => window.__sdBytes(document.querySelector("body img").src));
       r.image = writeImage(got, "readme.png");
       await readmePage.close();
+    });
+  }
+  if (only.has("no-webgpu")) {
+    await phase("no-webgpu", async (r) => {
+      // The same Chromium without --enable-unsafe-webgpu has no adapter: the page must say so.
+      const browser = await chromium.launch({
+        executablePath: results.chromium,
+        headless: true,
+        args: CHROMIUM_ARGS.filter((a) => a !== "--enable-unsafe-webgpu"),
+        timeout: T.launch,
+      });
+      try {
+        const plain = await browser.newPage();
+        watch(plain, "no-webgpu");
+        await plain.goto(`${args.base}/`, { timeout: T.navigate, waitUntil: "load" });
+        await plain.waitForFunction(() => document.body?.dataset.state === "error", null, {
+          timeout: T.load,
+          polling: 100,
+        });
+        Object.assign(r, await plain.evaluate(() => {
+          const banner = document.getElementById("no-webgpu");
+          return {
+            code: document.getElementById("error")?.dataset.code ?? null,
+            bannerVisible: !!banner && !banner.hidden && banner.offsetParent !== null,
+            bannerText: banner?.textContent?.replace(/\s+/g, " ").trim() ?? null,
+          };
+        }));
+      } finally {
+        await browser.close().catch(() => {});
+      }
     });
   }
 }

@@ -13,6 +13,7 @@
 //! 6. the browser's first image equals the native pipeline's for the same model, seed, sampler
 //!    and size within 2/255 per channel;
 //! 7. the package README's example runs as written and draws 7/red/blue;
+//! 8. in a Chromium without WebGPU the demo shows `NO_WEBGPU` and its banner saying what to do;
 //!
 //! and that no page threw. Every failed check is listed in one panic message.
 //!
@@ -319,6 +320,23 @@ fn demo_and_package_in_headless_chromium() {
     let what = "7 (README example)";
     if phase_ok(&mut checks, &results, "readme", what) {
         judge_image(&mut checks, &out, "readme.png", what, SEVEN);
+    }
+
+    // 8. A browser without WebGPU gets the honest message, not a broken page.
+    let what = "8 (no WebGPU)";
+    if phase_ok(&mut checks, &results, "no-webgpu", what) {
+        let record = at(&results, "/phases/no-webgpu");
+        checks.check(record["code"].as_str() == Some("NO_WEBGPU"), || {
+            format!(
+                "{what}: the page shows code {} (expected NO_WEBGPU)",
+                record["code"]
+            )
+        });
+        let banner = record["bannerText"].as_str().unwrap_or("");
+        checks.check(
+            record["bannerVisible"] == Value::Bool(true) && banner.contains("WebGPU"),
+            || format!("{what}: the no-WebGPU banner is not shown: {banner:?}"),
+        );
     }
 
     // No page threw.
