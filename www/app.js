@@ -316,7 +316,7 @@ function applyModelInfo(info) {
   const name = info?.name || "model";
   el.modelPillText.textContent = nativeSize ? `${name} · ${nativeSize.width}×${nativeSize.height}` : name;
   const bits = [];
-  if (info?.cached) bits.push("from cache");
+  if (info?.cached) bits.push("kept in browser storage");
   if (typeof info?.shaderF16 === "boolean") bits.push(info.shaderF16 ? "shader-f16" : "f16 weights packed in u32");
   el.modelMeta.textContent = bits.join(" · ");
   el.adapterInfo.textContent = info?.adapter ? `GPU: ${info.adapter}` : "";
