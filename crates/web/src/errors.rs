@@ -94,3 +94,39 @@ impl From<WebError> for JsValue {
         error.to_js()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sd_core::params::{ParamField, ParamsError};
+
+    #[test]
+    fn model_errors_get_their_codes() {
+        let params = ModelError::Params(ParamsError {
+            field: ParamField::Width,
+            message: "30 is not allowed".into(),
+        });
+        let lost = ModelError::Kernel(KernelError::DeviceLost("gone".into()));
+        let file = ModelError::File {
+            path: "unet/config.json".into(),
+            reason: "not in the model".into(),
+        };
+        for (error, loading, code) in [
+            (ModelError::Cancelled, false, ErrorCode::Aborted),
+            (params, false, ErrorCode::InvalidRequest),
+            (lost, false, ErrorCode::DeviceLost),
+            (file, true, ErrorCode::ModelInvalid),
+        ] {
+            assert_eq!(WebError::from_model(&error, loading).code, code, "{error}");
+        }
+        let file = ModelError::File {
+            path: "x".into(),
+            reason: "y".into(),
+        };
+        assert_eq!(
+            WebError::from_model(&file, false).code,
+            ErrorCode::Internal,
+            "a file error while generating is ours, not the model's"
+        );
+    }
+}
