@@ -15,6 +15,7 @@ pub mod config;
 pub mod params;
 pub mod preview;
 pub mod progress;
+pub mod request;
 pub mod rng;
 pub mod sampler;
 pub mod schedule;
