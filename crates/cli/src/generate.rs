@@ -122,6 +122,27 @@ fn output_path(out: &Path, index: usize, count: u32) -> PathBuf {
     out.with_file_name(format!("{stem}-{}.{ext}", index + 1))
 }
 
+/// The model at `path` (a diffusers or web model folder), or the embedded one; with its name.
+pub fn model_source(path: Option<&Path>) -> Result<(ModelSource, String)> {
+    match path {
+        Some(path) => {
+            if !path.is_dir() {
+                bail!(
+                    "--model {}: not a folder (expected a diffusers model folder or a web \
+                     model folder with manifest.json)",
+                    path.display()
+                );
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((ModelSource::open(path)?, name))
+        }
+        None => Ok((embedded::source(), embedded::NAME.to_string())),
+    }
+}
+
 /// Runs `sd generate`: loads the model, generates, writes the PNGs. `show_progress` draws the
 /// progress bar on stderr.
 pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
@@ -139,23 +160,7 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
             out_dir.display()
         );
     }
-    let (source, model_name) = match &args.model {
-        Some(path) => {
-            if !path.is_dir() {
-                bail!(
-                    "--model {}: not a folder (expected a diffusers model folder or a web \
-                     model folder with manifest.json)",
-                    path.display()
-                );
-            }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            (ModelSource::open(path)?, name)
-        }
-        None => (embedded::source(), embedded::NAME.to_string()),
-    };
+    let (source, model_name) = model_source(args.model.as_deref())?;
 
     let bar = if show_progress {
         ProgressBar::new(0)

@@ -4,3 +4,4 @@
 pub mod bench;
 pub mod embedded;
 pub mod generate;
+pub mod serve;

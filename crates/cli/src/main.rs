@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sd_cli::{bench, generate};
+use sd_cli::{bench, generate, serve};
 use sd_kernels::{ContextOptions, GpuContext};
 
 #[derive(Debug, Parser)]
@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt (the embedded digits model unless --model is given).
     Generate(generate::GenerateArgs),
+    /// Serve the local HTTP API (POST /v1/images/generations, SSE progress, cancel, /health)
+    /// with the model loaded once.
+    Serve(serve::ServeArgs),
     /// Convert a diffusers model folder to f16 safetensors (half the size), configs copied;
     /// with --web, to the web format (manifest.json + fp16 shards named by their SHA-256) that
     /// the npm package fetches and `--model` also reads.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Serve(args) => serve::run(&args),
         Command::Generate(args) => {
             let report = generate::run(&args, true)?;
             for warning in &report.warnings {

@@ -1,2 +1,343 @@
-//! The local HTTP API (axum + tokio): job queue, progress, results; no GPU code. Arrives with
-//! the HTTP API issue; empty until then.
+//! The local HTTP API: async generation jobs with progress, a bounded queue, SSE and cancel,
+//! shaped as the clients it serves already speak it (`/v1/images/generations`, `/health`).
+//!
+//! - [`api`]: the wire types (also the OpenAPI document's schemas, [`openapi`]).
+//! - [`jobs`]: job states by id, cancel flags, the bounded queue, the TTL sweep.
+//! - [`worker`]: the one thread that owns the model and runs jobs in order.
+//! - [`routes`]: the handlers; they never wait on the GPU.
+
+pub mod api;
+pub mod encode;
+pub mod jobs;
+pub mod routes;
+pub mod worker;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use sd_models::StableDiffusion;
+use utoipa::OpenApi;
+
+use crate::api::ModelInfo;
+use crate::jobs::Jobs;
+use crate::routes::AppState;
+
+/// How the server runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Default 127.0.0.1: only this machine.
+    pub host: IpAddr,
+    /// Default 8081; 0 picks a free port.
+    pub port: u16,
+    /// Jobs that may wait behind the running one (default 8); more get `503 SERVER_BUSY`.
+    pub queue_size: usize,
+    /// How long finished jobs are kept (`IMAGE_RESULT_TTL_MS`, default 300000).
+    pub result_ttl: Duration,
+    /// How often they are swept (`IMAGE_CLEANUP_INTERVAL_MS`, default 60000).
+    pub cleanup_interval: Duration,
+    /// The largest request body (default 64 KiB).
+    pub max_body_bytes: usize,
+    /// Where `/v1/models` looks for other models.
+    pub models_dir: Option<PathBuf>,
+    /// On shutdown, cancel running and waiting jobs (default) instead of finishing them.
+    pub cancel_on_shutdown: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8081,
+            queue_size: 8,
+            result_ttl: Duration::from_millis(300_000),
+            cleanup_interval: Duration::from_millis(60_000),
+            max_body_bytes: 64 << 10,
+            models_dir: None,
+            cancel_on_shutdown: true,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads `IMAGE_RESULT_TTL_MS` and `IMAGE_CLEANUP_INTERVAL_MS`.
+    pub fn with_env(mut self) -> Result<Self, ServerError> {
+        for (var, slot) in [
+            ("IMAGE_RESULT_TTL_MS", &mut self.result_ttl),
+            ("IMAGE_CLEANUP_INTERVAL_MS", &mut self.cleanup_interval),
+        ] {
+            if let Ok(value) = std::env::var(var) {
+                let ms: u64 = value.trim().parse().map_err(|_| {
+                    ServerError::Config(format!("{var}={value:?}: expected milliseconds"))
+                })?;
+                *slot = Duration::from_millis(ms.max(1));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A model ready to serve.
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// Its name, in `/v1/models` and the PNG parameters.
+    pub name: String,
+    pub model: StableDiffusion,
+}
+
+/// Why the server could not start or stopped badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The OpenAPI document, from the handlers' own types.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "sd-wgsl local HTTP API",
+        description = "Async image generation jobs with progress, SSE and cancel."
+    ),
+    paths(
+        routes::create,
+        routes::get,
+        routes::cancel,
+        routes::events,
+        routes::health,
+        routes::models
+    ),
+    components(schemas(
+        api::GenerationRequestDoc,
+        api::Created,
+        api::JobState,
+        api::Status,
+        api::Progress,
+        api::JobResult,
+        api::Image,
+        api::ErrorResponse,
+        api::ErrorBody,
+        api::Health,
+        api::Models,
+        api::ModelInfo
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as JSON.
+pub fn openapi_json() -> String {
+    ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+}
+
+/// Model folders (diffusers or web format) directly under `dir`, by name.
+fn available_models(dir: Option<&PathBuf>) -> Vec<String> {
+    let Some(dir) = dir else { return Vec::new() };
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let p = e.path();
+            p.join("model_index.json").is_file() || p.join("manifest.json").is_file()
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.max_body_bytes;
+    Router::new()
+        .route(
+            "/v1/images/generations",
+            axum::routing::post(routes::create),
+        )
+        .route(
+            "/v1/images/generations/{id}",
+            get(routes::get).delete(routes::cancel),
+        )
+        .route("/v1/images/generations/{id}/events", get(routes::events))
+        .route("/health", get(routes::health))
+        .route("/v1/models", get(routes::models))
+        .route(
+            "/openapi.json",
+            get(|| async {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json(),
+                )
+            }),
+        )
+        .fallback(routes::fallback)
+        // One byte over the limit is enough to tell; the handler answers 400 itself.
+        .layer(DefaultBodyLimit::max(max_body + 1))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves; then stops accepting, cancels (or lets
+/// finish) the jobs, and waits for the worker.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    config: ServerConfig,
+    model: LoadedModel,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let (jobs, queue) = Jobs::new(config.queue_size);
+    let (width, height) = model.model.native_size();
+    let state = Arc::new(AppState {
+        jobs: jobs.clone(),
+        model: ModelInfo {
+            name: model.name.clone(),
+            native_width: width,
+            native_height: height,
+        },
+        available: available_models(config.models_dir.as_ref()),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let worker_jobs = jobs.store.clone();
+    let worker = std::thread::Builder::new()
+        .name("sd-gpu-worker".into())
+        .spawn(move || worker::run(&model, &worker_jobs, queue))?;
+    let sweeper_jobs = jobs.store.clone();
+    let (ttl, interval) = (config.result_ttl, config.cleanup_interval);
+    let sweeper = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            sweeper_jobs.sweep(ttl);
+        }
+    });
+    let app = router(Arc::clone(&state));
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    if config.cancel_on_shutdown {
+        jobs.cancel_all();
+    }
+    // The worker ends when every queue sender is gone: the state's and ours.
+    drop(state);
+    drop(jobs);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    Ok(result?)
+}
+
+/// Binds `config.host:config.port`.
+pub async fn bind(config: &ServerConfig) -> Result<tokio::net::TcpListener, ServerError> {
+    let addr = SocketAddr::new(config.host, config.port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Serves until Ctrl-C or SIGTERM (the CLI's `serve`). `on_ready` hears the bound address.
+pub fn run_until_signal(
+    config: ServerConfig,
+    model: LoadedModel,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = bind(&config).await?;
+        on_ready(listener.local_addr()?);
+        serve(listener, config, model, shutdown_signal()).await
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+/// A server on its own threads, for tests and embedding.
+#[derive(Debug)]
+pub struct BackgroundServer {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+}
+
+/// Starts a server in the background; returns once it listens.
+pub fn start_background(
+    config: ServerConfig,
+    model: LoadedModel,
+) -> Result<BackgroundServer, ServerError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(bind(&config))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sd-http".into())
+        .spawn(move || {
+            runtime.block_on(serve(listener, config, model, async {
+                let _ = stopped.await;
+            }))
+        })?;
+    Ok(BackgroundServer {
+        addr,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+impl BackgroundServer {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops it and waits until it has.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}

@@ -1,0 +1,238 @@
+//! The job store: every job's state by id, its cancel flag and a watch channel that the SSE
+//! stream follows, plus the bounded queue to the GPU worker and the TTL sweep.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sd_core::params::GenerationParams;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{ErrorBody, JobResult, JobState, Progress, Status};
+use crate::encode::Format;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What the worker needs to run a job.
+#[derive(Debug, Clone)]
+pub struct Work {
+    pub id: String,
+    pub params: GenerationParams,
+    pub format: Format,
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: JobState,
+    cancel: Arc<AtomicBool>,
+    updates: watch::Sender<JobState>,
+    finished: Option<Instant>,
+}
+
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The queue is full.
+    Busy,
+    /// The worker is gone (shutting down).
+    Closed,
+}
+
+/// Jobs by id. Cheap to clone. The worker and the sweeper hold only this, not the queue's
+/// sender, so the queue closes (and the worker ends) when the HTTP side is gone.
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    inner: Arc<Mutex<HashMap<String, Entry>>>,
+    running: Arc<AtomicBool>,
+}
+
+/// The store plus the queue to the worker: what the handlers hold.
+#[derive(Debug, Clone)]
+pub struct Jobs {
+    pub store: Store,
+    queue: mpsc::Sender<Work>,
+}
+
+impl std::ops::Deref for Jobs {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Jobs {
+    /// A store whose queue holds `capacity` waiting jobs; the receiver goes to the worker.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Work>) {
+        let (queue, rx) = mpsc::channel(capacity.max(1));
+        (
+            Self {
+                store: Store::default(),
+                queue,
+            },
+            rx,
+        )
+    }
+
+    /// Creates a job and queues it, or says why not (the job is then forgotten).
+    pub fn submit(&self, params: GenerationParams, format: Format) -> Result<JobState, Rejected> {
+        let now = now_ms();
+        let id = format!("gen_{now}_{:09x}", rand::random::<u64>() & 0xf_ffff_ffff);
+        let state = JobState {
+            id: id.clone(),
+            status: Status::Pending,
+            created_at: now,
+            updated_at: now,
+            progress: None,
+            result: None,
+            error: None,
+        };
+        let cancel = Arc::new(AtomicBool::new(false));
+        let (updates, _) = watch::channel(state.clone());
+        // Insert before sending, so the worker always finds the job.
+        self.lock().insert(
+            id.clone(),
+            Entry {
+                state: state.clone(),
+                cancel: Arc::clone(&cancel),
+                updates,
+                finished: None,
+            },
+        );
+        let work = Work {
+            id: id.clone(),
+            params,
+            format,
+            cancel,
+        };
+        match self.queue.try_send(work) {
+            Ok(()) => Ok(state),
+            Err(e) => {
+                self.lock().remove(&id);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => Rejected::Busy,
+                    mpsc::error::TrySendError::Closed(_) => Rejected::Closed,
+                })
+            }
+        }
+    }
+}
+
+impl Store {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A job's state.
+    pub fn get(&self, id: &str) -> Option<JobState> {
+        self.lock().get(id).map(|e| e.state.clone())
+    }
+
+    /// Follows a job's state changes.
+    pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<JobState>> {
+        self.lock().get(id).map(|e| e.updates.subscribe())
+    }
+
+    /// Asks a job to stop: a pending one is cancelled now, a running one at its next step.
+    pub fn cancel(&self, id: &str) -> Option<JobState> {
+        let mut jobs = self.lock();
+        let entry = jobs.get_mut(id)?;
+        entry.cancel.store(true, Ordering::SeqCst);
+        if entry.state.status == Status::Pending {
+            Self::finish_entry(entry, Status::Cancelled, None, None);
+        }
+        Some(entry.state.clone())
+    }
+
+    /// Asks every unfinished job to stop (shutdown).
+    pub fn cancel_all(&self) {
+        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        for id in ids {
+            self.cancel(&id);
+        }
+    }
+
+    /// Whether a job runs or waits.
+    pub fn busy(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+            || self
+                .lock()
+                .values()
+                .any(|e| e.state.status == Status::Pending)
+    }
+
+    /// The worker takes a job: `false` if it was cancelled while waiting.
+    pub fn start(&self, id: &str) -> bool {
+        let mut jobs = self.lock();
+        let Some(entry) = jobs.get_mut(id) else {
+            return false;
+        };
+        if entry.state.status != Status::Pending {
+            return false;
+        }
+        self.running.store(true, Ordering::SeqCst);
+        entry.state.status = Status::InProgress;
+        Self::touch(entry);
+        true
+    }
+
+    /// The worker reports progress.
+    pub fn progress(&self, id: &str, progress: Progress) {
+        if let Some(entry) = self.lock().get_mut(id)
+            && entry.state.progress.as_ref() != Some(&progress)
+        {
+            entry.state.progress = Some(progress);
+            Self::touch(entry);
+        }
+    }
+
+    /// The worker is done with a job.
+    pub fn finish(
+        &self,
+        id: &str,
+        status: Status,
+        result: Option<JobResult>,
+        error: Option<ErrorBody>,
+    ) {
+        if let Some(entry) = self.lock().get_mut(id) {
+            Self::finish_entry(entry, status, result, error);
+        }
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    fn finish_entry(
+        entry: &mut Entry,
+        status: Status,
+        result: Option<JobResult>,
+        error: Option<ErrorBody>,
+    ) {
+        entry.state.status = status;
+        // The final state carries the outcome, not the last progress report.
+        entry.state.progress = None;
+        entry.state.result = result;
+        entry.state.error = error;
+        entry.finished = Some(Instant::now());
+        Self::touch(entry);
+    }
+
+    fn touch(entry: &mut Entry) {
+        entry.state.updated_at = now_ms();
+        entry.updates.send_replace(entry.state.clone());
+    }
+
+    /// Forgets finished jobs older than `ttl`; returns how many.
+    pub fn sweep(&self, ttl: Duration) -> usize {
+        let mut jobs = self.lock();
+        let before = jobs.len();
+        jobs.retain(|_, e| e.finished.is_none_or(|t| t.elapsed() < ttl));
+        before - jobs.len()
+    }
+}

@@ -1,0 +1,118 @@
+//! The GPU worker: one thread that owns the model and runs queued jobs one at a time, so the
+//! HTTP side never waits on the GPU.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use base64::Engine as _;
+use sd_core::params::GenerationParams;
+use sd_core::progress::Stage;
+use sd_models::{ModelError, png};
+use tokio::sync::mpsc;
+
+use crate::LoadedModel;
+use crate::api::{ErrorBody, Image, JobResult, Progress, Status};
+use crate::encode;
+use crate::jobs::{Store, Work};
+
+/// Runs jobs until the queue closes (every sender dropped at shutdown).
+pub fn run(model: &LoadedModel, jobs: &Store, mut queue: mpsc::Receiver<Work>) {
+    while let Some(work) = queue.blocking_recv() {
+        if !jobs.start(&work.id) {
+            continue; // cancelled while waiting
+        }
+        let (status, result, error) = run_one(model, jobs, &work);
+        jobs.finish(&work.id, status, result, error);
+    }
+}
+
+fn error(code: &str, message: String) -> Option<ErrorBody> {
+    Some(ErrorBody {
+        message,
+        code: code.into(),
+        field: None,
+    })
+}
+
+fn run_one(
+    model: &LoadedModel,
+    jobs: &Store,
+    work: &Work,
+) -> (Status, Option<JobResult>, Option<ErrorBody>) {
+    let started = Instant::now();
+    let params = &work.params;
+    let total_images = params.count;
+    let mut image = 0u32;
+    let mut on_stage = |stage: Stage| {
+        let (stage_name, step, total, within) = match stage {
+            Stage::Load | Stage::Encode => ("loading", 0, params.steps, 0.0),
+            Stage::Diffusion { step, total } => (
+                "diffusion",
+                step,
+                total,
+                0.05 + 0.85 * step as f64 / total.max(1) as f64,
+            ),
+            Stage::Decode => ("decoding", params.steps, params.steps, 0.9),
+            Stage::Done => return,
+        };
+        jobs.progress(
+            &work.id,
+            Progress {
+                current_step: step as u32,
+                total_steps: total as u32,
+                stage: stage_name.into(),
+                percentage: 100.0 * (f64::from(image) + within) / f64::from(total_images.max(1)),
+                current_image: (image + 1).min(total_images),
+                total_images,
+            },
+        );
+        if matches!(stage, Stage::Decode) {
+            image += 1;
+        }
+    };
+    let cancelled = || work.cancel.load(Ordering::SeqCst);
+    let generated = pollster::block_on(model.model.generate_cancellable(
+        params,
+        None,
+        &mut on_stage,
+        None,
+        &cancelled,
+    ));
+    let generated = match generated {
+        Ok(g) => g,
+        Err(ModelError::Cancelled) => return (Status::Cancelled, None, None),
+        Err(e) => return (Status::Error, None, error("BACKEND_ERROR", e.to_string())),
+    };
+    let mut images = Vec::new();
+    for (pixels, &seed) in generated.images.iter().zip(&generated.seeds) {
+        let text = png::parameters_text(
+            &GenerationParams {
+                seed,
+                ..params.clone()
+            },
+            seed,
+            &model.name,
+        );
+        match encode::encode(
+            work.format,
+            generated.width,
+            generated.height,
+            pixels,
+            &text,
+        ) {
+            Ok(bytes) => images.push(Image {
+                image: base64::engine::general_purpose::STANDARD.encode(bytes),
+                seed,
+                width: generated.width,
+                height: generated.height,
+            }),
+            Err(e) => return (Status::Error, None, error("IO_ERROR", e)),
+        }
+    }
+    let result = JobResult {
+        images,
+        format: work.format.name().into(),
+        time_taken: started.elapsed().as_millis() as u64,
+    };
+    (Status::Complete, Some(result), None)
+}
