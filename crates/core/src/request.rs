@@ -81,10 +81,14 @@ pub fn whole(obj: &Map<String, Value>, field: &str, max: u64) -> Result<Option<u
             .filter(|n| *n <= max)
             .map(Some)
             .ok_or_else(|| {
-                invalid(
-                    field,
-                    format!("must be a whole number from 0 to {max}, got {v}"),
-                )
+                if v.is_number() {
+                    invalid(
+                        field,
+                        format!("must be a whole number from 0 to {max}, got {v}"),
+                    )
+                } else {
+                    invalid(field, format!("must be a whole number, got {v}"))
+                }
             }),
     }
 }

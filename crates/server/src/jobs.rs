@@ -54,11 +54,13 @@ pub struct Store {
     running: Arc<AtomicBool>,
 }
 
-/// The store plus the queue to the worker: what the handlers hold.
+/// The store plus the queue to the worker: what the handlers hold. The queue's bound is the
+/// number of *pending* jobs (counted in the store), so a cancelled job frees its place at once.
 #[derive(Debug, Clone)]
 pub struct Jobs {
     pub store: Store,
-    queue: mpsc::Sender<Work>,
+    queue: mpsc::UnboundedSender<Work>,
+    capacity: usize,
 }
 
 impl std::ops::Deref for Jobs {
@@ -70,12 +72,13 @@ impl std::ops::Deref for Jobs {
 
 impl Jobs {
     /// A store whose queue holds `capacity` waiting jobs; the receiver goes to the worker.
-    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Work>) {
-        let (queue, rx) = mpsc::channel(capacity.max(1));
+    pub fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Work>) {
+        let (queue, rx) = mpsc::unbounded_channel();
         (
             Self {
                 store: Store::default(),
                 queue,
+                capacity: capacity.max(1),
             },
             rx,
         )
@@ -96,32 +99,34 @@ impl Jobs {
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let (updates, _) = watch::channel(state.clone());
-        // Insert before sending, so the worker always finds the job.
-        self.lock().insert(
-            id.clone(),
-            Entry {
-                state: state.clone(),
-                cancel: Arc::clone(&cancel),
-                updates,
-                finished: None,
-            },
-        );
+        // Count, insert and send under one lock, so two requests cannot take the last place.
+        let mut jobs = self.lock();
+        let pending = jobs
+            .values()
+            .filter(|e| e.state.status == Status::Pending)
+            .count();
+        if pending >= self.capacity {
+            return Err(Rejected::Busy);
+        }
         let work = Work {
             id: id.clone(),
             params,
             format,
-            cancel,
+            cancel: Arc::clone(&cancel),
         };
-        match self.queue.try_send(work) {
-            Ok(()) => Ok(state),
-            Err(e) => {
-                self.lock().remove(&id);
-                Err(match e {
-                    mpsc::error::TrySendError::Full(_) => Rejected::Busy,
-                    mpsc::error::TrySendError::Closed(_) => Rejected::Closed,
-                })
-            }
+        if self.queue.send(work).is_err() {
+            return Err(Rejected::Closed);
         }
+        jobs.insert(
+            id,
+            Entry {
+                state: state.clone(),
+                cancel,
+                updates,
+                finished: None,
+            },
+        );
+        Ok(state)
     }
 }
 
@@ -169,8 +174,9 @@ impl Store {
                 .any(|e| e.state.status == Status::Pending)
     }
 
-    /// The worker takes a job: `false` if it was cancelled while waiting.
-    pub fn start(&self, id: &str) -> bool {
+    /// The worker takes a job (its first progress report comes with it, so an `in_progress`
+    /// state always has progress): `false` if it was cancelled while waiting.
+    pub fn start(&self, id: &str, progress: Progress) -> bool {
         let mut jobs = self.lock();
         let Some(entry) = jobs.get_mut(id) else {
             return false;
@@ -180,6 +186,7 @@ impl Store {
         }
         self.running.store(true, Ordering::SeqCst);
         entry.state.status = Status::InProgress;
+        entry.state.progress = Some(progress);
         Self::touch(entry);
         true
     }

@@ -222,13 +222,19 @@ pub async fn serve(
         }
     });
     let app = router(Arc::clone(&state));
+    // Cancel before the connections drain: an open SSE stream ends with its job.
+    let store = jobs.store.clone();
+    let cancel_on_shutdown = config.cancel_on_shutdown;
+    let shutdown = async move {
+        shutdown.await;
+        if cancel_on_shutdown {
+            store.cancel_all();
+        }
+    };
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     sweeper.abort();
-    if config.cancel_on_shutdown {
-        jobs.cancel_all();
-    }
     // The worker ends when every queue sender is gone: the state's and ours.
     drop(state);
     drop(jobs);

@@ -98,7 +98,16 @@ pub async fn create(
             message: format!("the body is larger than {} bytes", app.max_body_bytes),
         })
     };
-    let body = body.map_err(|_| too_big())?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_big()
+        } else {
+            ApiError::invalid(RequestError {
+                field: "request".into(),
+                message: format!("cannot read the body: {e}"),
+            })
+        }
+    })?;
     if body.len() > app.max_body_bytes {
         return Err(too_big());
     }

@@ -16,9 +16,17 @@ use crate::encode;
 use crate::jobs::{Store, Work};
 
 /// Runs jobs until the queue closes (every sender dropped at shutdown).
-pub fn run(model: &LoadedModel, jobs: &Store, mut queue: mpsc::Receiver<Work>) {
+pub fn run(model: &LoadedModel, jobs: &Store, mut queue: mpsc::UnboundedReceiver<Work>) {
     while let Some(work) = queue.blocking_recv() {
-        if !jobs.start(&work.id) {
+        let loading = Progress {
+            current_step: 0,
+            total_steps: work.params.steps as u32,
+            stage: "loading".into(),
+            percentage: 0.0,
+            current_image: 1,
+            total_images: work.params.count,
+        };
+        if !jobs.start(&work.id, loading) {
             continue; // cancelled while waiting
         }
         let (status, result, error) = run_one(model, jobs, &work);

@@ -348,7 +348,9 @@ fn check_state(state: &Value, id: &str) {
         brief(state)
     );
     match status {
-        "in_progress" => check_progress(state),
+        // `progress` may lag the status by a moment; `in_progress_carries_progress` checks
+        // that it does not.
+        "in_progress" if !state["progress"].is_null() => check_progress(state),
         "complete" => {
             let result = &state["result"];
             let images = result["images"].as_array().unwrap_or_else(|| {
@@ -407,7 +409,7 @@ fn check_progress(state: &Value) {
     let progress = &state["progress"];
     assert!(
         progress.is_object(),
-        "in_progress without `progress`: {}",
+        "`progress` should be an object: {}",
         brief(state)
     );
     let stage = progress["stage"].as_str().unwrap_or("");
@@ -927,6 +929,85 @@ fn cancel_pending_and_running_jobs() {
     }
 }
 
+/// Every `in_progress` state carries `progress` (clients read `progress.currentStep` as soon
+/// as the status says `in_progress`), polled as fast as a client might.
+#[test]
+fn in_progress_carries_progress() {
+    let server = TestServer::start(config());
+    let mut bare = Vec::new();
+    let mut polls = 0;
+    for seed in 0..5 {
+        let id = server.submit(&json!({ "prompt": PROMPT, "seed": seed, "steps": 1 }));
+        let submitted = Instant::now();
+        let deadline = submitted + SHORT_JOB;
+        loop {
+            let state = server.state(&id);
+            polls += 1;
+            let status = status_of(&state);
+            if status == "in_progress" && state["progress"].is_null() {
+                bare.push(brief(&state));
+            }
+            if TERMINAL.contains(&status) {
+                assert_eq!(status, "complete", "{}", brief(&state));
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} not finished in time");
+            // The moment that matters is the job's start: no pause there.
+            if submitted.elapsed() > Duration::from_millis(300) {
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "{} of {polls} polls showed `in_progress` without `progress`, e.g. {}",
+        bare.len(),
+        bare[0]
+    );
+}
+
+/// Shutdown (`cancel_on_shutdown`): the running job is cancelled, its open event stream ends
+/// with `cancelled`, the server stops within a few seconds, and then refuses connections.
+#[test]
+fn shutdown_cancels_a_running_job_with_its_stream_open() {
+    let mut server = TestServer::start(config());
+    let id = server.submit(&json!({ "prompt": PROMPT, "seed": 8, "steps": 20 }));
+    let events = {
+        let (client, url) = (
+            server.client.clone(),
+            server.url(&format!("{GENERATIONS}/{id}/events")),
+        );
+        thread::spawn(move || read_events(&client, &url))
+    };
+    server.wait_state(
+        &id,
+        Duration::from_secs(120),
+        "at diffusion step >= 1",
+        |s| {
+            s["progress"]["stage"] == "diffusion"
+                && s["progress"]["currentStep"].as_u64() >= Some(1)
+        },
+    );
+    let start = Instant::now();
+    server.server.take().expect("the server runs").shutdown();
+    let took = start.elapsed();
+    let events = events
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e));
+    let last = events.last().map(|e| e.name.clone()).unwrap_or_default();
+    eprintln!("shutdown: took {took:.2?}; the stream's last event: {last:?}");
+    assert!(
+        took < Duration::from_secs(5) && last == "cancelled",
+        "shutdown with a running job and its event stream open took {took:.2?} and the stream \
+         ended with {last:?} (expected: quick, `cancelled`)"
+    );
+    check_event_order(&events, &id, "cancelled");
+    assert!(
+        server.client.get(server.url("/health")).send().is_err(),
+        "the server still answers after shutdown"
+    );
+}
+
 /// Results expire: with a 1 s TTL swept every 200 ms, a finished id 404s soon after.
 #[test]
 fn results_expire_after_the_ttl() {
@@ -1318,7 +1399,7 @@ fn batch_of_three_has_consecutive_seeds() {
     let server = TestServer::start(config());
     let id = server.submit(&json!({ "prompt": PROMPT, "seed": 40, "steps": 4, "count": 3 }));
     let done = server.wait_state(&id, SHORT_JOB * 2, "finished", |state| {
-        if status_of(state) == "in_progress" {
+        if !state["progress"].is_null() {
             assert_eq!(
                 state["progress"]["totalImages"],
                 3,
