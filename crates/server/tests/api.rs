@@ -12,7 +12,7 @@
 mod judge;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Cursor};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
@@ -478,27 +478,7 @@ fn png_rgb(bytes: &[u8]) -> (Vec<u8>, usize, usize) {
         "not a PNG (starts {:02x?})",
         &bytes[..bytes.len().min(8)]
     );
-    let mut reader = png::Decoder::new(Cursor::new(bytes))
-        .read_info()
-        .expect("a readable PNG header");
-    let mut buf = vec![
-        0;
-        reader
-            .output_buffer_size()
-            .expect("the frame fits in memory")
-    ];
-    let info = reader.next_frame(&mut buf).expect("a decodable PNG");
-    assert_eq!(info.bit_depth, png::BitDepth::Eight, "8-bit PNG expected");
-    let bytes = &buf[..info.buffer_size()];
-    let rgb = match info.color_type {
-        png::ColorType::Rgb => bytes.to_vec(),
-        png::ColorType::Rgba => bytes
-            .chunks_exact(4)
-            .flat_map(|p| [p[0], p[1], p[2]])
-            .collect(),
-        other => panic!("RGB(A) PNG expected, got {other:?}"),
-    };
-    (rgb, info.width as usize, info.height as usize)
+    judge::decode_png_rgb(bytes, "the result image")
 }
 
 // ---------------------------------------------------------------------------------------------

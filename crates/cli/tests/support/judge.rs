@@ -11,8 +11,6 @@
 //!    one when all three differ.
 
 use std::fmt;
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -174,25 +172,31 @@ pub fn judge_rgb(pixels: &[u8], width: usize, height: usize) -> Judged {
     }
 }
 
-/// Reads an 8-bit RGB or RGBA PNG: (RGB bytes, width, height).
+/// Reads an 8-bit RGB or RGBA PNG file: (RGB bytes, width, height).
 pub fn read_png_rgb(path: &Path) -> (Vec<u8>, usize, usize) {
-    let file = File::open(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
-    let decoder = png::Decoder::new(BufReader::new(file));
+    let bytes =
+        std::fs::read(path).unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    decode_png_rgb(&bytes, &path.display().to_string())
+}
+
+/// Decodes an 8-bit RGB or RGBA PNG from memory (`label` names it in panics): (RGB bytes,
+/// width, height).
+pub fn decode_png_rgb(bytes: &[u8], label: &str) -> (Vec<u8>, usize, usize) {
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     let mut reader = decoder
         .read_info()
-        .unwrap_or_else(|e| panic!("{}: not a PNG: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("{label}: not a PNG: {e}"));
     let size = reader
         .output_buffer_size()
         .expect("the PNG's frame size fits in memory");
     let mut buf = vec![0; size];
     let info = reader
         .next_frame(&mut buf)
-        .unwrap_or_else(|e| panic!("{}: cannot decode: {e}", path.display()));
+        .unwrap_or_else(|e| panic!("{label}: cannot decode: {e}"));
     assert_eq!(
         info.bit_depth,
         png::BitDepth::Eight,
-        "{}: 8-bit PNG expected",
-        path.display()
+        "{label}: 8-bit PNG expected"
     );
     let (w, h) = (info.width as usize, info.height as usize);
     let bytes = &buf[..info.buffer_size()];
@@ -202,7 +206,7 @@ pub fn read_png_rgb(path: &Path) -> (Vec<u8>, usize, usize) {
             .chunks_exact(4)
             .flat_map(|p| [p[0], p[1], p[2]])
             .collect(),
-        other => panic!("{}: RGB(A) PNG expected, got {other:?}", path.display()),
+        other => panic!("{label}: RGB(A) PNG expected, got {other:?}"),
     };
     (rgb, w, h)
 }
