@@ -41,6 +41,8 @@ pub fn params(model: &StableDiffusion, prompt: &str, seed: u64) -> GenerationPar
         width,
         height,
         count: 1,
+        strength: GenerationParams::default().strength,
+        sample_init_latents: false,
         latents_len: None,
     }
 }

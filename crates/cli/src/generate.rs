@@ -198,6 +198,8 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
         width: args.width.unwrap_or(native_w),
         height: args.height.unwrap_or(native_h),
         count: args.count,
+        strength: GenerationParams::default().strength,
+        sample_init_latents: false,
         latents_len: None,
     };
     let mut stage_start = Instant::now();

@@ -38,13 +38,23 @@ pub struct GenerationParams {
     pub height: u32,
     /// Images to generate.
     pub count: u32,
+    /// img2img and inpainting: how much of the input image is repainted, in [0, 1]. The
+    /// sampler skips the first `steps * (1 - strength)` steps and starts from the input's
+    /// latents noised to the level of the step it starts at (diffusers' `strength`): 0 returns
+    /// the input through the VAE, 1 starts from pure noise. Ignored without an input image.
+    pub strength: f32,
+    /// img2img and inpainting: encode the input image by a sample of the VAE's latent
+    /// distribution drawn from the seed instead of its mean (the default, as diffusers'
+    /// reference runs).
+    pub sample_init_latents: bool,
     /// The length of caller-supplied starting latents, when the caller gives them instead of
     /// drawing noise from the seed.
     pub latents_len: Option<usize>,
 }
 
 impl Default for GenerationParams {
-    /// SD 1.5's usual request: 512x512, 20 steps, guidance 7.5, `euler_a`, one image, seed 0.
+    /// SD 1.5's usual request: 512x512, 20 steps, guidance 7.5, `euler_a`, one image, seed 0,
+    /// strength 0.8 (diffusers' img2img default).
     fn default() -> Self {
         Self {
             prompt: String::new(),
@@ -56,6 +66,8 @@ impl Default for GenerationParams {
             width: 512,
             height: 512,
             count: 1,
+            strength: 0.8,
+            sample_init_latents: false,
             latents_len: None,
         }
     }
@@ -99,6 +111,8 @@ pub enum ParamField {
     GuidanceScale,
     /// `count`.
     Count,
+    /// `strength`.
+    Strength,
     /// `latents` (their length).
     Latents,
 }
@@ -112,6 +126,7 @@ impl ParamField {
             Self::Steps => "steps",
             Self::GuidanceScale => "guidance_scale",
             Self::Count => "count",
+            Self::Strength => "strength",
             Self::Latents => "latents",
         }
     }
@@ -145,7 +160,7 @@ impl GenerationParams {
 
     /// Checks the parameters: width and height multiples of 8 within
     /// `min_size..=max_size`, steps in `1..=max_steps`, a finite guidance scale >= 0, count
-    /// in `1..=max_count`, and starting latents, if given, of [`Self::latents_len_needed`]
+    /// in `1..=max_count`, strength in [0, 1], and starting latents, if given, of [`Self::latents_len_needed`]
     /// values. Prompts may be empty.
     ///
     /// # Errors
@@ -194,6 +209,12 @@ impl GenerationParams {
                     self.count,
                     limits.max_count
                 ),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.strength) {
+            return Err(error(
+                ParamField::Strength,
+                alloc::format!("{} is not allowed: a number from 0 to 1", self.strength),
             ));
         }
         if let Some(found) = self.latents_len {

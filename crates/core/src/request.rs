@@ -103,7 +103,7 @@ pub fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Req
 }
 
 /// The common keys, in the order error messages list them.
-fn common_keys(dialect: &Dialect) -> [&'static str; 9] {
+fn common_keys(dialect: &Dialect) -> [&'static str; 10] {
     [
         "prompt",
         "negativePrompt",
@@ -114,6 +114,7 @@ fn common_keys(dialect: &Dialect) -> [&'static str; 9] {
         "width",
         "height",
         "count",
+        "strength",
     ]
 }
 
@@ -185,6 +186,14 @@ pub fn parse_params(
         width: size("width", native.0)?,
         height: size("height", native.1)?,
         count: size("count", defaults.count)?,
+        strength: match obj.get("strength") {
+            None | Some(Value::Null) => defaults.strength,
+            Some(v) => v
+                .as_f64()
+                .map(|f| f as f32)
+                .ok_or_else(|| invalid("strength", format!("must be a number, got {v}")))?,
+        },
+        sample_init_latents: false,
         latents_len: None,
     };
     let limits = ParamLimits {
@@ -273,6 +282,16 @@ mod tests {
                 "cfgScale",
             ),
             (r#"{"prompt": "x", "count": 6}"#, Dialect::HTTP, "count"),
+            (
+                r#"{"prompt": "x", "strength": 1.5}"#,
+                Dialect::HTTP,
+                "strength",
+            ),
+            (
+                r#"{"prompt": "x", "strength": "a"}"#,
+                Dialect::WEB,
+                "strength",
+            ),
             (r#"{"prompt": "x", "stepz": 3}"#, Dialect::WEB, "stepz"),
             (r#"{"prompt": 7}"#, Dialect::WEB, "prompt"),
             (r#"{}"#, Dialect::HTTP, "prompt"),

@@ -16,6 +16,8 @@ fn good() -> GenerationParams {
         width: 64,
         height: 96,
         count: 2,
+        strength: 0.5,
+        sample_init_latents: false,
         latents_len: Some(4 * 12 * 8 * 2),
     }
 }
@@ -31,6 +33,7 @@ fn good_params_pass() -> Result<(), Box<dyn std::error::Error>> {
         width: 2048,
         height: 64,
         count: 16,
+        strength: 1.0,
         latents_len: None,
         ..good()
     };
@@ -55,7 +58,7 @@ fn good_params_pass() -> Result<(), Box<dyn std::error::Error>> {
 #[test]
 fn each_bad_field_is_named() {
     type Edit = fn(&mut GenerationParams);
-    let cases: [(Edit, ParamField, &str); 16] = [
+    let cases: [(Edit, ParamField, &str); 18] = [
         (
             |p| p.width = 60,
             ParamField::Width,
@@ -84,6 +87,8 @@ fn each_bad_field_is_named() {
         ),
         (|p| p.count = 0, ParamField::Count, "from 1 to 16"),
         (|p| p.count = 17, ParamField::Count, "17"),
+        (|p| p.strength = -0.1, ParamField::Strength, "from 0 to 1"),
+        (|p| p.strength = f32::NAN, ParamField::Strength, "NaN"),
         (
             |p| p.latents_len = Some(0),
             ParamField::Latents,
@@ -120,6 +125,8 @@ fn limits_are_configurable() {
     };
     let big = GenerationParams {
         width: 1024,
+        strength: GenerationParams::default().strength,
+        sample_init_latents: false,
         latents_len: None,
         ..good()
     };
