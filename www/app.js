@@ -7,12 +7,35 @@ const DEFAULT_GUIDANCE = 5.0;
 
 const SAMPLER_LABELS = {
   euler_a: "Euler a",
+  euler_a_karras: "Euler a Karras",
   euler: "Euler",
   euler_karras: "Euler Karras",
+  heun: "Heun",
+  heun_karras: "Heun Karras",
+  dpm2: "DPM2",
+  dpm2_karras: "DPM2 Karras",
+  dpm2_a: "DPM2 a",
+  dpm2_a_karras: "DPM2 a Karras",
+  "dpm++2s_a": "DPM++ 2S a",
+  "dpm++2s_a_karras": "DPM++ 2S a Karras",
+  "dpm++2m": "DPM++ 2M",
+  "dpm++2m_karras": "DPM++ 2M Karras",
+  "dpm++2mv2": "DPM++ 2M v2",
+  "dpm++2mv2_karras": "DPM++ 2M v2 Karras",
+  lcm: "LCM",
   ddim: "DDIM",
+  pndm: "PLMS",
   dpmpp_2m: "DPM++ 2M",
   dpmpp_2m_karras: "DPM++ 2M Karras",
 };
+
+// Input images: the default strength, the size rules of the engine (an input image without an
+// explicit size sets it: rounded down to multiples of 8, 64..2048), and the mask overlay's colour
+// (the mask sent is black and white; the overlay is only how it looks).
+const DEFAULT_STRENGTH = 0.75;
+const SIZE_MIN = 64;
+const SIZE_MAX = 2048;
+const MASK_COLOUR = "rgb(255, 72, 160)";
 
 const DIGIT_COLOURS = ["red", "green", "blue", "yellow", "white", "black"];
 const DIGIT_NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"];
@@ -67,10 +90,29 @@ const el = {
   cacheUsage: $("cache-usage"),
   cacheRefresh: $("cache-refresh"),
   adapterInfo: $("adapter-info"),
+  inputCard: $("input-card"),
+  inputMeta: $("input-meta"),
+  inputFile: $("input-file"),
+  inputDrop: $("input-drop"),
+  inputHint: $("input-hint"),
+  inputPanel: $("input-panel"),
+  inputCanvas: $("input-canvas"),
+  maskCanvas: $("mask-canvas"),
+  maskEditor: $("mask-editor"),
+  maskStatus: $("mask-status"),
+  brushCursor: $("brush-cursor"),
+  strength: $("strength"),
+  strengthValue: $("strength-value"),
+  brushSize: $("brush-size"),
+  brushSizeValue: $("brush-size-value"),
+  maskErase: $("mask-erase"),
+  maskClear: $("mask-clear"),
+  inputReplace: $("input-replace"),
+  inputClear: $("input-clear"),
 };
 
 /** Kept current for the automated browser tests (and for poking around in the console). */
-const demo = { model: null, lastError: null, generations: 0 };
+const demo = { model: null, lastError: null, generations: 0, lastRequest: null };
 window.sdDemo = demo;
 
 let sd = null; // the imported package module
@@ -262,11 +304,13 @@ function initForm() {
     if (!nativeSize) return;
     el.width.value = String(nativeSize.width);
     el.height.value = String(nativeSize.height);
+    updateSizeNote();
   });
   el.sizeSwap.addEventListener("click", () => {
     const w = el.width.value;
     el.width.value = el.height.value;
     el.height.value = w;
+    updateSizeNote();
   });
 
   el.surprise.addEventListener("click", () => {
@@ -285,6 +329,7 @@ function initForm() {
 
   el.cacheRefresh.addEventListener("click", () => refreshCache());
   updateGalleryMeta();
+  initInputImage();
 }
 
 // ───────────────────────── model loading ─────────────────────────
@@ -294,10 +339,13 @@ function applyModelInfo(info) {
   const h = Number(info?.nativeHeight);
   if (Number.isFinite(w) && w > 0 && Number.isFinite(h) && h > 0) {
     nativeSize = { width: w, height: h };
-    el.width.value = String(w);
-    el.height.value = String(h);
-    el.sizeNote.textContent = `native ${w}×${h}`;
+    // With an input image the size follows it unless one is typed in.
+    if (!input.image) {
+      el.width.value = String(w);
+      el.height.value = String(h);
+    }
   }
+  updateSizeNote();
 
   const defaults = info?.defaults;
   if (defaults && typeof defaults === "object") {
@@ -305,12 +353,13 @@ function applyModelInfo(info) {
     if (typeof g === "number" && Number.isFinite(g)) el.guidance.value = Number.isInteger(g) ? g.toFixed(1) : String(g);
   }
 
-  // Samplers the model reports that this page has no label for get an option of their own
-  // (nothing is disabled: an unsupported choice goes to the library, which says so).
-  if (Array.isArray(info?.samplers)) {
-    for (const id of info.samplers.map(String)) {
-      if (![...el.sampler.options].some((o) => o.value === id)) el.sampler.append(new Option(samplerLabel(id), id));
-    }
+  // The model's samplers replace the built-in list; the choice stays when the model has it.
+  if (Array.isArray(info?.samplers) && info.samplers.length) {
+    const ids = info.samplers.map(String);
+    const current = el.sampler.value;
+    const fallback = ids.includes(String(defaults?.sampler)) ? String(defaults.sampler) : ids[0];
+    el.sampler.replaceChildren(...ids.map((id) => new Option(samplerLabel(id), id)));
+    el.sampler.value = ids.includes(current) ? current : fallback;
   }
 
   const name = info?.name || "model";
@@ -442,6 +491,449 @@ async function loadModel(rawUrl) {
   refreshCache();
 }
 
+// ───────────────────────── input image and mask ─────────────────────────
+
+const input = {
+  image: null, // ImageData of the input image, sent as initImage
+  name: "",
+  looseMask: null, // a mask set (sdDemo.setMask) while there is no input image: sent as is
+  maskEmpty: true,
+  erase: false,
+  drawing: null, // { pointerId, last } while a pointer paints
+  cursor: { x: 0, y: 0 }, // the keyboard brush, in image pixels
+};
+
+function imageError(field, message, cause) {
+  const err = makeError("INVALID_REQUEST", `${field}: ${message}`);
+  if (cause) err.cause = cause;
+  return err;
+}
+
+function context2d(width, height) {
+  const canvas = document.createElement("canvas");
+  canvas.width = width;
+  canvas.height = height;
+  return canvas.getContext("2d", { willReadFrequently: true });
+}
+
+/** Reads an image (URL, Blob/File, ImageData, <img>, canvas, ImageBitmap) into an ImageData. */
+async function readImage(source, field) {
+  let value = source;
+  if (typeof value === "string" || value instanceof URL) {
+    const url = resolveUrl(String(value));
+    let res;
+    try {
+      res = await fetch(url);
+    } catch (err) {
+      throw imageError(field, `could not download ${url} (${err?.message || err})`, err);
+    }
+    if (!res.ok) throw imageError(field, `could not download ${url}: HTTP ${res.status}`);
+    value = await res.blob();
+  }
+  if (value instanceof ImageData) return value;
+  let bitmap = null;
+  try {
+    if (value instanceof Blob) {
+      try {
+        // The stored pixel values, as the library and the native tools decode them.
+        bitmap = await createImageBitmap(value, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+      } catch (err) {
+        throw imageError(field, `${value.name || "the file"} is not an image this browser can decode`, err);
+      }
+      value = bitmap;
+    } else if (value instanceof HTMLImageElement && !value.complete) {
+      await value.decode();
+    }
+    const width = value.naturalWidth || value.width;
+    const height = value.naturalHeight || value.height;
+    if (!(width > 0 && height > 0)) throw imageError(field, "the image has no pixels");
+    const ctx = context2d(width, height);
+    ctx.drawImage(value, 0, 0, width, height);
+    return ctx.getImageData(0, 0, width, height);
+  } catch (err) {
+    if (err?.name === "SdError") throw err;
+    throw imageError(field, `cannot read the image (${err?.message || err})`, err);
+  } finally {
+    bitmap?.close();
+  }
+}
+
+/** The size the engine gives a request with this input image and no width/height. */
+function sizeForImage(image) {
+  const fit = (v) => Math.min(SIZE_MAX, Math.max(SIZE_MIN, Math.floor(v / 8) * 8));
+  return { width: fit(image.width), height: fit(image.height) };
+}
+
+/** The size the next generation will have (for the stage), or null when the engine decides. */
+function requestedSize() {
+  const width = readNumber(el.width, (v) => parseInt(v, 10));
+  const height = readNumber(el.height, (v) => parseInt(v, 10));
+  const base = input.image ? sizeForImage(input.image) : nativeSize;
+  if (!base && (width === undefined || height === undefined)) return null;
+  return { width: width ?? base.width, height: height ?? base.height };
+}
+
+function updateSizeNote() {
+  if (input.image) {
+    const size = sizeForImage(input.image);
+    el.width.placeholder = String(size.width);
+    el.height.placeholder = String(size.height);
+    const follows = el.width.value.trim() === "" && el.height.value.trim() === "";
+    el.sizeNote.textContent = follows
+      ? `from the input image: ${size.width}×${size.height}`
+      : `input image ${input.image.width}×${input.image.height}, resized`;
+  } else {
+    el.width.placeholder = nativeSize ? String(nativeSize.width) : "";
+    el.height.placeholder = nativeSize ? String(nativeSize.height) : "";
+    el.sizeNote.textContent = nativeSize ? `native ${nativeSize.width}×${nativeSize.height}` : "";
+  }
+}
+
+function maskContext() {
+  return el.maskCanvas.getContext("2d", { willReadFrequently: true });
+}
+
+function brushSize() {
+  return Math.max(1, Number(el.brushSize.value) || 1);
+}
+
+/** Shows `image` as the input image (a new one clears the mask). */
+function showInputImage(image, name) {
+  input.image = image;
+  input.name = name || "";
+  input.looseMask = null;
+  for (const canvas of [el.inputCanvas, el.maskCanvas]) {
+    canvas.width = image.width;
+    canvas.height = image.height;
+  }
+  el.inputCanvas.getContext("2d").putImageData(image, 0, 0);
+  const pixelated = Math.max(image.width, image.height) < 256;
+  el.maskEditor.classList.toggle("pixel", pixelated);
+  el.maskEditor.style.aspectRatio = `${image.width} / ${image.height}`;
+  el.maskEditor.style.maxWidth = `${Math.min(320, Math.round((360 * image.width) / image.height))}px`;
+
+  const longest = Math.max(image.width, image.height);
+  el.brushSize.max = String(Math.max(4, Math.round(longest / 2)));
+  el.brushSize.value = String(Math.max(1, Math.round(longest / 10)));
+  input.cursor = { x: Math.floor(image.width / 2), y: Math.floor(image.height / 2) };
+  updateBrushLabel();
+  clearMask();
+
+  el.inputPanel.hidden = false;
+  el.inputDrop.hidden = true;
+  el.inputHint.hidden = true;
+  el.inputMeta.textContent = `${input.name ? `${input.name} · ` : ""}${image.width}×${image.height}`;
+  // No explicit size: the request leaves width and height out and the engine follows the image.
+  el.width.value = "";
+  el.height.value = "";
+  updateSizeNote();
+}
+
+async function setInputImage(source, name) {
+  const image = await readImage(source, "initImage");
+  let label = name ?? (source instanceof File ? source.name : "");
+  if (name === undefined && (typeof source === "string" || source instanceof URL)) {
+    try {
+      label = decodeURIComponent(new URL(String(source), location.href).pathname.split("/").pop() || "");
+    } catch {
+      label = "";
+    }
+  }
+  showInputImage(image, label);
+  setStatus(`Input image ${image.width}×${image.height} set: strength ${el.strength.value}`);
+  return { width: image.width, height: image.height };
+}
+
+function clearInputImage() {
+  input.image = null;
+  input.name = "";
+  input.looseMask = null;
+  input.maskEmpty = true;
+  el.inputPanel.hidden = true;
+  el.inputDrop.hidden = false;
+  el.inputHint.hidden = false;
+  el.inputMeta.textContent = "optional: img2img and inpainting";
+  el.inputFile.value = "";
+  if (nativeSize && el.width.value.trim() === "" && el.height.value.trim() === "") {
+    el.width.value = String(nativeSize.width);
+    el.height.value = String(nativeSize.height);
+  }
+  updateSizeNote();
+}
+
+function clearMask() {
+  maskContext().clearRect(0, 0, el.maskCanvas.width, el.maskCanvas.height);
+  input.looseMask = null;
+  maskChanged();
+}
+
+/**
+ * Sets the mask from an image (white = repaint), e.g. a mask painted elsewhere. Scaled to the
+ * input image (nearest neighbour). Without an input image it is kept as it is and sent alone,
+ * which the library refuses (the browser tests check that it says so).
+ */
+async function setMask(source) {
+  const mask = await readImage(source, "mask");
+  if (!input.image) {
+    input.looseMask = mask;
+    setStatus(`Mask ${mask.width}×${mask.height} set, but there is no input image`);
+    return { width: mask.width, height: mask.height, withoutImage: true };
+  }
+  const { width, height } = input.image;
+  let pixels = mask;
+  if (mask.width !== width || mask.height !== height) {
+    const from = context2d(mask.width, mask.height);
+    from.putImageData(mask, 0, 0);
+    const to = context2d(width, height);
+    to.imageSmoothingEnabled = false;
+    to.drawImage(from.canvas, 0, 0, width, height);
+    pixels = to.getImageData(0, 0, width, height);
+  }
+  const overlay = new ImageData(width, height);
+  const [r, g, b] = MASK_COLOUR.match(/\d+/g).map(Number);
+  const src = pixels.data;
+  const out = overlay.data;
+  for (let i = 0; i < src.length; i += 4) {
+    const luma = ((0.299 * src[i] + 0.587 * src[i + 1] + 0.114 * src[i + 2]) * src[i + 3]) / 255;
+    if (luma >= 128) {
+      out[i] = r;
+      out[i + 1] = g;
+      out[i + 2] = b;
+      out[i + 3] = 255;
+    }
+  }
+  maskContext().putImageData(overlay, 0, 0);
+  maskChanged();
+  return { width, height, painted: countMasked() };
+}
+
+/** How many pixels the mask marks for repainting. */
+function countMasked() {
+  if (!input.image) return 0;
+  const { data } = maskContext().getImageData(0, 0, el.maskCanvas.width, el.maskCanvas.height);
+  let n = 0;
+  for (let i = 3; i < data.length; i += 4) if (data[i] >= 128) n++;
+  return n;
+}
+
+/** The mask to send: black and white at the input image's size, or null when nothing is painted. */
+function maskImageData() {
+  if (!input.image) return input.looseMask;
+  const { width, height } = el.maskCanvas;
+  const painted = maskContext().getImageData(0, 0, width, height).data;
+  const mask = new ImageData(width, height);
+  const out = mask.data;
+  let any = false;
+  for (let i = 0; i < out.length; i += 4) {
+    const v = painted[i + 3] >= 128 ? 255 : 0;
+    any ||= v === 255;
+    out[i] = out[i + 1] = out[i + 2] = v;
+    out[i + 3] = 255;
+  }
+  return any ? mask : null;
+}
+
+function maskChanged() {
+  const n = countMasked();
+  input.maskEmpty = n === 0;
+  el.maskClear.disabled = input.maskEmpty;
+  if (!input.image) return;
+  const total = input.image.width * input.image.height;
+  el.maskStatus.textContent = input.maskEmpty
+    ? "No mask: the whole image is varied. Paint over what should be repainted."
+    : `Mask: ${Math.max(1, Math.round((100 * n) / total))}% of the image is repainted, the rest kept.`;
+}
+
+function updateBrushLabel() {
+  el.brushSizeValue.textContent = `${brushSize()} px`;
+  placeCursor(input.cursor, !el.brushCursor.hidden);
+}
+
+function updateStrengthLabel() {
+  el.strengthValue.textContent = Number(el.strength.value).toFixed(2);
+}
+
+function setErase(on) {
+  input.erase = on;
+  el.maskErase.setAttribute("aria-pressed", String(on));
+  el.maskErase.classList.toggle("active", on);
+  el.maskEditor.classList.toggle("erasing", on);
+}
+
+/** Paints (or erases) a round-capped line from `from` to `to`, in image pixels. */
+function stroke(from, to) {
+  const ctx = maskContext();
+  const size = brushSize();
+  ctx.save();
+  ctx.globalCompositeOperation = input.erase ? "destination-out" : "source-over";
+  ctx.strokeStyle = ctx.fillStyle = MASK_COLOUR;
+  ctx.lineWidth = size;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.beginPath();
+  ctx.arc(to.x, to.y, size / 2, 0, Math.PI * 2);
+  ctx.fill();
+  if (from.x !== to.x || from.y !== to.y) {
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x, to.y);
+    ctx.stroke();
+  }
+  ctx.restore();
+}
+
+function canvasPoint(event) {
+  const rect = el.maskCanvas.getBoundingClientRect();
+  return {
+    x: ((event.clientX - rect.left) * el.maskCanvas.width) / rect.width,
+    y: ((event.clientY - rect.top) * el.maskCanvas.height) / rect.height,
+  };
+}
+
+/** Moves the brush outline to `point` (image pixels). */
+function placeCursor(point, visible = true) {
+  el.brushCursor.hidden = !visible || !input.image;
+  if (el.brushCursor.hidden) return;
+  const scale = el.maskCanvas.clientWidth / el.maskCanvas.width || 1;
+  const size = brushSize() * scale;
+  Object.assign(el.brushCursor.style, {
+    width: `${size}px`,
+    height: `${size}px`,
+    left: `${point.x * scale - size / 2}px`,
+    top: `${point.y * scale - size / 2}px`,
+  });
+}
+
+function initInputImage() {
+  el.strength.value = String(DEFAULT_STRENGTH);
+  updateStrengthLabel();
+  el.strength.addEventListener("input", updateStrengthLabel);
+  el.brushSize.addEventListener("input", updateBrushLabel);
+  el.maskErase.addEventListener("click", () => setErase(!input.erase));
+  el.maskClear.addEventListener("click", () => {
+    clearMask();
+    el.maskCanvas.focus();
+  });
+  el.inputClear.addEventListener("click", () => {
+    clearInputImage();
+    el.inputFile.focus();
+  });
+  el.inputReplace.addEventListener("click", () => el.inputFile.click());
+  for (const field of [el.width, el.height]) field.addEventListener("input", updateSizeNote);
+
+  const take = async (source, name) => {
+    clearError();
+    try {
+      await setInputImage(source, name);
+    } catch (err) {
+      showError(err);
+    }
+  };
+  el.inputFile.addEventListener("change", () => {
+    const file = el.inputFile.files?.[0];
+    if (file) take(file);
+  });
+
+  // Drop a file, or an image dragged from the gallery or another page (its URL).
+  el.inputCard.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    e.dataTransfer.dropEffect = "copy";
+    el.inputCard.classList.add("dragging");
+  });
+  el.inputCard.addEventListener("dragleave", (e) => {
+    if (!el.inputCard.contains(e.relatedTarget)) el.inputCard.classList.remove("dragging");
+  });
+  el.inputCard.addEventListener("drop", (e) => {
+    e.preventDefault();
+    el.inputCard.classList.remove("dragging");
+    const file = [...(e.dataTransfer?.files || [])].find((f) => f.type.startsWith("image/"));
+    const url = (e.dataTransfer?.getData("text/uri-list") || "").split("\n").find((l) => l && !l.startsWith("#"));
+    if (file) take(file);
+    else if (url) take(url.trim());
+  });
+  document.addEventListener("paste", (e) => {
+    const file = [...(e.clipboardData?.files || [])].find((f) => f.type.startsWith("image/"));
+    if (!file) return;
+    e.preventDefault();
+    take(file, "pasted image");
+  });
+
+  // Painting with a mouse, pen or finger.
+  const canvas = el.maskCanvas;
+  canvas.addEventListener("pointerdown", (e) => {
+    if (!input.image || (e.pointerType === "mouse" && e.button !== 0)) return;
+    e.preventDefault();
+    canvas.setPointerCapture(e.pointerId);
+    const p = canvasPoint(e);
+    input.drawing = { pointerId: e.pointerId, last: p };
+    input.cursor = { x: Math.round(p.x), y: Math.round(p.y) };
+    stroke(p, p);
+    placeCursor(p);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    const p = canvasPoint(e);
+    placeCursor(p);
+    if (input.drawing?.pointerId !== e.pointerId) return;
+    stroke(input.drawing.last, p);
+    input.drawing.last = p;
+  });
+  const end = (e) => {
+    if (input.drawing?.pointerId !== e.pointerId) return;
+    input.drawing = null;
+    maskChanged();
+  };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointercancel", end);
+  canvas.addEventListener("pointerleave", () => {
+    if (!input.drawing && document.activeElement !== canvas) el.brushCursor.hidden = true;
+  });
+
+  // The keyboard: arrows move the brush (Shift paints along), Space or Enter paints, E erases.
+  canvas.addEventListener("focus", () => placeCursor(input.cursor));
+  canvas.addEventListener("blur", () => {
+    el.brushCursor.hidden = true;
+  });
+  canvas.addEventListener("keydown", (e) => {
+    if (!input.image || e.ctrlKey || e.metaKey || e.altKey) return;
+    const step = Math.max(1, Math.round(brushSize() / 2));
+    const moves = { ArrowLeft: [-step, 0], ArrowRight: [step, 0], ArrowUp: [0, -step], ArrowDown: [0, step] };
+    const from = { ...input.cursor };
+    if (moves[e.key]) {
+      const [dx, dy] = moves[e.key];
+      input.cursor = {
+        x: Math.min(canvas.width - 1, Math.max(0, from.x + dx)),
+        y: Math.min(canvas.height - 1, Math.max(0, from.y + dy)),
+      };
+      if (e.shiftKey) {
+        stroke(from, input.cursor);
+        maskChanged();
+      }
+    } else if (e.key === " " || e.key === "Enter") {
+      stroke(from, from);
+      maskChanged();
+    } else if (e.key === "e" || e.key === "E") {
+      setErase(!input.erase);
+    } else {
+      return;
+    }
+    e.preventDefault();
+    placeCursor(input.cursor);
+  });
+
+  Object.assign(demo, {
+    /** Sets the input image from a URL, Blob/File, ImageData, <img> or canvas; resolves to its size. */
+    setInputImage: (source, name) => setInputImage(source, name),
+    clearInputImage,
+    /** Sets the mask from an image (white = repaint) instead of painting it. */
+    setMask,
+    clearMask,
+    /** The mask the next generation sends (black and white ImageData), or null. */
+    maskImageData,
+    /** The input image (ImageData) or null. */
+    inputImage: () => input.image,
+  });
+}
+
 // ───────────────────────── generation ─────────────────────────
 
 function buildRequest() {
@@ -460,7 +952,31 @@ function buildRequest() {
   if (width !== undefined) request.width = width;
   const height = readNumber(el.height, (v) => parseInt(v, 10));
   if (height !== undefined) request.height = height;
+  // Without width and height the engine takes the input image's size (rounded to multiples of 8).
+  if (input.image) {
+    request.initImage = input.image;
+    request.strength = parseFloat(el.strength.value);
+    const mask = maskImageData();
+    if (mask) request.mask = mask;
+  } else if (input.looseMask) {
+    request.mask = input.looseMask;
+  }
   return request;
+}
+
+/** The request without pixels, for window.sdDemo.lastRequest. */
+function describeRequest(request) {
+  const out = { ...request };
+  for (const field of ["initImage", "mask"]) {
+    const image = request[field];
+    if (image) out[field] = { width: image.width, height: image.height };
+  }
+  return out;
+}
+
+function requestMode(request) {
+  if (request.mask) return "inpaint";
+  return request.initImage ? "img2img" : "txt2img";
 }
 
 function toImageData(preview) {
@@ -538,13 +1054,15 @@ async function generate() {
   clearError();
   const model = demo.model;
   const request = buildRequest();
+  demo.lastRequest = describeRequest(request);
   const controller = new AbortController();
   genController = controller;
   setState("generating");
   setStatus("Generating…");
   el.stepText.textContent = "Starting…";
   setBar(el.stepBar, 0, { indeterminate: true });
-  fitStage(request.width, request.height);
+  const size = requestedSize();
+  if (size) fitStage(size.width, size.height);
 
   const started = performance.now();
   try {
@@ -600,6 +1118,8 @@ function addResult(image, request, elapsed) {
   const figure = document.createElement("figure");
   figure.className = "result";
   figure.dataset.seed = String(seed);
+  figure.dataset.mode = requestMode(request);
+  if (request.initImage && params.strength !== undefined) figure.dataset.strength = String(params.strength);
 
   const frame = document.createElement("div");
   frame.className = "frame";
@@ -632,6 +1152,8 @@ function addResult(image, request, elapsed) {
     ["Steps", params.steps],
     ["Guidance", params.guidanceScale],
     ["Size", `${width}×${height}`],
+    ["Strength", request.initImage ? params.strength : undefined],
+    ["Input", request.initImage ? (request.mask ? "image + mask" : "image") : undefined],
     ["Time", formatSeconds(elapsed)],
   ];
   for (const [k, v] of rows) {
@@ -660,7 +1182,22 @@ function addResult(image, request, elapsed) {
   reuse.textContent = "Reuse settings";
   reuse.title = "Put this image's prompt, seed and settings back into the form";
   reuse.addEventListener("click", () => reuseSettings(params, seed, width, height));
-  actions.append(download, reuse);
+  const useInput = document.createElement("button");
+  useInput.type = "button";
+  useInput.className = "btn small ghost use-input";
+  useInput.textContent = "Use as input";
+  useInput.title = "Make this image the input image (img2img, inpainting)";
+  useInput.addEventListener("click", async () => {
+    clearError();
+    try {
+      await setInputImage(image.blob, `seed ${seed}`);
+      el.inputCard.scrollIntoView({ block: "nearest", behavior: "smooth" });
+      el.maskCanvas.focus({ preventScroll: true });
+    } catch (err) {
+      showError(err);
+    }
+  });
+  actions.append(download, reuse, useInput);
   caption.append(actions);
 
   figure.append(frame, caption);
@@ -678,6 +1215,11 @@ function reuseSettings(params, seed, width, height) {
   if (seed !== undefined) el.seed.value = String(seed);
   if (width) el.width.value = String(width);
   if (height) el.height.value = String(height);
+  if (typeof params.strength === "number" && params.initImage) {
+    el.strength.value = String(params.strength);
+    updateStrengthLabel();
+  }
+  updateSizeNote();
   setStatus(`Settings of seed ${seed} restored`);
 }
 

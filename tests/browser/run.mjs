@@ -5,11 +5,12 @@
 // PNGs and decides.
 //
 //   node tests/browser/run.mjs --base http://127.0.0.1:PORT --out DIR [--mode test|bench]
-//                              [--only first,second,corrupt,cancel,bad-input,readme,no-webgpu] [--reps N]
+//                              [--only first,second,corrupt,cancel,bad-input,img2img,inpaint,readme,no-webgpu]
+//                              [--reps N]
 //
 // The server at --base must serve the contract's routes (`/` the demo, `/pkg/` the package,
-// `/models/digits/` the web model, `/__requests` its request log); tests/examples/serve_demo.rs
-// does. CHROMIUM overrides the browser binary (default /usr/bin/chromium);
+// `/models/digits/` the web model, `/__requests` its request log) and, for img2img and inpaint,
+// the shared fixtures at `/fixtures/`; tests/tests/browser.rs does. CHROMIUM overrides the browser binary (default /usr/bin/chromium);
 // SD_BROWSER_TIMEOUT_SCALE multiplies every timeout (slow machines).
 //
 // test mode, phases in order (one persistent profile, so IndexedDB survives reloads):
@@ -20,7 +21,15 @@
 //              how often that shard was requested
 //   cancel     start 20 steps, cancel at step >= 2 -> the error code; then generate seed 8
 //              "a green digit three on a yellow background" -> after_cancel.png
-//   bad-input  width 30, steps 0, sampler "unknown": the code and message shown in #error
+//   bad-input  width 30, steps 0, sampler "unknown", and a mask without an input image
+//              (sdDemo.setMask with no sdDemo.setInputImage): the code and message shown in #error
+//   img2img    sdDemo.setInputImage(the fixture red 7 on blue), strength 0.9, "a yellow digit zero
+//              on a green background" (IMG2IMG below) -> img2img.png; width and height left empty,
+//              so the output takes the input's size
+//   inpaint    the same input, sdDemo.setMask(a 64x64 black PNG with a white square, drawn in the
+//              page), strength 1, "a red digit three on a blue background" (INPAINT below) ->
+//              inpaint.png, and inpaint_mask.png = the mask the demo sent (its white pixels
+//              inside and outside the square are counted in results.json)
 //   readme     the first ```js block of /pkg/README.md as a page's module script (import map
 //              "sd-wgsl" -> /pkg/index.js) -> readme.png
 //   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: the error code and the
@@ -38,7 +47,32 @@ import os from "node:os";
 import path from "node:path";
 
 const PROMPT = "a red digit seven on a blue background";
-const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "readme", "no-webgpu"];
+const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "img2img", "inpaint", "readme", "no-webgpu"];
+
+// img2img and inpainting, the contract's scenarios. The seeds, steps and strengths are here to be
+// tuned; tests/tests/browser.rs judges the pictures (img2img: 0/yellow/green; inpaint: digit 3 on
+// blue, the border near the input).
+const INPUT_IMAGE_PATH = "/fixtures/tiny-sd-digits-refs/more_refs_png/img2img_input.png"; // red 7 on blue, 64x64
+const IMG2IMG = {
+  prompt: "a yellow digit zero on a green background",
+  "negative-prompt": "",
+  sampler: "euler",
+  steps: 10,
+  guidance: 5,
+  seed: 1,
+  strength: 0.9,
+};
+const INPAINT = {
+  prompt: "a red digit three on a blue background",
+  "negative-prompt": "",
+  sampler: "euler",
+  steps: 10,
+  guidance: 5,
+  seed: 1,
+  strength: 1,
+};
+/** The inpainting mask: 64x64 black, white where x and y are in [from, to). */
+const INPAINT_SQUARE = { size: 64, from: 8, to: 56 };
 const CHROMIUM_ARGS = [
   "--enable-unsafe-webgpu",
   "--no-sandbox",
@@ -326,7 +360,12 @@ async function saveNewestImage(page, file) {
     const figure = document.querySelector("#gallery figure.result");
     const img = figure?.querySelector("img");
     if (!img) return null;
-    return { ...(await window.__sdBytes(img.src)), seed: figure.dataset.seed ?? null };
+    return {
+      ...(await window.__sdBytes(img.src)),
+      seed: figure.dataset.seed ?? null,
+      mode: figure.dataset.mode ?? null,
+      strength: figure.dataset.strength ?? null,
+    };
   });
   if (!got) throw new Error("the gallery has no image");
   return writeImage(got, file);
@@ -350,6 +389,78 @@ window.__sdBytes = async (url) => {
   return { base64: btoa(s), type: res.headers.get("content-type"),
            width: img ? img.naturalWidth : null, height: img ? img.naturalHeight : null };
 };`;
+
+// ───────────────────────── input images ─────────────────────────
+
+/** Sets the demo's input image through sdDemo.setInputImage; what the page then shows. */
+async function setInputImage(page, url) {
+  return page.evaluate(async (url) => {
+    const size = await window.sdDemo.setInputImage(url);
+    const v = (id) => document.getElementById(id);
+    return {
+      url,
+      ...size,
+      widthField: v("width").value,
+      heightField: v("height").value,
+      sizeNote: v("size-note").textContent,
+      strengthVisible: !!v("strength") && v("strength").offsetParent !== null,
+    };
+  }, url);
+}
+
+/** Draws INPAINT_SQUARE's mask in the page as a PNG and gives it to sdDemo.setMask. */
+async function setSquareMask(page) {
+  return page.evaluate(async ({ size, from, to }) => {
+    const canvas = document.createElement("canvas");
+    canvas.width = canvas.height = size;
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, size, size);
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(from, from, to - from, to - from);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    return window.sdDemo.setMask(blob);
+  }, INPAINT_SQUARE);
+}
+
+/** The mask the demo will send: its white pixels inside and outside INPAINT_SQUARE, and a PNG of it. */
+async function maskToSend(page, file) {
+  const got = await page.evaluate(async ({ from, to }) => {
+    const mask = window.sdDemo.maskImageData();
+    if (!mask) return null;
+    const { width, height, data } = mask;
+    let whiteInside = 0;
+    let whiteOutside = 0;
+    let other = 0;
+    for (let y = 0; y < height; y++) {
+      for (let x = 0; x < width; x++) {
+        const v = data[(y * width + x) * 4];
+        const inside = x >= from && x < to && y >= from && y < to;
+        if (v === 255) inside ? whiteInside++ : whiteOutside++;
+        else if (v !== 0) other++;
+      }
+    }
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = height;
+    canvas.getContext("2d").putImageData(mask, 0, 0);
+    const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+    const png = await window.__sdBytes(URL.createObjectURL(blob));
+    return {
+      width,
+      height,
+      whiteInside,
+      whiteOutside,
+      notBlackOrWhite: other,
+      insidePixels: Math.max(0, to - from) ** 2,
+      status: document.getElementById("mask-status")?.textContent ?? null,
+      png,
+    };
+  }, INPAINT_SQUARE);
+  if (!got) throw new Error("the demo has no mask to send after sdDemo.setMask");
+  const { png, ...summary } = got;
+  return { ...summary, image: writeImage(png, file) };
+}
 
 // ───────────────────────── test phases ─────────────────────────
 
@@ -507,15 +618,22 @@ async function runTests(context) {
     await phase("bad-input", async (r) => {
       r.cases = [];
       const good = { ...FIRST, width: defaults.width, height: defaults.height };
-      for (const [field, fields] of [
+      // A mask without an input image: set through the demo's hook, as painting needs an image.
+      const maskAlone = async () => {
+        await page.evaluate(() => window.sdDemo.clearInputImage());
+        return setSquareMask(page);
+      };
+      for (const [field, fields, setup] of [
         ["width", { width: 30 }],
         ["steps", { steps: 0 }],
         ["sampler", { sampler: "unknown" }],
+        ["mask", {}, maskAlone],
       ]) {
-        const entry = { field, input: fields };
+        const entry = { field, input: setup ? { ...fields, mask: "64x64, no input image" } : fields };
         r.cases.push(entry);
         try {
           await setForm(page, good);
+          if (setup) entry.setup = await setup();
           const g = await generate(page, fields, T.short * 4);
           entry.generated = g.generated;
           entry.code = g.error.code ?? g.error.lastError?.code ?? null;
@@ -526,9 +644,38 @@ async function runTests(context) {
         } catch (err) {
           entry.error = errorText(err);
         }
+        if (setup) await page.evaluate(() => window.sdDemo.clearMask()).catch(() => {});
         save();
       }
       await setForm(page, good);
+    });
+  }
+
+  const inputImageUrl = `${args.base}${INPUT_IMAGE_PATH}`;
+  if (only.has("img2img")) {
+    await phase("img2img", async (r) => {
+      await waitState(page, ["ready"], T.load);
+      r.input = await setInputImage(page, inputImageUrl);
+      r.settings = IMG2IMG;
+      r.generation = await generate(page, IMG2IMG);
+      r.request = await page.evaluate(() => window.sdDemo.lastRequest);
+      if (!r.generation.generated) throw new Error(`no image: ${JSON.stringify(r.generation.error)}`);
+      r.image = await saveNewestImage(page, "img2img.png");
+    });
+  }
+
+  if (only.has("inpaint")) {
+    await phase("inpaint", async (r) => {
+      await waitState(page, ["ready"], T.load);
+      r.input = await setInputImage(page, inputImageUrl); // afresh: no mask from before
+      r.maskSet = await setSquareMask(page);
+      r.mask = await maskToSend(page, "inpaint_mask.png");
+      r.settings = INPAINT;
+      r.generation = await generate(page, INPAINT);
+      r.request = await page.evaluate(() => window.sdDemo.lastRequest);
+      if (!r.generation.generated) throw new Error(`no image: ${JSON.stringify(r.generation.error)}`);
+      r.image = await saveNewestImage(page, "inpaint.png");
+      await page.evaluate(() => window.sdDemo.clearInputImage());
     });
   }
 

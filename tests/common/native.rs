@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{Generated, ModelSource, StableDiffusion};
+use sd_models::{Generated, Inputs, ModelSource, StableDiffusion};
 
 /// Steps of the browser tests' and the benchmark's generations.
 pub const STEPS: usize = 20;
@@ -37,7 +37,7 @@ pub fn params(model: &StableDiffusion, prompt: &str, seed: u64) -> GenerationPar
         steps: STEPS,
         guidance_scale: GUIDANCE,
         seed,
-        sampler: SamplerKind::EulerAncestral,
+        sampler: SamplerKind::EULER_A,
         width,
         height,
         count: 1,
@@ -49,6 +49,6 @@ pub fn params(model: &StableDiffusion, prompt: &str, seed: u64) -> GenerationPar
 
 /// Generates `params` (RGB images, 8 bits per channel).
 pub fn generate(model: &StableDiffusion, params: &GenerationParams) -> Result<Generated, String> {
-    pollster::block_on(model.generate(params, None, &mut |_| {}, None))
+    pollster::block_on(model.generate(params, &Inputs::default(), &mut |_| {}, None))
         .map_err(|e| format!("native generation failed: {e}"))
 }

@@ -307,7 +307,7 @@ fn main() -> Result<()> {
         steps: STEPS,
         guidance_scale: GUIDANCE,
         seed: SEED,
-        sampler: SamplerKind::Ddim,
+        sampler: SamplerKind::DDIM,
         width: SIZE,
         height: SIZE,
         count: 1,
@@ -316,7 +316,10 @@ fn main() -> Result<()> {
     let (gpu, generated) = time(args.gen_reps, || {
         Ok(pollster::block_on(sd.generate(
             &params,
-            Some(&noise),
+            &sd_models::Inputs {
+                initial_latents: Some(&noise),
+                ..sd_models::Inputs::default()
+            },
             &mut |_| {},
             None,
         ))?)

@@ -9,13 +9,23 @@
 //! 2. a second page load generates again without requesting any shard from the server;
 //! 3. a cached shard corrupted on purpose is fetched again (exactly once) and the image is right;
 //! 4. cancelling during generation gives `ABORTED`, and the next generation on the page works;
-//! 5. width 30, steps 0 and an unknown sampler each show `INVALID_REQUEST` naming the field;
+//! 5. width 30, steps 0, an unknown sampler and a mask without an input image each show
+//!    `INVALID_REQUEST` naming the field;
 //! 6. the browser's first image equals the native pipeline's for the same model, seed, sampler
 //!    and size within 2/255 per channel;
 //! 7. the package README's example runs as written and draws 7/red/blue;
 //! 8. in a Chromium without WebGPU the demo shows `NO_WEBGPU` and its banner saying what to do;
+//! 9. img2img in the demo (the fixture's red 7 on blue as the input image, strength 0.9, "a
+//!    yellow digit zero on a green background"): img2img.png reads 0/yellow/green, at the input's
+//!    size with the size fields left empty;
+//! 10. inpainting in the demo (the same input, a mask set through `sdDemo.setMask`: white square
+//!     8..56 on black, strength 1, "a red digit three on a blue background"): the mask the demo
+//!     sends is exactly that square, inpaint.png reads digit 3 on blue, and its 4-pixel border
+//!     stays near the input (mean absolute difference at most `MAX_INPAINT_BORDER_DIFF`);
 //!
 //! and that no page threw. Every failed check is listed in one panic message.
+//!
+//! The server also serves the shared fixtures at `/fixtures/` (the input image of 9 and 10).
 //!
 //! Needs `cargo xtask build-wasm` (the package in `target/npm/sd-wgsl`), `npm ci --prefix
 //! tests/browser` and Debian's chromium (`apt-get install -y chromium`); `cargo xtask test` sees
@@ -31,7 +41,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use judge::Judged;
-use sd_tests::static_server::StaticServer;
+use sd_tests::static_server::{self, Route, StaticServer};
 use sd_tests::web;
 use serde_json::Value;
 
@@ -46,8 +56,27 @@ const THREE: Judged = Judged {
     fg: "green",
     bg: "yellow",
 };
+const IMG2IMG: Judged = Judged {
+    digit: 0,
+    fg: "yellow",
+    bg: "green",
+};
+/// Inpainting repaints the middle: its digit and the background it keeps are judged.
+const INPAINT_DIGIT: u8 = 3;
+const INPAINT_BG: &str = "blue";
 /// The largest difference per channel allowed between the browser's image and the native one.
 const MAX_PIXEL_DIFF: u8 = 2;
+/// The input image of the img2img and inpaint phases, under the fixtures folder (served at
+/// `/fixtures/`; `tests/browser/run.mjs` names the same file).
+const INPUT_IMAGE: &str = "tiny-sd-digits-refs/more_refs_png/img2img_input.png";
+/// The inpainting mask's white square, pixels `[from, to)` both ways (as run.mjs draws it).
+const INPAINT_SQUARE: (usize, usize) = (8, 56);
+/// Width of the border (outside the mask) compared with the input after inpainting.
+const INPAINT_BORDER: usize = 4;
+/// The largest mean absolute difference (of 255, over the border's RGB channels) allowed
+/// between the inpainted image's border and the input's: the VAE's round trip plus the
+/// decoder's reach from the repainted latents next to it (measured 2.67 in Chromium, as natively).
+const MAX_INPAINT_BORDER_DIFF: f64 = 12.0;
 
 /// Collects failed checks, so one run reports all of them.
 #[derive(Default)]
@@ -107,6 +136,23 @@ fn phase_ok(checks: &mut Checks, results: &Value, phase: &str, what: &str) -> bo
     true
 }
 
+/// Mean absolute difference over the RGB channels of the pixels within `border` of the edge.
+fn border_diff(a: &[u8], b: &[u8], w: usize, h: usize, border: usize) -> f64 {
+    let (mut sum, mut n) = (0u64, 0u64);
+    for y in 0..h {
+        for x in 0..w {
+            if x < border || y < border || x + border >= w || y + border >= h {
+                for c in 0..3 {
+                    let i = (y * w + x) * 3 + c;
+                    sum += u64::from(a[i].abs_diff(b[i]));
+                    n += 1;
+                }
+            }
+        }
+    }
+    sum as f64 / n.max(1) as f64
+}
+
 fn requested(record: &Value) -> String {
     match record["requests"].as_object() {
         Some(map) if !map.is_empty() => map
@@ -136,7 +182,10 @@ fn demo_and_package_in_headless_chromium() {
     }
     std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 
-    let server = StaticServer::demo(&root, 0).expect("start the static server on 127.0.0.1");
+    let fixtures = judge::fixtures();
+    let mut routes = static_server::demo_routes(&root);
+    routes.push(Route::new("/fixtures/", fixtures.clone()));
+    let server = StaticServer::start(0, routes).expect("start the static server on 127.0.0.1");
     println!(
         "serving {} at {}; driving headless Chromium",
         root.display(),
@@ -241,8 +290,8 @@ fn demo_and_package_in_headless_chromium() {
             .as_array()
             .cloned()
             .unwrap_or_default();
-        checks.check(cases.len() == 3, || {
-            format!("{what}: {} cases recorded, expected 3", cases.len())
+        checks.check(cases.len() == 4, || {
+            format!("{what}: {} cases recorded, expected 4", cases.len())
         });
         for case in &cases {
             let field = case["field"].as_str().unwrap_or("?");
@@ -337,6 +386,90 @@ fn demo_and_package_in_headless_chromium() {
             record["bannerVisible"] == Value::Bool(true) && banner.contains("WebGPU"),
             || format!("{what}: the no-WebGPU banner is not shown: {banner:?}"),
         );
+    }
+
+    // 9. img2img through the demo.
+    let what = "9 (img2img)";
+    if phase_ok(&mut checks, &results, "img2img", what) {
+        let record = at(&results, "/phases/img2img");
+        judge_image(&mut checks, &out, "img2img.png", what, IMG2IMG);
+        let image = &record["image"];
+        checks.check(
+            image["width"].as_u64() == Some(64) && image["height"].as_u64() == Some(64),
+            || {
+                format!(
+                    "{what}: the result is {}x{}, expected the input's 64x64",
+                    image["width"], image["height"]
+                )
+            },
+        );
+        checks.check(image["mode"].as_str() == Some("img2img"), || {
+            format!(
+                "{what}: the gallery's figure has data-mode {}, expected img2img",
+                image["mode"]
+            )
+        });
+        let input = &record["input"];
+        checks.check(
+            input["widthField"].as_str() == Some("") && input["heightField"].as_str() == Some(""),
+            || {
+                format!(
+                    "{what}: after setting the input image the size fields hold {} x {}, expected empty (the size follows the image)",
+                    input["widthField"], input["heightField"]
+                )
+            },
+        );
+        checks.check(input["strengthVisible"] == Value::Bool(true), || {
+            format!("{what}: #strength is not shown once an input image is set")
+        });
+    }
+
+    // 10. Inpainting through the demo.
+    let what = "10 (inpaint)";
+    if phase_ok(&mut checks, &results, "inpaint", what) {
+        let mask = at(&results, "/phases/inpaint/mask");
+        let (from, to) = INPAINT_SQUARE;
+        let inside = ((to - from) * (to - from)) as u64;
+        checks.check(
+            mask["whiteInside"].as_u64() == Some(inside)
+                && mask["whiteOutside"].as_u64() == Some(0)
+                && mask["notBlackOrWhite"].as_u64() == Some(0),
+            || {
+                format!(
+                    "{what}: the mask the demo sends is not the {from}..{to} square: {} of {inside} white inside, {} white outside, {} neither black nor white",
+                    mask["whiteInside"], mask["whiteOutside"], mask["notBlackOrWhite"]
+                )
+            },
+        );
+        let path = out.join("inpaint.png");
+        let input_path = fixtures.join(INPUT_IMAGE);
+        if path.is_file() {
+            let (rgb, w, h) = judge::read_png_rgb(&path);
+            let (input, iw, ih) = judge::read_png_rgb(&input_path);
+            if (w, h) != (iw, ih) || w < 56 || h < 56 {
+                checks.fail(format!(
+                    "{what}: inpaint.png is {w}x{h}, expected the input's {iw}x{ih}"
+                ));
+            } else {
+                let got = judge::judge_rgb(&rgb, w, h);
+                checks.check(got.digit == INPAINT_DIGIT && got.bg == INPAINT_BG, || {
+                    format!(
+                        "{what}: inpaint.png reads as {got}, expected digit {INPAINT_DIGIT} on {INPAINT_BG}"
+                    )
+                });
+                let diff = border_diff(&rgb, &input, w, h, INPAINT_BORDER);
+                println!(
+                    "inpaint: judged {got}; the {INPAINT_BORDER}-pixel border differs from the input by {diff:.2}/255 on average"
+                );
+                checks.check(diff <= MAX_INPAINT_BORDER_DIFF, || {
+                    format!(
+                        "{what}: the {INPAINT_BORDER}-pixel border differs from the input by {diff:.2}/255 on average, at most {MAX_INPAINT_BORDER_DIFF} allowed"
+                    )
+                });
+            }
+        } else {
+            checks.fail(format!("{what}: inpaint.png was not written"));
+        }
     }
 
     // No page threw.

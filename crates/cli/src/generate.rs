@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sd_core::params::GenerationParams;
+use sd_core::params::{GenerationParams, ParamLimits, size_for_input_image};
 use sd_core::progress::Stage;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelSource, StableDiffusion};
+use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
 use crate::embedded;
@@ -36,15 +36,31 @@ pub struct GenerateArgs {
     /// Noise seed; a random one when absent (printed, and stored in the PNG).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Sampler: euler, euler_karras, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras.
+    /// Sampler: euler, euler_a, heun, dpm2, dpm2_a, dpm++2s_a, dpm++2m, dpm++2mv2 (each also
+    /// with `_karras`), lcm, ddim, pndm; A1111 names such as "DPM++ 2M Karras" work too.
     #[arg(long, default_value = "euler_a")]
     pub sampler: String,
-    /// Image width in pixels, a multiple of 8 (default: the model's native size).
+    /// Image width in pixels, a multiple of 8 (default: the input image's width rounded down to
+    /// a multiple of 8, else the model's native size).
     #[arg(long)]
     pub width: Option<u32>,
-    /// Image height in pixels, a multiple of 8 (default: the model's native size).
+    /// Image height in pixels, a multiple of 8 (default: the input image's height rounded down
+    /// to a multiple of 8, else the model's native size).
     #[arg(long)]
     pub height: Option<u32>,
+    /// img2img: start from this image (PNG, JPEG or WebP), resized to the output size.
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// img2img and inpainting: how much of the input to repaint, 0 (nothing) to 1 (all).
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f32,
+    /// Inpainting: a mask image (white = repaint, black = keep); needs --init-image.
+    #[arg(long)]
+    pub mask: Option<PathBuf>,
+    /// img2img: encode the input by a seeded sample of the VAE's latent distribution instead of
+    /// its mean.
+    #[arg(long)]
+    pub init_sample: bool,
     /// Number of images; image i uses seed + i.
     #[arg(long, default_value_t = 1)]
     pub count: u32,
@@ -107,6 +123,21 @@ fn read_latents(path: &Path) -> Result<Vec<f32>> {
         .collect())
 }
 
+/// Reads an input image for `flag` (`--init-image`, `--mask`), naming the flag on errors.
+fn read_image(flag: &str, path: &Path) -> Result<image::DynamicImage> {
+    image::ImageReader::open(path)
+        .with_context(|| format!("{flag} {}: cannot open the file", path.display()))?
+        .with_guessed_format()
+        .with_context(|| format!("{flag} {}: cannot read the file", path.display()))?
+        .decode()
+        .with_context(|| {
+            format!(
+                "{flag} {}: not a PNG, JPEG or WebP image we can decode",
+                path.display()
+            )
+        })
+}
+
 fn output_path(out: &Path, index: usize, count: u32) -> PathBuf {
     if count <= 1 {
         return out.to_path_buf();
@@ -148,6 +179,19 @@ pub fn model_source(path: Option<&Path>) -> Result<(ModelSource, String)> {
 pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     let sampler = SamplerKind::parse(&args.sampler)?;
     let latents = args.latents.as_deref().map(read_latents).transpose()?;
+    if args.mask.is_some() && args.init_image.is_none() {
+        bail!("--mask needs --init-image: the mask says which part of that image to repaint");
+    }
+    let init_image = args
+        .init_image
+        .as_deref()
+        .map(|path| read_image("--init-image", path).map(|i| i.to_rgb8()))
+        .transpose()?;
+    let mask = args
+        .mask
+        .as_deref()
+        .map(|path| read_image("--mask", path).map(|i| i.to_luma8()))
+        .transpose()?;
     // Refuse an output folder that does not exist now, not after the whole generation.
     let out_dir = match args.out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -185,7 +229,10 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     };
     let model = StableDiffusion::load(Arc::new(ctx), &source, matrices)
         .with_context(|| format!("cannot load the model from {}", source.describe()))?;
-    let (native_w, native_h) = model.native_size();
+    let (native_w, native_h) = match &init_image {
+        Some(image) => size_for_input_image(image.width(), image.height(), &ParamLimits::default()),
+        None => model.native_size(),
+    };
     timings.push(("load".to_string(), start.elapsed()));
 
     let params = GenerationParams {
@@ -198,8 +245,8 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
         width: args.width.unwrap_or(native_w),
         height: args.height.unwrap_or(native_h),
         count: args.count,
-        strength: GenerationParams::default().strength,
-        sample_init_latents: false,
+        strength: args.strength,
+        sample_init_latents: args.init_sample,
         latents_len: None,
     };
     let mut stage_start = Instant::now();
@@ -219,8 +266,16 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
             bar.set_position(step as u64);
         }
     };
-    let generated =
-        pollster::block_on(model.generate(&params, latents.as_deref(), &mut on_stage, None))?;
+    let generated = pollster::block_on(model.generate(
+        &params,
+        &Inputs {
+            initial_latents: latents.as_deref(),
+            init_image: init_image.as_ref(),
+            mask: mask.as_ref(),
+        },
+        &mut on_stage,
+        None,
+    ))?;
     bar.finish_and_clear();
 
     let mut files = Vec::new();

@@ -31,6 +31,10 @@ fn defaults(dir: &Path) -> GenerateArgs {
         out: dir.join("out.png"),
         model: None,
         latents: None,
+        init_image: None,
+        strength: 0.8,
+        mask: None,
+        init_sample: false,
         f32_weights: false,
     }
 }
@@ -112,7 +116,9 @@ fn cases(dir: &Path) -> Vec<Case> {
         f(&mut args);
         args
     };
-    let known = "euler, euler_karras, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras";
+    let known = "euler, euler_karras, euler_a, euler_a_karras, heun, heun_karras, dpm2, \
+                 dpm2_karras, dpm2_a, dpm2_a_karras, dpm++2s_a, dpm++2s_a_karras, dpm++2m, \
+                 dpm++2m_karras, dpm++2mv2, dpm++2mv2_karras, lcm, ddim, pndm";
 
     // Latents files: 100 f32 values (256 are needed at 64x64), 10 bytes, two tensors, none.
     let short = dir.join("short.bin");
@@ -129,6 +135,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         std::fs::write(&two, bytes).expect("write two tensors");
     }
     let absent_latents = dir.join("no-such-latents.bin");
+    let input_png = fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
 
     // Broken model folders.
     let no_model = dir.join("no-such-model");
@@ -203,9 +210,9 @@ fn cases(dir: &Path) -> Vec<Case> {
             &["sampler", "euler_b", known],
         ),
         case(
-            "sampler name in capitals",
-            with(&|a| a.sampler = "Euler".into()),
-            &["sampler", known],
+            "Karras sigmas on a sampler without sigmas",
+            with(&|a| a.sampler = "ddim_karras".into()),
+            &["sampler", "ddim_karras", known],
         ),
         case(
             "count 0",
@@ -271,6 +278,37 @@ fn cases(dir: &Path) -> Vec<Case> {
             "model folder without the UNet config",
             with(&|a| a.model = Some(no_config.clone())),
             &["unet", "config.json", "cannot read"],
+        ),
+        case(
+            "--mask without --init-image",
+            with(&|a| a.mask = Some(input_png.clone())),
+            &["--mask", "--init-image"],
+        ),
+        case(
+            "--init-image that does not exist",
+            with(&|a| a.init_image = Some(dir.join("no-such-image.png"))),
+            &["--init-image", "no-such-image.png"],
+        ),
+        case(
+            "--init-image that is not an image",
+            with(&|a| a.init_image = Some(short.clone())),
+            &["--init-image", "short.bin", "not a PNG, JPEG or WebP"],
+        ),
+        case(
+            "--mask that is not an image",
+            with(&|a| {
+                a.init_image = Some(input_png.clone());
+                a.mask = Some(short.clone());
+            }),
+            &["--mask", "short.bin", "not a PNG, JPEG or WebP"],
+        ),
+        case(
+            "--strength above 1",
+            with(&|a| {
+                a.init_image = Some(input_png.clone());
+                a.strength = 1.5;
+            }),
+            &["strength", "1.5", "from 0 to 1"],
         ),
         case(
             "output folder that does not exist",

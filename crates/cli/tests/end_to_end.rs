@@ -78,6 +78,10 @@ fn ten_prompts_come_out_as_asked() {
             out: dir.path().join(format!("{i}.png")),
             model: None,
             latents: None,
+            init_image: None,
+            strength: 0.8,
+            mask: None,
+            init_sample: false,
             f32_weights: false,
         };
         let start = Instant::now();
@@ -128,4 +132,89 @@ fn ten_prompts_come_out_as_asked() {
         CASES.len(),
         table.join("\n")
     );
+}
+
+/// img2img and inpainting through `sd generate`'s code path (embedded f16 model, `euler_a`,
+/// 20 steps, guidance 5), judged: a strong repaint turns the red 7 on blue into what the prompt
+/// asks, a light one keeps it, and an inpainted square over the digit draws the new digit
+/// while the blue around it stays (and the outer border stays the input's).
+#[test]
+fn img2img_and_inpainting_come_out_as_asked() {
+    use support::inputs::{border_difference, input_png, input_rgb, square_mask_png};
+    use support::judge::read_png_rgb;
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mask = dir.path().join("mask.png");
+    std::fs::write(&mask, square_mask_png()).expect("write the mask");
+    let base = |name: &str, prompt: &str, strength: f32, seed: u64| GenerateArgs {
+        prompt: prompt.into(),
+        negative_prompt: String::new(),
+        steps: 20,
+        guidance: 5.0,
+        seed: Some(seed),
+        sampler: "euler_a".into(),
+        width: None,
+        height: None,
+        count: 1,
+        out: dir.path().join(format!("{name}.png")),
+        model: None,
+        latents: None,
+        init_image: Some(input_png()),
+        strength,
+        mask: None,
+        init_sample: false,
+        f32_weights: false,
+    };
+    let cases = [
+        (
+            base(
+                "strong",
+                "a yellow digit zero on a green background",
+                0.9,
+                5,
+            ),
+            Judged {
+                digit: 0,
+                fg: "yellow",
+                bg: "green",
+            },
+        ),
+        (
+            base("light", "a red digit seven on a blue background", 0.3, 5),
+            Judged {
+                digit: 7,
+                fg: "red",
+                bg: "blue",
+            },
+        ),
+        (
+            GenerateArgs {
+                mask: Some(mask.clone()),
+                ..base("inpaint", "a red digit three on a blue background", 1.0, 5)
+            },
+            Judged {
+                digit: 3,
+                fg: "red",
+                bg: "blue",
+            },
+        ),
+    ];
+    let input = input_rgb();
+    for (args, want) in cases {
+        let report = run(&args, false).unwrap_or_else(|e| panic!("{}: {e:#}", args.prompt));
+        let (rgb, w, h) = read_png_rgb(&report.files[0]);
+        assert_eq!((w, h), (64, 64), "the input's size");
+        let judged = support::judge::judge_rgb(&rgb, w, h);
+        let border = border_difference(&rgb, &input, 4);
+        println!(
+            "{} (strength {}, mask {}): {judged}, border moved {border:.4}",
+            args.prompt,
+            args.strength,
+            args.mask.is_some()
+        );
+        assert_eq!(judged, want, "{}", args.prompt);
+        if args.mask.is_some() {
+            assert!(border <= 0.05, "the unmasked border moved {border}");
+        }
+    }
 }

@@ -249,6 +249,14 @@ impl GenerationParams {
     }
 }
 
+/// The size to generate at from an input image of `width` x `height` when the request gives
+/// none (as diffusers' image processor): each side rounded down to a multiple of 8 and kept
+/// within `limits`.
+pub fn size_for_input_image(width: u32, height: u32, limits: &ParamLimits) -> (u32, u32) {
+    let fit = |side: u32| (side - side % VAE_SCALE).clamp(limits.min_size, limits.max_size);
+    (fit(width), fit(height))
+}
+
 fn error(field: ParamField, message: String) -> ParamsError {
     ParamsError { field, message }
 }

@@ -37,10 +37,11 @@ impl Dialect {
         extra_keys: &[],
         max_count: 16,
     };
-    /// The HTTP API (`/v1/images/generations`): `cfgScale`, `format`, 1 to 5 images.
+    /// The HTTP API (`/v1/images/generations`): `cfgScale`, `format`, `initImage`, `mask`,
+    /// 1 to 5 images.
     pub const HTTP: Self = Self {
         guidance_key: "cfgScale",
-        extra_keys: &["format"],
+        extra_keys: &["format", "initImage", "mask"],
         max_count: 5,
     };
 }
@@ -229,7 +230,7 @@ mod tests {
     fn defaults_fill_what_is_missing() {
         let p = parse(r#"{"prompt": "a red digit seven"}"#, &Dialect::WEB).expect("valid");
         assert_eq!((p.width, p.height, p.steps, p.seed), (64, 64, 20, 42));
-        assert_eq!(p.sampler, SamplerKind::EulerAncestral);
+        assert_eq!(p.sampler, SamplerKind::EULER_A);
         let p = parse(
             r#"{"prompt": "x", "negativePrompt": "y", "steps": 3, "guidanceScale": 1.5,
                 "seed": 9007199254740991, "sampler": "ddim", "width": 96, "height": 64, "count": 2}"#,
@@ -239,7 +240,7 @@ mod tests {
         assert_eq!(p.seed, MAX_SEED);
         assert_eq!(
             (p.steps, p.count, p.width, p.sampler),
-            (3, 2, 96, SamplerKind::Ddim)
+            (3, 2, 96, SamplerKind::DDIM)
         );
         let p = parse(
             r#"{"prompt": "x", "cfgScale": 3, "format": "jpeg"}"#,

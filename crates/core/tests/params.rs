@@ -12,7 +12,7 @@ fn good() -> GenerationParams {
         steps: 20,
         guidance_scale: 5.0,
         seed: 1,
-        sampler: SamplerKind::Euler,
+        sampler: SamplerKind::EULER,
         width: 64,
         height: 96,
         count: 2,
@@ -48,10 +48,7 @@ fn good_params_pass() -> Result<(), Box<dyn std::error::Error>> {
     );
     assert!(good().uses_cfg());
     assert_eq!(good().latents_len_needed(), 4 * 12 * 8 * 2);
-    assert_eq!(
-        GenerationParams::default().sampler,
-        SamplerKind::EulerAncestral
-    );
+    assert_eq!(GenerationParams::default().sampler, SamplerKind::EULER_A);
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! scheduler in `shared/fixtures/tiny-sd-digits-refs/` (`refs.*`, `more_refs.*`) and of the
 //! tiny architectures (`tiny-arch/*-refs.*`), and every recorded `scheduler.step` call replayed
 //! without the UNet: the recorded `sample`, `model_output` and (for the stochastic samplers)
-//! noise draws go into a fresh sampler and each `prev_sample` is compared.
-//!
-//! Not covered here (no sampler of ours yet): `heun`, `dpm2`, `dpm2_a`, `pndm`, `lcm`.
+//! noise draws go into a fresh sampler and each `prev_sample` is compared. Every diffusers
+//! scheduler of the fixtures is covered: Euler (plain, Karras), Euler ancestral, DDIM
+//! (leading, trailing), DPM-Solver++ 2M (plain, Karras), Heun, KDPM2, KDPM2 ancestral, PNDM
+//! and LCM. (DPM++ 2S ancestral and DPM++ 2M v2 have no diffusers class and so no reference
+//! here; `sampler_rules.rs` and `sampler_convergence.rs` check them.)
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 use sd_core::config::{PredictionType, SchedulerConfig};
-use sd_core::sampler::{Sampler, SamplerKind};
+use sd_core::sampler::{Algorithm, Sampler, SamplerKind};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type AnyError = Box<dyn std::error::Error>;
@@ -101,17 +103,22 @@ fn digits_config(extra: &[(&str, serde_json::Value)]) -> Result<SchedulerConfig,
 fn run_sampler(run: &str) -> Result<(Box<dyn Sampler>, usize), AnyError> {
     use serde_json::json;
     let (kind, extra, steps) = match run {
-        "euler" | "euler_negative" | "euler_nocfg" => (SamplerKind::Euler, vec![], 20),
-        "euler_karras" => (SamplerKind::EulerKarras, vec![], 20),
-        "euler_a" => (SamplerKind::EulerAncestral, vec![], 20),
-        "ddim" => (SamplerKind::Ddim, vec![], 20),
+        "euler" | "euler_negative" | "euler_nocfg" => (SamplerKind::EULER, vec![], 20),
+        "euler_karras" => (SamplerKind::EULER_KARRAS, vec![], 20),
+        "euler_a" => (SamplerKind::EULER_A, vec![], 20),
+        "ddim" => (SamplerKind::DDIM, vec![], 20),
         "ddim_trailing" => (
-            SamplerKind::Ddim,
+            SamplerKind::DDIM,
             vec![("timestep_spacing", json!("trailing"))],
             20,
         ),
-        "dpmpp_2m" => (SamplerKind::DpmPP2M, vec![], 20),
-        "dpmpp_2m_karras" => (SamplerKind::DpmPP2MKarras, vec![], 20),
+        "dpmpp_2m" => (SamplerKind::DPMPP_2M, vec![], 20),
+        "dpmpp_2m_karras" => (SamplerKind::DPMPP_2M_KARRAS, vec![], 20),
+        "heun" => (SamplerKind::HEUN, vec![], 10),
+        "dpm2" => (SamplerKind::DPM2, vec![], 10),
+        "dpm2_a" => (SamplerKind::DPM2_A, vec![], 10),
+        "pndm" => (SamplerKind::PNDM, vec![], 20),
+        "lcm" => (SamplerKind::LCM, vec![], 8),
         other => return Err(format!("no sampler for run `{other}`").into()),
     };
     let config = digits_config(&extra)?;
@@ -140,10 +147,15 @@ fn diff(ours: &[f64], theirs: &[f64]) -> (f64, u32) {
     (max, max_ulps)
 }
 
-/// How far a timestep of `more_refs` may be from ours. Euler's Karras timesteps interpolate in
-/// the log of the training sigmas, so a one-ulp difference in a sigma of the table (see
+/// How far a timestep of `more_refs` may be from ours. Euler's Karras timesteps and the
+/// midpoint timesteps of DPM2 and DPM2 ancestral interpolate in the log of the training
+/// sigmas, so a one-ulp difference in a sigma of the table (see
 /// [`schedules_of_the_second_reference_file`]) moves them by up to a few float32 ulps (at
-/// t = 3.76, 2 ulps = 5e-7); for the UNet's time embedding that is nothing.
+/// t = 3.76, 2 ulps = 5e-7; at DPM2's midpoint t = 852.78, 1 ulp = 6.1e-5, the largest
+/// difference seen); for the UNet's time embedding that is nothing. (DPM2's midpoint
+/// `_sigma_to_t` runs in float32 in diffusers; computing it in float64 instead misses more of
+/// the recorded values, so the float32 emulation is kept.) The whole-number timesteps (Heun,
+/// PNDM, LCM, DDIM, the spaced ones of DPM2) are equal.
 const T_TOLERANCE_MORE_REFS: f64 = 1e-4;
 
 /// Checks timesteps, sigmas and init_noise_sigma of `run` against `<run>_timesteps`,
@@ -158,7 +170,13 @@ fn check_schedule(
 ) -> TestResult {
     let (sampler, steps) = run_sampler(run)?;
     let timesteps = tensors.f64s(&format!("{run}_timesteps"))?;
-    assert_eq!(sampler.timesteps().len(), steps);
+    // One timestep per model call: `steps` of them, `2 * steps - 1` for the two-call
+    // samplers, `steps + 1` for PNDM.
+    let calls = match sampler.kind().algorithm {
+        Algorithm::Pndm => steps + 1,
+        _ => sampler.order() * steps - (sampler.order() - 1),
+    };
+    assert_eq!(sampler.timesteps().len(), calls, "{run}: model calls");
     let (t_max, t_ulps) = diff(sampler.timesteps(), timesteps);
     let (mut s_max, mut s_ulps) = (0.0, 0);
     if let Ok(sigmas) = tensors.f64s(&format!("{run}_sigmas")) {
@@ -216,6 +234,11 @@ fn schedules_of_the_second_reference_file() -> TestResult {
         "ddim_trailing",
         "euler_negative",
         "euler_nocfg",
+        "heun",
+        "dpm2",
+        "dpm2_a",
+        "pndm",
+        "lcm",
     ] {
         let init = meta["runs"][run]["init_noise_sigma"].as_f64();
         check_schedule(run, &tensors, init, 1, T_TOLERANCE_MORE_REFS)?;
@@ -283,26 +306,36 @@ fn replay_steps(run: &str, tensors: &Tensors, init_latents: &[f32]) -> Result<f6
     Ok(max_err)
 }
 
-/// Every `scheduler.step` call of the `more_refs` runs. The step arithmetic is float32 in
-/// diffusers' order, so where our sigmas equal the recorded ones (`euler_karras`) the outputs are
-/// bit-identical; elsewhere the one-ulp sigma differences of `more_refs` (see
-/// [`schedules_of_the_second_reference_file`]) leave about one ulp of the latents (~2e-6 at
-/// values near 20).
+/// Every `scheduler.step` call of the `more_refs` runs (for the two-call samplers, every
+/// call: `2 * steps - 1`; for PNDM `steps + 1`; with the recorded noise draws for Euler
+/// ancestral, DPM2 ancestral and LCM). The step arithmetic is float32 in diffusers' order, so
+/// where our sigmas equal the recorded ones (`euler_karras`) the outputs are bit-identical
+/// (tolerance 0); elsewhere the one-ulp sigma (or `alphas_cumprod`-derived) differences of
+/// `more_refs` (see [`schedules_of_the_second_reference_file`]) leave at most about one ulp
+/// of the latents, whose values reach 20 to 30 (one float32 ulp there is 1.9e-6): tolerance
+/// 4e-6, two ulps. Seen: euler_a 1.9e-6, dpmpp_2m_karras 7.2e-7, ddim_trailing 4.8e-7,
+/// euler_negative / euler_nocfg 4.8e-7, heun 2.4e-7, dpm2 4.8e-7, dpm2_a 6.0e-7, pndm 4.8e-7,
+/// lcm 3.6e-7.
 #[test]
 fn every_recorded_step_call() -> TestResult {
     let refs = Tensors::load(&refs_dir().join("refs.safetensors"))?;
     let more = Tensors::load(&refs_dir().join("more_refs.safetensors"))?;
     let init: Vec<f32> = refs.rows("init_latents")?.concat();
-    for run in [
-        "euler_karras",
-        "euler_a",
-        "dpmpp_2m_karras",
-        "ddim_trailing",
-        "euler_negative",
-        "euler_nocfg",
+    for (run, tolerance) in [
+        ("euler_karras", 0.0),
+        ("euler_a", 4e-6),
+        ("dpmpp_2m_karras", 4e-6),
+        ("ddim_trailing", 4e-6),
+        ("euler_negative", 4e-6),
+        ("euler_nocfg", 4e-6),
+        ("heun", 4e-6),
+        ("dpm2", 4e-6),
+        ("dpm2_a", 4e-6),
+        ("pndm", 4e-6),
+        ("lcm", 4e-6),
     ] {
         let err = replay_steps(run, &more, &init)?;
-        assert!(err <= 4e-6, "{run}: max error {err:e}");
+        assert!(err <= tolerance, "{run}: max error {err:e}");
     }
     Ok(())
 }
@@ -314,8 +347,8 @@ fn add_noise_of_img2img() -> TestResult {
     let more = Tensors::load(&refs_dir().join("more_refs.safetensors"))?;
     let latents = more.rows("img2img_input_latents")?.concat();
     for (run, kind, start) in [
-        ("img2img_euler_s05", SamplerKind::Euler, 10),
-        ("img2img_ddim_s08", SamplerKind::Ddim, 4),
+        ("img2img_euler_s05", SamplerKind::EULER, 10),
+        ("img2img_ddim_s08", SamplerKind::DDIM, 4),
     ] {
         let sampler = kind.build(&digits_config(&[])?, 20)?;
         let noise = more.rows(&format!("{run}_noise"))?.concat();
@@ -339,14 +372,16 @@ fn add_noise_of_img2img() -> TestResult {
 }
 
 /// The timesteps of the tiny architectures' runs, from their own scheduler configs: SD 2's
-/// DDIM (v-prediction, leading, 10 steps), SD-Turbo's Euler (trailing, 1 step) and SDXL's Euler
-/// (leading, 10 steps).
+/// DDIM (v-prediction, leading, 10 steps), SD-Turbo's Euler (trailing, 1 step), SDXL's Euler
+/// (leading, 10 steps) and the LCM model's LCM scheduler (4 steps: 999, 759, 499, 259, which
+/// ignore its `steps_offset` and `leading` spacing).
 #[test]
 fn schedules_of_the_tiny_architectures() -> TestResult {
     for (name, kind, steps) in [
-        ("sd2-v", SamplerKind::Ddim, 10),
-        ("turbo", SamplerKind::Euler, 1),
-        ("sdxl", SamplerKind::Euler, 10),
+        ("sd2-v", SamplerKind::DDIM, 10),
+        ("turbo", SamplerKind::EULER, 1),
+        ("sdxl", SamplerKind::EULER, 10),
+        ("lcm", SamplerKind::LCM, 4),
     ] {
         let dir = fixtures().join("tiny-arch");
         let text = fs::read_to_string(dir.join(name).join("scheduler/scheduler_config.json"))?;

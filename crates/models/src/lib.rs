@@ -8,6 +8,7 @@
 pub mod attention;
 pub mod chunks;
 pub mod clip;
+pub mod image_input;
 pub mod layers;
 pub mod pipeline;
 pub mod plan;
@@ -20,7 +21,7 @@ pub mod vae;
 
 pub use clip::{CLIPTextModel, TextOutput};
 pub use layers::Params;
-pub use pipeline::{Generated, StableDiffusion};
+pub use pipeline::{Generated, Inputs, StableDiffusion};
 pub use source::ModelSource;
 pub use unet::UNet2DConditionModel;
 pub use vae::{VaeDecoder, VaeEncoder};
@@ -58,6 +59,14 @@ pub enum ModelError {
     /// Tensors that do not fit together (a bug or a bad input).
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// An input image or mask that cannot be used.
+    #[error("{field}: {message}")]
+    Input {
+        /// `init_image` or `mask`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The caller stopped the generation.
     #[error("the generation was cancelled")]
     Cancelled,

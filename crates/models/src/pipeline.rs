@@ -8,27 +8,43 @@
 
 use std::sync::Arc;
 
+use image::{GrayImage, RgbImage};
 use sd_core::config::{
     AutoencoderKLConfig, CLIPTextConfig, SchedulerConfig, UNet2DConditionConfig,
 };
 use sd_core::params::{GenerationParams, LATENT_CHANNELS, VAE_SCALE};
 use sd_core::progress::Stage;
 use sd_core::rng::NoiseRng;
+use sd_core::sampler::Sampler;
 use sd_kernels::{DType, GpuContext, Tensor};
 use sd_weights::ClipTokenizer;
 
 use crate::clip::{CLIPTextModel, TextOutput};
+use crate::image_input;
 use crate::layers::Params;
-use crate::plan::{DeviceLimits, ModelConfigs, PlanRequest, plan};
+use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, Part, PlanRequest, plan};
 use crate::source::ModelSource;
 use crate::unet::UNet2DConditionModel;
-use crate::vae::VaeDecoder;
+use crate::vae::{VaeDecoder, VaeEncoder};
 use crate::{ModelError, Result};
 
 /// Sees an image's latents after each denoising step (step index, latents).
 pub type StepObserver<'a> = &'a mut dyn FnMut(usize, &[f32]);
 
-/// A loaded text-to-image model: tokenizer, text encoder, UNet, VAE decoder and the
+/// What a generation starts from besides its parameters.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Inputs<'a> {
+    /// Unscaled unit noise, `count` images of `[4, h/8, w/8]`, instead of the seeded noise
+    /// (reference runs).
+    pub initial_latents: Option<&'a [f32]>,
+    /// img2img and inpainting: the input image, any size (resized to the generation's).
+    pub init_image: Option<&'a RgbImage>,
+    /// Inpainting: white = repaint, black = keep, grey in between; any size (resized to the
+    /// generation's). Needs `init_image`.
+    pub mask: Option<&'a GrayImage>,
+}
+
+/// A loaded model: tokenizer, text encoder, UNet, VAE encoder and decoder, and the
 /// scheduler config the samplers are built from.
 #[derive(Debug)]
 pub struct StableDiffusion {
@@ -36,6 +52,7 @@ pub struct StableDiffusion {
     tokenizer: ClipTokenizer,
     text_encoder: CLIPTextModel,
     unet: UNet2DConditionModel,
+    vae_encoder: VaeEncoder,
     vae_decoder: VaeDecoder,
     vae_config: AutoencoderKLConfig,
     scheduler_config: SchedulerConfig,
@@ -122,19 +139,19 @@ impl StableDiffusion {
         )?;
         on_component("vae");
         let weights = source.weights("vae")?;
-        let vae_decoder = VaeDecoder::load(
-            &vae_config,
-            &Params {
-                ctx: &ctx,
-                scope: weights.root(),
-                matrices,
-            },
-        )?;
+        let vae_params = Params {
+            ctx: &ctx,
+            scope: weights.root(),
+            matrices,
+        };
+        let vae_encoder = VaeEncoder::load(&vae_config, &vae_params)?;
+        let vae_decoder = VaeDecoder::load(&vae_config, &vae_params)?;
         Ok(Self {
             ctx,
             tokenizer,
             text_encoder,
             unet,
+            vae_encoder,
             vae_decoder,
             vae_config,
             scheduler_config,
@@ -161,31 +178,6 @@ impl StableDiffusion {
     /// The scheduler config samplers are built from.
     pub fn scheduler_config(&self) -> &SchedulerConfig {
         &self.scheduler_config
-    }
-
-    /// Plans the generation's buffers for this device before any GPU work, so a size that
-    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The
-    /// executors split what the plan splits: VAE decoder tensors into channel chunks, the UNet's
-    /// feed-forward into row chunks.
-    fn check_plan(&self, width: u32, height: u32, cfg: bool) -> Result<()> {
-        let limits = self.ctx.limits();
-        let device = DeviceLimits {
-            max_storage_binding: limits.max_storage_buffer_binding_size,
-            max_buffer: limits.max_buffer_size,
-        };
-        let configs = ModelConfigs {
-            text_encoder: self.text_encoder.config(),
-            unet: self.unet.config(),
-            vae: &self.vae_config,
-        };
-        let request = PlanRequest {
-            width,
-            height,
-            images: 1,
-            classifier_free_guidance: cfg,
-        };
-        plan(&configs, &request, &device)?;
-        Ok(())
     }
 
     /// Tokenizes `prompts` and runs the text encoder on them as one batch; returns the hidden
@@ -253,26 +245,95 @@ impl StableDiffusion {
         Ok(nhwc)
     }
 
-    /// Generates `params.count` images. `initial_latents` (unscaled unit noise, `count` images
-    /// of `[4, h/8, w/8]`) replaces the seeded noise. `on_stage` hears every stage;
-    /// `on_step` (tests, previews) sees each image's latents after every step.
+    /// Encodes an image `[3, H, W]` in [-1, 1] with the VAE encoder; returns the latent
+    /// distribution's mean and log-variance (clamped to [-30, 20] as diffusers'
+    /// `DiagonalGaussianDistribution`), each `[4, H/8, W/8]`, before the scaling factor.
+    pub async fn encode_image(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+    ) -> Result<(Vec<f32>, Vec<f32>)> {
+        let x = self.ctx.upload_f32(image, &[1, 3, height, width])?;
+        let mut batch = self.ctx.batch();
+        let moments = self.vae_encoder.forward(&mut batch, &x)?;
+        batch.submit().await?;
+        let mut moments = self.ctx.read_f32(&moments).await?;
+        let half = moments.len() / 2;
+        let logvar = moments.split_off(half);
+        Ok((
+            moments,
+            logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect(),
+        ))
+    }
+
+    /// The input image's latents, times the VAE's scaling factor: the distribution's mean, or
+    /// a sample `mean + exp(logvar / 2) * noise` with `noise` drawn from `rng`.
+    async fn image_latents(
+        &self,
+        image: &[f32],
+        height: usize,
+        width: usize,
+        rng: Option<&mut NoiseRng>,
+    ) -> Result<Vec<f32>> {
+        let (mean, logvar) = self.encode_image(image, height, width).await?;
+        let scale = self.vae_config.scaling_factor as f32;
+        Ok(match rng {
+            None => mean.iter().map(|m| m * scale).collect(),
+            Some(rng) => {
+                let noise = rng.normals(mean.len());
+                mean.iter()
+                    .zip(&logvar)
+                    .zip(&noise)
+                    .map(|((m, lv), n)| (m + (0.5 * lv).exp() * n) * scale)
+                    .collect()
+            }
+        })
+    }
+
+    /// The most images that go through the UNet together: the largest group up to `count`
+    /// whose plan fits the device and whose activations stay within
+    /// [`BATCH_ACTIVATION_BUDGET`]; 1 when even two do not.
+    pub fn images_per_unet_call(&self, width: u32, height: u32, cfg: bool, count: u32) -> u32 {
+        (2..=count)
+            .rev()
+            .find(|&images| {
+                self.plan(width, height, cfg, images).is_ok_and(|plan| {
+                    plan.peak_bytes.saturating_sub(plan.weight_bytes) <= BATCH_ACTIVATION_BUDGET
+                })
+            })
+            .unwrap_or(1)
+    }
+
+    /// Generates `params.count` images from the prompt, and from an input image (img2img) and
+    /// a mask (inpainting) when `inputs` has them. `on_stage` hears every stage; `on_step`
+    /// (tests, previews) sees each image's latents after every step.
     pub async fn generate(
         &self,
         params: &GenerationParams,
-        initial_latents: Option<&[f32]>,
+        inputs: &Inputs<'_>,
         on_stage: &mut dyn FnMut(Stage),
         on_step: Option<StepObserver<'_>>,
     ) -> Result<Generated> {
-        self.generate_cancellable(params, initial_latents, on_stage, on_step, &|| false)
+        self.generate_cancellable(params, inputs, on_stage, on_step, &|| false)
             .await
     }
 
     /// [`Self::generate`] that asks `cancelled` before every step and before decoding, and
     /// stops with [`ModelError::Cancelled`] when it says so (the browser's `AbortSignal`).
+    ///
+    /// As diffusers' pipelines: text to image (`StableDiffusionPipeline`) without an input
+    /// image; img2img (`StableDiffusionImg2ImgPipeline`) with one: the sampler skips the first
+    /// `steps * (1 - strength)` steps and starts from the image's latents noised to the first
+    /// remaining step by the sampler's own `add_noise`; inpainting
+    /// (`StableDiffusionInpaintPipeline`) with a mask: a 4-channel UNet gets the known region
+    /// blended back after every step at the next step's noise level (and the image's own latents
+    /// after the last), a 9-channel inpainting UNet gets the mask and the masked image's latents
+    /// as extra input channels. At strength 1 inpainting starts from pure noise.
     pub async fn generate_cancellable(
         &self,
         params: &GenerationParams,
-        initial_latents: Option<&[f32]>,
+        inputs: &Inputs<'_>,
         on_stage: &mut dyn FnMut(Stage),
         mut on_step: Option<StepObserver<'_>>,
         cancelled: &dyn Fn() -> bool,
@@ -285,15 +346,37 @@ impl StableDiffusion {
             }
         };
         let mut params = params.clone();
-        params.latents_len = initial_latents.map(<[f32]>::len);
+        params.latents_len = inputs.initial_latents.map(<[f32]>::len);
         params.validate()?;
+        if inputs.mask.is_some() && inputs.init_image.is_none() {
+            return Err(ModelError::Input {
+                field: "mask",
+                message: "a mask needs an input image (init_image) to repaint".into(),
+            });
+        }
         let (h, w) = (
             (params.height / VAE_SCALE) as usize,
             (params.width / VAE_SCALE) as usize,
         );
-        let latent_len = LATENT_CHANNELS * h * w;
         let cfg = params.uses_cfg();
-        self.check_plan(params.width, params.height, cfg)?;
+        let plan = self.plan(params.width, params.height, cfg, 1)?;
+        let encodes =
+            inputs.init_image.is_some() || self.unet.config().in_channels == INPAINT_UNET_CHANNELS;
+        let encoder_splits = plan
+            .part(Part::VaeEncoder)
+            .is_some_and(|p| p.tensors.iter().any(|t| t.chunks.len() > 1));
+        if encodes && encoder_splits {
+            return Err(ModelError::Input {
+                field: "init_image",
+                message: format!(
+                    "{}x{} is too large for the VAE encoder on this device: its activations \
+                     exceed one buffer binding and the encoder does not split them yet; use a \
+                     smaller width and height",
+                    params.width, params.height
+                ),
+            });
+        }
+        let group = self.images_per_unet_call(params.width, params.height, cfg, params.count);
 
         check()?;
         on_stage(Stage::Encode);
@@ -303,7 +386,8 @@ impl StableDiffusion {
             vec![&params.prompt]
         };
         let (context, warnings) = self.encode_prompts(&prompts).await?;
-        let batch = prompts.len();
+        let context_rows = self.ctx.read_f32(&context).await?;
+        let conditioning = self.conditioning(&params, inputs).await?;
 
         let mut out = Generated {
             images: Vec::new(),
@@ -314,61 +398,25 @@ impl StableDiffusion {
             pixels: Vec::new(),
             warnings,
         };
-        for image in 0..params.count as usize {
-            let seed = params.seed.wrapping_add(image as u64);
-            let mut rng = NoiseRng::new(seed);
-            let mut sampler = params.sampler.build(&self.scheduler_config, params.steps)?;
-            let noise = match initial_latents {
-                Some(all) => all[image * latent_len..(image + 1) * latent_len].to_vec(),
-                None => rng.normals(latent_len),
-            };
-            let sigma = sampler.init_noise_sigma() as f32;
-            let mut latents: Vec<f32> = noise.iter().map(|v| v * sigma).collect();
-            let timesteps = sampler.timesteps().to_vec();
-            on_stage(Stage::Diffusion {
-                step: 0,
-                total: timesteps.len(),
-            });
-            for (step, &t) in timesteps.iter().enumerate() {
+        let mut first = 0;
+        while first < params.count {
+            let images = group.min(params.count - first);
+            let mut run =
+                ImageGroup::new(self, &params, inputs, &conditioning, first, images).await?;
+            let context = repeat_rows(&self.ctx, &context_rows, context.shape(), images as usize)?;
+            run.denoise(self, &context, on_stage, &mut on_step, &check)
+                .await?;
+            for (latents, seed) in run.latents.into_iter().zip(run.seeds) {
                 check()?;
-                let mut input = latents.clone();
-                sampler.scale_model_input(&mut input, step)?;
-                let input: Vec<f32> = input
-                    .iter()
-                    .copied()
-                    .cycle()
-                    .take(batch * latent_len)
-                    .collect();
-                let prediction = self
-                    .predict_noise(&input, [batch, LATENT_CHANNELS, h, w], t as f32, &context)
-                    .await?;
-                let guided: Vec<f32> = if cfg {
-                    let (uncond, cond) = prediction.split_at(latent_len);
-                    uncond
-                        .iter()
-                        .zip(cond)
-                        .map(|(u, c)| u + params.guidance_scale * (c - u))
-                        .collect()
-                } else {
-                    prediction
-                };
-                latents = sampler.step(&guided, step, &latents, &mut |n| rng.normals(n))?;
-                if let Some(f) = on_step.as_mut() {
-                    f(step, &latents);
-                }
-                on_stage(Stage::Diffusion {
-                    step: step + 1,
-                    total: timesteps.len(),
-                });
+                on_stage(Stage::Decode);
+                let pixels = self.decode(&latents, h, w).await?;
+                out.images
+                    .push(pixels.iter().map(|v| (v * 255.0).round() as u8).collect());
+                out.pixels.push(pixels);
+                out.latents.push(latents);
+                out.seeds.push(seed);
             }
-            check()?;
-            on_stage(Stage::Decode);
-            let pixels = self.decode(&latents, h, w).await?;
-            out.images
-                .push(pixels.iter().map(|v| (v * 255.0).round() as u8).collect());
-            out.pixels.push(pixels);
-            out.latents.push(latents);
-            out.seeds.push(seed);
+            first += images;
         }
         on_stage(Stage::Done);
         if out.images.is_empty() {
@@ -376,4 +424,326 @@ impl StableDiffusion {
         }
         Ok(out)
     }
+
+    /// Encodes what the input image and mask contribute, once for all images.
+    async fn conditioning(
+        &self,
+        params: &GenerationParams,
+        inputs: &Inputs<'_>,
+    ) -> Result<Conditioning> {
+        let (width, height) = (params.width, params.height);
+        let (h, w) = ((height / VAE_SCALE) as usize, (width / VAE_SCALE) as usize);
+        let inpainting_unet = self.unet.config().in_channels == INPAINT_UNET_CHANNELS;
+        let unet_channels = self.unet.config().in_channels;
+        if unet_channels != LATENT_CHANNELS && !inpainting_unet {
+            return Err(ModelError::Unsupported {
+                part: "unet",
+                what: format!("in_channels {unet_channels} (4, or 9 for inpainting models)"),
+            });
+        }
+        let image = inputs
+            .init_image
+            .map(|image| image_input::to_nchw(&image_input::resized_rgb(image, width, height)));
+        // A 9-channel UNet always takes a mask: without one it repaints everything.
+        let mask = match (inputs.mask, inpainting_unet) {
+            (Some(mask), _) => Some(image_input::resized_mask(mask, width, height)),
+            (None, true) => Some(GrayImage::from_pixel(width, height, image::Luma([255]))),
+            (None, false) => None,
+        };
+        let image_latents = match &image {
+            Some(pixels) if !params.sample_init_latents => Some(
+                self.image_latents(pixels, height as usize, width as usize, None)
+                    .await?,
+            ),
+            _ => None,
+        };
+        let unet_extra = match (&mask, inpainting_unet) {
+            (Some(mask), true) => {
+                let grey = vec![0.0; 3 * (width * height) as usize];
+                let masked = image_input::masked_nchw(image.as_deref().unwrap_or(&grey), mask);
+                let masked_latents = self
+                    .image_latents(&masked, height as usize, width as usize, None)
+                    .await?;
+                let mut extra = image_input::latent_mask(mask, true);
+                extra.extend(masked_latents);
+                Some(extra)
+            }
+            _ => None,
+        };
+        let blend_mask = match (&mask, inpainting_unet) {
+            (Some(mask), false) => Some(image_input::latent_mask(mask, false)),
+            _ => None,
+        };
+        debug_assert!(blend_mask.as_ref().is_none_or(|m| m.len() == h * w));
+        Ok(Conditioning {
+            image,
+            image_latents,
+            unet_extra,
+            blend_mask,
+            inpainting: mask.is_some(),
+        })
+    }
+
+    /// Plans the generation's buffers for this device before any GPU work, so a size that
+    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The
+    /// executors split what the plan splits: VAE decoder tensors into channel chunks, the UNet's
+    /// feed-forward into row chunks.
+    fn plan(&self, width: u32, height: u32, cfg: bool, images: u32) -> Result<MemoryPlan> {
+        let limits = self.ctx.limits();
+        let device = DeviceLimits {
+            max_storage_binding: limits.max_storage_buffer_binding_size,
+            max_buffer: limits.max_buffer_size,
+        };
+        let configs = ModelConfigs {
+            text_encoder: self.text_encoder.config(),
+            unet: self.unet.config(),
+            vae: &self.vae_config,
+        };
+        let request = PlanRequest {
+            width,
+            height,
+            images,
+            classifier_free_guidance: cfg,
+        };
+        Ok(plan(&configs, &request, &device)?)
+    }
+}
+
+/// The activations the UNet may use at once when images are batched (weights not counted):
+/// more images per call only while a call's plan stays within this. 1 GiB leaves room on any
+/// GPU that holds SD 1.5 at all; past it, images run in smaller groups, one after the other.
+pub const BATCH_ACTIVATION_BUDGET: u64 = 1 << 30;
+
+/// `in_channels` of diffusers' inpainting UNets: latents, mask, masked-image latents.
+const INPAINT_UNET_CHANNELS: usize = 9;
+
+/// What the input image and mask contribute to every image of a generation.
+struct Conditioning {
+    /// The resized input image `[3, H, W]` in [-1, 1] (img2img and inpainting).
+    image: Option<Vec<f32>>,
+    /// Its latents (mean times the scaling factor), unless each image samples its own.
+    image_latents: Option<Vec<f32>>,
+    /// A 9-channel UNet's extra input: the mask `[1, h, w]` and the masked image's latents
+    /// `[4, h, w]`, the same at every step.
+    unet_extra: Option<Vec<f32>>,
+    /// A 4-channel UNet's inpainting: the latent mask `[h, w]` (1 = repaint) blended with.
+    blend_mask: Option<Vec<f32>>,
+    /// Whether this is inpainting (decides what strength 1 starts from).
+    inpainting: bool,
+}
+
+/// Images denoised together: one sampler, noise source and latents each.
+struct ImageGroup {
+    samplers: Vec<Box<dyn Sampler>>,
+    rngs: Vec<NoiseRng>,
+    seeds: Vec<u64>,
+    latents: Vec<Vec<f32>>,
+    /// The noise each image started from (the inpainting blend noises the known region with it).
+    start_noise: Vec<Vec<f32>>,
+    /// Each image's input latents (img2img, inpainting).
+    image_latents: Vec<Option<Vec<f32>>>,
+    /// The index into the samplers' timesteps of the first step run.
+    start: usize,
+    shape: (usize, usize),
+    guidance_scale: f32,
+    cfg: bool,
+    unet_extra: Option<Vec<f32>>,
+    blend_mask: Option<Vec<f32>>,
+}
+
+impl ImageGroup {
+    /// Prepares images `first..first + images`: samplers, seeds, starting latents.
+    async fn new(
+        sd: &StableDiffusion,
+        params: &GenerationParams,
+        inputs: &Inputs<'_>,
+        conditioning: &Conditioning,
+        first: u32,
+        images: u32,
+    ) -> Result<Self> {
+        let (h, w) = (
+            (params.height / VAE_SCALE) as usize,
+            (params.width / VAE_SCALE) as usize,
+        );
+        let latent_len = LATENT_CHANNELS * h * w;
+        let mut group = Self {
+            samplers: Vec::new(),
+            rngs: Vec::new(),
+            seeds: Vec::new(),
+            latents: Vec::new(),
+            start_noise: Vec::new(),
+            image_latents: Vec::new(),
+            start: 0,
+            shape: (h, w),
+            guidance_scale: params.guidance_scale,
+            cfg: params.uses_cfg(),
+            unet_extra: conditioning.unet_extra.clone(),
+            blend_mask: conditioning.blend_mask.clone(),
+        };
+        for image in first..first + images {
+            let seed = params.seed.wrapping_add(u64::from(image));
+            let mut rng = NoiseRng::new(seed);
+            let sampler = params.sampler.build(&sd.scheduler_config, params.steps)?;
+            // diffusers draws the VAE sample (if any) before the starting noise.
+            let image_latents = match (&conditioning.image, &conditioning.image_latents) {
+                (_, Some(latents)) => Some(latents.clone()),
+                (Some(pixels), None) => Some(
+                    sd.image_latents(
+                        pixels,
+                        h * VAE_SCALE as usize,
+                        w * VAE_SCALE as usize,
+                        Some(&mut rng),
+                    )
+                    .await?,
+                ),
+                (None, None) => None,
+            };
+            let noise = match inputs.initial_latents {
+                Some(all) => {
+                    let i = image as usize;
+                    all[i * latent_len..(i + 1) * latent_len].to_vec()
+                }
+                None => rng.normals(latent_len),
+            };
+            group.start = start_step(sampler.as_ref(), params, image_latents.is_some());
+            let latents = match &image_latents {
+                Some(x0) if !(conditioning.inpainting && params.strength >= 1.0) => {
+                    if group.start < sampler.timesteps().len() {
+                        sampler.add_noise(x0, &noise, group.start)?
+                    } else {
+                        x0.clone() // strength 0: the input itself
+                    }
+                }
+                _ => {
+                    let sigma = sampler.init_noise_sigma() as f32;
+                    noise.iter().map(|v| v * sigma).collect()
+                }
+            };
+            group.samplers.push(sampler);
+            group.rngs.push(rng);
+            group.seeds.push(seed);
+            group.latents.push(latents);
+            group.start_noise.push(noise);
+            group.image_latents.push(image_latents);
+        }
+        Ok(group)
+    }
+}
+
+impl ImageGroup {
+    /// Runs the steps from `self.start` on all images of the group, one UNet call per step.
+    async fn denoise(
+        &mut self,
+        sd: &StableDiffusion,
+        context: &Tensor,
+        on_stage: &mut dyn FnMut(Stage),
+        on_step: &mut Option<StepObserver<'_>>,
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        let timesteps = self.samplers[0].timesteps().to_vec();
+        let total = timesteps.len().saturating_sub(self.start);
+        on_stage(Stage::Diffusion { step: 0, total });
+        let (h, w) = self.shape;
+        let latent_len = LATENT_CHANNELS * h * w;
+        let images = self.samplers.len();
+        let extra_len = self.unet_extra.as_ref().map_or(0, Vec::len);
+        let in_channels = LATENT_CHANNELS + extra_len / (h * w);
+        for (done, step) in (self.start..timesteps.len()).enumerate() {
+            check()?;
+            // The UNet batch: every image's scaled latents (with a 9-channel UNet's mask and
+            // masked-image latents after them), twice under CFG to match the context rows
+            // `[negative x images, prompt x images]`.
+            let mut input = Vec::with_capacity(2 * images * (latent_len + extra_len));
+            for (sampler, latents) in self.samplers.iter().zip(&self.latents) {
+                let mut scaled = latents.clone();
+                sampler.scale_model_input(&mut scaled, step)?;
+                input.extend(scaled);
+                if let Some(extra) = &self.unet_extra {
+                    input.extend_from_slice(extra);
+                }
+            }
+            let batch = if self.cfg {
+                input.extend_from_within(..);
+                2 * images
+            } else {
+                images
+            };
+            let t = timesteps[step] as f32;
+            let prediction = sd
+                .predict_noise(&input, [batch, in_channels, h, w], t, context)
+                .await?;
+            for k in 0..images {
+                let cond = &prediction[k * latent_len..(k + 1) * latent_len];
+                let guided: Vec<f32> = if self.cfg {
+                    let cond =
+                        &prediction[(images + k) * latent_len..(images + k + 1) * latent_len];
+                    let uncond = &prediction[k * latent_len..(k + 1) * latent_len];
+                    uncond
+                        .iter()
+                        .zip(cond)
+                        .map(|(u, c)| u + self.guidance_scale * (c - u))
+                        .collect()
+                } else {
+                    cond.to_vec()
+                };
+                let rng = &mut self.rngs[k];
+                let mut next =
+                    self.samplers[k]
+                        .step(&guided, step, &self.latents[k], &mut |n| rng.normals(n))?;
+                if let (Some(mask), Some(x0)) = (&self.blend_mask, &self.image_latents[k]) {
+                    // diffusers: the known region, noised to the next step's level (the clean
+                    // latents after the last step), replaces what the sampler made of it.
+                    let known = if step + 1 < timesteps.len() {
+                        self.samplers[k].add_noise(x0, &self.start_noise[k], step + 1)?
+                    } else {
+                        x0.clone()
+                    };
+                    for (i, (x, proper)) in next.iter_mut().zip(&known).enumerate() {
+                        let m = mask[i % (h * w)];
+                        *x = (1.0 - m) * proper + m * *x;
+                    }
+                }
+                if let Some(f) = on_step.as_mut() {
+                    f(done, &next);
+                }
+                self.latents[k] = next;
+            }
+            on_stage(Stage::Diffusion {
+                step: done + 1,
+                total,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// diffusers' `get_timesteps`: `int(steps * strength)` steps run (all without an input image);
+/// the first one's index into the sampler's timesteps, which list `order` model calls per step.
+/// (A hair added before flooring keeps `0.7 * 20` at 14 although `0.7f32` is a bit below 0.7.)
+fn start_step(sampler: &dyn Sampler, params: &GenerationParams, from_image: bool) -> usize {
+    if !from_image {
+        return 0;
+    }
+    let run = ((params.steps as f64 * f64::from(params.strength) + 1e-6).floor() as usize)
+        .min(params.steps);
+    (params.steps - run) * sampler.order()
+}
+
+/// The text hidden states `rows` (of `shape` `[prompts, L, D]`, on the host) with each prompt's row
+/// repeated `images` times, uploaded: `[prompts x images, L, D]`.
+fn repeat_rows(ctx: &GpuContext, rows: &[f32], shape: &[usize], images: usize) -> Result<Tensor> {
+    let &[prompts, len, dim] = shape else {
+        return Err(ModelError::Shape(format!(
+            "text hidden states must be [prompts, L, D], are {shape:?}"
+        )));
+    };
+    let row_len = len * dim;
+    let mut out = Vec::with_capacity(rows.len() * images);
+    for row in rows.chunks_exact(row_len) {
+        for _ in 0..images {
+            out.extend_from_slice(row);
+        }
+    }
+    ctx.upload_f32(&out, &[prompts * images, len, dim])
+        .map_err(ModelError::from)
 }

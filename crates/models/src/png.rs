@@ -3,20 +3,6 @@
 //! the browser hands them out as a `Blob`.
 
 use sd_core::params::GenerationParams;
-use sd_core::sampler::SamplerKind;
-
-/// The sampler's name as AUTOMATIC1111 writes it.
-fn a1111_sampler(kind: SamplerKind) -> &'static str {
-    match kind {
-        SamplerKind::Euler => "Euler",
-        SamplerKind::EulerKarras => "Euler Karras",
-        SamplerKind::EulerAncestral => "Euler a",
-        SamplerKind::Ddim => "DDIM",
-        SamplerKind::DpmPP2M => "DPM++ 2M",
-        SamplerKind::DpmPP2MKarras => "DPM++ 2M Karras",
-        other => other.name(),
-    }
-}
 
 /// The `parameters` text: prompt, negative prompt, then one line of settings.
 pub fn parameters_text(params: &GenerationParams, seed: u64, model: &str) -> String {
@@ -27,7 +13,7 @@ pub fn parameters_text(params: &GenerationParams, seed: u64, model: &str) -> Str
     text.push_str(&format!(
         "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {model}",
         params.steps,
-        a1111_sampler(params.sampler),
+        params.sampler.a1111_name(),
         params.guidance_scale,
         params.width,
         params.height
@@ -62,6 +48,7 @@ pub fn encode_png(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sd_core::sampler::SamplerKind;
 
     #[test]
     fn parameters_read_like_a1111() {
@@ -70,7 +57,7 @@ mod tests {
             negative_prompt: "blurry".into(),
             steps: 20,
             guidance_scale: 5.0,
-            sampler: SamplerKind::EulerAncestral,
+            sampler: SamplerKind::EULER_A,
             width: 64,
             height: 64,
             ..GenerationParams::default()

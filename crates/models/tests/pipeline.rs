@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelSource, StableDiffusion};
+use sd_models::{Inputs, ModelSource, StableDiffusion};
 
 use common::{fixtures, max_abs_diff, more_refs, reference, tensor};
 
@@ -50,7 +50,10 @@ fn whole_runs_match_diffusers_for_three_samplers_and_prompts() {
             let mut on_step = |_: usize, latents: &[f32]| trajectory.extend_from_slice(latents);
             let out = pollster::block_on(model().generate(
                 &params,
-                Some(&init),
+                &Inputs {
+                    initial_latents: Some(&init),
+                    ..Inputs::default()
+                },
                 &mut |_| {},
                 Some(&mut on_step),
             ))
@@ -102,7 +105,7 @@ fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_sc
         negative_prompt: negative_prompt.to_string(),
         steps: 20,
         guidance_scale,
-        sampler: SamplerKind::Euler,
+        sampler: SamplerKind::EULER,
         width: 64,
         height: 64,
         ..GenerationParams::default()
@@ -114,7 +117,10 @@ fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_sc
     };
     let out = pollster::block_on(model().generate(
         &params,
-        Some(&reference("init_latents")),
+        &Inputs {
+            initial_latents: Some(&reference("init_latents")),
+            ..Inputs::default()
+        },
         &mut |_| {},
         Some(&mut on_step),
     ))
@@ -194,17 +200,25 @@ fn concurrent_generations_agree_with_serial_ones() {
             prompt: PROMPTS[prompt].to_string(),
             steps: 10,
             guidance_scale,
-            sampler: SamplerKind::Euler,
+            sampler: SamplerKind::EULER,
             width: 64,
             height: 64,
             ..GenerationParams::default()
         })
         .collect();
     let run = |params: &GenerationParams| {
-        pollster::block_on(model.generate(params, Some(&init), &mut |_| {}, None))
-            .expect("generate")
-            .latents
-            .remove(0)
+        pollster::block_on(model.generate(
+            params,
+            &Inputs {
+                initial_latents: Some(&init),
+                ..Inputs::default()
+            },
+            &mut |_| {},
+            None,
+        ))
+        .expect("generate")
+        .latents
+        .remove(0)
     };
     let alone: Vec<Vec<f32>> = requests.iter().map(run).collect();
     let together: Vec<Vec<f32>> = std::thread::scope(|s| {
@@ -240,8 +254,8 @@ fn a_non_native_size_generates_an_image_of_that_size() {
         seed: 11,
         ..GenerationParams::default()
     };
-    let out =
-        pollster::block_on(model().generate(&params, None, &mut |_| {}, None)).expect("generate");
+    let out = pollster::block_on(model().generate(&params, &Inputs::default(), &mut |_| {}, None))
+        .expect("generate");
     assert_eq!((out.width, out.height), (96, 64));
     assert_eq!(out.images[0].len(), 96 * 64 * 3);
     assert_eq!(out.latents[0].len(), 4 * 8 * 12);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelSource, StableDiffusion};
+use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::WeightError;
 use sd_weights::web::{
     MANIFEST_FILE, SHARD_TARGET_BYTES, WebManifest, convert_to_web, read_web_model,
@@ -118,7 +118,7 @@ fn a_web_model_generates_what_its_source_folder_generates() {
         steps: 4,
         guidance_scale: 5.0,
         seed: 7,
-        sampler: SamplerKind::Euler,
+        sampler: SamplerKind::EULER,
         width: 64,
         height: 64,
         ..GenerationParams::default()
@@ -129,8 +129,8 @@ fn a_web_model_generates_what_its_source_folder_generates() {
         ModelSource::open(dir.path()).expect("open the web model"),
     ] {
         let sd = StableDiffusion::load(Arc::clone(&ctx), &source, DType::F16).expect("load");
-        let out =
-            pollster::block_on(sd.generate(&params, None, &mut |_| {}, None)).expect("generate");
+        let out = pollster::block_on(sd.generate(&params, &Inputs::default(), &mut |_| {}, None))
+            .expect("generate");
         images.push(out.images);
     }
     // The converter keeps f16 values as they are, so the pictures are identical.

@@ -154,19 +154,68 @@ pub struct GenerationRequestDoc {
     /// Required.
     pub prompt: String,
     pub negative_prompt: Option<String>,
-    /// Default: the model's native width. A multiple of 8 from 64 to 2048.
+    /// Default: the model's native width, or with `initImage` the image's width rounded down
+    /// to a multiple of 8 (64 to 2048). A multiple of 8 from 64 to 2048.
     pub width: Option<u32>,
+    /// Default: as `width`, from the native or the image's height.
     pub height: Option<u32>,
-    /// Default 20, from 1 to 150.
+    /// Default 20, from 1 to 150. With `initImage`, about `steps * strength` of them run.
     pub steps: Option<u32>,
     /// Default 7.5.
     pub cfg_scale: Option<f32>,
     /// Default: random. Image i of a batch uses seed + i.
     pub seed: Option<u64>,
-    /// `euler_a` (default), `euler`, `euler_karras`, `ddim`, `dpmpp_2m`, `dpmpp_2m_karras`.
+    /// `euler_a` (default), `euler`, `euler_karras`, `ddim`, `dpm++2m`, `dpm++2m_karras`, ...
+    /// (an unknown name's error lists them all; A1111 names such as `DPM++ 2M Karras` work too).
     pub sampler: Option<String>,
     /// 1 to 5 (default 1).
     pub count: Option<u32>,
+    /// `png` (default), `jpeg` or `webp`.
+    pub format: Option<String>,
+    /// img2img: the input image, base64 of a PNG, JPEG or WebP file (a `data:image/...;base64,`
+    /// URL works too), at most 4096x4096; resized to `width` x `height`.
+    pub init_image: Option<String>,
+    /// Inpainting (needs `initImage`): the mask, encoded as `initImage`; white = repaint,
+    /// black = keep. Any size; resized to `width` x `height`.
+    pub mask: Option<String>,
+    /// With `initImage`: how much of the image is repainted, from 0 (none) to 1 (all);
+    /// default 0.8.
+    pub strength: Option<f32>,
+}
+
+/// The request body of `POST /v1/images/edits`, `multipart/form-data` (documentation). The
+/// text parts are read as the JSON request's fields.
+#[derive(Debug, Clone, ToSchema)]
+#[allow(dead_code)]
+#[schema(as = EditRequest)]
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditRequestDoc {
+    /// Required: the input image file, PNG, JPEG or WebP, at most 4096x4096.
+    #[schema(value_type = String, format = Binary)]
+    pub image: Vec<u8>,
+    /// Inpainting: the mask file (white = repaint, black = keep).
+    #[schema(value_type = Option<String>, format = Binary)]
+    pub mask: Option<Vec<u8>>,
+    /// Required.
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    /// Default: the image's width rounded down to a multiple of 8 (64 to 2048).
+    pub width: Option<u32>,
+    /// Default: the image's height rounded down to a multiple of 8 (64 to 2048).
+    pub height: Option<u32>,
+    /// Default 20, from 1 to 150; about `steps * strength` of them run.
+    pub steps: Option<u32>,
+    /// Default 7.5.
+    pub cfg_scale: Option<f32>,
+    /// Default: random.
+    pub seed: Option<u64>,
+    /// As in `POST /v1/images/generations` (default `euler_a`).
+    pub sampler: Option<String>,
+    /// 1 to 5 (default 1).
+    pub count: Option<u32>,
+    /// From 0 to 1 (default 0.8); 1 repaints from pure noise.
+    pub strength: Option<f32>,
     /// `png` (default), `jpeg` or `webp`.
     pub format: Option<String>,
 }

@@ -6,11 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use image::{GrayImage, RgbImage};
 use sd_core::params::GenerationParams;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ErrorBody, JobResult, JobState, Progress, Status};
 use crate::encode::Format;
+use crate::inputs::Decoded;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -21,11 +23,15 @@ pub fn now_ms() -> u64 {
 }
 
 /// What the worker needs to run a job.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Work {
     pub id: String,
     pub params: GenerationParams,
     pub format: Format,
+    /// img2img and inpainting: the input image, decoded (any size; the pipeline resizes it).
+    pub init_image: Option<RgbImage>,
+    /// Inpainting: white = repaint (needs `init_image`).
+    pub mask: Option<GrayImage>,
     pub cancel: Arc<AtomicBool>,
 }
 
@@ -85,7 +91,12 @@ impl Jobs {
     }
 
     /// Creates a job and queues it, or says why not (the job is then forgotten).
-    pub fn submit(&self, params: GenerationParams, format: Format) -> Result<JobState, Rejected> {
+    pub fn submit(
+        &self,
+        params: GenerationParams,
+        format: Format,
+        inputs: Decoded,
+    ) -> Result<JobState, Rejected> {
         let now = now_ms();
         let id = format!("gen_{now}_{:09x}", rand::random::<u64>() & 0xf_ffff_ffff);
         let state = JobState {
@@ -112,6 +123,8 @@ impl Jobs {
             id: id.clone(),
             params,
             format,
+            init_image: inputs.init_image,
+            mask: inputs.mask,
             cancel: Arc::clone(&cancel),
         };
         if self.queue.send(work).is_err() {

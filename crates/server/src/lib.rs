@@ -1,13 +1,16 @@
 //! The local HTTP API: async generation jobs with progress, a bounded queue, SSE and cancel,
-//! shaped as the clients it serves already speak it (`/v1/images/generations`, `/health`).
+//! shaped as the clients it serves already speak it (`/v1/images/generations`, `/health`),
+//! plus img2img and inpainting (`initImage` / `mask` in JSON, or uploads to `/v1/images/edits`).
 //!
-//! - [`api`]: the wire types (also the OpenAPI document's schemas, [`openapi`]).
+//! - [`api`]: the wire types (also the OpenAPI document's schemas, [`openapi_json`]).
 //! - [`jobs`]: job states by id, cancel flags, the bounded queue, the TTL sweep.
 //! - [`worker`]: the one thread that owns the model and runs jobs in order.
 //! - [`routes`]: the handlers; they never wait on the GPU.
+//! - [`inputs`]: img2img and inpainting inputs (base64 or uploads) decoded and checked.
 
 pub mod api;
 pub mod encode;
+pub mod inputs;
 pub mod jobs;
 pub mod routes;
 pub mod worker;
@@ -41,8 +44,11 @@ pub struct ServerConfig {
     pub result_ttl: Duration,
     /// How often they are swept (`IMAGE_CLEANUP_INTERVAL_MS`, default 60000).
     pub cleanup_interval: Duration,
-    /// The largest request body (default 64 KiB).
+    /// The largest request body besides its images (default 64 KiB).
     pub max_body_bytes: usize,
+    /// The largest request body carrying images: a JSON request with `initImage` / `mask`, or
+    /// an upload to `/v1/images/edits` (default 32 MiB).
+    pub max_image_body_bytes: usize,
     /// Where `/v1/models` looks for other models.
     pub models_dir: Option<PathBuf>,
     /// On shutdown, cancel running and waiting jobs (default) instead of finishing them.
@@ -58,6 +64,7 @@ impl Default for ServerConfig {
             result_ttl: Duration::from_millis(300_000),
             cleanup_interval: Duration::from_millis(60_000),
             max_body_bytes: 64 << 10,
+            max_image_body_bytes: 32 << 20,
             models_dir: None,
             cancel_on_shutdown: true,
         }
@@ -114,6 +121,7 @@ pub enum ServerError {
     ),
     paths(
         routes::create,
+        routes::edit,
         routes::get,
         routes::cancel,
         routes::events,
@@ -122,6 +130,7 @@ pub enum ServerError {
     ),
     components(schemas(
         api::GenerationRequestDoc,
+        api::EditRequestDoc,
         api::Created,
         api::JobState,
         api::Status,
@@ -161,10 +170,17 @@ fn available_models(dir: Option<&PathBuf>) -> Vec<String> {
 
 fn router(state: Arc<AppState>) -> Router {
     let max_body = state.max_body_bytes;
+    // Routes that take images read their bodies themselves, up to `max_image_body_bytes`
+    // (and hold the rest of the request to `max_body_bytes`).
+    let image_limit = DefaultBodyLimit::disable();
     Router::new()
         .route(
             "/v1/images/generations",
-            axum::routing::post(routes::create),
+            axum::routing::post(routes::create).layer(image_limit),
+        )
+        .route(
+            "/v1/images/edits",
+            axum::routing::post(routes::edit).layer(image_limit),
         )
         .route(
             "/v1/images/generations/{id}",
@@ -183,7 +199,7 @@ fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .fallback(routes::fallback)
-        // One byte over the limit is enough to tell; the handler answers 400 itself.
+        // One byte over the limit is enough to tell; the handlers answer 400 themselves.
         .layer(DefaultBodyLimit::max(max_body + 1))
         .with_state(state)
 }
@@ -207,6 +223,7 @@ pub async fn serve(
         },
         available: available_models(config.models_dir.as_ref()),
         max_body_bytes: config.max_body_bytes,
+        max_image_body_bytes: config.max_image_body_bytes.max(config.max_body_bytes),
     });
     let worker_jobs = jobs.store.clone();
     let worker = std::thread::Builder::new()
@@ -345,5 +362,37 @@ impl BackgroundServer {
 impl Drop for BackgroundServer {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    #[test]
+    fn openapi_documents_the_image_inputs() {
+        let doc: Value = serde_json::from_str(&super::openapi_json()).expect("JSON");
+        let schemas = &doc["components"]["schemas"];
+        for field in ["initImage", "mask", "strength"] {
+            assert!(
+                schemas["GenerationRequest"]["properties"][field].is_object(),
+                "GenerationRequest.{field}: {}",
+                schemas["GenerationRequest"]
+            );
+        }
+        let edit = &schemas["EditRequest"];
+        assert_eq!(edit["properties"]["image"]["format"], "binary", "{edit}");
+        let required: Vec<&str> = edit["required"]
+            .as_array()
+            .expect("required parts")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(required, ["image", "prompt"], "{edit}");
+        let body = &doc["paths"]["/v1/images/edits"]["post"]["requestBody"]["content"];
+        assert_eq!(
+            body["multipart/form-data"]["schema"]["$ref"], "#/components/schemas/EditRequest",
+            "{body}"
+        );
     }
 }

@@ -2,19 +2,23 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
+use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::multipart::MultipartError;
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use sd_core::request::{Dialect, RequestError, parse_params, request_object, text};
+use serde_json::{Map, Value};
 
 use crate::api::{Created, ErrorBody, ErrorResponse, Health, JobState, ModelInfo, Models};
 use crate::encode::Format;
+use crate::inputs::{self, Decoded, Encoded, Given};
 use crate::jobs::{Jobs, Rejected};
 
 /// What the handlers share.
@@ -23,7 +27,54 @@ pub struct AppState {
     pub jobs: Jobs,
     pub model: ModelInfo,
     pub available: Vec<String>,
+    /// The largest request body besides its images.
     pub max_body_bytes: usize,
+    /// The largest request body carrying images (`initImage`, `mask`, an upload).
+    pub max_image_body_bytes: usize,
+}
+
+/// A fault of the body as a whole (`field: request`).
+fn request_error(message: String) -> ApiError {
+    ApiError::invalid(RequestError {
+        field: "request".into(),
+        message,
+    })
+}
+
+/// A body over `limit` bytes (`what`: which parts count).
+fn too_big(limit: usize, what: &str) -> ApiError {
+    request_error(format!("the body is larger than {limit} bytes{what}"))
+}
+
+/// How long, at most, a body over the limit is read on (and dropped).
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Reads a request body of at most `limit` bytes (the image routes disable axum's own limit
+/// and call this). A longer body is read on and dropped, up to as much again or
+/// [`DRAIN_TIME`], before the answer: a client still sending it then reads the 400 instead
+/// of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut data = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| request_error(format!("cannot read the body: {e}")))?;
+        if data.len() + chunk.len() > limit {
+            let mut read = data.len() + chunk.len();
+            drop(data);
+            let drain = async {
+                while let Some(Ok(chunk)) = stream.next().await {
+                    read += chunk.len();
+                    if read > limit.saturating_mul(2) {
+                        break;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            return Err(too_big(limit, ""));
+        }
+        data.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(data))
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -80,7 +131,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Starts an image generation; answers at once.
+/// Starts an image generation; answers at once. With `initImage` (and `mask`), img2img (and
+/// inpainting).
 #[utoipa::path(post, path = "/v1/images/generations",
     request_body = crate::api::GenerationRequestDoc,
     responses(
@@ -90,35 +142,226 @@ impl IntoResponse for ApiError {
     ))]
 pub async fn create(
     State(app): Shared,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    let too_big = || {
-        ApiError::invalid(RequestError {
-            field: "request".into(),
-            message: format!("the body is larger than {} bytes", app.max_body_bytes),
+    let body = read_body(body, app.max_image_body_bytes).await?;
+    let json = std::str::from_utf8(&body)
+        .map_err(|_| request_error("the body is not UTF-8 text".into()))?;
+    let dialect = Dialect::HTTP;
+    let mut obj = request_object(json, &dialect).map_err(ApiError::invalid)?;
+    let init_image = text(&obj, "initImage").map_err(ApiError::invalid)?;
+    let mask = text(&obj, "mask").map_err(ApiError::invalid)?;
+    obj.remove("initImage");
+    obj.remove("mask");
+    // The images may be large; the rest of the request may not.
+    let image_chars =
+        init_image.as_ref().map_or(0, String::len) + mask.as_ref().map_or(0, String::len);
+    if body.len().saturating_sub(image_chars) > app.max_body_bytes {
+        return Err(too_big(
+            app.max_body_bytes,
+            " not counting initImage and mask",
+        ));
+    }
+    let given = |field, text: Option<String>| {
+        text.map(|text| Given {
+            field,
+            data: Encoded::Base64(text),
         })
     };
-    let body = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            too_big()
+    submit(
+        &app,
+        obj,
+        "initImage",
+        given("initImage", init_image),
+        given("mask", mask),
+    )
+    .await
+}
+
+/// The text parts of `POST /v1/images/edits` (besides the files `image` and `mask`), as in
+/// the JSON request; the numeric ones are read as JSON numbers.
+const EDIT_TEXT_PARTS: [&str; 11] = [
+    "prompt",
+    "negativePrompt",
+    "steps",
+    "cfgScale",
+    "seed",
+    "sampler",
+    "width",
+    "height",
+    "count",
+    "strength",
+    "format",
+];
+const EDIT_NUMBER_PARTS: [&str; 7] = [
+    "steps", "cfgScale", "seed", "width", "height", "count", "strength",
+];
+
+/// img2img or inpainting from uploaded files (`multipart/form-data`): the parts `image` (a PNG,
+/// JPEG or WebP file, required), `mask` (optional, white = repaint), `prompt` (required) and the
+/// other fields of the JSON request as text. Answers like `POST /v1/images/generations`.
+#[utoipa::path(post, path = "/v1/images/edits",
+    request_body(content = crate::api::EditRequestDoc, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, body = Created),
+        (status = 400, body = ErrorResponse, description = "INVALID_REQUEST, naming the field (`image`, `mask`, `prompt`, ...)"),
+        (status = 503, body = ErrorResponse, description = "SERVER_BUSY: the queue is full; see Retry-After"),
+    ))]
+pub async fn edit(
+    State(app): Shared,
+    request: Request,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
+        return Err(request_error(format!(
+            "must be multipart/form-data with the parts image, mask (optional), prompt, ...; \
+             got Content-Type {content_type:?}"
+        )));
+    }
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, app.max_image_body_bytes).await?;
+    let request = Request::from_parts(parts, Body::from(body));
+    let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
+        request_error(format!(
+            "must be multipart/form-data with the parts image, mask, prompt, ...: {}",
+            e.body_text()
+        ))
+    })?;
+    let part_error = |name: &str, e: MultipartError| {
+        if name.is_empty() {
+            request_error(format!("cannot read the multipart body: {}", e.body_text()))
         } else {
             ApiError::invalid(RequestError {
-                field: "request".into(),
-                message: format!("cannot read the body: {e}"),
+                field: name.into(),
+                message: format!("cannot read this part: {}", e.body_text()),
             })
         }
-    })?;
-    if body.len() > app.max_body_bytes {
-        return Err(too_big());
+    };
+    let mut obj = Map::new();
+    let (mut image, mut mask) = (None, None);
+    let mut text_bytes = 0usize;
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| part_error("", e))?
+    {
+        let Some(name) = field.name().map(str::to_owned) else {
+            return Err(request_error("a part without a name".into()));
+        };
+        let invalid = |message: String| {
+            ApiError::invalid(RequestError {
+                field: name.clone(),
+                message,
+            })
+        };
+        let seen = match name.as_str() {
+            "image" => image.is_some(),
+            "mask" => mask.is_some(),
+            other => obj.contains_key(other),
+        };
+        if seen {
+            return Err(invalid("given twice".into()));
+        }
+        match name.as_str() {
+            "image" | "mask" => {
+                let bytes = field.bytes().await.map_err(|e| part_error(&name, e))?;
+                let given = Some(Given {
+                    field: if name == "image" { "image" } else { "mask" },
+                    data: Encoded::Bytes(bytes),
+                });
+                if name == "image" {
+                    image = given;
+                } else {
+                    mask = given;
+                }
+            }
+            known if EDIT_TEXT_PARTS.contains(&known) => {
+                let value = field.text().await.map_err(|e| part_error(&name, e))?;
+                text_bytes += value.len();
+                if text_bytes > app.max_body_bytes {
+                    return Err(too_big(app.max_body_bytes, " not counting image and mask"));
+                }
+                let trimmed = value.trim();
+                let value = if EDIT_NUMBER_PARTS.contains(&known) {
+                    if trimmed.is_empty() {
+                        continue; // an empty form field: not given
+                    }
+                    // A number if it reads as one; else the parser names the field.
+                    serde_json::from_str::<serde_json::Number>(trimmed)
+                        .map_or(Value::String(value.clone()), Value::Number)
+                } else if known == "prompt" || known == "negativePrompt" {
+                    Value::String(value)
+                } else if trimmed.is_empty() {
+                    continue;
+                } else {
+                    Value::String(trimmed.to_owned())
+                };
+                obj.insert(name, value);
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown part; the parts are image, mask, {}",
+                    EDIT_TEXT_PARTS.join(", ")
+                )));
+            }
+        }
     }
-    let json = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::invalid(RequestError {
-            field: "request".into(),
-            message: "the body is not UTF-8 text".into(),
-        })
-    })?;
+    if image.is_none() && mask.is_none() && obj.is_empty() {
+        return Err(request_error(
+            "no parts: expected multipart/form-data with image, prompt and optionally mask".into(),
+        ));
+    }
+    if image.is_none() && mask.is_none() {
+        return Err(ApiError::invalid(RequestError {
+            field: "image".into(),
+            message: "is required: the input image file (PNG, JPEG or WebP)".into(),
+        }));
+    }
+    submit(&app, obj, "image", image, mask).await
+}
+
+/// What both creating routes share: decodes the images (off the async threads), defaults the
+/// size to the input image's, checks the parameters and queues the job.
+async fn submit(
+    app: &AppState,
+    mut obj: Map<String, Value>,
+    image_field: &'static str,
+    image: Option<Given>,
+    mask: Option<Given>,
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    if mask.is_some() && image.is_none() {
+        return Err(ApiError::invalid(RequestError {
+            field: "mask".into(),
+            message: format!("requires {image_field} (the image to inpaint)"),
+        }));
+    }
+    let decoded = if image.is_some() {
+        tokio::task::spawn_blocking(move || inputs::decode(image, mask))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "IO_ERROR", e.to_string())
+            })?
+            .map_err(ApiError::invalid)?
+    } else {
+        Decoded::default()
+    };
+    // Without a size in the request, an input image gives its own (rounded down to a multiple
+    // of 8).
+    if let Some(init) = &decoded.init_image {
+        for (key, side) in [("width", init.width()), ("height", init.height())] {
+            if obj.get(key).is_none_or(Value::is_null) {
+                obj.insert(key.into(), Value::from(inputs::default_side(side)));
+            }
+        }
+    }
     let dialect = Dialect::HTTP;
-    let obj = request_object(json, &dialect).map_err(ApiError::invalid)?;
     let native = (app.model.native_width, app.model.native_height);
     let params = parse_params(&obj, &dialect, native, rand::random).map_err(ApiError::invalid)?;
     let format = match text(&obj, "format").map_err(ApiError::invalid)? {
@@ -133,7 +376,7 @@ pub async fn create(
             })
         })?,
     };
-    match app.jobs.submit(params, format) {
+    match app.jobs.submit(params, format, decoded) {
         Ok(state) => Ok((
             StatusCode::CREATED,
             Json(Created {

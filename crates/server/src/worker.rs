@@ -7,6 +7,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use sd_core::params::GenerationParams;
 use sd_core::progress::Stage;
+use sd_models::pipeline::Inputs;
 use sd_models::{ModelError, png};
 use tokio::sync::mpsc;
 
@@ -51,16 +52,21 @@ fn run_one(
     let params = &work.params;
     let total_images = params.count;
     let mut image = 0u32;
+    // The steps actually run: fewer than `params.steps` for img2img (strength < 1).
+    let mut steps_run = params.steps;
     let mut on_stage = |stage: Stage| {
         let (stage_name, step, total, within) = match stage {
-            Stage::Load | Stage::Encode => ("loading", 0, params.steps, 0.0),
-            Stage::Diffusion { step, total } => (
-                "diffusion",
-                step,
-                total,
-                0.05 + 0.85 * step as f64 / total.max(1) as f64,
-            ),
-            Stage::Decode => ("decoding", params.steps, params.steps, 0.9),
+            Stage::Load | Stage::Encode => ("loading", 0, steps_run, 0.0),
+            Stage::Diffusion { step, total } => {
+                steps_run = total;
+                (
+                    "diffusion",
+                    step,
+                    total,
+                    0.05 + 0.85 * step as f64 / total.max(1) as f64,
+                )
+            }
+            Stage::Decode => ("decoding", steps_run, steps_run, 0.9),
             Stage::Done => return,
         };
         jobs.progress(
@@ -79,9 +85,14 @@ fn run_one(
         }
     };
     let cancelled = || work.cancel.load(Ordering::SeqCst);
+    let inputs = Inputs {
+        initial_latents: None,
+        init_image: work.init_image.as_ref(),
+        mask: work.mask.as_ref(),
+    };
     let generated = pollster::block_on(model.model.generate_cancellable(
         params,
-        None,
+        &inputs,
         &mut on_stage,
         None,
         &cancelled,
@@ -89,6 +100,22 @@ fn run_one(
     let generated = match generated {
         Ok(g) => g,
         Err(ModelError::Cancelled) => return (Status::Cancelled, None, None),
+        // The handlers check the inputs, so this is unlikely; still the client's mistake.
+        Err(ModelError::Input { field, message }) => {
+            let field = match field {
+                "init_image" => "initImage",
+                other => other,
+            };
+            return (
+                Status::Error,
+                None,
+                Some(ErrorBody {
+                    message: format!("{field}: {message}"),
+                    code: "INVALID_REQUEST".into(),
+                    field: Some(field.into()),
+                }),
+            );
+        }
         Err(e) => return (Status::Error, None, error("BACKEND_ERROR", e.to_string())),
     };
     let mut images = Vec::new();

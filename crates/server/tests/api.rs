@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
+use reqwest::blocking::multipart::{Form, Part};
 use reqwest::blocking::{Client, Response};
 use sd_kernels::{ContextOptions, DType, GpuContext};
 use sd_models::{ModelSource, StableDiffusion};
@@ -31,6 +32,8 @@ use judge::Judged;
 
 const MODEL_NAME: &str = "tiny-sd-digits";
 const GENERATIONS: &str = "/v1/images/generations";
+/// img2img and inpainting from uploads (multipart).
+const EDITS: &str = "/v1/images/edits";
 /// The judged prompt: the digits model's grammar.
 const JUDGED_PROMPT: &str = "a red digit seven on a blue background";
 /// A prompt for jobs whose meaning is not judged.
@@ -144,6 +147,15 @@ impl TestServer {
 
     fn post(&self, body: &Value) -> Response {
         self.post_raw(body.to_string())
+    }
+
+    /// POSTs a multipart form to the edits route.
+    fn post_form(&self, form: Form) -> Response {
+        self.client
+            .post(self.url(EDITS))
+            .multipart(form)
+            .send()
+            .unwrap_or_else(|e| panic!("POST {EDITS}: {e}"))
     }
 
     fn delete(&self, id: &str) -> (StatusCode, Value) {
@@ -636,6 +648,11 @@ fn config_defaults_are_the_documented_ones() {
         "IMAGE_CLEANUP_INTERVAL_MS"
     );
     assert_eq!(config.max_body_bytes, 64 * 1024, "max_body_bytes");
+    assert_eq!(
+        config.max_image_body_bytes,
+        32 << 20,
+        "max_image_body_bytes"
+    );
 }
 
 /// POST, poll until complete, and the image means what the prompt says.
@@ -1427,11 +1444,26 @@ fn openapi_document_lists_the_routes() {
         "/v1/images/generations/{id}/events",
         "/health",
         "/v1/models",
+        EDITS,
     ] {
         assert!(
             paths.contains_key(path),
             "/openapi.json lacks {path}; it has {:?}",
             paths.keys().collect::<Vec<_>>()
+        );
+    }
+    let edit = &doc["paths"][EDITS]["post"]["requestBody"]["content"]["multipart/form-data"];
+    assert!(
+        edit.is_object(),
+        "{EDITS}: a multipart/form-data request body: {}",
+        doc["paths"][EDITS]
+    );
+    let json_body = doc["paths"][GENERATIONS]["post"]["requestBody"].to_string();
+    let schemas = doc["components"]["schemas"].to_string();
+    for field in ["initImage", "mask", "strength"] {
+        assert!(
+            schemas.contains(&format!("\"{field}\"")),
+            "the generation request schema lacks `{field}`: {json_body}"
         );
     }
 }
@@ -1461,4 +1493,371 @@ fn jpeg_and_webp_formats() {
             &bytes[..bytes.len().min(12)]
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// img2img and inpainting (issue 7)
+// ---------------------------------------------------------------------------------------------
+
+/// img2img towards another picture: a yellow 0 on green from the red 7 on blue.
+const IMG2IMG_PROMPT: &str = "a yellow digit zero on a green background";
+const IMG2IMG_SEED: u64 = 1;
+/// Inpainting a 3 into the middle of the 7's picture.
+const INPAINT_PROMPT: &str = "a red digit three on a blue background";
+const INPAINT_SEED: u64 = 1;
+
+/// The input of the img2img and inpainting tests: a red 7 on blue, 64x64 PNG.
+fn input_png() -> Vec<u8> {
+    let path = judge::fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+/// An image as PNG bytes.
+fn encode_png(image: &image::DynamicImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("encode a PNG");
+    out.into_inner()
+}
+
+/// The inpainting mask: a white square over pixels 8..56 both ways, on black, 64x64.
+fn mask_png() -> Vec<u8> {
+    let inside = |v: u32| (8..56).contains(&v);
+    let mask = image::GrayImage::from_fn(64, 64, |x, y| {
+        image::Luma([if inside(x) && inside(y) { 255 } else { 0 }])
+    });
+    encode_png(&image::DynamicImage::ImageLuma8(mask))
+}
+
+fn file_part(bytes: Vec<u8>, name: &str, mime: &str) -> Part {
+    Part::bytes(bytes)
+        .file_name(name.to_owned())
+        .mime_str(mime)
+        .expect("a MIME type")
+}
+
+/// The one image of a complete job: (RGB, width, height), checked to be 64x64.
+fn only_image(done: &Value) -> Vec<u8> {
+    let images = done["result"]["images"].as_array().expect("checked");
+    assert_eq!(images.len(), 1, "one image: {}", brief(done));
+    assert_eq!(
+        (images[0]["width"].as_u64(), images[0]["height"].as_u64()),
+        (Some(64), Some(64)),
+        "the size defaults to the input image's: {}",
+        brief(done)
+    );
+    let (rgb, width, height) = png_rgb(&image_bytes(&images[0]));
+    assert_eq!((width, height), (64, 64), "the PNG's size");
+    rgb
+}
+
+/// img2img through the JSON route: `initImage` as base64 (and as a data URL) with strength
+/// 0.9 repaints the red 7 on blue as the prompt says; with 0.3 it stays a red 7 on blue.
+#[test]
+fn img2img_through_json() {
+    let server = TestServer::start(config());
+    let input = BASE64.encode(input_png());
+    let far = server.submit(&json!({
+        "prompt": IMG2IMG_PROMPT,
+        "initImage": input,
+        "strength": 0.9,
+        "sampler": "euler",
+        "steps": 20,
+        "cfgScale": 5,
+        "seed": IMG2IMG_SEED,
+    }));
+    let near = server.submit(&json!({
+        "prompt": JUDGED_PROMPT,
+        "initImage": format!("data:image/png;base64,{input}"),
+        "strength": 0.3,
+        "sampler": "euler",
+        "steps": 20,
+        "cfgScale": 5,
+        "seed": IMG2IMG_SEED,
+    }));
+    let mut totals = HashSet::new();
+    let done = server.wait_state(&far, Duration::from_secs(300), "finished", |state| {
+        if state["progress"]["stage"] == "diffusion" {
+            totals.insert(state["progress"]["totalSteps"].as_u64());
+        }
+        TERMINAL.contains(&status_of(state))
+    });
+    assert_eq!(
+        status_of(&done),
+        "complete",
+        "img2img 0.9: {}",
+        brief(&done)
+    );
+    eprintln!("img2img 0.9: diffusion totalSteps seen {totals:?}");
+    let judged = judge::judge_rgb(&only_image(&done), 64, 64);
+    eprintln!("img2img 0.9: judged {judged}");
+    assert_eq!(
+        judged,
+        Judged {
+            digit: 0,
+            fg: "yellow",
+            bg: "green"
+        },
+        "img2img of the red 7 on blue, strength 0.9, {IMG2IMG_PROMPT:?}, seed {IMG2IMG_SEED}"
+    );
+
+    let done = server.wait_complete(&near, Duration::from_secs(300));
+    let judged = judge::judge_rgb(&only_image(&done), 64, 64);
+    eprintln!("img2img 0.3: judged {judged}");
+    assert_eq!(
+        judged,
+        Judged {
+            digit: 7,
+            fg: "red",
+            bg: "blue"
+        },
+        "img2img of the red 7 on blue, strength 0.3, {JUDGED_PROMPT:?}"
+    );
+}
+
+/// Inpainting through the multipart route: the masked middle becomes a 3 on blue, the border
+/// outside the mask stays near the input.
+#[test]
+fn inpaint_through_multipart_edits() {
+    let server = TestServer::start(config());
+    let form = Form::new()
+        .part("image", file_part(input_png(), "input.png", "image/png"))
+        .part("mask", file_part(mask_png(), "mask.png", "image/png"))
+        .text("prompt", INPAINT_PROMPT)
+        .text("strength", "1")
+        .text("sampler", "euler")
+        .text("steps", "20")
+        .text("cfgScale", "5")
+        .text("seed", INPAINT_SEED.to_string());
+    let (status, reply) = json_of(server.post_form(form));
+    assert_eq!(status, StatusCode::CREATED, "POST {EDITS}: {reply}");
+    let id = check_accepted(&reply);
+    let done = server.wait_complete(&id, Duration::from_secs(300));
+    let images = &done["result"]["images"];
+    assert_eq!(images[0]["seed"], INPAINT_SEED, "{}", brief(&done));
+    let rgb = only_image(&done);
+    let judged = judge::judge_rgb(&rgb, 64, 64);
+    eprintln!("inpaint: judged {judged}");
+    assert!(
+        judged.digit == 3 && judged.bg == "blue",
+        "inpainting {INPAINT_PROMPT:?} into the 7's picture, seed {INPAINT_SEED}: judged {judged}, \
+         expected a 3 on blue"
+    );
+
+    // The border (outside 4..60 both ways, well outside the mask) keeps the input's pixels,
+    // up to the VAE's round trip.
+    let (input, _, _) = judge::decode_png_rgb(&input_png(), "the input");
+    let (mut sum, mut n) = (0u64, 0u64);
+    for y in 0..64usize {
+        for x in 0..64usize {
+            if (4..60).contains(&x) && (4..60).contains(&y) {
+                continue;
+            }
+            for c in 0..3 {
+                let i = (y * 64 + x) * 3 + c;
+                sum += u64::from(rgb[i].abs_diff(input[i]));
+                n += 1;
+            }
+        }
+    }
+    let mean = sum as f64 / n as f64;
+    eprintln!("inpaint: border mean |difference| from the input {mean:.1} of 255");
+    assert!(
+        mean < 12.0,
+        "the border outside the mask changed by {mean:.1} of 255 on average"
+    );
+}
+
+/// Bad img2img and inpainting input, through either route, is a 400 naming its field; the
+/// server keeps serving.
+#[test]
+fn bad_image_input_is_400_naming_the_field() {
+    let server = TestServer::start(ServerConfig {
+        max_image_body_bytes: 256 << 10,
+        ..config()
+    });
+    let input = input_png();
+    let input_b64 = BASE64.encode(&input);
+    let too_wide = encode_png(&image::DynamicImage::new_luma8(5000, 8));
+    let json_cases: Vec<(&str, Value, &str, Option<&str>)> = vec![
+        (
+            "initImage not base64",
+            json!({ "prompt": PROMPT, "initImage": "this is not base64!" }),
+            "initImage",
+            Some("base64"),
+        ),
+        (
+            "initImage not an image",
+            json!({ "prompt": PROMPT, "initImage": BASE64.encode("just some text, not a picture") }),
+            "initImage",
+            Some("PNG, JPEG or WebP"),
+        ),
+        (
+            "initImage not a string",
+            json!({ "prompt": PROMPT, "initImage": 7 }),
+            "initImage",
+            None,
+        ),
+        (
+            "initImage too large",
+            json!({ "prompt": PROMPT, "initImage": BASE64.encode(&too_wide) }),
+            "initImage",
+            Some("4096x4096"),
+        ),
+        (
+            "mask without initImage",
+            json!({ "prompt": PROMPT, "mask": input_b64 }),
+            "mask",
+            Some("initImage"),
+        ),
+        (
+            "mask not an image",
+            json!({ "prompt": PROMPT, "initImage": input_b64, "mask": BASE64.encode("no") }),
+            "mask",
+            Some("PNG, JPEG or WebP"),
+        ),
+        (
+            "strength 2",
+            json!({ "prompt": PROMPT, "initImage": input_b64, "strength": 2 }),
+            "strength",
+            Some("1"),
+        ),
+        (
+            "body over max_image_body_bytes",
+            json!({ "prompt": PROMPT, "initImage": "A".repeat(300 << 10) }),
+            "request",
+            None,
+        ),
+    ];
+    let form = || Form::new().text("prompt", PROMPT).text("steps", "2");
+    let png_part = || file_part(input.clone(), "input.png", "image/png");
+    let form_cases: Vec<(&str, Form, &str, Option<&str>)> = vec![
+        ("multipart without image", form(), "image", Some("required")),
+        (
+            "multipart image not an image",
+            form().part(
+                "image",
+                file_part(b"hello, world".to_vec(), "notes.txt", "text/plain"),
+            ),
+            "image",
+            Some("PNG, JPEG or WebP"),
+        ),
+        (
+            "multipart mask not an image",
+            form().part("image", png_part()).part(
+                "mask",
+                file_part(b"GIF89a".to_vec(), "mask.gif", "image/gif"),
+            ),
+            "mask",
+            Some("PNG, JPEG or WebP"),
+        ),
+        (
+            "multipart mask without image",
+            form().part("mask", png_part()),
+            "mask",
+            Some("image"),
+        ),
+        (
+            "multipart steps \"ten\"",
+            Form::new()
+                .text("prompt", PROMPT)
+                .text("steps", "ten")
+                .part("image", png_part()),
+            "steps",
+            None,
+        ),
+        (
+            "multipart without prompt",
+            Form::new().part("image", png_part()),
+            "prompt",
+            None,
+        ),
+        (
+            "multipart unknown part",
+            form().part("image", png_part()).text("stepz", "3"),
+            "stepz",
+            Some("prompt"),
+        ),
+        (
+            "multipart strength 2",
+            form().part("image", png_part()).text("strength", "2"),
+            "strength",
+            None,
+        ),
+        (
+            "multipart body over max_image_body_bytes",
+            form().part(
+                "image",
+                file_part(vec![0; 300 << 10], "big.png", "image/png"),
+            ),
+            "request",
+            Some("larger"),
+        ),
+    ];
+    let mut responses: Vec<(&str, Response, &str, Option<&str>)> = Vec::new();
+    for (case, body, field, word) in json_cases {
+        responses.push((case, server.post(&body), field, word));
+    }
+    for (case, form, field, word) in form_cases {
+        eprintln!("bad image input: sending {case}");
+        responses.push((case, server.post_form(form), field, word));
+    }
+    let not_multipart = server
+        .client
+        .post(server.url(EDITS))
+        .json(&json!({ "prompt": PROMPT }))
+        .send()
+        .expect("POST JSON to the edits route");
+    responses.push((
+        "JSON to the multipart route",
+        not_multipart,
+        "request",
+        Some("multipart/form-data"),
+    ));
+
+    let mut failures = Vec::new();
+    for (case, response, field, word) in responses {
+        let (status, reply) = json_of(response);
+        let error = &reply["error"];
+        let message = error["message"].as_str().unwrap_or("");
+        let mut wrong = Vec::new();
+        if status != StatusCode::BAD_REQUEST {
+            wrong.push(format!("status {status}"));
+        }
+        if error["code"] != "INVALID_REQUEST" {
+            wrong.push(format!("code {}", error["code"]));
+        }
+        if error["field"] != field {
+            wrong.push(format!("field {} (expected {field:?})", error["field"]));
+        }
+        if !message.starts_with(field) {
+            wrong.push(format!("message does not start with {field:?}"));
+        }
+        if let Some(word) = word
+            && !message.contains(word)
+        {
+            wrong.push(format!("message does not say {word:?}"));
+        }
+        eprintln!("bad image input: {case}: {status} {reply}");
+        if !wrong.is_empty() {
+            failures.push(format!("{case}: {} — {reply}", wrong.join(", ")));
+        }
+        let (busy, _) = server.health();
+        assert!(!busy, "{case}: a rejected request started a job");
+    }
+    assert!(
+        failures.is_empty(),
+        "bad requests answered wrongly:\n{}",
+        failures.join("\n")
+    );
+
+    // Still serving, through both routes.
+    let id = server.submit(&json!({
+        "prompt": PROMPT, "initImage": input_b64, "strength": 0.5, "seed": 9, "steps": 2,
+    }));
+    server.wait_complete(&id, SHORT_JOB);
+    let (status, reply) = json_of(server.post_form(form().part("image", png_part())));
+    assert_eq!(status, StatusCode::CREATED, "POST {EDITS}: {reply}");
+    server.wait_complete(&check_accepted(&reply), SHORT_JOB);
 }

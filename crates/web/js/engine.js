@@ -4,6 +4,7 @@
 
 import init, { WasmModel, parseManifest } from "./wasm/sd_web.js";
 import * as cache from "./cache.js";
+import { checkImages, decodeImages } from "./images.js";
 import {
   SdError,
   abortedError,
@@ -424,17 +425,19 @@ function hasTag(value, tag) {
   return Object.prototype.toString.call(value) === `[object ${tag}]`;
 }
 
-// The wasm takes the parameters as JSON and the latents as a separate typed array.
+// The wasm takes the parameters as JSON, the latents as a separate typed array and the images
+// (`initImage`, `mask`) as { width, height, data } objects; `strength` is one of the parameters.
 function splitRequest(request) {
   if (request === null || typeof request !== "object" || Array.isArray(request)) {
     throw new SdError('request: must be an object such as { prompt: "a red digit seven" }', "INVALID_REQUEST");
   }
-  const { initialLatents, ...params } = request;
+  const { initialLatents, initImage, mask, ...params } = request;
   if (initialLatents !== undefined && !hasTag(initialLatents, "Float32Array")) {
     throw new SdError("initialLatents: must be a Float32Array", "INVALID_REQUEST");
   }
+  const images = checkImages({ initImage, mask });
   try {
-    return { params: JSON.stringify(params), latents: initialLatents };
+    return { params: JSON.stringify(params), latents: initialLatents, images };
   } catch (error) {
     throw new SdError(`request: cannot be serialised to JSON (${error.message})`, "INVALID_REQUEST");
   }
@@ -510,14 +513,29 @@ export class Engine {
     } catch (error) {
       return Promise.reject(error);
     }
-    return this.#queue.run(() => this.#generate(parts, onProgress, signal), signal, GENERATION);
+    // Images are decoded at once, while earlier generations run; a bad one rejects without
+    // waiting for its turn. The turn in the queue is taken now, so calls still run in order.
+    const inputs = decodeImages(parts.images, signal);
+    inputs.catch(() => {}); // observed below
+    const job = this.#queue.run(
+      async () => this.#generate(parts, await inputs, onProgress, signal),
+      signal,
+      GENERATION,
+    );
+    return Promise.race([job, inputs.then(() => job)]);
   }
 
-  async #generate({ params, latents }, onProgress, signal) {
+  async #generate({ params, latents }, inputs, onProgress, signal) {
     if (this.#disposed) throw disposedError();
     const controller = linkedController(signal, this.#disposing.signal);
     try {
-      const result = await this.#model.generate(params, latents, controller.signal, progressAdapter(onProgress));
+      const result = await this.#model.generate(
+        params,
+        latents,
+        inputs,
+        controller.signal,
+        progressAdapter(onProgress),
+      );
       return toGeneratedImages(result);
     } catch (error) {
       if (this.#disposed) throw disposedError();

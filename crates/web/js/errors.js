@@ -24,13 +24,28 @@ export class SdError extends Error {
   /**
    * @param {string} message what happened, for a person
    * @param {string} [code] one of ERROR_CODES; anything else becomes "INTERNAL"
-   * @param {{ cause?: unknown }} [options]
+   * @param {{ cause?: unknown, field?: string }} [options] `field`: the request field an
+   *   INVALID_REQUEST is about (camelCase, e.g. "width", "initImage")
    */
   constructor(message, code = "INTERNAL", options = undefined) {
-    super(message, options);
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.name = "SdError";
     this.code = KNOWN_CODES.has(code) ? code : "INTERNAL";
+    const field = options?.field ?? requestField(this.code, message);
+    if (field) this.field = field;
   }
+}
+
+// An INVALID_REQUEST message starts with the field it is about ("width: must be ..."), as the
+// wasm module and this package write them.
+function requestField(code, message) {
+  if (code !== "INVALID_REQUEST" || typeof message !== "string") return undefined;
+  return /^([A-Za-z][A-Za-z0-9]*):/.exec(message)?.[1];
+}
+
+/** An INVALID_REQUEST about `field`; the message starts with the field's name. */
+export function invalidRequest(field, message, options = undefined) {
+  return new SdError(`${field}: ${message}`, "INVALID_REQUEST", { ...options, field });
 }
 
 /** The error for a cancelled operation; `what` names it ("Loading the model", "Generation"). */
@@ -80,9 +95,11 @@ export function toSdError(value, context = {}) {
   const message = messageOf(value);
   const name = value?.name;
   const cause = { cause: value };
-  // Errors from the wasm module carry a string code (DOMExceptions carry a numeric one).
+  // Errors from the wasm module carry a string code (DOMExceptions carry a numeric one), and
+  // request errors may name their field.
   if (typeof value?.code === "string" && KNOWN_CODES.has(value.code)) {
-    return new SdError(message, value.code, cause);
+    const field = typeof value.field === "string" && value.field ? value.field : undefined;
+    return new SdError(message, value.code, { ...cause, field });
   }
   if (name === "AbortError") return new SdError(abortedError(what).message, "ABORTED", cause);
   if (name === "TimeoutError") return new SdError(`${what ?? "The operation"} timed out.`, "ABORTED", cause);
@@ -121,14 +138,15 @@ export function toSdError(value, context = {}) {
 
 /** The structured-cloneable form of an error, for postMessage. */
 export function serializeError(error) {
-  const { name, code, message } = toSdError(error);
-  return { name, code, message };
+  const { name, code, message, field } = toSdError(error);
+  return field ? { name, code, message, field } : { name, code, message };
 }
 
 /** The SdError back from its serialised form. */
 export function deserializeError(data) {
   const message = typeof data?.message === "string" ? data.message : "Unknown error in the worker.";
-  return new SdError(message, data?.code);
+  const field = typeof data?.field === "string" && data.field ? data.field : undefined;
+  return new SdError(message, data?.code, { field });
 }
 
 /** Calls a user callback; an exception in it is reported, never allowed to break a load or generation. */

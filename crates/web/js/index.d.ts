@@ -8,7 +8,8 @@
  * - `NETWORK`: a download failed (offline, server error, CORS).
  * - `INTEGRITY`: a downloaded shard's size or SHA-256 differs from the manifest.
  * - `QUOTA`: browser storage is full (loads only warn about it and go on uncached).
- * - `INVALID_REQUEST`: a generation parameter is out of range; the message names the field.
+ * - `INVALID_REQUEST`: a generation parameter is out of range, or an input image cannot be read;
+ *   the message names the field, and so does `SdError.field`.
  * - `DEVICE_LOST`: the GPU device was lost (driver reset, tab in background for long): load again.
  * - `OUT_OF_MEMORY`: GPU or WebAssembly memory ran out.
  * - `ABORTED`: the caller's AbortSignal fired.
@@ -35,9 +36,15 @@ export class SdError extends Error {
    * @param message what happened, for a person
    * @param code defaults to `"INTERNAL"`; an unknown code also becomes `"INTERNAL"`
    */
-  constructor(message: string, code?: ErrorCode, options?: { cause?: unknown });
+  constructor(message: string, code?: ErrorCode, options?: { cause?: unknown; field?: string });
   readonly name: "SdError";
   readonly code: ErrorCode;
+  /**
+   * For `INVALID_REQUEST` (and a failed download of an input image): the request field it is
+   * about, camelCase as in the request (`"width"`, `"steps"`, `"strength"`, `"initImage"`,
+   * `"mask"`, ...). The message starts with the same name.
+   */
+  readonly field?: string;
 }
 
 /**
@@ -100,18 +107,64 @@ export interface GenerateParams {
   guidanceScale?: number;
   /** Default: random. Image i of a batch uses seed + i. */
   seed?: number;
-  /** `euler`, `euler_karras`, `euler_a` (default), `ddim`, `dpmpp_2m`, `dpmpp_2m_karras`. */
+  /**
+   * A sampler's name: `euler_a` (default), `euler`, `ddim`, `dpm++2m_karras`, ... (`info.samplers`
+   * lists them all).
+   */
   sampler?: string;
   /** Multiples of 8 between 64 and 2048. Default: the model's native size. */
   width?: number;
   height?: number;
   /** Images to generate, 1..16. Default 1. */
   count?: number;
+  /**
+   * With `initImage`: how much of it to change, 0..1. 0 keeps the image, 1 repaints it
+   * entirely (the image then only shows through where a `mask` keeps it); in between,
+   * generation starts from the image noised to that level and runs `steps * strength` steps.
+   * Default 0.8. Ignored without an `initImage`.
+   */
+  strength?: number;
 }
+
+/** Raw pixels: `data` holds `width * height * 4` bytes, RGBA row by row. An `ImageData` is one. */
+export interface PixelData {
+  readonly width: number;
+  readonly height: number;
+  readonly data: Uint8ClampedArray | Uint8Array;
+}
+
+/**
+ * An input image (`initImage`, `mask`). URLs (relative ones resolve against the page) are
+ * fetched; encoded images (PNG, JPEG, WebP, whatever the browser decodes) are decoded as stored,
+ * without colour management; `<img>` elements must be loaded (or loading) and same-origin or
+ * CORS-enabled; canvases are read as they are now. Alpha is ignored for `initImage`.
+ */
+export type ImageSource =
+  | ImageData
+  | PixelData
+  | Blob
+  | File
+  | URL
+  | string
+  | ImageBitmap
+  | HTMLImageElement
+  | HTMLCanvasElement
+  | OffscreenCanvas;
 
 export interface GenerateRequest extends GenerateParams {
   /** Unit-noise starting latents, [count, 4, height / 8, width / 8]; default: noise from the seed. */
   initialLatents?: Float32Array;
+  /**
+   * img2img: the picture to start from, of any size; it is resized to `width` x `height`. Without
+   * `width` and `height` the output takes its size, rounded down to multiples of 8 (64..2048).
+   * `strength` says how much of it changes.
+   */
+  initImage?: ImageSource;
+  /**
+   * Inpainting (needs `initImage`): white marks what to repaint, black what to keep; grey blends.
+   * Read by brightness; transparent parts count as black. Any size (resized to the output's).
+   */
+  mask?: ImageSource;
 }
 
 /** Progress of a generation. */
@@ -143,8 +196,11 @@ export interface GeneratedImage {
   seed: number;
   width: number;
   height: number;
-  /** The full normalized request (defaults filled in), with this image's seed. */
-  params: Required<GenerateParams>;
+  /**
+   * The full normalized request (defaults filled in), with this image's seed; `strength` only
+   * when the request had an `initImage`. The images themselves are not repeated here.
+   */
+  params: Required<Omit<GenerateParams, "strength">> & { strength?: number };
 }
 
 export interface ModelInfo {
@@ -185,8 +241,13 @@ export class StableDiffusion {
    * Generates `count` images. Calls on one model run one at a time, in order; a later call waits.
    * Warnings of the engine (e.g. a size far from the native one) go to the console.
    *
-   * @throws {SdError} `INVALID_REQUEST` (the message names the field), `ABORTED`, `DISPOSED`,
-   *   `DEVICE_LOST`, `OUT_OF_MEMORY`, `INTERNAL`.
+   * Input images are fetched and decoded first (on the page for URLs and DOM elements, in the
+   * worker for the rest).
+   *
+   * @throws {SdError} `INVALID_REQUEST` (the message and `field` name the field: also a mask
+   *   without an `initImage`, or an input image that cannot be fetched or decoded), `NETWORK`
+   *   (an input image URL could not be reached), `ABORTED`, `DISPOSED`, `DEVICE_LOST`,
+   *   `OUT_OF_MEMORY`, `INTERNAL`.
    */
   generate(request: GenerateRequest, options?: GenerateOptions): Promise<GeneratedImage[]>;
 

@@ -11,6 +11,7 @@ import {
   disposedError,
   toSdError,
 } from "./errors.js";
+import { prepareImages } from "./images.js";
 
 export { SdError };
 
@@ -162,9 +163,22 @@ function unsendable(error) {
 }
 
 function workerBackend(client) {
+  // Requests are posted in call order (the worker runs them in arrival order), also when one
+  // waits here for its images to be fetched or read.
+  let posted = Promise.resolve();
   return {
-    generate: (request, { onProgress, signal }) =>
-      client.call("generate", { request }, { onProgress, signal, what: GENERATION }),
+    generate(request, { onProgress, signal }) {
+      const ready = posted.then(() => prepareImages(request, signal));
+      // Wrapped, so that `sent` settles when the message is posted, not when the call ends.
+      const sent = ready.then((prepared) => ({
+        reply: client.call("generate", { request: prepared }, { onProgress, signal, what: GENERATION }),
+      }));
+      posted = sent.then(
+        () => {},
+        () => {},
+      );
+      return sent.then(({ reply }) => reply);
+    },
     async dispose() {
       let timer;
       const grace = new Promise((resolve) => {

@@ -1,5 +1,7 @@
 // The module worker that runs the engine off the page's main thread.
 // Requests:  { id, type: "load", manifestUrl, cache } | { id, type: "generate", request }
+//            (request.initImage / request.mask: ImageData, Blob, ImageBitmap or pixel objects,
+//            as index.js prepared them; decoded here)
 //            | { id, type: "dispose" } | { id, type: "cancel" }  (id: the load/generate to cancel)
 // Replies:   { id, type: "progress", progress } | { id, type: "result", value }
 //            | { id, type: "error", error: { name, code, message } }

@@ -53,7 +53,9 @@ impl WebError {
     pub fn from_model(error: &ModelError, loading: bool) -> Self {
         let code = match error {
             ModelError::Cancelled => ErrorCode::Aborted,
-            ModelError::Params(_) | ModelError::Sampler(_) => ErrorCode::InvalidRequest,
+            ModelError::Params(_) | ModelError::Sampler(_) | ModelError::Input { .. } => {
+                ErrorCode::InvalidRequest
+            }
             ModelError::Kernel(k) => kernel_code(k),
             ModelError::Plan(_) => ErrorCode::OutOfMemory,
             ModelError::Weights(_)

@@ -8,6 +8,7 @@
 //! request validation, the pipeline, PNG encoding) is here, shared with the native build.
 
 mod errors;
+mod inputs;
 mod model;
 mod request;
 

@@ -6,17 +6,20 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use js_sys::{Array, Function, Map, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
-use sd_core::params::{GenerationParams, LATENT_CHANNELS, VAE_SCALE};
+use sd_core::params::{
+    GenerationParams, LATENT_CHANNELS, ParamLimits, VAE_SCALE, size_for_input_image,
+};
 use sd_core::preview::latents_to_rgba;
 use sd_core::progress::Stage;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelError, ModelSource, StableDiffusion, png};
+use sd_models::{Inputs, ModelError, ModelSource, StableDiffusion, png};
 use sd_weights::web::WebManifest;
 use wasm_bindgen::prelude::*;
 use web_sys::AbortSignal;
 
 use crate::errors::{ErrorCode, WebError};
+use crate::inputs::read_inputs;
 use crate::request::{params_error, parse_request};
 
 /// Sets `key` on a plain object (cannot fail on a fresh `Object`).
@@ -178,22 +181,32 @@ impl WasmModel {
     }
 
     /// Runs a request (JSON, see `parse_request`), optionally from `initial_latents` (unit
-    /// noise, `count x 4 x h/8 x w/8`), stopping with `ABORTED` when `signal` fires, and
-    /// telling `on_progress` each stage and step with a latent preview. Resolves to
-    /// `{images: [{width, height, rgba, png, seed}], params, warnings}`.
+    /// noise, `count x 4 x h/8 x w/8`) and `inputs` `{initImage?, mask?}` (img2img and
+    /// inpainting; each `{width, height, data}` with RGBA bytes, e.g. an `ImageData`),
+    /// stopping with `ABORTED` when `signal` fires, and telling `on_progress` each stage and
+    /// step with a latent preview. Resolves to `{images: [{width, height, rgba, png, seed}],
+    /// params, warnings}`.
     pub fn generate(
         &self,
         params_json: String,
         initial_latents: Option<js_sys::Float32Array>,
+        inputs: JsValue,
         signal: Option<AbortSignal>,
         on_progress: Option<Function>,
     ) -> Promise {
         let loaded = self.current();
         wasm_bindgen_futures::future_to_promise(async move {
             let loaded = loaded?;
-            run(&loaded, &params_json, initial_latents, signal, on_progress)
-                .await
-                .map_err(JsValue::from)
+            run(
+                &loaded,
+                &params_json,
+                initial_latents,
+                &inputs,
+                signal,
+                on_progress,
+            )
+            .await
+            .map_err(JsValue::from)
         })
     }
 
@@ -245,10 +258,16 @@ async fn run(
     loaded: &Loaded,
     params_json: &str,
     initial_latents: Option<js_sys::Float32Array>,
+    inputs: &JsValue,
     signal: Option<AbortSignal>,
     on_progress: Option<Function>,
 ) -> Result<JsValue, WebError> {
-    let native = loaded.sd.native_size();
+    let images_in = read_inputs(inputs)?;
+    // Without a size in the request, an input image sets it.
+    let native = match &images_in.init_image {
+        Some(image) => size_for_input_image(image.width(), image.height(), &ParamLimits::default()),
+        None => loaded.sd.native_size(),
+    };
     let mut params = parse_request(params_json, native, || {
         (js_sys::Math::random() * 4_294_967_296.0) as u64
     })?;
@@ -299,7 +318,11 @@ async fn run(
         .sd
         .generate_cancellable(
             &params,
-            latents.as_deref(),
+            &Inputs {
+                initial_latents: latents.as_deref(),
+                init_image: images_in.init_image.as_ref(),
+                mask: images_in.mask.as_ref(),
+            },
             &mut on_stage,
             Some(&mut on_step),
             &cancelled,
@@ -341,6 +364,9 @@ async fn run(
     set(&p, "width", params.width);
     set(&p, "height", params.height);
     set(&p, "count", params.count);
+    if images_in.init_image.is_some() {
+        set(&p, "strength", params.strength);
+    }
     let warnings: Array = generated
         .warnings
         .iter()

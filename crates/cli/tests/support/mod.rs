@@ -3,4 +3,5 @@
 // Each test binary uses a different part of the support code.
 #![allow(dead_code)]
 
+pub mod inputs;
 pub mod judge;

@@ -91,7 +91,11 @@ impl Ddim {
 
 impl Sampler for Ddim {
     fn kind(&self) -> SamplerKind {
-        SamplerKind::Ddim
+        SamplerKind::DDIM
+    }
+
+    fn order(&self) -> usize {
+        1
     }
 
     fn timesteps(&self) -> &[f64] {

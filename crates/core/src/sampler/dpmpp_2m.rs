@@ -1,4 +1,4 @@
-//! DPM-Solver++ 2M (`dpmpp_2m`, `dpmpp_2m_karras`): Lu et al.'s second-order multistep solver
+//! DPM-Solver++ 2M (`dpm++2m`, `dpm++2m_karras`): Lu et al.'s second-order multistep solver
 //! in data-prediction form.
 //!
 //! Mirrors `DPMSolverMultistepScheduler` of diffusers 0.42
@@ -100,10 +100,14 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
 impl Sampler for DpmSolverMultistep {
     fn kind(&self) -> SamplerKind {
         if self.karras {
-            SamplerKind::DpmPP2MKarras
+            SamplerKind::DPMPP_2M_KARRAS
         } else {
-            SamplerKind::DpmPP2M
+            SamplerKind::DPMPP_2M
         }
+    }
+
+    fn order(&self) -> usize {
+        1
     }
 
     fn timesteps(&self) -> &[f64] {

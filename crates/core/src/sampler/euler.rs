@@ -46,10 +46,11 @@ impl EulerDiscrete {
     }
 }
 
-/// The timesteps and sigmas of diffusers' Euler `set_timesteps`, shared with Euler ancestral:
-/// spaced timesteps as float32 (`linspace` keeps its fractions), sigmas by `np.interp` of the
-/// training sigmas at them, or with `karras` the Karras sigmas between the first and last of
-/// those and timesteps by [`schedule::sigma_to_t`]; a final sigma 0; all float32 values.
+/// The timesteps and sigmas of diffusers' Euler `set_timesteps`, shared with Euler ancestral
+/// and the samplers on Euler's schedule: spaced timesteps as float32 (`linspace` keeps its
+/// fractions), sigmas by `np.interp` of the training sigmas at them, or with `karras` the
+/// Karras sigmas between the first and last of those and timesteps by
+/// [`schedule::sigma_to_t`]; a final sigma 0; all float32 values.
 pub(super) fn sigma_schedule(
     config: &SchedulerConfig,
     spacing: TimestepSpacing,
@@ -57,34 +58,68 @@ pub(super) fn sigma_schedule(
     karras: bool,
 ) -> Result<(Vec<f64>, Vec<f64>), SamplerError> {
     let acp = sigma_alphas_cumprod(config)?;
-    let table = schedule::train_sigmas(&acp);
-    let mut timesteps: Vec<f64> = schedule::timesteps(
-        spacing,
-        config.num_train_timesteps,
-        steps,
-        config.steps_offset,
-    )?
-    .into_iter()
-    .map(round_f32)
-    .collect();
-    let mut sigmas: Vec<f64> = timesteps
-        .iter()
-        .map(|&t| schedule::interp(t, &table))
-        .collect();
-    if karras {
-        let (Some(&sigma_max), Some(&sigma_min)) = (sigmas.first(), sigmas.last()) else {
-            return Err(schedule::ScheduleError::NoSteps.into());
-        };
+    let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, round_f32)?;
+    Ok((schedule.timesteps, schedule.sigmas))
+}
+
+/// The schedule of the k-diffusion-style classes of diffusers (Euler, Heun, DPM2): timesteps,
+/// sigmas with a final 0, and the log training sigmas that map a sigma back to a timestep.
+pub(super) struct SigmaSchedule {
+    /// One timestep per step.
+    pub timesteps: Vec<f64>,
+    /// One sigma per step and a final 0, float32 values.
+    pub sigmas: Vec<f64>,
+    /// `np.log` of the training sigmas (float32 values), for [`schedule::sigma_to_t`].
+    pub log_sigmas: Vec<f64>,
+}
+
+impl SigmaSchedule {
+    /// The `set_timesteps` of Euler, Heun and DPM2 (the same code in each class) over
+    /// `alphas_cumprod`: spaced timesteps rounded to float32 and sigmas interpolated at them;
+    /// with `karras`, the Karras sigmas between the first and last of those and timesteps
+    /// `karras_timestep(sigma_to_t(sigma))` (Euler and Heun keep the fraction as float32,
+    /// DPM2 rounds to whole numbers).
+    pub(super) fn new(
+        alphas_cumprod: &[f64],
+        config: &SchedulerConfig,
+        spacing: TimestepSpacing,
+        steps: usize,
+        karras: bool,
+        karras_timestep: fn(f64) -> f64,
+    ) -> Result<Self, SamplerError> {
+        let table = schedule::train_sigmas(alphas_cumprod);
         let log_sigmas = schedule::log_sigmas(&table);
-        sigmas = schedule::karras_sigmas(sigma_min, sigma_max, steps);
-        timesteps = sigmas
+        let mut timesteps: Vec<f64> = schedule::timesteps(
+            spacing,
+            config.num_train_timesteps,
+            steps,
+            config.steps_offset,
+        )?
+        .into_iter()
+        .map(round_f32)
+        .collect();
+        let mut sigmas: Vec<f64> = timesteps
             .iter()
-            .map(|&s| round_f32(schedule::sigma_to_t(s, &log_sigmas)))
+            .map(|&t| schedule::interp(t, &table))
             .collect();
+        if karras {
+            let (Some(&sigma_max), Some(&sigma_min)) = (sigmas.first(), sigmas.last()) else {
+                return Err(schedule::ScheduleError::NoSteps.into());
+            };
+            sigmas = schedule::karras_sigmas(sigma_min, sigma_max, steps);
+            timesteps = sigmas
+                .iter()
+                .map(|&s| karras_timestep(schedule::sigma_to_t(s, &log_sigmas)))
+                .collect();
+        }
+        sigmas.push(0.0);
+        let sigmas = sigmas.into_iter().map(round_f32).collect();
+        Ok(Self {
+            timesteps,
+            sigmas,
+            log_sigmas,
+        })
     }
-    sigmas.push(0.0);
-    let sigmas = sigmas.into_iter().map(round_f32).collect();
-    Ok((timesteps, sigmas))
 }
 
 /// `init_noise_sigma` of the Euler samplers, in float32: the largest sigma, or for `leading`
@@ -118,10 +153,14 @@ pub(super) fn add_noise_sigma(
 impl Sampler for EulerDiscrete {
     fn kind(&self) -> SamplerKind {
         if self.karras {
-            SamplerKind::EulerKarras
+            SamplerKind::EULER_KARRAS
         } else {
-            SamplerKind::Euler
+            SamplerKind::EULER
         }
+    }
+
+    fn order(&self) -> usize {
+        1
     }
 
     fn timesteps(&self) -> &[f64] {

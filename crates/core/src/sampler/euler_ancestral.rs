@@ -1,9 +1,14 @@
-//! Euler ancestral (`euler_a`): an Euler step down to `sigma_down`, then fresh noise of
-//! standard deviation `sigma_up`, so that the result has the next step's noise level.
+//! Euler ancestral (`euler_a`, `euler_a_karras`): an Euler step down to `sigma_down`, then
+//! fresh noise of standard deviation `sigma_up`, so that the result has the next step's noise
+//! level.
 //!
 //! Mirrors `EulerAncestralDiscreteScheduler` of diffusers 0.42
-//! (`diffusers/schedulers/scheduling_euler_ancestral_discrete.py`). diffusers offers no Karras
-//! sigmas for it, so neither do we; like diffusers it rejects `prediction_type: sample`.
+//! (`diffusers/schedulers/scheduling_euler_ancestral_discrete.py`); like diffusers it rejects
+//! `prediction_type: sample`. diffusers offers no Karras sigmas for it (and ignores
+//! `use_karras_sigmas` in the config); `euler_a_karras` runs the same step on the Karras
+//! schedule of [`super::EulerDiscrete`] (timesteps, sigmas and `init_noise_sigma` as
+//! `EulerDiscreteScheduler` with `use_karras_sigmas`), which is k-diffusion's
+//! `sample_euler_ancestral` on Karras sigmas.
 
 use alloc::vec::Vec;
 
@@ -16,6 +21,7 @@ use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 /// The Euler ancestral sampler.
 #[derive(Debug, Clone)]
 pub struct EulerAncestral {
+    karras: bool,
     prediction: PredictionType,
     timesteps: Vec<f64>,
     sigmas: Vec<f64>,
@@ -23,23 +29,25 @@ pub struct EulerAncestral {
 }
 
 impl EulerAncestral {
-    /// The sampler for `steps` steps. Spacing defaults to `linspace` when the config has none.
+    /// The sampler for `steps` steps; `karras` selects Euler's Karras schedule. Spacing
+    /// defaults to `linspace` when the config has none.
     ///
     /// # Errors
     ///
     /// [`SamplerError::Schedule`], and [`SamplerError::UnsupportedPrediction`] for
     /// `prediction_type: sample`.
-    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SamplerError> {
+    pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
         if config.prediction_type == PredictionType::Sample {
             return Err(SamplerError::UnsupportedPrediction {
-                sampler: SamplerKind::EulerAncestral.name(),
+                sampler: SamplerKind::EULER_A.name(),
                 prediction: super::prediction_name(config.prediction_type),
             });
         }
         let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let (timesteps, sigmas) = euler::sigma_schedule(config, spacing, steps, false)?;
+        let (timesteps, sigmas) = euler::sigma_schedule(config, spacing, steps, karras)?;
         let init_noise_sigma = euler::init_noise_sigma(&sigmas, spacing);
         Ok(Self {
+            karras,
             prediction: config.prediction_type,
             timesteps,
             sigmas,
@@ -50,7 +58,15 @@ impl EulerAncestral {
 
 impl Sampler for EulerAncestral {
     fn kind(&self) -> SamplerKind {
-        SamplerKind::EulerAncestral
+        if self.karras {
+            SamplerKind::EULER_A_KARRAS
+        } else {
+            SamplerKind::EULER_A
+        }
+    }
+
+    fn order(&self) -> usize {
+        1
     }
 
     fn timesteps(&self) -> &[f64] {

@@ -1,19 +1,36 @@
 //! The samplers (diffusers' "schedulers"): given the UNet's output at a step, the next latents.
 //!
-//! One file per sampler, each mirroring one diffusers 0.42 class:
+//! One file per sampler, each mirroring one diffusers 0.42 class or, where diffusers has none,
+//! one k-diffusion / AUTOMATIC1111 sampling function on the schedule of diffusers' Euler:
 //!
-//! | name | file | diffusers class |
+//! | name | file | follows |
 //! | --- | --- | --- |
 //! | `euler`, `euler_karras` | [`euler`] | `EulerDiscreteScheduler` (`use_karras_sigmas`) |
-//! | `euler_a` | [`euler_ancestral`] | `EulerAncestralDiscreteScheduler` |
+//! | `euler_a`, `euler_a_karras` | [`euler_ancestral`] | `EulerAncestralDiscreteScheduler` (Karras: Euler's Karras schedule) |
+//! | `heun`, `heun_karras` | [`heun`] | `HeunDiscreteScheduler` |
+//! | `dpm2`, `dpm2_karras` | [`dpm2`] | `KDPM2DiscreteScheduler` |
+//! | `dpm2_a`, `dpm2_a_karras` | [`dpm2_ancestral`] | `KDPM2AncestralDiscreteScheduler` |
+//! | `dpm++2s_a`, `dpm++2s_a_karras` | [`dpmpp_2s_ancestral`] | k-diffusion `sample_dpmpp_2s_ancestral` on Euler's schedule |
+//! | `dpm++2m`, `dpm++2m_karras` | [`dpmpp_2m`] | `DPMSolverMultistepScheduler` (`dpmsolver++`, order 2, midpoint) |
+//! | `dpm++2mv2`, `dpm++2mv2_karras` | [`dpmpp_2m_v2`] | AUTOMATIC1111 discussion 8457's `sample_dpmpp_2m_v2` on Euler's schedule |
+//! | `lcm` | [`lcm`] | `LCMScheduler` |
 //! | `ddim` | [`ddim`] | `DDIMScheduler` (with `eta`) |
-//! | `dpmpp_2m`, `dpmpp_2m_karras` | [`dpmpp_2m`] | `DPMSolverMultistepScheduler` (`dpmsolver++`, order 2, midpoint) |
+//! | `pndm` | [`pndm`] | `PNDMScheduler` (`skip_prk_steps`: PLMS) |
+//!
+//! **Model calls.** A sampler that calls the model twice per step (Heun, DPM2, DPM2 ancestral,
+//! DPM++ 2S ancestral: [`Sampler::order`] 2) does it the diffusers way: [`Sampler::timesteps`]
+//! lists every model call (`2 * steps - 1` of them: the last step, to sigma 0, is a single
+//! Euler step) and [`Sampler::step`] is called once per model call, keeping the first call's
+//! state until the second. PNDM with `skip_prk_steps` lists `steps + 1` calls.
 //!
 //! [`SamplerKind::build`] makes one from a checkpoint's `scheduler_config.json` the way
 //! diffusers' `from_config` does: the keys the class knows are taken over (for SD 1.x that
 //! includes `timestep_spacing: leading` and `steps_offset: 1` of its PNDM config), missing ones
-//! get that class's default (`linspace` spacing for Euler and DPM-Solver, `leading` for DDIM).
-//! Keys our [`SchedulerConfig`] does not parse (`interpolation_type`, `final_sigmas_type`,
+//! get that class's default (`linspace` spacing for Euler, Heun, DPM2 and DPM-Solver, and for
+//! DPM++ 2S ancestral and DPM++ 2M v2, which take Euler's schedule; `leading` for DDIM and
+//! PNDM; LCM has its own). Keys a class does not have are ignored as `from_config` ignores them
+//! (`rescale_betas_zero_snr` for Heun, DPM2 and PNDM; `use_karras_sigmas` for Euler
+//! ancestral). Keys our [`SchedulerConfig`] does not parse (`interpolation_type`, `final_sigmas_type`,
 //! `timestep_type`, `thresholding`, `solver_order`, ...) are at diffusers' defaults.
 //!
 //! The schedule itself (timesteps and sigmas) is float64 holding diffusers' float32 values;
@@ -31,7 +48,7 @@
 //!     "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
 //!     "beta_end": 0.012, "beta_schedule": "scaled_linear", "steps_offset": 1,
 //!     "timestep_spacing": "leading"}"#)?;
-//! let mut sampler = SamplerKind::EulerAncestral.build(&config, 20)?;
+//! let mut sampler = SamplerKind::EULER_A.build(&config, 20)?;
 //! let mut rng = NoiseRng::new(42);
 //! let sigma = sampler.init_noise_sigma() as f32;
 //! let mut latents: Vec<f32> = rng.normals(4 * 8 * 8).iter().map(|x| x * sigma).collect();
@@ -49,20 +66,35 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::str::FromStr;
 
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule::{self, ScheduleError};
 
 pub mod ddim;
+pub mod dpm2;
+pub mod dpm2_ancestral;
 pub mod dpmpp_2m;
+pub mod dpmpp_2m_v2;
+pub mod dpmpp_2s_ancestral;
 pub mod euler;
 pub mod euler_ancestral;
+pub mod heun;
+mod kind;
+pub mod lcm;
+pub mod pndm;
 
 pub use ddim::Ddim;
+pub use dpm2::KDpm2;
+pub use dpm2_ancestral::KDpm2Ancestral;
 pub use dpmpp_2m::DpmSolverMultistep;
+pub use dpmpp_2m_v2::DpmPP2MV2;
+pub use dpmpp_2s_ancestral::DpmPP2SAncestral;
 pub use euler::EulerDiscrete;
 pub use euler_ancestral::EulerAncestral;
+pub use heun::HeunDiscrete;
+pub use kind::{Algorithm, SamplerKind};
+pub use lcm::Lcm;
+pub use pndm::Pndm;
 
 /// What went wrong building or stepping a sampler.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -130,25 +162,26 @@ pub enum SamplerError {
     /// DDIM's `eta` is not a finite number >= 0.
     #[error("eta must be a finite number >= 0, got {0}")]
     BadEta(f64),
-}
-
-/// A sampler, by the name users pick it with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum SamplerKind {
-    /// `euler`: Euler (`EulerDiscreteScheduler`).
-    Euler,
-    /// `euler_karras`: Euler on Karras sigmas.
-    EulerKarras,
-    /// `euler_a`: Euler ancestral (`EulerAncestralDiscreteScheduler`); the default.
-    #[default]
-    EulerAncestral,
-    /// `ddim`: DDIM (`DDIMScheduler`), deterministic unless `eta > 0`.
-    Ddim,
-    /// `dpmpp_2m`: DPM-Solver++ 2M (`DPMSolverMultistepScheduler`).
-    DpmPP2M,
-    /// `dpmpp_2m_karras`: DPM-Solver++ 2M on Karras sigmas.
-    DpmPP2MKarras,
+    /// Karras sigmas asked for with a sampler that has no sigmas (LCM, DDIM, PNDM).
+    #[error("sampler `{sampler}` steps between training timesteps and has no Karras variant")]
+    KarrasUnsupported {
+        /// The algorithm's name.
+        sampler: &'static str,
+    },
+    /// LCM's step count does not fit its `original_inference_steps` (diffusers refuses it the
+    /// same way): at most `original_inference_steps` steps, which must be 1 to
+    /// `num_train_timesteps`.
+    #[error(
+        "lcm takes 1 to {original_inference_steps} steps (its original_inference_steps, at most {num_train_timesteps}), got {steps}"
+    )]
+    LcmSteps {
+        /// The steps asked for.
+        steps: usize,
+        /// The config's `original_inference_steps` (default 50).
+        original_inference_steps: usize,
+        /// The config's `num_train_timesteps`.
+        num_train_timesteps: usize,
+    },
 }
 
 /// Options that only some samplers read.
@@ -174,59 +207,21 @@ impl SamplerOptions {
 }
 
 impl SamplerKind {
-    /// Every sampler, in the order names are listed.
-    pub const ALL: [SamplerKind; 6] = [
-        Self::Euler,
-        Self::EulerKarras,
-        Self::EulerAncestral,
-        Self::Ddim,
-        Self::DpmPP2M,
-        Self::DpmPP2MKarras,
-    ];
-
-    /// The name (`euler`, `euler_karras`, `euler_a`, `ddim`, `dpmpp_2m`, `dpmpp_2m_karras`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Euler => "euler",
-            Self::EulerKarras => "euler_karras",
-            Self::EulerAncestral => "euler_a",
-            Self::Ddim => "ddim",
-            Self::DpmPP2M => "dpmpp_2m",
-            Self::DpmPP2MKarras => "dpmpp_2m_karras",
-        }
-    }
-
-    /// The sampler called `name` (exactly one of the [`SamplerKind::name`]s).
-    ///
-    /// # Errors
-    ///
-    /// [`SamplerError::UnknownSampler`], listing the known names.
-    pub fn parse(name: &str) -> Result<Self, SamplerError> {
-        Self::ALL
-            .into_iter()
-            .find(|kind| kind.name() == name)
-            .ok_or_else(|| SamplerError::UnknownSampler {
-                name: name.into(),
-                known: Self::ALL.map(Self::name).join(", "),
-            })
-    }
-
-    /// Whether this name asks for Karras sigmas.
-    pub fn is_karras(self) -> bool {
-        matches!(self, Self::EulerKarras | Self::DpmPP2MKarras)
-    }
-
     /// Builds the sampler for `steps` inference steps from a checkpoint's scheduler config,
     /// with default [`SamplerOptions`] (DDIM `eta` 0).
     ///
-    /// `use_karras_sigmas: true` in the config turns on Karras sigmas for `euler` and
-    /// `dpmpp_2m` too, as diffusers' `from_config` carries the key over.
+    /// `use_karras_sigmas: true` in the config turns on Karras sigmas where the diffusers
+    /// class reads that key (Euler, Heun, DPM2, DPM2 ancestral, DPM-Solver++) and for the
+    /// samplers on Euler's schedule (DPM++ 2S ancestral, DPM++ 2M v2); not for Euler
+    /// ancestral (whose diffusers class has no such key).
     ///
     /// # Errors
     ///
     /// [`SamplerError::Schedule`] for a step count or betas the schedule cannot use,
-    /// [`SamplerError::UnsupportedPrediction`] (Euler ancestral with `sample`) and
-    /// [`SamplerError::TimestepOutOfRange`].
+    /// [`SamplerError::UnsupportedPrediction`] (`sample` prediction with Euler ancestral,
+    /// DPM2, DPM2 ancestral, DPM++ 2S ancestral and PNDM), [`SamplerError::TimestepOutOfRange`],
+    /// [`SamplerError::KarrasUnsupported`] for a hand-made Karras LCM, DDIM or PNDM and
+    /// [`SamplerError::LcmSteps`].
     pub fn build(
         self,
         config: &SchedulerConfig,
@@ -246,44 +241,55 @@ impl SamplerKind {
         steps: usize,
         options: &SamplerOptions,
     ) -> Result<Box<dyn Sampler>, SamplerError> {
-        let karras = self.is_karras() || config.use_karras_sigmas == Some(true);
-        Ok(match self {
-            Self::Euler | Self::EulerKarras => Box::new(EulerDiscrete::new(config, steps, karras)?),
-            Self::EulerAncestral => Box::new(EulerAncestral::new(config, steps)?),
-            Self::Ddim => Box::new(Ddim::new(config, steps, options.eta)?),
-            Self::DpmPP2M | Self::DpmPP2MKarras => {
-                Box::new(DpmSolverMultistep::new(config, steps, karras)?)
-            }
+        if !self.is_valid() {
+            return Err(SamplerError::KarrasUnsupported {
+                sampler: self.algorithm.name(),
+            });
+        }
+        let karras = self.karras || config.use_karras_sigmas == Some(true);
+        Ok(match self.algorithm {
+            Algorithm::Euler => Box::new(EulerDiscrete::new(config, steps, karras)?),
+            Algorithm::EulerAncestral => Box::new(EulerAncestral::new(config, steps, self.karras)?),
+            Algorithm::Heun => Box::new(HeunDiscrete::new(config, steps, karras)?),
+            Algorithm::Dpm2 => Box::new(KDpm2::new(config, steps, karras)?),
+            Algorithm::Dpm2Ancestral => Box::new(KDpm2Ancestral::new(config, steps, karras)?),
+            Algorithm::DpmPP2SAncestral => Box::new(DpmPP2SAncestral::new(config, steps, karras)?),
+            Algorithm::DpmPP2M => Box::new(DpmSolverMultistep::new(config, steps, karras)?),
+            Algorithm::DpmPP2MV2 => Box::new(DpmPP2MV2::new(config, steps, karras)?),
+            Algorithm::Lcm => Box::new(Lcm::new(config, steps)?),
+            Algorithm::Ddim => Box::new(Ddim::new(config, steps, options.eta)?),
+            Algorithm::Pndm => Box::new(Pndm::new(config, steps)?),
         })
     }
 }
 
-impl fmt::Display for SamplerKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for SamplerKind {
-    type Err = SamplerError;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Self::parse(name)
-    }
-}
-
 /// A sampler with its schedule set for a number of steps. Steps are indices into
-/// [`Sampler::timesteps`], `0..steps`.
+/// [`Sampler::timesteps`], one per model call: `0..steps` for one call per step,
+/// `0..2 * steps - 1` for the two-call samplers ([`Sampler::order`] 2), `0..steps + 1` for
+/// PNDM.
 pub trait Sampler: fmt::Debug + Send {
     /// Which sampler this is (with Karras sigmas when the config turned them on).
     fn kind(&self) -> SamplerKind;
 
-    /// The timestep the UNet is given at each step (diffusers' `scheduler.timesteps`; whole
-    /// numbers except for Euler's Karras and `linspace` schedules, which are float32 values).
+    /// Model calls per step (diffusers' `scheduler.order`): 2 for samplers whose
+    /// [`Sampler::timesteps`] list two calls per step; img2img starts at `t_start * order`.
+    fn order(&self) -> usize {
+        1
+    }
+
+    /// The timestep the UNet is given at each model call (diffusers' `scheduler.timesteps`;
+    /// whole numbers except for the `linspace` and Karras schedules of the samplers on Euler's
+    /// schedule (Euler, Euler ancestral, Heun, DPM++ 2S ancestral, DPM++ 2M v2) and the
+    /// midpoint calls of DPM2, DPM2 ancestral and DPM++ 2S ancestral, which are fractional).
     fn timesteps(&self) -> &[f64];
 
-    /// The noise level of each step plus a final 0 (`scheduler.sigmas`, float32 values), for
-    /// the samplers that have sigmas; `None` for DDIM.
+    /// The noise levels (float32 values), for the samplers that have sigmas; `None` for LCM,
+    /// DDIM and PNDM. Where diffusers has the class, its `scheduler.sigmas`: one per step plus
+    /// a final 0 for one-call samplers; for Heun `[s0, s1, s1, ..., s(n-1), s(n-1), 0]` (the
+    /// sigma of each model call, then 0); for DPM2 and DPM2 ancestral the same with `0, 0, 0`
+    /// at the end (`2 * steps + 2` values; their midpoint calls run at interpolated sigmas
+    /// that are not listed). For DPM++ 2S ancestral: the sigma of each model call, then 0.
+    /// `add_noise(.., step)` noises to `sigmas[step]` in every case.
     fn sigmas(&self) -> Option<&[f64]>;
 
     /// The standard deviation of the starting noise: the pipeline multiplies unit normal
@@ -291,7 +297,8 @@ pub trait Sampler: fmt::Debug + Send {
     fn init_noise_sigma(&self) -> f64;
 
     /// What [`Sampler::scale_model_input`] divides the latents by at `step` before they go into
-    /// the UNet: `(sigma ** 2 + 1) ** 0.5` for the Euler samplers, 1 for the others. For
+    /// the UNet: `(sigma ** 2 + 1) ** 0.5` of the call's sigma for the sigma-based samplers
+    /// except DPM-Solver++ 2M, 1 for DPM-Solver++ 2M, LCM, DDIM and PNDM. For
     /// executors that scale on the GPU: divide (do not multiply by the inverse) to match.
     ///
     /// # Errors
@@ -317,14 +324,18 @@ pub trait Sampler: fmt::Debug + Send {
 
     /// One denoising step (`scheduler.step(...).prev_sample`): the latents after `step` from the
     /// (unscaled) latents `sample` and the UNet's `model_output` at that step (after
-    /// classifier-free guidance). `noise(n)` must return `n` standard normal values; it is
-    /// called only by stochastic samplers, once per step, where diffusers draws.
+    /// classifier-free guidance). For a two-call sampler, the first call of a step returns
+    /// the latents the second call's model input is made from (at the midpoint sigma), the
+    /// second call the latents of the next step. `noise(n)` must return `n` standard normal
+    /// values; it is called only by stochastic samplers, at most once per call, where
+    /// diffusers (or k-diffusion) draws.
     ///
     /// # Errors
     ///
     /// [`SamplerError::StepOutOfRange`], [`SamplerError::Length`] (inputs or noise of the wrong
-    /// length) and [`SamplerError::OutOfOrder`] (DPM-Solver++, which remembers the previous
-    /// step, must see consecutive steps; its first step may be any).
+    /// length) and [`SamplerError::OutOfOrder`]: the multistep samplers (DPM-Solver++ 2M,
+    /// DPM++ 2M v2, PNDM) remember the previous steps and must see consecutive steps, their
+    /// first step may be any; a two-call sampler's second call must follow its first.
     fn step(
         &mut self,
         model_output: &[f32],
@@ -334,9 +345,9 @@ pub trait Sampler: fmt::Debug + Send {
     ) -> Result<Vec<f32>, SamplerError>;
 
     /// Noises clean latents to the noise level of `step` with the sampler's own rule
-    /// (`scheduler.add_noise`, for img2img and inpainting): `x + sigma * noise` for Euler,
-    /// `sqrt(acp) * x + sqrt(1 - acp) * noise` for DDIM, `alpha * x + sigma_t * noise` for
-    /// DPM-Solver.
+    /// (`scheduler.add_noise`, for img2img and inpainting): `x + sigma * noise` for the
+    /// sigma-based samplers (`sigma = sigmas[step]`), `sqrt(acp) * x + sqrt(1 - acp) * noise`
+    /// for LCM, DDIM and PNDM, `alpha * x + sigma_t * noise` for DPM-Solver++ 2M.
     ///
     /// # Errors
     ///
@@ -360,6 +371,65 @@ fn sigma_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f64>, SamplerErr
         *last = schedule::betas::ZERO_SNR_LAST_ALPHA_CUMPROD;
     }
     Ok(acp)
+}
+
+/// [`schedule::alphas_cumprod`] of `config` without `rescale_betas_zero_snr`, for the classes
+/// that have no such key (Heun, DPM2, DPM2 ancestral, PNDM), so `from_config` drops it.
+fn plain_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f64>, SamplerError> {
+    if config.rescale_betas_zero_snr == Some(true) {
+        let mut plain = config.clone();
+        plain.rescale_betas_zero_snr = None;
+        Ok(schedule::alphas_cumprod(&plain)?)
+    } else {
+        Ok(schedule::alphas_cumprod(config)?)
+    }
+}
+
+/// [`SamplerError::UnsupportedPrediction`] for `sample` prediction, which the k-diffusion
+/// ports of diffusers (Euler ancestral, DPM2, DPM2 ancestral) and PNDM do not implement.
+fn refuse_sample_prediction(
+    config: &SchedulerConfig,
+    sampler: &'static str,
+) -> Result<(), SamplerError> {
+    if config.prediction_type == PredictionType::Sample {
+        Err(SamplerError::UnsupportedPrediction {
+            sampler,
+            prediction: prediction_name(config.prediction_type),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The data prediction (`pred_original_sample`) of the sigma-based samplers at `sigma`, in
+/// float32 as diffusers writes it: `x - sigma * m` (epsilon),
+/// `m * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)` (v) and `m` (sample).
+#[inline]
+fn sigma_denoised(prediction: PredictionType, sigma: f32, x: f32, m: f32) -> f32 {
+    match prediction {
+        PredictionType::Epsilon => x - sigma * m,
+        PredictionType::VPrediction => {
+            m * (-sigma / sqrt_sigma_sq_plus_one(sigma)) + x / (sigma * sigma + 1.0)
+        }
+        PredictionType::Sample => m,
+    }
+}
+
+/// Checks that a multistep sampler that last stepped at `previous` may take `step` now: the
+/// first step may be any, every later one must be the next.
+fn check_next(
+    sampler: &'static str,
+    previous: Option<usize>,
+    step: usize,
+) -> Result<(), SamplerError> {
+    match previous {
+        Some(previous) if step != previous + 1 => Err(SamplerError::OutOfOrder {
+            sampler,
+            step,
+            expected: previous + 1,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn check_step(step: usize, steps: usize) -> Result<(), SamplerError> {
@@ -416,6 +486,6 @@ mod tests {
             assert_eq!(SamplerKind::parse(kind.name()), Ok(kind));
             assert_eq!(kind.to_string(), kind.name());
         }
-        assert_eq!(SamplerKind::default(), SamplerKind::EulerAncestral);
+        assert_eq!(SamplerKind::default(), SamplerKind::EULER_A);
     }
 }

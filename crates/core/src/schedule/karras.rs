@@ -118,6 +118,30 @@ pub fn sigma_to_t(sigma: f64, log_sigmas: &[f64]) -> f64 {
     (1.0 - w) * low_idx as f64 + w * high_idx as f64
 }
 
+/// diffusers' `_sigma_to_t` as KDPM2 and KDPM2 ancestral call it for their interpolated
+/// sigmas: `sigma` is a float32 torch value and `log_sigmas` a float32 torch tensor, so every
+/// operation runs in float32 (`log(max(sigma, 1e-10))` by numpy's float32 `log`
+/// ([`numpy_log_f32`]), then torch's float32 differences, `w` clipped to `[0, 1]` and
+/// `t = (1 - w) * low + w * (low + 1)`). `log_sigmas` are [`log_sigmas`] as float32. With
+/// fewer than two `log_sigmas` the result is 0.
+pub fn sigma_to_t_f32(sigma: f32, log_sigmas: &[f32]) -> f32 {
+    if log_sigmas.len() < 2 {
+        return 0.0;
+    }
+    let log_sigma = numpy_log_f32(sigma.max(1e-10));
+    let low_idx = log_sigmas
+        .iter()
+        .rposition(|&l| log_sigma - l >= 0.0)
+        .unwrap_or(0)
+        .min(log_sigmas.len() - 2);
+    let high_idx = low_idx + 1;
+    let low = log_sigmas[low_idx];
+    let high = log_sigmas[high_idx];
+    let w = (low - log_sigma) / (low - high);
+    let w = if w.is_nan() { w } else { w.clamp(0.0, 1.0) };
+    (1.0 - w) * low_idx as f32 + w * high_idx as f32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

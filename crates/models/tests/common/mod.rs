@@ -17,6 +17,7 @@ fn load(file: &str) -> SafetensorsFile {
 }
 
 /// `refs.safetensors`.
+#[allow(dead_code)] // img2img.rs uses only the second file
 pub fn refs() -> &'static SafetensorsFile {
     static REFS: OnceLock<SafetensorsFile> = OnceLock::new();
     REFS.get_or_init(|| load("refs.safetensors"))
@@ -38,6 +39,7 @@ pub fn tensor(file: &SafetensorsFile, name: &str) -> Vec<f32> {
 }
 
 /// A tensor of `refs.safetensors`.
+#[allow(dead_code)] // img2img.rs uses only the second file
 pub fn reference(name: &str) -> Vec<f32> {
     tensor(refs(), name)
 }

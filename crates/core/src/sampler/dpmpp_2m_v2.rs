@@ -1,0 +1,174 @@
+//! DPM++ 2M v2 (`dpm++2mv2`, `dpm++2mv2_karras`): a variant of DPM-Solver++(2M) proposed in
+//! AUTOMATIC1111's discussion 8457.
+//!
+//! Neither diffusers nor k-diffusion has it. The formula follows stable-diffusion.cpp's
+//! `sample_dpmpp_2m_v2` (`src/runtime/denoiser.hpp`, which cites that discussion; we could not
+//! read the discussion itself), written the k-diffusion way (`sample_dpmpp_2m`), on the
+//! schedule of diffusers' `EulerDiscreteScheduler` (its timesteps, sigmas, `init_noise_sigma`
+//! and input scaling; with `karras`, Euler's Karras schedule). With `t = -log(sigma)`,
+//! `h = t(i+1) - t(i)` and `D` the data prediction:
+//!
+//! - first step (no history) and the last (to sigma 0): `x = (s(i+1) / s(i)) x - expm1(-h) D`
+//!   (DPM-Solver++ 1, i.e. DDIM; at sigma 0 the result is `D`);
+//! - otherwise, with `h_last = t(i) - t(i-1)`, `h_min`/`h_max` the smaller/larger of `h` and
+//!   `h_last`, `r = h_max / h_min` and `h_d = (h_max + h_min) / 2`:
+//!   `D_d = (1 + 1 / (2r)) D - (1 / (2r)) D_prev` and `x = (s(i+1) / s(i)) x - expm1(-h_d) D_d`.
+//!
+//! The difference to 2M (`r = h_last / h`, `expm1(-h)`) is that the step size of the
+//! correction is the mean of the last two and `r >= 1` always. When consecutive steps differ
+//! in log-sigma size (every schedule here except evenly spaced log sigmas), `expm1(-h_d)` is
+//! not `expm1(-h)`, so a constant `D` is no longer integrated exactly: the method is then only
+//! first-order convergent (see `tests/sampler_convergence.rs`); with equal log-sigma steps it
+//! is DPM-Solver++(2M). The arithmetic is float32, operation by operation as written above.
+
+use alloc::vec::Vec;
+
+use super::euler::{self, SigmaSchedule};
+use super::{
+    Sampler, SamplerError, SamplerKind, check_len, check_next, check_step, sigma_alphas_cumprod,
+    sigma_denoised, sqrt_sigma_sq_plus_one,
+};
+use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::schedule::round_f32;
+
+/// The DPM++ 2M v2 sampler. It remembers the previous step's data prediction, so steps must
+/// be taken in order.
+#[derive(Debug, Clone)]
+pub struct DpmPP2MV2 {
+    karras: bool,
+    prediction: PredictionType,
+    timesteps: Vec<f64>,
+    sigmas: Vec<f64>,
+    init_noise_sigma: f64,
+    /// The previous step's index and data prediction.
+    previous: Option<(usize, Vec<f32>)>,
+}
+
+impl DpmPP2MV2 {
+    /// The sampler for `steps` steps on Euler's schedule; `karras` selects Euler's Karras
+    /// schedule. Spacing defaults to `linspace` when the config has none, as for Euler.
+    ///
+    /// # Errors
+    ///
+    /// [`SamplerError::Schedule`].
+    pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
+        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
+        let acp = sigma_alphas_cumprod(config)?;
+        let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, round_f32)?;
+        let init_noise_sigma = euler::init_noise_sigma(&schedule.sigmas, spacing);
+        Ok(Self {
+            karras,
+            prediction: config.prediction_type,
+            timesteps: schedule.timesteps,
+            sigmas: schedule.sigmas,
+            init_noise_sigma,
+            previous: None,
+        })
+    }
+}
+
+/// k-diffusion's `t_fn`: `-log(sigma)` in float32 (+inf at sigma 0).
+fn t_fn(sigma: f32) -> f32 {
+    -libm::logf(sigma)
+}
+
+/// k-diffusion's `sigma_fn`: `exp(-t)` in float32.
+fn sigma_fn(t: f32) -> f32 {
+    libm::expf(-t)
+}
+
+impl Sampler for DpmPP2MV2 {
+    fn kind(&self) -> SamplerKind {
+        if self.karras {
+            SamplerKind::DPMPP_2M_V2_KARRAS
+        } else {
+            SamplerKind::DPMPP_2M_V2
+        }
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        Some(&self.sigmas)
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        self.init_noise_sigma
+    }
+
+    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
+        check_step(step, self.timesteps.len())?;
+        Ok(sqrt_sigma_sq_plus_one(self.sigmas[step] as f32))
+    }
+
+    fn step(
+        &mut self,
+        model_output: &[f32],
+        step: usize,
+        sample: &[f32],
+        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
+    ) -> Result<Vec<f32>, SamplerError> {
+        check_step(step, self.timesteps.len())?;
+        check_len("model_output", sample.len(), model_output.len())?;
+        check_next(
+            self.kind().name(),
+            self.previous.as_ref().map(|(s, _)| *s),
+            step,
+        )?;
+        let sigma = self.sigmas[step] as f32;
+        let sigma_next = self.sigmas[step + 1] as f32;
+        let prediction = self.prediction;
+        let denoised: Vec<f32> = sample
+            .iter()
+            .zip(model_output)
+            .map(|(&x, &m)| sigma_denoised(prediction, sigma, x, m))
+            .collect();
+        let t = t_fn(sigma);
+        let t_next = t_fn(sigma_next);
+        let h = t_next - t;
+        let ratio = sigma_fn(t_next) / sigma_fn(t);
+        let prev = match &self.previous {
+            Some((_, old)) if sigma_next != 0.0 => {
+                check_len("model_output", old.len(), denoised.len())?;
+                let h_last = t - t_fn(self.sigmas[step - 1] as f32);
+                let h_min = h_last.min(h);
+                let h_max = h_last.max(h);
+                let r = h_max / h_min;
+                let h_d = (h_max + h_min) / 2.0;
+                let expm1 = libm::expm1f(-h_d);
+                let (c_new, c_old) = (1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r));
+                sample
+                    .iter()
+                    .zip(&denoised)
+                    .zip(old)
+                    .map(|((&x, &d), &d_old)| ratio * x - expm1 * (c_new * d - c_old * d_old))
+                    .collect()
+            }
+            _ => {
+                let expm1 = libm::expm1f(-h);
+                sample
+                    .iter()
+                    .zip(&denoised)
+                    .map(|(&x, &d)| ratio * x - expm1 * d)
+                    .collect()
+            }
+        };
+        self.previous = Some((step, denoised));
+        Ok(prev)
+    }
+
+    fn add_noise(
+        &self,
+        original: &[f32],
+        noise: &[f32],
+        step: usize,
+    ) -> Result<Vec<f32>, SamplerError> {
+        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
+    }
+}

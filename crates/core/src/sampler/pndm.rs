@@ -1,0 +1,262 @@
+//! PNDM (`pndm`, AUTOMATIC1111's "PLMS"): Liu et al.'s pseudo numerical methods for diffusion
+//! models, the pseudo linear multistep variant: DDIM's transfer step (their equation 9) fed with
+//! an Adams-Bashforth combination of the last model outputs.
+//!
+//! Mirrors `PNDMScheduler` of diffusers 0.42 (`diffusers/schedulers/scheduling_pndm.py`) with
+//! `skip_prk_steps: true`, as SD checkpoints configure it (the Runge-Kutta warm-up of
+//! `skip_prk_steps: false` is not implemented: we always run the PLMS steps), and the class's
+//! defaults for keys the config lacks (`timestep_spacing: leading`, `set_alpha_to_one: false`).
+//! It has no `rescale_betas_zero_snr`, no clipping and no `sample` prediction (refused, as
+//! diffusers raises). With `r = T // steps` and the spaced timesteps `t(0) > ... > t(n-1)`,
+//! the model is called `steps + 1` times, at `[t0, t1, t1, t2, ..., t(n-1)]`:
+//!
+//! - call 0: DDIM-like transfer from `t0` to `t0 - r` with the output `e0`, remembering the
+//!   sample (a first Euler step);
+//! - call 1: the output at the Euler point averaged with `e0`, the transfer redone from the
+//!   remembered sample from `t0` to `t1` (a Heun step);
+//! - then Adams-Bashforth on the outputs kept (`e1` on, the second call's output is not
+//!   kept): `(3 e[-1] - e[-2]) / 2`, `(23 e[-1] - 16 e[-2] + 5 e[-3]) / 12`, and from the
+//!   fourth on `(55 e[-1] - 59 e[-2] + 37 e[-3] - 9 e[-4]) / 24`, each step from `t` to `t - r`
+//!   (the last to `alphas_cumprod[0]`).
+//!
+//! The transfer, with `a = acp(t)`, `a' = acp(t')`: `x' = (a' / a) ** 0.5 x - (a' - a) e /
+//! (a (1 - a') ** 0.5 + (a (1 - a) a') ** 0.5)` (float32, in diffusers' order). The counter
+//! starts at the first call made, so img2img may start anywhere; later calls must follow in
+//! order.
+
+use alloc::vec::Vec;
+
+use super::{
+    Sampler, SamplerError, SamplerKind, check_len, check_next, check_step, plain_alphas_cumprod,
+    refuse_sample_prediction,
+};
+use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::schedule;
+
+/// The PNDM (PLMS) sampler. It remembers the previous model outputs, so steps must be taken in
+/// order.
+#[derive(Debug, Clone)]
+pub struct Pndm {
+    prediction: PredictionType,
+    timesteps: Vec<f64>,
+    alphas_cumprod: Vec<f64>,
+    final_alpha_cumprod: f64,
+    /// `num_train_timesteps // steps`.
+    step_ratio: usize,
+    /// The index of the last call and how many calls were made.
+    last: Option<usize>,
+    counter: usize,
+    /// The model outputs kept for the multistep combination (`ets`), at most 4.
+    ets: Vec<Vec<f32>>,
+    /// The sample remembered by the first call for the second.
+    cur_sample: Option<Vec<f32>>,
+}
+
+impl Pndm {
+    /// The sampler for `steps` steps (`steps + 1` model calls; 1 for a single step).
+    ///
+    /// # Errors
+    ///
+    /// [`SamplerError::Schedule`], [`SamplerError::UnsupportedPrediction`] for `sample` and
+    /// [`SamplerError::TimestepOutOfRange`].
+    pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SamplerError> {
+        refuse_sample_prediction(config, SamplerKind::PNDM.name())?;
+        let alphas_cumprod = plain_alphas_cumprod(config)?;
+        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
+        let num_train = config.num_train_timesteps;
+        // diffusers' `_timesteps`, ascending (linspace rounded half-to-even).
+        let mut spaced: Vec<f64> =
+            schedule::timesteps(spacing, num_train, steps, config.steps_offset)?
+                .into_iter()
+                .map(libm::rint)
+                .collect();
+        spaced.reverse();
+        if let Some(&timestep) = spaced
+            .iter()
+            .find(|&&t| !(t >= 0.0 && t < num_train as f64))
+        {
+            return Err(SamplerError::TimestepOutOfRange {
+                timestep,
+                num_train_timesteps: num_train,
+            });
+        }
+        // plms_timesteps = concat([_ts[:-1], _ts[-2:-1], _ts[-1:]])[::-1].
+        let n = spaced.len();
+        let mut plms: Vec<f64> = spaced[..n - 1].to_vec();
+        if n >= 2 {
+            plms.push(spaced[n - 2]);
+        }
+        plms.push(spaced[n - 1]);
+        plms.reverse();
+        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
+        Ok(Self {
+            prediction: config.prediction_type,
+            timesteps: plms,
+            alphas_cumprod,
+            final_alpha_cumprod,
+            step_ratio: num_train / steps,
+            last: None,
+            counter: 0,
+            ets: Vec::new(),
+            cur_sample: None,
+        })
+    }
+
+    /// `alphas_cumprod` at a (possibly negative) timestep: the final value before timestep 0.
+    fn alpha_at(&self, t: i64) -> Result<f32, SamplerError> {
+        if t < 0 {
+            return Ok(self.final_alpha_cumprod as f32);
+        }
+        self.alphas_cumprod
+            .get(t as usize)
+            .map(|&a| a as f32)
+            .ok_or(SamplerError::TimestepOutOfRange {
+                timestep: t as f64,
+                num_train_timesteps: self.alphas_cumprod.len(),
+            })
+    }
+
+    /// diffusers' `_get_prev_sample`: DDIM's transfer from `t` to `prev_t` with the combined
+    /// model output.
+    fn prev_sample(
+        &self,
+        sample: &[f32],
+        t: i64,
+        prev_t: i64,
+        model_output: &[f32],
+    ) -> Result<Vec<f32>, SamplerError> {
+        let alpha_prod_t = self.alpha_at(t)?;
+        let alpha_prod_prev = self.alpha_at(prev_t)?;
+        let beta_prod_t = 1.0 - alpha_prod_t;
+        let beta_prod_prev = 1.0 - alpha_prod_prev;
+        let (sqrt_alpha, sqrt_beta) = (libm::sqrtf(alpha_prod_t), libm::sqrtf(beta_prod_t));
+        let sample_coeff = libm::sqrtf(alpha_prod_prev / alpha_prod_t);
+        let denom = alpha_prod_t * libm::sqrtf(beta_prod_prev)
+            + libm::sqrtf(alpha_prod_t * beta_prod_t * alpha_prod_prev);
+        let diff = alpha_prod_prev - alpha_prod_t;
+        let v_prediction = self.prediction == PredictionType::VPrediction;
+        Ok(sample
+            .iter()
+            .zip(model_output)
+            .map(|(&x, &m)| {
+                let eps = if v_prediction {
+                    sqrt_alpha * m + sqrt_beta * x
+                } else {
+                    m
+                };
+                sample_coeff * x - diff * eps / denom
+            })
+            .collect())
+    }
+}
+
+impl Sampler for Pndm {
+    fn kind(&self) -> SamplerKind {
+        SamplerKind::PNDM
+    }
+
+    fn order(&self) -> usize {
+        1
+    }
+
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn sigmas(&self) -> Option<&[f64]> {
+        None
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
+        check_step(step, self.timesteps.len())?;
+        Ok(1.0)
+    }
+
+    fn step(
+        &mut self,
+        model_output: &[f32],
+        step: usize,
+        sample: &[f32],
+        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
+    ) -> Result<Vec<f32>, SamplerError> {
+        check_step(step, self.timesteps.len())?;
+        check_len("model_output", sample.len(), model_output.len())?;
+        check_next(SamplerKind::PNDM.name(), self.last, step)?;
+        if let Some(e) = self.ets.last() {
+            check_len("model_output", e.len(), model_output.len())?;
+        }
+        let ratio = self.step_ratio as i64;
+        let mut t = self.timesteps[step] as i64;
+        let mut prev_t = t - ratio;
+        if self.counter != 1 {
+            if self.ets.len() > 3 {
+                self.ets.remove(0);
+            }
+            self.ets.push(model_output.to_vec());
+        } else {
+            prev_t = t;
+            t += ratio;
+        }
+        let first_of_two = self.ets.len() == 1 && self.counter == 0;
+        let second_of_two = self.ets.len() == 1 && self.counter == 1;
+        let mut from = sample.to_vec();
+        if first_of_two {
+            self.cur_sample = Some(sample.to_vec());
+        } else if second_of_two && let Some(cur_sample) = self.cur_sample.take() {
+            from = cur_sample;
+        }
+        let e = &self.ets;
+        let combined: Vec<f32> = match e.len() {
+            _ if first_of_two => model_output.to_vec(),
+            _ if second_of_two => model_output
+                .iter()
+                .zip(&e[0])
+                .map(|(&m, &e1)| (m + e1) / 2.0)
+                .collect(),
+            2 => e[1]
+                .iter()
+                .zip(&e[0])
+                .map(|(&e1, &e2)| (3.0 * e1 - e2) / 2.0)
+                .collect(),
+            3 => (0..model_output.len())
+                .map(|i| (23.0 * e[2][i] - 16.0 * e[1][i] + 5.0 * e[0][i]) / 12.0)
+                .collect(),
+            _ => {
+                let c = (1.0_f64 / 24.0) as f32;
+                (0..model_output.len())
+                    .map(|i| c * (55.0 * e[3][i] - 59.0 * e[2][i] + 37.0 * e[1][i] - 9.0 * e[0][i]))
+                    .collect()
+            }
+        };
+        let prev = self.prev_sample(&from, t, prev_t, &combined)?;
+        self.counter += 1;
+        self.last = Some(step);
+        Ok(prev)
+    }
+
+    fn add_noise(
+        &self,
+        original: &[f32],
+        noise: &[f32],
+        step: usize,
+    ) -> Result<Vec<f32>, SamplerError> {
+        check_step(step, self.timesteps.len())?;
+        check_len("noise", original.len(), noise.len())?;
+        let alpha_prod = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
+        let sqrt_alpha = libm::sqrtf(alpha_prod);
+        let sqrt_one_minus = libm::sqrtf(1.0 - alpha_prod);
+        Ok(original
+            .iter()
+            .zip(noise)
+            .map(|(&x, &n)| sqrt_alpha * x + sqrt_one_minus * n)
+            .collect())
+    }
+}

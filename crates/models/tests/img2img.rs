@@ -1,0 +1,339 @@
+//! img2img and inpainting against diffusers (`more_refs.safetensors`, `tiny-arch/inpaint9`):
+//! the recorded start noise goes in as `initial_latents`, every step and the final latents are
+//! compared; and the batched path against one image at a time.
+
+mod common;
+
+use std::sync::{Arc, OnceLock};
+
+use image::{GrayImage, Luma, RgbImage};
+use sd_core::params::GenerationParams;
+use sd_core::sampler::SamplerKind;
+use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_models::{Inputs, ModelSource, StableDiffusion};
+use sd_weights::SafetensorsFile;
+
+use common::{fixtures, max_abs_diff, more_refs, tensor};
+
+fn context() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ContextOptions::for_tests().expect("valid environment");
+        Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"))
+    })
+    .clone()
+}
+
+fn load(folder: &str) -> StableDiffusion {
+    let source = ModelSource::folder(fixtures().join(folder));
+    StableDiffusion::load(context(), &source, DType::F32)
+        .unwrap_or_else(|e| panic!("load {folder}: {e}"))
+}
+
+/// The digits model with f32 weights, shared by the tests of this file.
+fn digits() -> &'static StableDiffusion {
+    static MODEL: OnceLock<StableDiffusion> = OnceLock::new();
+    MODEL.get_or_init(|| load("tiny-sd-digits"))
+}
+
+fn read_png(path: &std::path::Path) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+/// The red 7 on blue that diffusers' img2img and inpainting runs started from.
+fn input_image() -> RgbImage {
+    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
+    let (w, h, color, bytes) = read_png(&path);
+    assert_eq!(color, png::ColorType::Rgb, "img2img_input.png is RGB");
+    RgbImage::from_raw(w, h, bytes).expect("RGB bytes")
+}
+
+/// `inpaint_mask.png` (white = repaint).
+fn fixture_mask() -> GrayImage {
+    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/inpaint_mask.png");
+    let (w, h, color, bytes) = read_png(&path);
+    let channels = match color {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("inpaint_mask.png: unexpected {other:?}"),
+    };
+    GrayImage::from_fn(w, h, |x, y| {
+        Luma([bytes[((y * w + x) * channels) as usize]])
+    })
+}
+
+/// A white square over pixels `from..to` both ways on black, 64x64.
+fn square_mask(from: u32, to: u32) -> GrayImage {
+    GrayImage::from_fn(64, 64, |x, y| {
+        let inside = (from..to).contains(&x) && (from..to).contains(&y);
+        Luma([if inside { 255 } else { 0 }])
+    })
+}
+
+fn sampler(name: &str) -> SamplerKind {
+    SamplerKind::parse(name).expect("a known sampler")
+}
+
+fn params(prompt: &str, sampler: SamplerKind, strength: f32) -> GenerationParams {
+    GenerationParams {
+        prompt: prompt.into(),
+        steps: 20,
+        guidance_scale: 5.0,
+        sampler,
+        width: 64,
+        height: 64,
+        strength,
+        ..GenerationParams::default()
+    }
+}
+
+/// Runs `params` from `inputs`; returns the output and every step's latents.
+fn run(
+    model: &StableDiffusion,
+    params: &GenerationParams,
+    inputs: &Inputs<'_>,
+) -> (sd_models::Generated, Vec<Vec<f32>>) {
+    let mut steps = Vec::new();
+    let mut on_step = |_: usize, latents: &[f32]| steps.push(latents.to_vec());
+    let out = pollster::block_on(model.generate(params, inputs, &mut |_| {}, Some(&mut on_step)))
+        .expect("generate");
+    (out, steps)
+}
+
+/// The share of image values within 2/255 of diffusers'.
+fn image_share_within(got: &[f32], want: &[f32]) -> f64 {
+    let close = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
+        .count();
+    close as f64 / want.len() as f64
+}
+
+#[test]
+fn img2img_matches_diffusers_euler_and_ddim() {
+    let image = input_image();
+    for (run_name, sampler, strength, calls) in [
+        ("img2img_euler_s05", sampler("euler"), 0.5, 10),
+        ("img2img_ddim_s08", sampler("ddim"), 0.8, 16),
+    ] {
+        let noise = tensor(more_refs(), &format!("{run_name}_noise"));
+        let p = params(
+            "a yellow digit zero on a green background",
+            sampler,
+            strength,
+        );
+        let (out, steps) = run(
+            digits(),
+            &p,
+            &Inputs {
+                initial_latents: Some(&noise),
+                init_image: Some(&image),
+                mask: None,
+            },
+        );
+        let want = tensor(more_refs(), &format!("{run_name}_step_prev_sample"));
+        assert_eq!(steps.len(), calls, "{run_name}: steps run");
+        let mut worst = 0.0f32;
+        for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
+            let err = max_abs_diff(got, want);
+            worst = worst.max(err);
+            assert!(err <= 1e-3, "{run_name} step {step}: {err:e} > 1e-3");
+        }
+        let final_err = max_abs_diff(&out.latents[0], &want[want.len() - 256..]);
+        let share = image_share_within(
+            &out.pixels[0],
+            &tensor(more_refs(), &format!("{run_name}_image")),
+        );
+        println!(
+            "{run_name}: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
+            100.0 * share
+        );
+        assert!(final_err <= 1e-3, "{run_name}: final {final_err:e}");
+        assert!(share >= 0.99, "{run_name}: image {:.2} %", 100.0 * share);
+    }
+}
+
+/// Legacy inpainting (a 4-channel UNet): diffusers records each step's output before it blends
+/// the known region back, and each next step's input after; the final latents are the last
+/// output blended with the image's own latents.
+#[test]
+fn inpainting_matches_diffusers_with_a_four_channel_unet() {
+    let image = input_image();
+    let mask = fixture_mask();
+    let noise = tensor(more_refs(), "inpaint_euler_noise");
+    let p = params(
+        "a white digit three on a black background",
+        sampler("euler"),
+        1.0,
+    );
+    let (out, steps) = run(
+        digits(),
+        &p,
+        &Inputs {
+            initial_latents: Some(&noise),
+            init_image: Some(&image),
+            mask: Some(&mask),
+        },
+    );
+    let before_blend = tensor(more_refs(), "inpaint_euler_step_prev_sample");
+    let inputs = tensor(more_refs(), "inpaint_euler_step_sample");
+    assert_eq!(steps.len(), 20);
+    let mut worst = 0.0f32;
+    for step in 0..19 {
+        // Our step output is after the blend: diffusers' next step input.
+        let err = max_abs_diff(&steps[step], &inputs[(step + 1) * 256..(step + 2) * 256]);
+        worst = worst.max(err);
+        assert!(err <= 1e-3, "inpaint step {step}: {err:e} > 1e-3");
+    }
+    // After the last step: (1 - m) * image latents + m * output, m on the 8x8 grid.
+    let x0 = tensor(more_refs(), "img2img_input_latents");
+    let m = sd_models::image_input::latent_mask(&mask, true);
+    let last = &before_blend[19 * 256..];
+    let want: Vec<f32> = (0..256)
+        .map(|i| (1.0 - m[i % 64]) * x0[i] + m[i % 64] * last[i])
+        .collect();
+    let final_err = max_abs_diff(&out.latents[0], &want);
+    let share = image_share_within(&out.pixels[0], &tensor(more_refs(), "inpaint_euler_image"));
+    println!(
+        "inpaint_euler: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
+        100.0 * share
+    );
+    assert!(final_err <= 1e-3, "inpaint final {final_err:e}");
+    assert!(share >= 0.99, "inpaint image {:.2} %", 100.0 * share);
+}
+
+/// A 9-channel inpainting UNet (`tiny-arch/inpaint9`) takes the mask and the masked image's
+/// latents as input channels; diffusers' 20-step run from given latents.
+#[test]
+fn inpainting_matches_diffusers_with_a_nine_channel_unet() {
+    let model = load("tiny-arch/inpaint9");
+    let refs = SafetensorsFile::read(&fixtures().join("tiny-arch/inpaint9-refs.safetensors"))
+        .expect("inpaint9 refs");
+    let init = tensor(&refs, "init_latents");
+    let image = input_image();
+    let mask = square_mask(8, 56);
+    let p = params(
+        "a white digit three on a black background",
+        sampler("euler"),
+        1.0,
+    );
+    let (out, steps) = run(
+        &model,
+        &p,
+        &Inputs {
+            initial_latents: Some(&init),
+            init_image: Some(&image),
+            mask: Some(&mask),
+        },
+    );
+    let want = tensor(&refs, "run_trajectory");
+    assert_eq!(steps.len(), 20);
+    let mut worst = 0.0f32;
+    for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
+        let err = max_abs_diff(got, want);
+        worst = worst.max(err);
+        assert!(err <= 1e-3, "inpaint9 step {step}: {err:e} > 1e-3");
+    }
+    let final_err = max_abs_diff(&out.latents[0], &want[19 * 256..]);
+    let share = image_share_within(&out.pixels[0], &tensor(&refs, "run_image"));
+    println!(
+        "inpaint9: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
+        100.0 * share
+    );
+    assert!(final_err <= 1e-3, "inpaint9 final {final_err:e}");
+    assert!(share >= 0.99, "inpaint9 image {:.2} %", 100.0 * share);
+}
+
+/// Strength 0 runs no step: the output is the input through the VAE (encode, decode).
+#[test]
+fn strength_zero_gives_the_input_back_through_the_vae() {
+    let image = input_image();
+    let p = params(
+        "a yellow digit zero on a green background",
+        sampler("euler"),
+        0.0,
+    );
+    let (out, steps) = run(
+        digits(),
+        &p,
+        &Inputs {
+            init_image: Some(&image),
+            ..Inputs::default()
+        },
+    );
+    assert!(steps.is_empty(), "no step runs at strength 0");
+    let diffs: Vec<f32> = out.images[0]
+        .iter()
+        .zip(image.as_raw())
+        .map(|(a, b)| (f32::from(*a) - f32::from(*b)).abs() / 255.0)
+        .collect();
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    let max = diffs.iter().copied().fold(0.0, f32::max);
+    println!("strength 0: VAE round trip mean abs {mean:.4}, max {max:.4}");
+    assert!(mean <= 0.05, "strength 0: mean abs difference {mean}");
+}
+
+/// Images batched through the UNet together equal the same seeds generated one at a time.
+#[test]
+fn a_batch_equals_its_images_generated_alone() {
+    let image = input_image();
+    let mut p = params(
+        "a red digit seven on a blue background",
+        sampler("euler_a"),
+        0.6,
+    );
+    p.steps = 6;
+    p.seed = 11;
+    p.count = 3;
+    let inputs = Inputs {
+        init_image: Some(&image),
+        ..Inputs::default()
+    };
+    assert_eq!(
+        digits().images_per_unet_call(64, 64, true, 3),
+        3,
+        "the three images go through the UNet together"
+    );
+    let batched =
+        pollster::block_on(digits().generate(&p, &inputs, &mut |_| {}, None)).expect("batched");
+    assert_eq!(batched.seeds, vec![11, 12, 13]);
+    for (i, latents) in batched.latents.iter().enumerate() {
+        let alone = GenerationParams {
+            seed: 11 + i as u64,
+            count: 1,
+            ..p.clone()
+        };
+        let single = pollster::block_on(digits().generate(&alone, &inputs, &mut |_| {}, None))
+            .expect("alone");
+        let err = max_abs_diff(latents, &single.latents[0]);
+        println!("batch image {i}: max abs difference to alone {err:e}");
+        assert!(err <= 1e-4, "image {i}: {err:e}");
+    }
+    assert_ne!(batched.latents[0], batched.latents[1], "seeds differ");
+}
+
+#[test]
+fn a_mask_without_an_input_image_is_refused() {
+    let mask = square_mask(8, 56);
+    let p = params("x", sampler("euler"), 1.0);
+    let err = pollster::block_on(digits().generate(
+        &p,
+        &Inputs {
+            mask: Some(&mask),
+            ..Inputs::default()
+        },
+        &mut |_| {},
+        None,
+    ))
+    .expect_err("mask without image");
+    assert!(err.to_string().starts_with("mask:"), "{err}");
+}
