@@ -9,18 +9,22 @@
 
 use alloc::vec::Vec;
 
-use super::{Sampler, SamplerError, SamplerKind, check_len, check_step, draw_noise};
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::common::{
+    Schedule, add_fresh_noise, check_training_range, clip_range, final_alpha_cumprod, map2,
+    whole_timesteps,
+};
+use super::{Sampler, SamplerError, SamplerKind};
+use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule;
 
 /// The DDIM sampler.
 #[derive(Debug, Clone)]
 pub struct Ddim {
+    schedule: Schedule,
     prediction: PredictionType,
     eta: f64,
     /// `Some(range)` when `clip_sample` is on.
     clip: Option<f32>,
-    timesteps: Vec<f64>,
     alphas_cumprod: Vec<f64>,
     final_alpha_cumprod: f64,
     /// `num_train_timesteps // steps`: how far back the previous timestep is.
@@ -39,39 +43,16 @@ impl Ddim {
             return Err(SamplerError::BadEta(eta));
         }
         let alphas_cumprod = schedule::alphas_cumprod(config)?;
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
         let num_train = config.num_train_timesteps;
-        let timesteps: Vec<f64> =
-            schedule::timesteps(spacing, num_train, steps, config.steps_offset)?
-                .into_iter()
-                // linspace is rounded half-to-even to int64; the others are whole already.
-                .map(libm::rint)
-                .collect();
-        if let Some(&timestep) = timesteps
-            .iter()
-            .find(|&&t| !(t >= 0.0 && t < num_train as f64))
-        {
-            return Err(SamplerError::TimestepOutOfRange {
-                timestep,
-                num_train_timesteps: num_train,
-            });
-        }
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(true) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
-        let clip = config
-            .clip_sample
-            .unwrap_or(true)
-            .then(|| config.clip_sample_range.unwrap_or(1.0) as f32);
+        let timesteps = whole_timesteps(config, steps)?;
+        check_training_range(&timesteps, num_train)?;
         Ok(Self {
+            schedule: Schedule::without_sigmas(SamplerKind::DDIM, timesteps, &alphas_cumprod),
             prediction: config.prediction_type,
             eta,
-            clip,
-            timesteps,
+            clip: clip_range(config, true),
+            final_alpha_cumprod: final_alpha_cumprod(config, true, &alphas_cumprod),
             alphas_cumprod,
-            final_alpha_cumprod,
             step_ratio: num_train / steps,
         })
     }
@@ -79,7 +60,7 @@ impl Ddim {
     /// `alphas_cumprod` at the step's timestep and at the previous timestep (`t - T // steps`,
     /// or the final value before the first training timestep).
     fn alphas(&self, step: usize) -> (f32, f32) {
-        let t = self.timesteps[step] as usize;
+        let t = self.schedule.timesteps[step] as usize;
         let alpha_prod_t = self.alphas_cumprod[t] as f32;
         let alpha_prod_prev = match t.checked_sub(self.step_ratio) {
             Some(prev) => self.alphas_cumprod[prev],
@@ -90,29 +71,8 @@ impl Ddim {
 }
 
 impl Sampler for Ddim {
-    fn kind(&self) -> SamplerKind {
-        SamplerKind::DDIM
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(1.0)
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -122,8 +82,8 @@ impl Sampler for Ddim {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         let (alpha_prod_t, alpha_prod_prev) = self.alphas(step);
         let beta_prod_t = 1.0 - alpha_prod_t;
         let sqrt_alpha = libm::sqrtf(alpha_prod_t);
@@ -134,56 +94,31 @@ impl Sampler for Ddim {
         let direction_coef = libm::sqrtf(1.0 - alpha_prod_prev - std_dev * std_dev);
         let sqrt_alpha_prev = libm::sqrtf(alpha_prod_prev);
         let (prediction, clip) = (self.prediction, self.clip);
-        let mut prev: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let (mut x0, eps) = match prediction {
-                    PredictionType::Epsilon => ((x - sqrt_beta * m) / sqrt_alpha, m),
-                    PredictionType::Sample => (m, (x - sqrt_alpha * m) / sqrt_beta),
-                    PredictionType::VPrediction => (
-                        sqrt_alpha * x - sqrt_beta * m,
-                        sqrt_alpha * m + sqrt_beta * x,
-                    ),
-                };
-                if let Some(range) = clip {
-                    x0 = x0.clamp(-range, range);
-                }
-                sqrt_alpha_prev * x0 + direction_coef * eps
-            })
-            .collect();
-        if self.eta > 0.0 {
-            let noise = draw_noise(noise, prev.len())?;
-            for (p, n) in prev.iter_mut().zip(&noise) {
-                *p += std_dev * n;
+        let mut prev = map2(sample, model_output, |x, m| {
+            let (mut x0, eps) = match prediction {
+                PredictionType::Epsilon => ((x - sqrt_beta * m) / sqrt_alpha, m),
+                PredictionType::Sample => (m, (x - sqrt_alpha * m) / sqrt_beta),
+                PredictionType::VPrediction => (
+                    sqrt_alpha * x - sqrt_beta * m,
+                    sqrt_alpha * m + sqrt_beta * x,
+                ),
+            };
+            if let Some(range) = clip {
+                x0 = x0.clamp(-range, range);
             }
+            sqrt_alpha_prev * x0 + direction_coef * eps
+        });
+        if self.eta > 0.0 {
+            add_fresh_noise(&mut prev, std_dev, noise)?;
         }
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("noise", original.len(), noise.len())?;
-        let alpha_prod = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
-        let sqrt_alpha = libm::sqrtf(alpha_prod);
-        let sqrt_one_minus = libm::sqrtf(1.0 - alpha_prod);
-        Ok(original
-            .iter()
-            .zip(noise)
-            .map(|(&x, &n)| sqrt_alpha * x + sqrt_one_minus * n)
-            .collect())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BetaSchedule;
+    use crate::config::{BetaSchedule, TimestepSpacing};
 
     fn config(prediction: PredictionType) -> SchedulerConfig {
         SchedulerConfig {

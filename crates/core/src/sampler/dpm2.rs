@@ -19,25 +19,21 @@
 
 use alloc::vec::Vec;
 
-use super::euler::{self, SigmaSchedule};
+use super::common::{Schedule, SigmaClass, SigmaSchedule, euler_step, map3, take_first_call, to_d};
 use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, plain_alphas_cumprod,
-    refuse_sample_prediction, sigma_denoised, sqrt_sigma_sq_plus_one,
+    Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction, sigma_denoised,
 };
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule;
 
 /// The DPM2 sampler.
 #[derive(Debug, Clone)]
 pub struct KDpm2 {
-    karras: bool,
+    /// Its sigmas are diffusers' `sigmas`: `[S0, S1, S1, ..., S(n), S(n), S(n)]` (`S(n) = 0`).
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    /// diffusers' `sigmas`: `[S0, S1, S1, ..., S(n), S(n), S(n)]` (`S(n) = 0`).
-    sigmas: Vec<f64>,
     /// diffusers' `sigmas_interpol`, interleaved the same way.
     sigmas_interpol: Vec<f32>,
-    init_noise_sigma: f64,
     /// The first call of the current step: its index and sample.
     first: Option<(usize, Vec<f32>)>,
 }
@@ -62,11 +58,72 @@ pub(super) fn lerp_half(start: f32, end: f32) -> f32 {
     end - (end - start) * 0.5
 }
 
-/// The midpoint timesteps of DPM2 and DPM2 ancestral: diffusers' `_sigma_to_t` of each float32
-/// midpoint sigma, which runs in float32 there ([`schedule::sigma_to_t_f32`]); exact in the
-/// float32 (spaced) and float64 (Karras) timestep tensors alike.
-pub(super) fn midpoint_timestep(sigma: f32, log_sigmas: &[f32]) -> f64 {
-    f64::from(schedule::sigma_to_t_f32(sigma, log_sigmas))
+/// The model-call timesteps of DPM2 and DPM2 ancestral, `[t0, m_t(1), t1, m_t(2), t2, ...,
+/// m_t(n-1), t(n-1)]`, where `m_t(i)` is diffusers' `_sigma_to_t` of the midpoint sigma
+/// `midpoints[i - 1]`, which runs in float32 there ([`schedule::sigma_to_t_f32`]); exact in
+/// the float32 (spaced) and float64 (Karras) timestep tensors alike.
+pub(super) fn call_timesteps(schedule: &SigmaSchedule, midpoints: &[f32]) -> Vec<f64> {
+    let log_sigmas: Vec<f32> = schedule.log_sigmas.iter().map(|&l| l as f32).collect();
+    let t = &schedule.timesteps;
+    let mut timesteps = Vec::with_capacity(2 * t.len() - 1);
+    timesteps.push(t[0]);
+    for (&timestep, &midpoint) in t[1..].iter().zip(midpoints) {
+        timesteps.push(f64::from(schedule::sigma_to_t_f32(midpoint, &log_sigmas)));
+        timesteps.push(timestep);
+    }
+    timesteps
+}
+
+/// The sigma of each model call of DPM2 and DPM2 ancestral, which the UNet input is scaled
+/// for: `sigmas[call]` at the even calls, `midpoint(call)` at the odd (midpoint) calls.
+pub(super) fn input_sigmas(
+    sigmas: &[f64],
+    calls: usize,
+    midpoint: impl Fn(usize) -> f32,
+) -> Vec<f32> {
+    (0..calls)
+        .map(|call| {
+            if call.is_multiple_of(2) {
+                sigmas[call] as f32
+            } else {
+                midpoint(call)
+            }
+        })
+        .collect()
+}
+
+/// The first call of DPM2 and DPM2 ancestral: an Euler step from `sigma` to the midpoint
+/// sigma.
+pub(super) fn first_call(
+    prediction: PredictionType,
+    sigma: f32,
+    sigma_interpol: f32,
+    sample: &[f32],
+    model_output: &[f32],
+) -> Vec<f32> {
+    euler_step(
+        prediction,
+        sigma,
+        sigma_interpol - sigma,
+        sample,
+        model_output,
+    )
+}
+
+/// The second call of DPM2 and DPM2 ancestral (DPM-Solver-2): the midpoint's derivative over
+/// `dt` from the first call's sample `first`.
+pub(super) fn second_call(
+    prediction: PredictionType,
+    sigma_interpol: f32,
+    dt: f32,
+    sample: &[f32],
+    model_output: &[f32],
+    first: &[f32],
+) -> Vec<f32> {
+    map3(sample, model_output, first, |x, m, x1| {
+        let denoised = sigma_denoised(prediction, sigma_interpol, x, m);
+        x1 + to_d(x, denoised, sigma_interpol) * dt
+    })
 }
 
 impl KDpm2 {
@@ -79,9 +136,7 @@ impl KDpm2 {
     /// [`SamplerError::Schedule`] and [`SamplerError::UnsupportedPrediction`] for `sample`.
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
         refuse_sample_prediction(config, SamplerKind::DPM2.name())?;
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let acp = plain_alphas_cumprod(config)?;
-        let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, libm::rint)?;
+        let schedule = SigmaSchedule::new(config, steps, karras, SigmaClass::KDpm2)?;
         let s: Vec<f32> = schedule.sigmas.iter().map(|&s| s as f32).collect();
         // sigmas.log().lerp(sigmas.roll(1).log(), 0.5).exp(): m(i) between S(i) and S(i-1).
         // m(0) (rolled against S(n) = 0) is NaN in diffusers and never used.
@@ -91,62 +146,27 @@ impl KDpm2 {
                 _ => libm::expf(lerp_half(libm::logf(s[i]), libm::logf(s[i - 1]))),
             })
             .collect();
-        let log_sigmas: Vec<f32> = schedule.log_sigmas.iter().map(|&l| l as f32).collect();
-        // timesteps: [t0, m_t(1), t1, m_t(2), t2, ..., m_t(n-1), t(n-1)].
-        let t = &schedule.timesteps;
-        let mut timesteps = Vec::with_capacity(2 * steps - 1);
-        timesteps.push(t[0]);
-        for i in 1..steps {
-            timesteps.push(midpoint_timestep(interpol[i], &log_sigmas));
-            timesteps.push(t[i]);
-        }
-        let sigmas = interleave(&schedule.sigmas);
-        let init_noise_sigma = euler::init_noise_sigma(&sigmas, spacing);
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::DPM2
+        };
+        let timesteps = call_timesteps(&schedule, &interpol[1..]);
+        let sigmas = interleave(&schedule.sigmas);
+        let sigmas_interpol = interleave(&interpol);
+        let input_sigmas = input_sigmas(&sigmas, timesteps.len(), |call| sigmas_interpol[call]);
+        Ok(Self {
+            schedule: Schedule::with_sigmas(kind, timesteps, sigmas, schedule.init_noise_sigma)
+                .with_input_sigmas(input_sigmas),
             prediction: config.prediction_type,
-            timesteps,
-            sigmas,
-            sigmas_interpol: interleave(&interpol),
-            init_noise_sigma,
+            sigmas_interpol,
             first: None,
         })
     }
 }
 
 impl Sampler for KDpm2 {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::DPM2_KARRAS
-        } else {
-            SamplerKind::DPM2
-        }
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        let sigma = if step.is_multiple_of(2) {
-            self.sigmas[step] as f32
-        } else {
-            self.sigmas_interpol[step]
-        };
-        Ok(sqrt_sigma_sq_plus_one(sigma))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -156,59 +176,30 @@ impl Sampler for KDpm2 {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         let prediction = self.prediction;
         if step.is_multiple_of(2) {
             // First order: an Euler step from sigma to the midpoint sigma_interpol.
-            let sigma = self.sigmas[step] as f32;
+            let sigma = self.schedule.sigma(step);
             let sigma_interpol = self.sigmas_interpol[step + 1];
-            let dt = sigma_interpol - sigma;
-            let prev = sample
-                .iter()
-                .zip(model_output)
-                .map(|(&x, &m)| {
-                    let derivative = (x - sigma_denoised(prediction, sigma, x, m)) / sigma;
-                    x + derivative * dt
-                })
-                .collect();
+            let prev = first_call(prediction, sigma, sigma_interpol, sample, model_output);
             self.first = Some((step, sample.to_vec()));
             return Ok(prev);
         }
         // DPM-Solver-2: the midpoint's derivative over the whole step, from the first sample.
-        let first = match self.first.take() {
-            Some((first_step, first)) if first_step + 1 == step => first,
-            _ => {
-                return Err(SamplerError::OutOfOrder {
-                    sampler: self.kind().name(),
-                    step,
-                    expected: step - 1,
-                });
-            }
-        };
+        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         check_len("sample", first.len(), sample.len())?;
-        let sigma = self.sigmas[step - 1] as f32;
+        let sigma = self.schedule.sigma(step - 1);
         let sigma_interpol = self.sigmas_interpol[step];
-        let sigma_next = self.sigmas[step] as f32;
-        let dt = sigma_next - sigma;
-        Ok(sample
-            .iter()
-            .zip(model_output)
-            .zip(&first)
-            .map(|((&x, &m), &x1)| {
-                let derivative =
-                    (x - sigma_denoised(prediction, sigma_interpol, x, m)) / sigma_interpol;
-                x1 + derivative * dt
-            })
-            .collect())
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
+        let dt = self.schedule.sigma(step) - sigma;
+        Ok(second_call(
+            prediction,
+            sigma_interpol,
+            dt,
+            sample,
+            model_output,
+            &first,
+        ))
     }
 }

@@ -22,27 +22,23 @@
 
 use alloc::vec::Vec;
 
-use super::dpm2::{interleave, lerp_half, midpoint_timestep};
-use super::euler::{self, SigmaSchedule};
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, draw_noise, plain_alphas_cumprod,
-    refuse_sample_prediction, sigma_denoised, sqrt_sigma_sq_plus_one,
+use super::common::{
+    Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, sigma_down, sigma_up, take_first_call,
 };
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::dpm2::{call_timesteps, first_call, input_sigmas, interleave, lerp_half, second_call};
+use super::{Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction};
+use crate::config::{PredictionType, SchedulerConfig};
 
 /// The DPM2 ancestral sampler.
 #[derive(Debug, Clone)]
 pub struct KDpm2Ancestral {
-    karras: bool,
+    /// Its sigmas are diffusers' `sigmas`: `[S0, S1, S1, ..., S(n), S(n), S(n)]` (`S(n) = 0`).
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    /// diffusers' `sigmas`: `[S0, S1, S1, ..., S(n), S(n), S(n)]` (`S(n) = 0`).
-    sigmas: Vec<f64>,
     /// diffusers' `sigmas_interpol`, `sigmas_up` and `sigmas_down`, interleaved the same way.
     sigmas_interpol: Vec<f32>,
     sigmas_up: Vec<f32>,
     sigmas_down: Vec<f32>,
-    init_noise_sigma: f64,
     /// The first call of the current step: its index and sample.
     first: Option<(usize, Vec<f32>)>,
 }
@@ -57,26 +53,18 @@ impl KDpm2Ancestral {
     /// [`SamplerError::Schedule`] and [`SamplerError::UnsupportedPrediction`] for `sample`.
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
         refuse_sample_prediction(config, SamplerKind::DPM2_A.name())?;
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let acp = plain_alphas_cumprod(config)?;
-        let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, libm::rint)?;
+        let schedule = SigmaSchedule::new(config, steps, karras, SigmaClass::KDpm2)?;
         let s: Vec<f32> = schedule.sigmas.iter().map(|&s| s as f32).collect();
         let n = s.len() - 1;
         let next = |i: usize| if i < n { s[i + 1] } else { 0.0 };
         // sigmas_up is NaN at the final 0 in diffusers (0 / 0); it is never used there.
-        let up: Vec<f32> = (0..=n)
-            .map(|i| {
-                let (from, to) = (s[i], next(i));
-                libm::sqrtf(to * to * (from * from - to * to) / (from * from))
-            })
-            .collect();
-        // Mathematically to^4 / from^2 >= 0; clamp a rounding-negative value instead of a NaN.
+        let up: Vec<f32> = (0..=n).map(|i| sigma_up(s[i], next(i))).collect();
         let down: Vec<f32> = (0..=n)
             .map(|i| {
                 if i == n {
                     0.0
                 } else {
-                    libm::sqrtf((next(i) * next(i) - up[i] * up[i]).max(0.0))
+                    sigma_down(next(i), up[i])
                 }
             })
             .collect();
@@ -89,64 +77,29 @@ impl KDpm2Ancestral {
                 }
             })
             .collect();
-        let log_sigmas: Vec<f32> = schedule.log_sigmas.iter().map(|&l| l as f32).collect();
-        // timesteps: [t0, m_t(0), t1, m_t(1), t2, ..., m_t(n-2), t(n-1)].
-        let t = &schedule.timesteps;
-        let mut timesteps = Vec::with_capacity(2 * steps - 1);
-        timesteps.push(t[0]);
-        for i in 1..steps {
-            timesteps.push(midpoint_timestep(interpol[i - 1], &log_sigmas));
-            timesteps.push(t[i]);
-        }
-        let sigmas = interleave(&schedule.sigmas);
-        let init_noise_sigma = euler::init_noise_sigma(&sigmas, spacing);
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::DPM2_A
+        };
+        let timesteps = call_timesteps(&schedule, &interpol);
+        let sigmas = interleave(&schedule.sigmas);
+        let sigmas_interpol = interleave(&interpol);
+        let input_sigmas = input_sigmas(&sigmas, timesteps.len(), |call| sigmas_interpol[call - 1]);
+        Ok(Self {
+            schedule: Schedule::with_sigmas(kind, timesteps, sigmas, schedule.init_noise_sigma)
+                .with_input_sigmas(input_sigmas),
             prediction: config.prediction_type,
-            timesteps,
-            sigmas,
-            sigmas_interpol: interleave(&interpol),
+            sigmas_interpol,
             sigmas_up: interleave(&up),
             sigmas_down: interleave(&down),
-            init_noise_sigma,
             first: None,
         })
     }
 }
 
 impl Sampler for KDpm2Ancestral {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::DPM2_A_KARRAS
-        } else {
-            SamplerKind::DPM2_A
-        }
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        let sigma = if step.is_multiple_of(2) {
-            self.sigmas[step] as f32
-        } else {
-            self.sigmas_interpol[step - 1]
-        };
-        Ok(sqrt_sigma_sq_plus_one(sigma))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -156,65 +109,25 @@ impl Sampler for KDpm2Ancestral {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         let prediction = self.prediction;
         if step.is_multiple_of(2) {
             // First order: an Euler step from sigma to the midpoint sigma_interpol.
-            let sigma = self.sigmas[step] as f32;
+            let sigma = self.schedule.sigma(step);
             let sigma_interpol = self.sigmas_interpol[step];
-            let dt = sigma_interpol - sigma;
-            let prev = sample
-                .iter()
-                .zip(model_output)
-                .map(|(&x, &m)| {
-                    let derivative = (x - sigma_denoised(prediction, sigma, x, m)) / sigma;
-                    x + derivative * dt
-                })
-                .collect();
+            let prev = first_call(prediction, sigma, sigma_interpol, sample, model_output);
             self.first = Some((step, sample.to_vec()));
             return Ok(prev);
         }
-        let first = match self.first.take() {
-            Some((first_step, first)) if first_step + 1 == step => first,
-            _ => {
-                return Err(SamplerError::OutOfOrder {
-                    sampler: self.kind().name(),
-                    step,
-                    expected: step - 1,
-                });
-            }
-        };
+        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         check_len("sample", first.len(), sample.len())?;
         // DPM-Solver-2 down to sigma_down from the first sample, then the ancestral noise.
-        let sigma = self.sigmas[step - 1] as f32;
+        let sigma = self.schedule.sigma(step - 1);
         let sigma_interpol = self.sigmas_interpol[step - 1];
-        let sigma_up = self.sigmas_up[step - 1];
-        let sigma_down = self.sigmas_down[step - 1];
-        let dt = sigma_down - sigma;
-        let mut prev: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .zip(&first)
-            .map(|((&x, &m), &x1)| {
-                let derivative =
-                    (x - sigma_denoised(prediction, sigma_interpol, x, m)) / sigma_interpol;
-                x1 + derivative * dt
-            })
-            .collect();
-        let noise = draw_noise(noise, prev.len())?;
-        for (p, z) in prev.iter_mut().zip(&noise) {
-            *p += z * sigma_up;
-        }
+        let dt = self.sigmas_down[step - 1] - sigma;
+        let mut prev = second_call(prediction, sigma_interpol, dt, sample, model_output, &first);
+        add_fresh_noise(&mut prev, self.sigmas_up[step - 1], noise)?;
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
     }
 }

@@ -10,10 +10,8 @@
 
 use alloc::vec::Vec;
 
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, sigma_alphas_cumprod,
-    sqrt_sigma_sq_plus_one,
-};
+use super::common::{Schedule, alpha_sigma, map2, map3};
+use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, sigma_alphas_cumprod};
 use crate::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::schedule::{self, round_f32};
 
@@ -21,10 +19,8 @@ use crate::schedule::{self, round_f32};
 /// must be taken in order.
 #[derive(Debug, Clone)]
 pub struct DpmSolverMultistep {
-    karras: bool,
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
     /// The previous step's index and data prediction (x0).
     previous: Option<(usize, Vec<f32>)>,
 }
@@ -76,20 +72,16 @@ impl DpmSolverMultistep {
         }
         sigmas.push(0.0);
         let sigmas = sigmas.into_iter().map(round_f32).collect();
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::DPMPP_2M
+        };
+        Ok(Self {
+            schedule: Schedule::dpm_solver(kind, timesteps, sigmas),
             prediction: config.prediction_type,
-            timesteps,
-            sigmas,
             previous: None,
         })
     }
-}
-
-/// `alpha_t = 1 / (sigma ** 2 + 1) ** 0.5` and `sigma_t = sigma * alpha_t`, in float32.
-fn alpha_sigma(sigma: f32) -> (f32, f32) {
-    let alpha = 1.0 / sqrt_sigma_sq_plus_one(sigma);
-    (alpha, sigma * alpha)
 }
 
 /// `lambda = log(alpha_t) - log(sigma_t)`, in float32 (+inf at sigma 0).
@@ -98,33 +90,8 @@ fn lambda(alpha: f32, sigma: f32) -> f32 {
 }
 
 impl Sampler for DpmSolverMultistep {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::DPMPP_2M_KARRAS
-        } else {
-            SamplerKind::DPMPP_2M
-        }
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(1.0)
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -134,18 +101,13 @@ impl Sampler for DpmSolverMultistep {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        let steps = self.timesteps.len();
-        check_step(step, steps)?;
-        check_len("model_output", sample.len(), model_output.len())?;
-        if let Some((previous_step, _)) = &self.previous
-            && step != previous_step + 1
-        {
-            return Err(SamplerError::OutOfOrder {
-                sampler: self.kind().name(),
-                step,
-                expected: previous_step + 1,
-            });
-        }
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
+        check_next(
+            self.schedule.kind.name(),
+            self.previous.as_ref().map(|(s, _)| *s),
+            step,
+        )?;
         let history = match &self.previous {
             Some((_, previous)) => {
                 check_len("model_output", previous.len(), model_output.len())?;
@@ -155,19 +117,15 @@ impl Sampler for DpmSolverMultistep {
         };
 
         // convert_model_output: the data prediction x0 at this step's sigma.
-        let (alpha_s0, sigma_s0) = alpha_sigma(self.sigmas[step] as f32);
+        let (alpha_s0, sigma_s0) = alpha_sigma(self.schedule.sigma(step));
         let prediction = self.prediction;
-        let x0: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| match prediction {
-                PredictionType::Epsilon => (x - sigma_s0 * m) / alpha_s0,
-                PredictionType::Sample => m,
-                PredictionType::VPrediction => alpha_s0 * x - sigma_s0 * m,
-            })
-            .collect();
+        let x0 = map2(sample, model_output, |x, m| match prediction {
+            PredictionType::Epsilon => (x - sigma_s0 * m) / alpha_s0,
+            PredictionType::Sample => m,
+            PredictionType::VPrediction => alpha_s0 * x - sigma_s0 * m,
+        });
 
-        let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[step + 1] as f32);
+        let (alpha_t, sigma_t) = alpha_sigma(self.schedule.sigma(step + 1));
         let lambda_t = lambda(alpha_t, sigma_t);
         let lambda_s0 = lambda(alpha_s0, sigma_s0);
         let h = lambda_t - lambda_s0;
@@ -175,45 +133,20 @@ impl Sampler for DpmSolverMultistep {
         let d0_coef = alpha_t * (libm::expf(-h) - 1.0);
         // lower_order_final: the last step (final sigma 0) is first order.
         let prev = match history {
-            Some(m1) if step + 1 < steps => {
-                let (alpha_s1, sigma_s1) = alpha_sigma(self.sigmas[step - 1] as f32);
+            Some(m1) if step + 1 < self.schedule.calls() => {
+                let (alpha_s1, sigma_s1) = alpha_sigma(self.schedule.sigma(step - 1));
                 let lambda_s1 = lambda(alpha_s1, sigma_s1);
                 let h_0 = lambda_s0 - lambda_s1;
                 let inv_r0 = 1.0 / (h_0 / h);
                 let d1_coef = 0.5 * d0_coef;
-                sample
-                    .iter()
-                    .zip(&x0)
-                    .zip(m1)
-                    .map(|((&x, &m0), &m1)| {
-                        let d1 = inv_r0 * (m0 - m1);
-                        sample_coef * x - d0_coef * m0 - d1_coef * d1
-                    })
-                    .collect()
+                map3(sample, &x0, m1, |x, m0, m1| {
+                    let d1 = inv_r0 * (m0 - m1);
+                    sample_coef * x - d0_coef * m0 - d1_coef * d1
+                })
             }
-            _ => sample
-                .iter()
-                .zip(&x0)
-                .map(|(&x, &m0)| sample_coef * x - d0_coef * m0)
-                .collect(),
+            _ => map2(sample, &x0, |x, m0| sample_coef * x - d0_coef * m0),
         };
         self.previous = Some((step, x0));
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("noise", original.len(), noise.len())?;
-        let (alpha, sigma) = alpha_sigma(self.sigmas[step] as f32);
-        Ok(original
-            .iter()
-            .zip(noise)
-            .map(|(&x, &n)| alpha * x + sigma * n)
-            .collect())
     }
 }

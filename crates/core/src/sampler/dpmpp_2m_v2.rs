@@ -23,23 +23,16 @@
 
 use alloc::vec::Vec;
 
-use super::euler::{self, SigmaSchedule};
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_next, check_step, sigma_alphas_cumprod,
-    sigma_denoised, sqrt_sigma_sq_plus_one,
-};
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use crate::schedule::round_f32;
+use super::common::{Schedule, SigmaClass, SigmaSchedule, map2, map3};
+use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, sigma_denoised};
+use crate::config::{PredictionType, SchedulerConfig};
 
 /// The DPM++ 2M v2 sampler. It remembers the previous step's data prediction, so steps must
 /// be taken in order.
 #[derive(Debug, Clone)]
 pub struct DpmPP2MV2 {
-    karras: bool,
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
     /// The previous step's index and data prediction.
     previous: Option<(usize, Vec<f32>)>,
 }
@@ -52,16 +45,14 @@ impl DpmPP2MV2 {
     ///
     /// [`SamplerError::Schedule`].
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let acp = sigma_alphas_cumprod(config)?;
-        let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, round_f32)?;
-        let init_noise_sigma = euler::init_noise_sigma(&schedule.sigmas, spacing);
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::DPMPP_2M_V2
+        };
+        Ok(Self {
+            schedule: SigmaSchedule::new(config, steps, karras, SigmaClass::Euler)?
+                .into_schedule(kind),
             prediction: config.prediction_type,
-            timesteps: schedule.timesteps,
-            sigmas: schedule.sigmas,
-            init_noise_sigma,
             previous: None,
         })
     }
@@ -78,33 +69,8 @@ fn sigma_fn(t: f32) -> f32 {
 }
 
 impl Sampler for DpmPP2MV2 {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::DPMPP_2M_V2_KARRAS
-        } else {
-            SamplerKind::DPMPP_2M_V2
-        }
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sqrt_sigma_sq_plus_one(self.sigmas[step] as f32))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -114,21 +80,19 @@ impl Sampler for DpmPP2MV2 {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         check_next(
-            self.kind().name(),
+            self.schedule.kind.name(),
             self.previous.as_ref().map(|(s, _)| *s),
             step,
         )?;
-        let sigma = self.sigmas[step] as f32;
-        let sigma_next = self.sigmas[step + 1] as f32;
+        let sigma = self.schedule.sigma(step);
+        let sigma_next = self.schedule.sigma(step + 1);
         let prediction = self.prediction;
-        let denoised: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| sigma_denoised(prediction, sigma, x, m))
-            .collect();
+        let denoised = map2(sample, model_output, |x, m| {
+            sigma_denoised(prediction, sigma, x, m)
+        });
         let t = t_fn(sigma);
         let t_next = t_fn(sigma_next);
         let h = t_next - t;
@@ -136,39 +100,23 @@ impl Sampler for DpmPP2MV2 {
         let prev = match &self.previous {
             Some((_, old)) if sigma_next != 0.0 => {
                 check_len("model_output", old.len(), denoised.len())?;
-                let h_last = t - t_fn(self.sigmas[step - 1] as f32);
+                let h_last = t - t_fn(self.schedule.sigma(step - 1));
                 let h_min = h_last.min(h);
                 let h_max = h_last.max(h);
                 let r = h_max / h_min;
                 let h_d = (h_max + h_min) / 2.0;
                 let expm1 = libm::expm1f(-h_d);
                 let (c_new, c_old) = (1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r));
-                sample
-                    .iter()
-                    .zip(&denoised)
-                    .zip(old)
-                    .map(|((&x, &d), &d_old)| ratio * x - expm1 * (c_new * d - c_old * d_old))
-                    .collect()
+                map3(sample, &denoised, old, |x, d, d_old| {
+                    ratio * x - expm1 * (c_new * d - c_old * d_old)
+                })
             }
             _ => {
                 let expm1 = libm::expm1f(-h);
-                sample
-                    .iter()
-                    .zip(&denoised)
-                    .map(|(&x, &d)| ratio * x - expm1 * d)
-                    .collect()
+                map2(sample, &denoised, |x, d| ratio * x - expm1 * d)
             }
         };
         self.previous = Some((step, denoised));
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
     }
 }

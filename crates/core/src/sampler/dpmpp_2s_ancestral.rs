@@ -22,24 +22,23 @@
 
 use alloc::vec::Vec;
 
-use super::euler::{self, SigmaSchedule};
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, draw_noise, sigma_alphas_cumprod,
-    sigma_denoised, sqrt_sigma_sq_plus_one,
+use super::common::{
+    Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, euler_step, map2, map3, sigma_down,
+    sigma_up, take_first_call,
 };
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{
+    Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction, sigma_denoised,
+};
+use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule::{self, round_f32};
 
 /// The DPM++ 2S ancestral sampler.
 #[derive(Debug, Clone)]
 pub struct DpmPP2SAncestral {
-    karras: bool,
+    /// Its sigmas are the sigma of each model call, then 0.
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    /// The sigma of each model call, then 0.
-    sigmas: Vec<f64>,
     calls: Vec<Call>,
-    init_noise_sigma: f64,
     /// The first call of the current step: its index and sample.
     first: Option<(usize, Vec<f32>)>,
 }
@@ -67,12 +66,8 @@ enum Call {
 /// k-diffusion's `get_ancestral_step(sigma_from, sigma_to, eta=1)` in float32:
 /// `up = min(to, (to^2 (from^2 - to^2) / from^2) ** 0.5)`, `down = (to^2 - up^2) ** 0.5`.
 fn ancestral_step(from: f32, to: f32) -> (f32, f32) {
-    let up = to.min(libm::sqrtf(
-        to * to * (from * from - to * to) / (from * from),
-    ));
-    // Mathematically to^4 / from^2 >= 0; clamp a rounding-negative value instead of a NaN.
-    let down = libm::sqrtf((to * to - up * up).max(0.0));
-    (down, up)
+    let up = to.min(sigma_up(from, to));
+    (sigma_down(to, up), up)
 }
 
 impl DpmPP2SAncestral {
@@ -85,20 +80,14 @@ impl DpmPP2SAncestral {
     /// [`SamplerError::Schedule`], and [`SamplerError::UnsupportedPrediction`] for
     /// `prediction_type: sample` (as Euler ancestral).
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
-        super::refuse_sample_prediction(config, SamplerKind::DPMPP_2S_A.name())?;
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let acp = sigma_alphas_cumprod(config)?;
-        let SigmaSchedule {
-            timesteps: step_timesteps,
-            sigmas: step_sigmas,
-            log_sigmas,
-        } = SigmaSchedule::new(&acp, config, spacing, steps, karras, round_f32)?;
+        refuse_sample_prediction(config, SamplerKind::DPMPP_2S_A.name())?;
+        let schedule = SigmaSchedule::new(config, steps, karras, SigmaClass::Euler)?;
         let mut calls = Vec::with_capacity(2 * steps);
         let mut timesteps = Vec::with_capacity(2 * steps);
         let mut sigmas = Vec::with_capacity(2 * steps);
-        for (i, &timestep) in step_timesteps.iter().enumerate() {
-            let sigma = step_sigmas[i] as f32;
-            let sigma_next = step_sigmas[i + 1] as f32;
+        for (i, &timestep) in schedule.timesteps.iter().enumerate() {
+            let sigma = schedule.sigmas[i] as f32;
+            let sigma_next = schedule.sigmas[i + 1] as f32;
             let (down, up) = ancestral_step(sigma, sigma_next);
             let up = (sigma_next > 0.0).then_some(up);
             timesteps.push(timestep);
@@ -131,52 +120,27 @@ impl DpmPP2SAncestral {
             });
             timesteps.push(round_f32(schedule::sigma_to_t(
                 f64::from(sigma_mid),
-                &log_sigmas,
+                &schedule.log_sigmas,
             )));
             sigmas.push(f64::from(sigma_mid));
         }
         sigmas.push(0.0);
-        let init_noise_sigma = euler::init_noise_sigma(&step_sigmas, spacing);
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::DPMPP_2S_A
+        };
+        Ok(Self {
+            schedule: Schedule::with_sigmas(kind, timesteps, sigmas, schedule.init_noise_sigma),
             prediction: config.prediction_type,
-            timesteps,
-            sigmas,
             calls,
-            init_noise_sigma,
             first: None,
         })
     }
 }
 
 impl Sampler for DpmPP2SAncestral {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::DPMPP_2S_A_KARRAS
-        } else {
-            SamplerKind::DPMPP_2S_A
-        }
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sqrt_sigma_sq_plus_one(self.sigmas[step] as f32))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -186,20 +150,18 @@ impl Sampler for DpmPP2SAncestral {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         let prediction = self.prediction;
-        let (mut prev, up): (Vec<f32>, Option<f32>) = match self.calls[step] {
+        let (mut prev, up) = match self.calls[step] {
             Call::First {
                 sigma,
                 ratio,
                 expm1,
             } => {
-                let x2 = sample
-                    .iter()
-                    .zip(model_output)
-                    .map(|(&x, &m)| ratio * x - expm1 * sigma_denoised(prediction, sigma, x, m))
-                    .collect();
+                let x2 = map2(sample, model_output, |x, m| {
+                    ratio * x - expm1 * sigma_denoised(prediction, sigma, x, m)
+                });
                 self.first = Some((step, sample.to_vec()));
                 return Ok(x2);
             }
@@ -209,54 +171,20 @@ impl Sampler for DpmPP2SAncestral {
                 expm1,
                 up,
             } => {
-                let first = match self.first.take() {
-                    Some((first_step, first)) if first_step + 1 == step => first,
-                    _ => {
-                        return Err(SamplerError::OutOfOrder {
-                            sampler: self.kind().name(),
-                            step,
-                            expected: step - 1,
-                        });
-                    }
-                };
+                let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
                 check_len("sample", first.len(), sample.len())?;
-                let prev = sample
-                    .iter()
-                    .zip(model_output)
-                    .zip(&first)
-                    .map(|((&x2, &m), &x)| {
-                        ratio * x - expm1 * sigma_denoised(prediction, sigma, x2, m)
-                    })
-                    .collect();
+                let prev = map3(sample, model_output, &first, |x2, m, x| {
+                    ratio * x - expm1 * sigma_denoised(prediction, sigma, x2, m)
+                });
                 (prev, up)
             }
             Call::Euler { sigma, dt, up } => {
-                let prev = sample
-                    .iter()
-                    .zip(model_output)
-                    .map(|(&x, &m)| {
-                        let d = (x - sigma_denoised(prediction, sigma, x, m)) / sigma;
-                        x + d * dt
-                    })
-                    .collect();
-                (prev, up)
+                (euler_step(prediction, sigma, dt, sample, model_output), up)
             }
         };
         if let Some(up) = up {
-            let noise = draw_noise(noise, prev.len())?;
-            for (p, z) in prev.iter_mut().zip(&noise) {
-                *p += z * up;
-            }
+            add_fresh_noise(&mut prev, up, noise)?;
         }
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
     }
 }

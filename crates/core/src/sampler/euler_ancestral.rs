@@ -12,20 +12,17 @@
 
 use alloc::vec::Vec;
 
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, draw_noise, euler,
-    sqrt_sigma_sq_plus_one,
+use super::common::{
+    Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, euler_step, sigma_down, sigma_up,
 };
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
+use super::{Sampler, SamplerError, SamplerKind, refuse_sample_prediction};
+use crate::config::{PredictionType, SchedulerConfig};
 
 /// The Euler ancestral sampler.
 #[derive(Debug, Clone)]
 pub struct EulerAncestral {
-    karras: bool,
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
 }
 
 impl EulerAncestral {
@@ -37,53 +34,22 @@ impl EulerAncestral {
     /// [`SamplerError::Schedule`], and [`SamplerError::UnsupportedPrediction`] for
     /// `prediction_type: sample`.
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
-        if config.prediction_type == PredictionType::Sample {
-            return Err(SamplerError::UnsupportedPrediction {
-                sampler: SamplerKind::EULER_A.name(),
-                prediction: super::prediction_name(config.prediction_type),
-            });
-        }
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let (timesteps, sigmas) = euler::sigma_schedule(config, spacing, steps, karras)?;
-        let init_noise_sigma = euler::init_noise_sigma(&sigmas, spacing);
-        Ok(Self {
+        refuse_sample_prediction(config, SamplerKind::EULER_A.name())?;
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::EULER_A
+        };
+        Ok(Self {
+            schedule: SigmaSchedule::new(config, steps, karras, SigmaClass::Euler)?
+                .into_schedule(kind),
             prediction: config.prediction_type,
-            timesteps,
-            sigmas,
-            init_noise_sigma,
         })
     }
 }
 
 impl Sampler for EulerAncestral {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::EULER_A_KARRAS
-        } else {
-            SamplerKind::EULER_A
-        }
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sqrt_sigma_sq_plus_one(self.sigmas[step] as f32))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -93,47 +59,16 @@ impl Sampler for EulerAncestral {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
-        let sigma = self.sigmas[step] as f32;
-        let sigma_to = self.sigmas[step + 1] as f32;
-        // sigma_up = (to^2 (from^2 - to^2) / from^2) ** 0.5, sigma_down = (to^2 - up^2) ** 0.5,
-        // each operation in float32 as in diffusers.
-        let sigma_up = libm::sqrtf(
-            sigma_to * sigma_to * (sigma * sigma - sigma_to * sigma_to) / (sigma * sigma),
-        );
-        // Mathematically to^4 / from^2 >= 0; clamp a rounding-negative value instead of a NaN.
-        let sigma_down = libm::sqrtf((sigma_to * sigma_to - sigma_up * sigma_up).max(0.0));
-        let dt = sigma_down - sigma;
-        let c_out = -sigma / sqrt_sigma_sq_plus_one(sigma);
-        let c_skip_divisor = sigma * sigma + 1.0;
-        let prediction = self.prediction;
-        let mut prev: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let denoised = match prediction {
-                    PredictionType::VPrediction => m * c_out + x / c_skip_divisor,
-                    // `sample` is refused in `new`.
-                    PredictionType::Epsilon | PredictionType::Sample => x - sigma * m,
-                };
-                let derivative = (x - denoised) / sigma;
-                x + derivative * dt
-            })
-            .collect();
-        let noise = draw_noise(noise, prev.len())?;
-        for (p, n) in prev.iter_mut().zip(&noise) {
-            *p += n * sigma_up;
-        }
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
+        let sigma = self.schedule.sigma(step);
+        let sigma_to = self.schedule.sigma(step + 1);
+        // Each operation in float32 as in diffusers.
+        let up = sigma_up(sigma, sigma_to);
+        let dt = sigma_down(sigma_to, up) - sigma;
+        // `sample` prediction is refused in `new`.
+        let mut prev = euler_step(self.prediction, sigma, dt, sample, model_output);
+        add_fresh_noise(&mut prev, up, noise)?;
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
     }
 }

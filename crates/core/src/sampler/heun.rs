@@ -13,31 +13,23 @@
 
 use alloc::vec::Vec;
 
-use super::euler::{self, SigmaSchedule};
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_step, plain_alphas_cumprod,
-    sigma_denoised, sqrt_sigma_sq_plus_one,
-};
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use crate::schedule::round_f32;
+use super::common::{Schedule, SigmaClass, SigmaSchedule, clip_range, map2, take_first_call, to_d};
+use super::{Sampler, SamplerError, SamplerKind, check_len, sigma_denoised};
+use crate::config::{PredictionType, SchedulerConfig};
 
 /// The Heun sampler.
 #[derive(Debug, Clone)]
 pub struct HeunDiscrete {
-    karras: bool,
+    schedule: Schedule,
     prediction: PredictionType,
     /// `Some(range)` when `clip_sample` is on.
     clip: Option<f32>,
-    timesteps: Vec<f64>,
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
-    /// The first call of the current step: its index, sample, derivative and `dt`.
-    first: Option<FirstCall>,
+    /// The first call of the current step: its index, and its sample, derivative and `dt`.
+    first: Option<(usize, FirstCall)>,
 }
 
 #[derive(Debug, Clone)]
 struct FirstCall {
-    step: usize,
     sample: Vec<f32>,
     derivative: Vec<f32>,
     dt: f32,
@@ -51,9 +43,7 @@ impl HeunDiscrete {
     ///
     /// [`SamplerError::Schedule`].
     pub fn new(config: &SchedulerConfig, steps: usize, karras: bool) -> Result<Self, SamplerError> {
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let acp = plain_alphas_cumprod(config)?;
-        let schedule = SigmaSchedule::new(&acp, config, spacing, steps, karras, round_f32)?;
+        let schedule = SigmaSchedule::new(config, steps, karras, SigmaClass::Heun)?;
         // sigmas: [s0, s1, s1, ..., s(n-1), s(n-1), 0]; timesteps: [t0, t1, t1, ...].
         let s = &schedule.sigmas;
         let mut sigmas = Vec::with_capacity(2 * steps);
@@ -68,17 +58,14 @@ impl HeunDiscrete {
         for &timestep in &t[1..] {
             timesteps.extend([timestep, timestep]);
         }
-        let init_noise_sigma = euler::init_noise_sigma(&sigmas, spacing);
-        Ok(Self {
+        let kind = SamplerKind {
             karras,
+            ..SamplerKind::HEUN
+        };
+        Ok(Self {
+            schedule: Schedule::with_sigmas(kind, timesteps, sigmas, schedule.init_noise_sigma),
             prediction: config.prediction_type,
-            clip: config
-                .clip_sample
-                .unwrap_or(false)
-                .then(|| config.clip_sample_range.unwrap_or(1.0) as f32),
-            timesteps,
-            sigmas,
-            init_noise_sigma,
+            clip: clip_range(config, false),
             first: None,
         })
     }
@@ -94,33 +81,8 @@ impl HeunDiscrete {
 }
 
 impl Sampler for HeunDiscrete {
-    fn kind(&self) -> SamplerKind {
-        if self.karras {
-            SamplerKind::HEUN_KARRAS
-        } else {
-            SamplerKind::HEUN
-        }
-    }
-
-    fn order(&self) -> usize {
-        2
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        Some(&self.sigmas)
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(sqrt_sigma_sq_plus_one(self.sigmas[step] as f32))
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -130,62 +92,38 @@ impl Sampler for HeunDiscrete {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         if step.is_multiple_of(2) {
             // First order: sigma_hat = sigma (gamma 0), an Euler step to the next sigma.
-            let sigma = self.sigmas[step] as f32;
-            let sigma_next = self.sigmas[step + 1] as f32;
+            let sigma = self.schedule.sigma(step);
+            let sigma_next = self.schedule.sigma(step + 1);
             let dt = sigma_next - sigma;
-            let derivative: Vec<f32> = sample
-                .iter()
-                .zip(model_output)
-                .map(|(&x, &m)| (x - self.denoised(sigma, x, m)) / sigma)
-                .collect();
-            let prev = sample
-                .iter()
-                .zip(&derivative)
-                .map(|(&x, &d)| x + d * dt)
-                .collect();
-            self.first = Some(FirstCall {
-                step,
+            let derivative = map2(sample, model_output, |x, m| {
+                to_d(x, self.denoised(sigma, x, m), sigma)
+            });
+            let prev = map2(sample, &derivative, |x, d| x + d * dt);
+            let first = FirstCall {
                 sample: sample.to_vec(),
                 derivative,
                 dt,
-            });
+            };
+            self.first = Some((step, first));
             return Ok(prev);
         }
         // Second order: the derivative at the Euler point (sigma_next), averaged with the first.
-        let first = match self.first.take() {
-            Some(first) if first.step + 1 == step => first,
-            _ => {
-                return Err(SamplerError::OutOfOrder {
-                    sampler: self.kind().name(),
-                    step,
-                    expected: step - 1,
-                });
-            }
-        };
+        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         check_len("sample", first.sample.len(), sample.len())?;
-        let sigma_next = self.sigmas[step] as f32;
+        let sigma_next = self.schedule.sigma(step);
         Ok(sample
             .iter()
             .zip(model_output)
             .zip(first.derivative.iter().zip(&first.sample))
             .map(|((&x, &m), (&d1, &x1))| {
-                let d2 = (x - self.denoised(sigma_next, x, m)) / sigma_next;
+                let d2 = to_d(x, self.denoised(sigma_next, x, m), sigma_next);
                 let derivative = (d1 + d2) / 2.0;
                 x1 + derivative * first.dt
             })
             .collect())
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        euler::add_noise_sigma(&self.sigmas, self.timesteps.len(), original, noise, step)
     }
 }

@@ -20,18 +20,19 @@
 
 use alloc::vec::Vec;
 
-use super::{Sampler, SamplerError, SamplerKind, check_len, check_step, draw_noise};
+use super::common::{Schedule, clip_range, map2};
+use super::{Sampler, SamplerError, SamplerKind, draw_noise};
 use crate::config::{PredictionType, SchedulerConfig};
-use crate::schedule::{self, ScheduleError};
+use crate::schedule;
 
 /// The LCM sampler.
 #[derive(Debug, Clone)]
 pub struct Lcm {
+    schedule: Schedule,
     prediction: PredictionType,
     /// `Some(range)` when `clip_sample` is on.
     clip: Option<f32>,
     timestep_scaling: f32,
-    timesteps: Vec<f64>,
     alphas_cumprod: Vec<f64>,
 }
 
@@ -52,16 +53,7 @@ impl Lcm {
         let original = config
             .original_inference_steps
             .unwrap_or(DEFAULT_ORIGINAL_STEPS);
-        if steps == 0 {
-            return Err(ScheduleError::NoSteps.into());
-        }
-        if steps > num_train {
-            return Err(ScheduleError::TooManySteps {
-                steps,
-                num_train_timesteps: num_train,
-            }
-            .into());
-        }
+        schedule::check_steps(num_train, steps)?;
         if original == 0 || original > num_train || steps > original {
             return Err(SamplerError::LcmSteps {
                 steps,
@@ -78,13 +70,10 @@ impl Lcm {
             .map(|i| origin[libm::floor(i as f64 * step) as usize] as f64)
             .collect();
         Ok(Self {
+            schedule: Schedule::without_sigmas(SamplerKind::LCM, timesteps, &alphas_cumprod),
             prediction: config.prediction_type,
-            clip: config
-                .clip_sample
-                .unwrap_or(false)
-                .then(|| config.clip_sample_range.unwrap_or(1.0) as f32),
+            clip: clip_range(config, false),
             timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
-            timesteps,
             alphas_cumprod,
         })
     }
@@ -100,29 +89,8 @@ impl Lcm {
 }
 
 impl Sampler for Lcm {
-    fn kind(&self) -> SamplerKind {
-        SamplerKind::LCM
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(1.0)
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -132,60 +100,36 @@ impl Sampler for Lcm {
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        let steps = self.timesteps.len();
-        check_step(step, steps)?;
-        check_len("model_output", sample.len(), model_output.len())?;
-        let t = self.timesteps[step];
-        let prev_t = self.timesteps.get(step + 1).copied().unwrap_or(t);
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
+        let timesteps = &self.schedule.timesteps;
+        let t = timesteps[step];
+        let prev_t = timesteps.get(step + 1).copied().unwrap_or(t);
         let alpha_prod_t = self.alphas_cumprod[t as usize] as f32;
         let alpha_prod_prev = self.alphas_cumprod[prev_t as usize] as f32;
         let sqrt_alpha = libm::sqrtf(alpha_prod_t);
         let sqrt_beta = libm::sqrtf(1.0 - alpha_prod_t);
         let (c_skip, c_out) = self.scalings(t as f32);
         let (prediction, clip) = (self.prediction, self.clip);
-        let denoised: Vec<f32> = sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let mut x0 = match prediction {
-                    PredictionType::Epsilon => (x - sqrt_beta * m) / sqrt_alpha,
-                    PredictionType::Sample => m,
-                    PredictionType::VPrediction => sqrt_alpha * x - sqrt_beta * m,
-                };
-                if let Some(range) = clip {
-                    x0 = x0.clamp(-range, range);
-                }
-                c_out * x0 + c_skip * x
-            })
-            .collect();
-        if step + 1 == steps {
+        let denoised = map2(sample, model_output, |x, m| {
+            let mut x0 = match prediction {
+                PredictionType::Epsilon => (x - sqrt_beta * m) / sqrt_alpha,
+                PredictionType::Sample => m,
+                PredictionType::VPrediction => sqrt_alpha * x - sqrt_beta * m,
+            };
+            if let Some(range) = clip {
+                x0 = x0.clamp(-range, range);
+            }
+            c_out * x0 + c_skip * x
+        });
+        if step + 1 == timesteps.len() {
             return Ok(denoised);
         }
         let noise = draw_noise(noise, denoised.len())?;
         let sqrt_alpha_prev = libm::sqrtf(alpha_prod_prev);
         let sqrt_beta_prev = libm::sqrtf(1.0 - alpha_prod_prev);
-        Ok(denoised
-            .iter()
-            .zip(&noise)
-            .map(|(&d, &z)| sqrt_alpha_prev * d + sqrt_beta_prev * z)
-            .collect())
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("noise", original.len(), noise.len())?;
-        let alpha_prod = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
-        let sqrt_alpha = libm::sqrtf(alpha_prod);
-        let sqrt_one_minus = libm::sqrtf(1.0 - alpha_prod);
-        Ok(original
-            .iter()
-            .zip(noise)
-            .map(|(&x, &n)| sqrt_alpha * x + sqrt_one_minus * n)
-            .collect())
+        Ok(map2(&denoised, &noise, |d, z| {
+            sqrt_alpha_prev * d + sqrt_beta_prev * z
+        }))
     }
 }

@@ -70,6 +70,7 @@ use core::fmt;
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule::{self, ScheduleError};
 
+mod common;
 pub mod ddim;
 pub mod dpm2;
 pub mod dpm2_ancestral;
@@ -83,6 +84,7 @@ mod kind;
 pub mod lcm;
 pub mod pndm;
 
+pub use common::Schedule;
 pub use ddim::Ddim;
 pub use dpm2::KDpm2;
 pub use dpm2_ancestral::KDpm2Ancestral;
@@ -268,20 +270,27 @@ impl SamplerKind {
 /// `0..2 * steps - 1` for the two-call samplers ([`Sampler::order`] 2), `0..steps + 1` for
 /// PNDM.
 pub trait Sampler: fmt::Debug + Send {
+    /// The sampler's [`Schedule`], which the accessors below read.
+    fn schedule(&self) -> &Schedule;
+
     /// Which sampler this is (with Karras sigmas when the config turned them on).
-    fn kind(&self) -> SamplerKind;
+    fn kind(&self) -> SamplerKind {
+        self.schedule().kind
+    }
 
     /// Model calls per step (diffusers' `scheduler.order`): 2 for samplers whose
     /// [`Sampler::timesteps`] list two calls per step; img2img starts at `t_start * order`.
     fn order(&self) -> usize {
-        1
+        self.kind().order()
     }
 
     /// The timestep the UNet is given at each model call (diffusers' `scheduler.timesteps`;
     /// whole numbers except for the `linspace` and Karras schedules of the samplers on Euler's
     /// schedule (Euler, Euler ancestral, Heun, DPM++ 2S ancestral, DPM++ 2M v2) and the
     /// midpoint calls of DPM2, DPM2 ancestral and DPM++ 2S ancestral, which are fractional).
-    fn timesteps(&self) -> &[f64];
+    fn timesteps(&self) -> &[f64] {
+        &self.schedule().timesteps
+    }
 
     /// The noise levels (float32 values), for the samplers that have sigmas; `None` for LCM,
     /// DDIM and PNDM. Where diffusers has the class, its `scheduler.sigmas`: one per step plus
@@ -290,11 +299,15 @@ pub trait Sampler: fmt::Debug + Send {
     /// at the end (`2 * steps + 2` values; their midpoint calls run at interpolated sigmas
     /// that are not listed). For DPM++ 2S ancestral: the sigma of each model call, then 0.
     /// `add_noise(.., step)` noises to `sigmas[step]` in every case.
-    fn sigmas(&self) -> Option<&[f64]>;
+    fn sigmas(&self) -> Option<&[f64]> {
+        self.schedule().sigmas()
+    }
 
     /// The standard deviation of the starting noise: the pipeline multiplies unit normal
     /// latents by it (`scheduler.init_noise_sigma`).
-    fn init_noise_sigma(&self) -> f64;
+    fn init_noise_sigma(&self) -> f64 {
+        self.schedule().init_noise_sigma
+    }
 
     /// What [`Sampler::scale_model_input`] divides the latents by at `step` before they go into
     /// the UNet: `(sigma ** 2 + 1) ** 0.5` of the call's sigma for the sigma-based samplers
@@ -304,7 +317,9 @@ pub trait Sampler: fmt::Debug + Send {
     /// # Errors
     ///
     /// [`SamplerError::StepOutOfRange`].
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError>;
+    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
+        self.schedule().model_input_divisor(step)
+    }
 
     /// Scales the latents for the UNet in place (`scheduler.scale_model_input`). The latents
     /// that [`Sampler::step`] takes are the unscaled ones.
@@ -357,7 +372,9 @@ pub trait Sampler: fmt::Debug + Send {
         original: &[f32],
         noise: &[f32],
         step: usize,
-    ) -> Result<Vec<f32>, SamplerError>;
+    ) -> Result<Vec<f32>, SamplerError> {
+        self.schedule().add_noise(original, noise, step)
+    }
 }
 
 /// The `alphas_cumprod` that the sigma-based samplers use: [`schedule::alphas_cumprod`], with
@@ -371,18 +388,6 @@ fn sigma_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f64>, SamplerErr
         *last = schedule::betas::ZERO_SNR_LAST_ALPHA_CUMPROD;
     }
     Ok(acp)
-}
-
-/// [`schedule::alphas_cumprod`] of `config` without `rescale_betas_zero_snr`, for the classes
-/// that have no such key (Heun, DPM2, DPM2 ancestral, PNDM), so `from_config` drops it.
-fn plain_alphas_cumprod(config: &SchedulerConfig) -> Result<Vec<f64>, SamplerError> {
-    if config.rescale_betas_zero_snr == Some(true) {
-        let mut plain = config.clone();
-        plain.rescale_betas_zero_snr = None;
-        Ok(schedule::alphas_cumprod(&plain)?)
-    } else {
-        Ok(schedule::alphas_cumprod(config)?)
-    }
 }
 
 /// [`SamplerError::UnsupportedPrediction`] for `sample` prediction, which the k-diffusion

@@ -26,19 +26,19 @@
 
 use alloc::vec::Vec;
 
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, check_next, check_step, plain_alphas_cumprod,
-    refuse_sample_prediction,
+use super::common::{
+    Schedule, check_training_range, final_alpha_cumprod, map2, map3, plain_alphas_cumprod,
+    whole_timesteps,
 };
-use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
-use crate::schedule;
+use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, refuse_sample_prediction};
+use crate::config::{PredictionType, SchedulerConfig};
 
 /// The PNDM (PLMS) sampler. It remembers the previous model outputs, so steps must be taken in
 /// order.
 #[derive(Debug, Clone)]
 pub struct Pndm {
+    schedule: Schedule,
     prediction: PredictionType,
-    timesteps: Vec<f64>,
     alphas_cumprod: Vec<f64>,
     final_alpha_cumprod: f64,
     /// `num_train_timesteps // steps`.
@@ -62,24 +62,11 @@ impl Pndm {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, SamplerError> {
         refuse_sample_prediction(config, SamplerKind::PNDM.name())?;
         let alphas_cumprod = plain_alphas_cumprod(config)?;
-        let spacing = config.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
         let num_train = config.num_train_timesteps;
-        // diffusers' `_timesteps`, ascending (linspace rounded half-to-even).
-        let mut spaced: Vec<f64> =
-            schedule::timesteps(spacing, num_train, steps, config.steps_offset)?
-                .into_iter()
-                .map(libm::rint)
-                .collect();
+        // diffusers' `_timesteps`, ascending.
+        let mut spaced = whole_timesteps(config, steps)?;
         spaced.reverse();
-        if let Some(&timestep) = spaced
-            .iter()
-            .find(|&&t| !(t >= 0.0 && t < num_train as f64))
-        {
-            return Err(SamplerError::TimestepOutOfRange {
-                timestep,
-                num_train_timesteps: num_train,
-            });
-        }
+        check_training_range(&spaced, num_train)?;
         // plms_timesteps = concat([_ts[:-1], _ts[-2:-1], _ts[-1:]])[::-1].
         let n = spaced.len();
         let mut plms: Vec<f64> = spaced[..n - 1].to_vec();
@@ -88,16 +75,11 @@ impl Pndm {
         }
         plms.push(spaced[n - 1]);
         plms.reverse();
-        let final_alpha_cumprod = if config.set_alpha_to_one.unwrap_or(false) {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
         Ok(Self {
+            schedule: Schedule::without_sigmas(SamplerKind::PNDM, plms, &alphas_cumprod),
             prediction: config.prediction_type,
-            timesteps: plms,
+            final_alpha_cumprod: final_alpha_cumprod(config, false, &alphas_cumprod),
             alphas_cumprod,
-            final_alpha_cumprod,
             step_ratio: num_train / steps,
             last: None,
             counter: 0,
@@ -139,45 +121,20 @@ impl Pndm {
             + libm::sqrtf(alpha_prod_t * beta_prod_t * alpha_prod_prev);
         let diff = alpha_prod_prev - alpha_prod_t;
         let v_prediction = self.prediction == PredictionType::VPrediction;
-        Ok(sample
-            .iter()
-            .zip(model_output)
-            .map(|(&x, &m)| {
-                let eps = if v_prediction {
-                    sqrt_alpha * m + sqrt_beta * x
-                } else {
-                    m
-                };
-                sample_coeff * x - diff * eps / denom
-            })
-            .collect())
+        Ok(map2(sample, model_output, |x, m| {
+            let eps = if v_prediction {
+                sqrt_alpha * m + sqrt_beta * x
+            } else {
+                m
+            };
+            sample_coeff * x - diff * eps / denom
+        }))
     }
 }
 
 impl Sampler for Pndm {
-    fn kind(&self) -> SamplerKind {
-        SamplerKind::PNDM
-    }
-
-    fn order(&self) -> usize {
-        1
-    }
-
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn sigmas(&self) -> Option<&[f64]> {
-        None
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn model_input_divisor(&self, step: usize) -> Result<f32, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        Ok(1.0)
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn step(
@@ -187,14 +144,14 @@ impl Sampler for Pndm {
         sample: &[f32],
         _noise: &mut dyn FnMut(usize) -> Vec<f32>,
     ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("model_output", sample.len(), model_output.len())?;
+        self.schedule
+            .check_step_inputs(step, sample, model_output)?;
         check_next(SamplerKind::PNDM.name(), self.last, step)?;
         if let Some(e) = self.ets.last() {
             check_len("model_output", e.len(), model_output.len())?;
         }
         let ratio = self.step_ratio as i64;
-        let mut t = self.timesteps[step] as i64;
+        let mut t = self.schedule.timesteps[step] as i64;
         let mut prev_t = t - ratio;
         if self.counter != 1 {
             if self.ets.len() > 3 {
@@ -216,19 +173,11 @@ impl Sampler for Pndm {
         let e = &self.ets;
         let combined: Vec<f32> = match e.len() {
             _ if first_of_two => model_output.to_vec(),
-            _ if second_of_two => model_output
-                .iter()
-                .zip(&e[0])
-                .map(|(&m, &e1)| (m + e1) / 2.0)
-                .collect(),
-            2 => e[1]
-                .iter()
-                .zip(&e[0])
-                .map(|(&e1, &e2)| (3.0 * e1 - e2) / 2.0)
-                .collect(),
-            3 => (0..model_output.len())
-                .map(|i| (23.0 * e[2][i] - 16.0 * e[1][i] + 5.0 * e[0][i]) / 12.0)
-                .collect(),
+            _ if second_of_two => map2(model_output, &e[0], |m, e1| (m + e1) / 2.0),
+            2 => map2(&e[1], &e[0], |e1, e2| (3.0 * e1 - e2) / 2.0),
+            3 => map3(&e[2], &e[1], &e[0], |e1, e2, e3| {
+                (23.0 * e1 - 16.0 * e2 + 5.0 * e3) / 12.0
+            }),
             _ => {
                 let c = (1.0_f64 / 24.0) as f32;
                 (0..model_output.len())
@@ -240,23 +189,5 @@ impl Sampler for Pndm {
         self.counter += 1;
         self.last = Some(step);
         Ok(prev)
-    }
-
-    fn add_noise(
-        &self,
-        original: &[f32],
-        noise: &[f32],
-        step: usize,
-    ) -> Result<Vec<f32>, SamplerError> {
-        check_step(step, self.timesteps.len())?;
-        check_len("noise", original.len(), noise.len())?;
-        let alpha_prod = self.alphas_cumprod[self.timesteps[step] as usize] as f32;
-        let sqrt_alpha = libm::sqrtf(alpha_prod);
-        let sqrt_one_minus = libm::sqrtf(1.0 - alpha_prod);
-        Ok(original
-            .iter()
-            .zip(noise)
-            .map(|(&x, &n)| sqrt_alpha * x + sqrt_one_minus * n)
-            .collect())
     }
 }

@@ -21,7 +21,7 @@ pub mod spacing;
 
 pub use betas::{alphas_cumprod, betas, rescale_zero_terminal_snr, train_sigmas};
 pub use karras::{karras_sigmas, log_sigmas, sigma_to_t, sigma_to_t_f32};
-pub use spacing::{timesteps, timesteps_dpm_solver};
+pub use spacing::{check_steps, timesteps, timesteps_dpm_solver};
 
 /// A schedule that cannot be built from the configuration and step count given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -89,7 +89,13 @@ pub fn timesteps_dpm_solver(
     })
 }
 
-fn check_steps(num_train_timesteps: usize, steps: usize) -> Result<(), ScheduleError> {
+/// Checks a step count against the training timesteps: at least 1, at most
+/// `num_train_timesteps`.
+///
+/// # Errors
+///
+/// [`ScheduleError::NoSteps`] and [`ScheduleError::TooManySteps`].
+pub fn check_steps(num_train_timesteps: usize, steps: usize) -> Result<(), ScheduleError> {
     if steps == 0 {
         return Err(ScheduleError::NoSteps);
     }
