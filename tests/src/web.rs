@@ -35,7 +35,7 @@ pub fn web_model_dir(root: &Path) -> PathBuf {
 
 /// The embedded default model's diffusers folder.
 pub fn embedded_model_dir(root: &Path) -> PathBuf {
-    root.join("crates/cli/model")
+    root.join("crates/sd/model")
 }
 
 /// The Node driver's folder (its `package.json`, `node_modules`, `run.mjs`).

@@ -23,7 +23,7 @@ commands:
                     wasm-bindgen (installed at the Cargo.lock version if missing), plus
                     crates/web/js
   convert [SRC DST] a diffusers folder to the web format (manifest.json + shards); default:
-                    the embedded model (crates/cli/model) to target/web-models/digits
+                    the embedded model (crates/sd/model) to target/web-models/digits
   serve [--port N]  build-wasm, convert, then serve the demo at http://127.0.0.1:8080 (or N)
   bench             the digits model at 64x64, 20 steps, CFG: per stage and whole, against
                     candle-transformers on the CPU in the same run

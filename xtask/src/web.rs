@@ -12,7 +12,7 @@ use crate::{stage, target_dir, wasm};
 /// The embedded default model and where its web form goes (the demo's `/models/digits/`).
 fn default_paths(root: &Path) -> (PathBuf, PathBuf) {
     (
-        root.join("crates/cli/model"),
+        root.join("crates/sd/model"),
         target_dir(root).join("web-models/digits"),
     )
 }

@@ -2,21 +2,13 @@
 //! where everything went and how long each stage took.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use sd_core::params::{GenerationParams, ParamLimits, size_for_input_image};
-use sd_core::progress::Stage;
-use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
-
-use crate::embedded;
-use sd_models::png;
+use sd_wgsl::{CancelToken, LoadOptions, Model, Options, Progress, Stage};
 
 /// Options of `sd generate`.
 #[derive(Debug, Clone, Args)]
@@ -67,9 +59,10 @@ pub struct GenerateArgs {
     /// Output PNG; with --count > 1, `-<i>` is added before the extension.
     #[arg(long, default_value = "sd.png")]
     pub out: PathBuf,
-    /// A diffusers model folder (default: the embedded digits model).
+    /// A preset (`digits`, built in: the default), a model folder (diffusers or web format),
+    /// or a folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// Initial latents (unit noise, count x 4 x h/8 x w/8 values): a .safetensors file with one
     /// tensor, or raw little-endian f32.
     #[arg(long)]
@@ -90,14 +83,6 @@ pub struct Report {
     pub timings: Vec<(String, Duration)>,
     /// Warnings (e.g. a truncated prompt).
     pub warnings: Vec<String>,
-}
-
-fn random_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    (nanos as u64) % (1 << 32)
 }
 
 fn read_latents(path: &Path) -> Result<Vec<f32>> {
@@ -138,61 +123,37 @@ fn read_image(flag: &str, path: &Path) -> Result<image::DynamicImage> {
         })
 }
 
-fn output_path(out: &Path, index: usize, count: u32) -> PathBuf {
-    if count <= 1 {
-        return out.to_path_buf();
-    }
-    let stem = out
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "sd".into());
-    let ext = out
-        .extension()
-        .map(|e| e.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "png".into());
-    out.with_file_name(format!("{stem}-{}.{ext}", index + 1))
-}
-
-/// The model at `path` (a diffusers or web model folder), or the embedded one; with its name.
-pub fn model_source(path: Option<&Path>) -> Result<(ModelSource, String)> {
-    match path {
-        Some(path) => {
-            if !path.is_dir() {
-                bail!(
-                    "--model {}: not a folder (expected a diffusers model folder or a web \
-                     model folder with manifest.json)",
-                    path.display()
-                );
-            }
-            let name = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            Ok((ModelSource::open(path)?, name))
-        }
-        None => Ok((embedded::source(), embedded::NAME.to_string())),
-    }
-}
-
-/// Runs `sd generate`: loads the model, generates, writes the PNGs. `show_progress` draws the
-/// progress bar on stderr.
+/// Runs `sd generate`: checks the options, loads the model, generates, writes the images.
+/// `show_progress` draws the progress bar on stderr.
 pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
-    let sampler = SamplerKind::parse(&args.sampler)?;
-    let latents = args.latents.as_deref().map(read_latents).transpose()?;
-    if args.mask.is_some() && args.init_image.is_none() {
-        bail!("--mask needs --init-image: the mask says which part of that image to repaint");
+    let mut options = Options::new()
+        .negative_prompt(args.negative_prompt.clone())
+        .steps(args.steps)
+        .guidance_scale(args.guidance)
+        .sampler(args.sampler.clone())
+        .count(args.count)
+        .strength(args.strength)
+        .sample_init_latents(args.init_sample);
+    if let Some(seed) = args.seed {
+        options = options.seed(seed);
     }
-    let init_image = args
-        .init_image
-        .as_deref()
-        .map(|path| read_image("--init-image", path).map(|i| i.to_rgb8()))
-        .transpose()?;
-    let mask = args
-        .mask
-        .as_deref()
-        .map(|path| read_image("--mask", path).map(|i| i.to_luma8()))
-        .transpose()?;
-    // Refuse an output folder that does not exist now, not after the whole generation.
+    if let Some(width) = args.width {
+        options = options.width(width);
+    }
+    if let Some(height) = args.height {
+        options = options.height(height);
+    }
+    if let Some(path) = &args.latents {
+        options = options.initial_latents(read_latents(path)?);
+    }
+    if let Some(path) = &args.init_image {
+        options = options.init_image(read_image("--init-image", path)?);
+    }
+    if let Some(path) = &args.mask {
+        options = options.mask(read_image("--mask", path)?);
+    }
+    // Refuse bad options and an output folder that does not exist now, not after loading.
+    options.validate().map_err(flag_error)?;
     let out_dir = match args.out.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -204,7 +165,6 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
             out_dir.display()
         );
     }
-    let (source, model_name) = model_source(args.model.as_deref())?;
 
     let bar = if show_progress {
         ProgressBar::new(0)
@@ -221,38 +181,15 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     let start = Instant::now();
 
     bar.set_message("load");
-    let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
-    let matrices = if args.f32_weights {
-        DType::F32
-    } else {
-        DType::F16
-    };
-    let model = StableDiffusion::load(Arc::new(ctx), &source, matrices)
-        .with_context(|| format!("cannot load the model from {}", source.describe()))?;
-    let (native_w, native_h) = match &init_image {
-        Some(image) => size_for_input_image(image.width(), image.height(), &ParamLimits::default()),
-        None => model.native_size(),
-    };
+    let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
+    let model = Model::load_with(spec, &LoadOptions::new().f32_weights(args.f32_weights))
+        .with_context(|| format!("--model {spec}"))?;
     timings.push(("load".to_string(), start.elapsed()));
 
-    let params = GenerationParams {
-        prompt: args.prompt.clone(),
-        negative_prompt: args.negative_prompt.clone(),
-        steps: args.steps,
-        guidance_scale: args.guidance,
-        seed: args.seed.unwrap_or_else(random_seed),
-        sampler,
-        width: args.width.unwrap_or(native_w),
-        height: args.height.unwrap_or(native_h),
-        count: args.count,
-        strength: args.strength,
-        sample_init_latents: args.init_sample,
-        latents_len: None,
-    };
     let mut stage_start = Instant::now();
     let mut current = "encode".to_string();
-    let mut on_stage = |stage: Stage| {
-        let name = stage.name().to_string();
+    let on_progress = |progress: &Progress| {
+        let name = progress.stage.name().to_string();
         if name != current {
             timings.push((
                 std::mem::replace(&mut current, name.clone()),
@@ -261,43 +198,39 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
             stage_start = Instant::now();
         }
         bar.set_message(name);
-        if let Stage::Diffusion { step, total } = stage {
+        if let Stage::Diffusion { step, total } = progress.stage {
             bar.set_length(total as u64);
             bar.set_position(step as u64);
         }
     };
-    let generated = pollster::block_on(model.generate(
-        &params,
-        &Inputs {
-            initial_latents: latents.as_deref(),
-            init_image: init_image.as_ref(),
-            mask: mask.as_ref(),
-        },
-        &mut on_stage,
-        None,
-    ))?;
+    let images = model
+        .generate_with(&args.prompt, &options, on_progress, &CancelToken::new())
+        .map_err(flag_error)?;
     bar.finish_and_clear();
-
-    let mut files = Vec::new();
-    for (i, (pixels, seed)) in generated.images.iter().zip(&generated.seeds).enumerate() {
-        let path = output_path(&args.out, i, args.count);
-        let text = png::parameters_text(
-            &GenerationParams {
-                seed: *seed,
-                ..params.clone()
-            },
-            *seed,
-            &model_name,
-        );
-        let bytes = png::encode_png(generated.width, generated.height, pixels, &text)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-        files.push(path);
-    }
+    let files = images.save(&args.out)?;
     Ok(Report {
         files,
-        seeds: generated.seeds,
+        seeds: images.seeds().to_vec(),
         timings,
-        warnings: generated.warnings,
+        warnings: images.warnings().to_vec(),
     })
+}
+
+/// The model `sd generate` and `sd serve` use without `--model`.
+pub const DEFAULT_MODEL: &str = "digits";
+
+/// An option error under the command line's name of the option.
+fn flag_error(error: sd_wgsl::Error) -> anyhow::Error {
+    match &error {
+        sd_wgsl::Error::InvalidOption { option, message } => {
+            let flag = match *option {
+                "guidance_scale" => "guidance",
+                "init_image" => "init-image",
+                "latents" => "latents",
+                other => other,
+            };
+            anyhow::anyhow!("--{flag}: {message}")
+        }
+        _ => error.into(),
+    }
 }

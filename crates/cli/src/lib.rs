@@ -2,6 +2,5 @@
 //! tests run exactly the CLI's code path).
 
 pub mod bench;
-pub mod embedded;
 pub mod generate;
 pub mod serve;

@@ -21,8 +21,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Generate images from a prompt (the embedded digits model unless --model is given).
+    /// Generate images from a prompt (the built-in digits model unless --model is given).
     Generate(generate::GenerateArgs),
+    /// List the models available without a download: the presets, then the model folders in
+    /// $DIFFUSION_MODELS_PATH and $MODELS_PATH (what --model takes by name).
+    Models,
     /// Serve the local HTTP API (POST /v1/images/generations, SSE progress, cancel, /health)
     /// with the model loaded once.
     Serve(serve::ServeArgs),
@@ -127,6 +130,22 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info => info(),
+        Command::Models => {
+            let paths = sd_wgsl::ModelPaths::from_env();
+            for model in sd_wgsl::list_models(&paths) {
+                println!("{:<24} {:<10} {}", model.name, model.format, model.location);
+            }
+            for (var, folder) in [
+                ("DIFFUSION_MODELS_PATH", &paths.diffusion_models),
+                ("MODELS_PATH", &paths.models),
+            ] {
+                match folder {
+                    Some(folder) => println!("(searched ${var} = {})", folder.display()),
+                    None => println!("(${var} is not set)"),
+                }
+            }
+            Ok(())
+        }
         Command::Bench {
             what: BenchCommand::Kernels(args),
         } => {

@@ -2,16 +2,14 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::StableDiffusion;
-use sd_server::{LoadedModel, ServerConfig};
+use sd_server::ServerConfig;
+use sd_wgsl::Model;
 
-use crate::generate::model_source;
+use crate::generate::DEFAULT_MODEL;
 
 /// Options of `sd serve`.
 #[derive(Debug, Args)]
@@ -22,9 +20,10 @@ pub struct ServeArgs {
     /// The address to listen on (127.0.0.1: only this machine).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// A diffusers or web model folder (default: the embedded digits model).
+    /// A preset (`digits`, built in: the default), a model folder (diffusers or web format),
+    /// or a folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
     #[arg(long)]
-    pub model: Option<PathBuf>,
+    pub model: Option<String>,
     /// A folder of model folders, listed by GET /v1/models.
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
@@ -47,17 +46,16 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         ..ServerConfig::default()
     }
     .with_env()?;
-    let (source, name) = model_source(args.model.as_deref())?;
     let start = Instant::now();
-    let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
-    let adapter = ctx.describe();
-    let model = StableDiffusion::load(Arc::new(ctx), &source, DType::F16)
-        .with_context(|| format!("cannot load the model from {}", source.describe()))?;
+    let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
+    let model = Model::load(spec).with_context(|| format!("--model {spec}"))?;
+    let adapter = model.pipeline().context().describe();
+    let name = model.name().to_string();
     eprintln!(
         "loaded {name} in {:.1} s on {adapter}",
         start.elapsed().as_secs_f64()
     );
-    sd_server::run_until_signal(config, LoadedModel { name, model }, |addr| {
+    sd_server::run_until_signal(config, model, |addr| {
         eprintln!(
             "listening on http://{addr} (POST /v1/images/generations, GET /health, /openapi.json); Ctrl-C stops"
         );

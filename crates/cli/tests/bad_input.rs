@@ -246,27 +246,27 @@ fn cases(dir: &Path) -> Vec<Case> {
         ),
         case(
             "model folder that does not exist",
-            with(&|a| a.model = Some(no_model.clone())),
+            with(&|a| a.model = Some(no_model.display().to_string())),
             &[
                 "--model",
                 "no-such-model",
-                "not a folder",
-                "diffusers model folder",
+                "not found",
+                "the presets (digits)",
             ],
         ),
         case(
             "model folder without the VAE weights",
-            with(&|a| a.model = Some(no_vae.clone())),
+            with(&|a| a.model = Some(no_vae.display().to_string())),
             &["no-vae-weights", "vae", "safetensors"],
         ),
         case(
             "model folder with a truncated UNet file",
-            with(&|a| a.model = Some(truncated.clone())),
+            with(&|a| a.model = Some(truncated.display().to_string())),
             &["diffusion_pytorch_model.safetensors", "truncated"],
         ),
         case(
             "model folder with a mis-shaped VAE tensor",
-            with(&|a| a.model = Some(misshaped.clone())),
+            with(&|a| a.model = Some(misshaped.display().to_string())),
             &[
                 "vae",
                 "decoder.conv_in.weight",
@@ -276,7 +276,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         ),
         case(
             "model folder without the UNet config",
-            with(&|a| a.model = Some(no_config.clone())),
+            with(&|a| a.model = Some(no_config.display().to_string())),
             &["unet", "config.json", "cannot read"],
         ),
         case(

@@ -21,7 +21,7 @@ use common::fixtures;
 
 /// The f16 digits model the CLI embeds.
 fn embedded_model() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../cli/model"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../sd/model"))
 }
 
 fn files_of(dir: &Path) -> Vec<(String, Vec<u8>)> {

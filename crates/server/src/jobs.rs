@@ -11,8 +11,8 @@ use sd_core::params::GenerationParams;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{ErrorBody, JobResult, JobState, Progress, Status};
-use crate::encode::Format;
 use crate::inputs::Decoded;
+use sd_wgsl::ImageFormat as Format;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -41,6 +41,38 @@ struct Entry {
     cancel: Arc<AtomicBool>,
     updates: watch::Sender<JobState>,
     finished: Option<Instant>,
+    /// The steps the request asked for.
+    steps: u32,
+    /// The last progress report, kept when the final state drops it.
+    last_progress: Option<Progress>,
+}
+
+/// A job as the dialects that show more than [`JobState`] read it.
+#[derive(Debug, Clone)]
+pub struct JobInfo {
+    pub state: JobState,
+    /// The steps the request asked for (img2img runs about `steps * strength` of them).
+    pub steps: u32,
+    /// The latest progress report, also after the job has ended (where it stopped); `None`
+    /// before the worker took the job.
+    pub last_progress: Option<Progress>,
+}
+
+/// A new job id in the UUID v4 text form (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), as the job
+/// and task APIs' clients expect.
+pub fn uuid_v4() -> String {
+    let bits: u128 = rand::random();
+    // Version 4, variant 10.
+    let bits = (bits & !(0xf << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62);
+    let hex = format!("{bits:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Why a job was not queued.
@@ -90,15 +122,32 @@ impl Jobs {
         )
     }
 
-    /// Creates a job and queues it, or says why not (the job is then forgotten).
+    /// Creates a job (id `gen_<ms>_<hex>`) and queues it, or says why not (the job is then
+    /// forgotten).
     pub fn submit(
         &self,
         params: GenerationParams,
         format: Format,
         inputs: Decoded,
     ) -> Result<JobState, Rejected> {
+        let id = format!(
+            "gen_{}_{:09x}",
+            now_ms(),
+            rand::random::<u64>() & 0xf_ffff_ffff
+        );
+        self.submit_as(id, params, format, inputs)
+    }
+
+    /// [`Jobs::submit`] under the given (new, unique) id.
+    pub fn submit_as(
+        &self,
+        id: String,
+        params: GenerationParams,
+        format: Format,
+        inputs: Decoded,
+    ) -> Result<JobState, Rejected> {
         let now = now_ms();
-        let id = format!("gen_{now}_{:09x}", rand::random::<u64>() & 0xf_ffff_ffff);
+        let steps = u32::try_from(params.steps).unwrap_or(u32::MAX);
         let state = JobState {
             id: id.clone(),
             status: Status::Pending,
@@ -137,6 +186,8 @@ impl Jobs {
                 cancel,
                 updates,
                 finished: None,
+                steps,
+                last_progress: None,
             },
         );
         Ok(state)
@@ -152,6 +203,15 @@ impl Store {
     /// A job's state.
     pub fn get(&self, id: &str) -> Option<JobState> {
         self.lock().get(id).map(|e| e.state.clone())
+    }
+
+    /// A job's state with what the store knows besides.
+    pub fn info(&self, id: &str) -> Option<JobInfo> {
+        self.lock().get(id).map(|e| JobInfo {
+            state: e.state.clone(),
+            steps: e.steps,
+            last_progress: e.state.progress.clone().or_else(|| e.last_progress.clone()),
+        })
     }
 
     /// Follows a job's state changes.
@@ -236,7 +296,9 @@ impl Store {
     ) {
         entry.state.status = status;
         // The final state carries the outcome, not the last progress report.
-        entry.state.progress = None;
+        if let Some(progress) = entry.state.progress.take() {
+            entry.last_progress = Some(progress);
+        }
         entry.state.result = result;
         entry.state.error = error;
         entry.finished = Some(Instant::now());
@@ -254,5 +316,25 @@ impl Store {
         let before = jobs.len();
         jobs.retain(|_, e| e.finished.is_none_or(|t| t.elapsed() < ttl));
         before - jobs.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uuid_v4;
+
+    #[test]
+    fn uuids_are_version_4() {
+        let id = uuid_v4();
+        let groups: Vec<&str> = id.split('-').collect();
+        let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+        assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+        assert!(groups[2].starts_with('4'), "{id}");
+        assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{id}");
+        assert!(
+            id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        assert_ne!(id, uuid_v4());
     }
 }

@@ -7,12 +7,16 @@
 //! - [`worker`]: the one thread that owns the model and runs jobs in order.
 //! - [`routes`]: the handlers; they never wait on the GPU.
 //! - [`inputs`]: img2img and inpainting inputs (base64 or uploads) decoded and checked.
+//! - [`submit`]: what every creating route shares: images decoded, parameters checked, queued.
+//! - [`dialects`]: the same queue in other APIs' shapes: the SD worker's job API
+//!   (`/v1/jobs`, SSE `Step i/n`) and the diffusers task handler's (`/task`).
 
 pub mod api;
-pub mod encode;
+pub mod dialects;
 pub mod inputs;
 pub mod jobs;
 pub mod routes;
+pub mod submit;
 pub mod worker;
 
 use std::future::Future;
@@ -24,10 +28,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use sd_models::StableDiffusion;
 use utoipa::OpenApi;
 
 use crate::api::ModelInfo;
+use crate::dialects::{jobs_api, task_api};
 use crate::jobs::Jobs;
 use crate::routes::AppState;
 
@@ -89,13 +93,8 @@ impl ServerConfig {
     }
 }
 
-/// A model ready to serve.
-#[derive(Debug)]
-pub struct LoadedModel {
-    /// Its name, in `/v1/models` and the PNG parameters.
-    pub name: String,
-    pub model: StableDiffusion,
-}
+/// The model the server generates with: the front door's, loaded once.
+pub use sd_wgsl::Model;
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +116,9 @@ pub enum ServerError {
 #[openapi(
     info(
         title = "sd-wgsl local HTTP API",
-        description = "Async image generation jobs with progress, SSE and cancel."
+        description = "Async image generation jobs with progress, SSE and cancel, in three \
+                       dialects on one queue: genai-electron's `/v1/images/*`, the SD worker's \
+                       job API (`/v1/jobs`) and the diffusers task handler's (`/task`)."
     ),
     paths(
         routes::create,
@@ -126,7 +127,14 @@ pub enum ServerError {
         routes::cancel,
         routes::events,
         routes::health,
-        routes::models
+        routes::models,
+        jobs_api::create,
+        jobs_api::get,
+        jobs_api::cancel,
+        jobs_api::stream,
+        task_api::create,
+        task_api::get,
+        task_api::cancel
     ),
     components(schemas(
         api::GenerationRequestDoc,
@@ -141,7 +149,27 @@ pub enum ServerError {
         api::ErrorBody,
         api::Health,
         api::Models,
-        api::ModelInfo
+        api::ModelInfo,
+        jobs_api::JobRequestDoc,
+        jobs_api::JobOperationDoc,
+        jobs_api::OperationType,
+        jobs_api::JobSubmitted,
+        jobs_api::JobStatus,
+        jobs_api::JobStep,
+        jobs_api::JobImage,
+        jobs_api::JobComplete,
+        jobs_api::JobFailed,
+        jobs_api::JobCancelled,
+        task_api::TaskRequestDoc,
+        task_api::TaskParamsDoc,
+        task_api::TaskCreated,
+        task_api::TaskStatus,
+        task_api::TaskState,
+        task_api::TaskProgress,
+        task_api::TaskResult,
+        task_api::ValidationErrors,
+        task_api::ValidationError,
+        task_api::TaskError
     ))
 )]
 pub struct ApiDoc;
@@ -187,6 +215,19 @@ fn router(state: Arc<AppState>) -> Router {
             get(routes::get).delete(routes::cancel),
         )
         .route("/v1/images/generations/{id}/events", get(routes::events))
+        // The SD worker's job API.
+        .route(
+            "/v1/jobs",
+            axum::routing::post(jobs_api::create).layer(image_limit),
+        )
+        .route("/v1/jobs/{id}", get(jobs_api::get).delete(jobs_api::cancel))
+        .route("/v1/jobs/{id}/stream", get(jobs_api::stream))
+        // The diffusers task handler's API.
+        .route("/task", axum::routing::post(task_api::create))
+        .route(
+            "/task/{task_id}",
+            get(task_api::get).delete(task_api::cancel),
+        )
         .route("/health", get(routes::health))
         .route("/v1/models", get(routes::models))
         .route(
@@ -209,15 +250,15 @@ fn router(state: Arc<AppState>) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     config: ServerConfig,
-    model: LoadedModel,
+    model: Model,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (jobs, queue) = Jobs::new(config.queue_size);
-    let (width, height) = model.model.native_size();
+    let (width, height) = model.native_size();
     let state = Arc::new(AppState {
         jobs: jobs.clone(),
         model: ModelInfo {
-            name: model.name.clone(),
+            name: model.name().to_string(),
             native_width: width,
             native_height: height,
         },
@@ -270,7 +311,7 @@ pub async fn bind(config: &ServerConfig) -> Result<tokio::net::TcpListener, Serv
 /// Serves until Ctrl-C or SIGTERM (the CLI's `serve`). `on_ready` hears the bound address.
 pub fn run_until_signal(
     config: ServerConfig,
-    model: LoadedModel,
+    model: Model,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -315,7 +356,7 @@ pub struct BackgroundServer {
 /// Starts a server in the background; returns once it listens.
 pub fn start_background(
     config: ServerConfig,
-    model: LoadedModel,
+    model: Model,
 ) -> Result<BackgroundServer, ServerError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -393,6 +434,56 @@ mod tests {
         assert_eq!(
             body["multipart/form-data"]["schema"]["$ref"], "#/components/schemas/EditRequest",
             "{body}"
+        );
+    }
+
+    #[test]
+    fn openapi_documents_the_dialects() {
+        let doc: Value = serde_json::from_str(&super::openapi_json()).expect("JSON");
+        let schemas = &doc["components"]["schemas"];
+        for (schema, fields) in [
+            ("JobRequest", &["operation"][..]),
+            (
+                "JobOperation",
+                &["type", "prompt", "guidance_scale", "image", "strength"][..],
+            ),
+            ("JobSubmitted", &["job_id", "stream_url"][..]),
+            ("JobComplete", &["job_id", "images"][..]),
+            ("TaskRequest", &["task_type", "params"][..]),
+            ("TaskParams", &["provider", "model_id", "steps"][..]),
+            (
+                "TaskState",
+                &["task_id", "status", "progress", "result"][..],
+            ),
+            ("HTTPValidationError", &["detail"][..]),
+            ("ValidationError", &["loc", "msg", "type"][..]),
+        ] {
+            for field in fields {
+                assert!(
+                    schemas[schema]["properties"][field].is_object(),
+                    "{schema}.{field}: {}",
+                    schemas[schema]
+                );
+            }
+        }
+        let stream = &doc["paths"]["/v1/jobs/{id}/stream"]["get"]["responses"]["200"]["content"];
+        assert!(stream["text/event-stream"].is_object(), "{stream}");
+        let mut ids: Vec<&str> = doc["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|path| path.as_object().expect("methods").values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let count = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operationIds must be unique: {ids:?}");
+        let task = &doc["paths"]["/task"]["post"]["responses"];
+        assert_eq!(
+            task["422"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/HTTPValidationError",
+            "{task}"
         );
     }
 }

@@ -13,13 +13,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::{Stream, StreamExt as _};
-use sd_core::request::{Dialect, RequestError, parse_params, request_object, text};
+use sd_core::request::{Dialect, RequestError, request_object, text};
 use serde_json::{Map, Value};
 
 use crate::api::{Created, ErrorBody, ErrorResponse, Health, JobState, ModelInfo, Models};
-use crate::encode::Format;
-use crate::inputs::{self, Decoded, Encoded, Given};
-use crate::jobs::{Jobs, Rejected};
+use crate::inputs::{Encoded, Given};
+use crate::jobs::Jobs;
+use crate::submit::{self, BUSY_MESSAGE, CLOSED_MESSAGE, Intake, Refused};
+use sd_wgsl::ImageFormat as Format;
 
 /// What the handlers share.
 #[derive(Debug)]
@@ -34,15 +35,19 @@ pub struct AppState {
 }
 
 /// A fault of the body as a whole (`field: request`).
-fn request_error(message: String) -> ApiError {
-    ApiError::invalid(RequestError {
+pub(crate) fn whole_request(message: String) -> RequestError {
+    RequestError {
         field: "request".into(),
         message,
-    })
+    }
+}
+
+fn request_error(message: String) -> ApiError {
+    ApiError::invalid(whole_request(message))
 }
 
 /// A body over `limit` bytes (`what`: which parts count).
-fn too_big(limit: usize, what: &str) -> ApiError {
+pub(crate) fn too_big(limit: usize, what: &str) -> ApiError {
     request_error(format!("the body is larger than {limit} bytes{what}"))
 }
 
@@ -53,11 +58,16 @@ const DRAIN_TIME: Duration = Duration::from_secs(5);
 /// and call this). A longer body is read on and dropped, up to as much again or
 /// [`DRAIN_TIME`], before the answer: a client still sending it then reads the 400 instead
 /// of a reset connection.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    read_limited(body, limit).await.map_err(ApiError::invalid)
+}
+
+/// [`read_body`] with a dialect-neutral error (`field: request`).
+pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, RequestError> {
     let mut stream = body.into_data_stream();
     let mut data = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| request_error(format!("cannot read the body: {e}")))?;
+        let chunk = chunk.map_err(|e| whole_request(format!("cannot read the body: {e}")))?;
         if data.len() + chunk.len() > limit {
             let mut read = data.len() + chunk.len();
             drop(data);
@@ -70,7 +80,9 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
                 }
             };
             let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
-            return Err(too_big(limit, ""));
+            return Err(whole_request(format!(
+                "the body is larger than {limit} bytes"
+            )));
         }
         data.extend_from_slice(&chunk);
     }
@@ -88,7 +100,7 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             body: ErrorBody {
@@ -100,7 +112,8 @@ impl ApiError {
         }
     }
 
-    fn invalid(error: RequestError) -> Self {
+    /// `400 INVALID_REQUEST` naming the field; the message starts with it.
+    pub(crate) fn invalid(error: RequestError) -> Self {
         let mut e = Self::new(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
@@ -116,6 +129,27 @@ impl ApiError {
             "NOT_FOUND",
             format!("no generation `{id}`: unknown, or its result expired"),
         )
+    }
+
+    /// A job not queued: `400 INVALID_REQUEST`, `503 SERVER_BUSY` (with `Retry-After` when the
+    /// queue is full) or `500 IO_ERROR`.
+    pub(crate) fn refused(refused: Refused) -> Self {
+        match refused {
+            Refused::Invalid(e) => Self::invalid(e),
+            Refused::Busy => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY", BUSY_MESSAGE);
+                e.retry_after = Some(5);
+                e
+            }
+            Refused::Closed => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "SERVER_BUSY",
+                CLOSED_MESSAGE,
+            ),
+            Refused::Internal(message) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "IO_ERROR", message)
+            }
+        }
     }
 }
 
@@ -327,43 +361,14 @@ pub async fn edit(
     submit(&app, obj, "image", image, mask).await
 }
 
-/// What both creating routes share: decodes the images (off the async threads), defaults the
-/// size to the input image's, checks the parameters and queues the job.
+/// What both creating routes share: the `format`, then the common checks and the queue.
 async fn submit(
     app: &AppState,
-    mut obj: Map<String, Value>,
+    obj: Map<String, Value>,
     image_field: &'static str,
     image: Option<Given>,
     mask: Option<Given>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
-    if mask.is_some() && image.is_none() {
-        return Err(ApiError::invalid(RequestError {
-            field: "mask".into(),
-            message: format!("requires {image_field} (the image to inpaint)"),
-        }));
-    }
-    let decoded = if image.is_some() {
-        tokio::task::spawn_blocking(move || inputs::decode(image, mask))
-            .await
-            .map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "IO_ERROR", e.to_string())
-            })?
-            .map_err(ApiError::invalid)?
-    } else {
-        Decoded::default()
-    };
-    // Without a size in the request, an input image gives its own (rounded down to a multiple
-    // of 8).
-    if let Some(init) = &decoded.init_image {
-        for (key, side) in [("width", init.width()), ("height", init.height())] {
-            if obj.get(key).is_none_or(Value::is_null) {
-                obj.insert(key.into(), Value::from(inputs::default_side(side)));
-            }
-        }
-    }
-    let dialect = Dialect::HTTP;
-    let native = (app.model.native_width, app.model.native_height);
-    let params = parse_params(&obj, &dialect, native, rand::random).map_err(ApiError::invalid)?;
     let format = match text(&obj, "format").map_err(ApiError::invalid)? {
         None => Format::default(),
         Some(name) => Format::parse(&name).ok_or_else(|| {
@@ -371,35 +376,31 @@ async fn submit(
                 field: "format".into(),
                 message: format!(
                     "unknown format `{name}`; the formats are {}",
-                    Format::NAMES.join(", ")
+                    Format::ALL.map(Format::name).join(", ")
                 ),
             })
         })?,
     };
-    match app.jobs.submit(params, format, decoded) {
-        Ok(state) => Ok((
-            StatusCode::CREATED,
-            Json(Created {
-                id: state.id,
-                status: state.status,
-                created_at: state.created_at,
-            }),
-        )),
-        Err(Rejected::Busy) => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "SERVER_BUSY",
-                "the queue is full: try again in a few seconds",
-            );
-            e.retry_after = Some(5);
-            Err(e)
-        }
-        Err(Rejected::Closed) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "SERVER_BUSY",
-            "the server is shutting down",
-        )),
-    }
+    let intake = Intake {
+        obj,
+        dialect: Dialect::HTTP,
+        image_field,
+        image,
+        mask,
+        format,
+        id: None,
+    };
+    let state = submit::submit(app, intake)
+        .await
+        .map_err(ApiError::refused)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Created {
+            id: state.id,
+            status: state.status,
+            created_at: state.created_at,
+        }),
+    ))
 }
 
 /// A generation's state: pending, in_progress (with progress), complete (with the images),

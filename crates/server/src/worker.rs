@@ -5,19 +5,14 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use base64::Engine as _;
-use sd_core::params::GenerationParams;
-use sd_core::progress::Stage;
-use sd_models::pipeline::Inputs;
-use sd_models::{ModelError, png};
+use sd_wgsl::{Error, Model, Options, Stage};
 use tokio::sync::mpsc;
 
-use crate::LoadedModel;
 use crate::api::{ErrorBody, Image, JobResult, Progress, Status};
-use crate::encode;
 use crate::jobs::{Store, Work};
 
 /// Runs jobs until the queue closes (every sender dropped at shutdown).
-pub fn run(model: &LoadedModel, jobs: &Store, mut queue: mpsc::UnboundedReceiver<Work>) {
+pub fn run(model: &Model, jobs: &Store, mut queue: mpsc::UnboundedReceiver<Work>) {
     while let Some(work) = queue.blocking_recv() {
         let loading = Progress {
             current_step: 0,
@@ -44,7 +39,7 @@ fn error(code: &str, message: String) -> Option<ErrorBody> {
 }
 
 fn run_one(
-    model: &LoadedModel,
+    model: &Model,
     jobs: &Store,
     work: &Work,
 ) -> (Status, Option<JobResult>, Option<ErrorBody>) {
@@ -54,7 +49,8 @@ fn run_one(
     let mut image = 0u32;
     // The steps actually run: fewer than `params.steps` for img2img (strength < 1).
     let mut steps_run = params.steps;
-    let mut on_stage = |stage: Stage| {
+    let mut on_progress = |progress: &sd_wgsl::Progress| {
+        let stage = progress.stage;
         let (stage_name, step, total, within) = match stage {
             Stage::Load | Stage::Encode => ("loading", 0, steps_run, 0.0),
             Stage::Diffusion { step, total } => {
@@ -85,24 +81,25 @@ fn run_one(
         }
     };
     let cancelled = || work.cancel.load(Ordering::SeqCst);
-    let inputs = Inputs {
-        initial_latents: None,
-        init_image: work.init_image.as_ref(),
-        mask: work.mask.as_ref(),
-    };
-    let generated = pollster::block_on(model.model.generate_cancellable(
-        params,
-        &inputs,
-        &mut on_stage,
-        None,
+    let mut options = Options::from_params(params);
+    if let Some(init_image) = &work.init_image {
+        options = options.init_image(init_image.clone());
+    }
+    if let Some(mask) = &work.mask {
+        options = options.mask(mask.clone());
+    }
+    let generated = pollster::block_on(model.generate_async(
+        &params.prompt,
+        &options,
+        &mut on_progress,
         &cancelled,
     ));
     let generated = match generated {
         Ok(g) => g,
-        Err(ModelError::Cancelled) => return (Status::Cancelled, None, None),
+        Err(Error::Cancelled) => return (Status::Cancelled, None, None),
         // The handlers check the inputs, so this is unlikely; still the client's mistake.
-        Err(ModelError::Input { field, message }) => {
-            let field = match field {
+        Err(Error::InvalidOption { option, message }) => {
+            let field = match option {
                 "init_image" => "initImage",
                 other => other,
             };
@@ -119,29 +116,15 @@ fn run_one(
         Err(e) => return (Status::Error, None, error("BACKEND_ERROR", e.to_string())),
     };
     let mut images = Vec::new();
-    for (pixels, &seed) in generated.images.iter().zip(&generated.seeds) {
-        let text = png::parameters_text(
-            &GenerationParams {
-                seed,
-                ..params.clone()
-            },
-            seed,
-            &model.name,
-        );
-        match encode::encode(
-            work.format,
-            generated.width,
-            generated.height,
-            pixels,
-            &text,
-        ) {
+    for (index, (picture, &seed)) in generated.images().iter().zip(generated.seeds()).enumerate() {
+        match generated.encode(index, work.format) {
             Ok(bytes) => images.push(Image {
                 image: base64::engine::general_purpose::STANDARD.encode(bytes),
                 seed,
-                width: generated.width,
-                height: generated.height,
+                width: picture.width(),
+                height: picture.height(),
             }),
-            Err(e) => return (Status::Error, None, error("IO_ERROR", e)),
+            Err(e) => return (Status::Error, None, error("IO_ERROR", e.to_string())),
         }
     }
     let result = JobResult {

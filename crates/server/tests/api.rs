@@ -3,34 +3,27 @@
 //! blocking client the way desktop apps and scripts do: POST a job, poll it or follow its
 //! Server-Sent Events, cancel it, read the images back and judge them.
 //!
-//! The tests take the GPU one at a time (a [`TestServer`] holds a lock while it lives): the
-//! timings checked here (`/health` latency, cancel within a step) mean nothing while another
-//! test's generation shares the software renderer's few cores.
+//! The server, the client and what the HTTP tests share are in `support` (also used by
+//! `dialects.rs`).
 
-#[path = "../../cli/tests/support/judge.rs"]
-#[allow(dead_code)]
-mod judge;
+mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use reqwest::StatusCode;
+use reqwest::blocking::Response;
 use reqwest::blocking::multipart::{Form, Part};
-use reqwest::blocking::{Client, Response};
-use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelSource, StableDiffusion};
-use sd_server::{BackgroundServer, LoadedModel, ServerConfig, start_background};
+use sd_server::ServerConfig;
 use serde_json::{Value, json};
 
-use judge::Judged;
+use support::judge::{self, Judged};
+use support::{
+    MODEL_NAME, POLL, TestServer, base64_text, brief, config, image_bytes, input_png, json_of,
+    png_rgb, poll_until, read_sse,
+};
 
-const MODEL_NAME: &str = "tiny-sd-digits";
 const GENERATIONS: &str = "/v1/images/generations";
 /// img2img and inpainting from uploads (multipart).
 const EDITS: &str = "/v1/images/edits";
@@ -41,108 +34,17 @@ const PROMPT: &str = "a green digit three on a white background";
 const STATUSES: [&str; 5] = ["pending", "in_progress", "complete", "error", "cancelled"];
 const TERMINAL: [&str; 3] = ["complete", "error", "cancelled"];
 const STAGES: [&str; 3] = ["loading", "diffusion", "decoding"];
-/// How often the tests poll.
-const POLL: Duration = Duration::from_millis(25);
 /// Generous bound for a short (1-8 step) 64x64 job on the software renderer.
 const SHORT_JOB: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
-// The server under test
+// The genai-electron routes on the test server
 // ---------------------------------------------------------------------------------------------
 
-/// One GPU context for the whole test binary; each server loads the model onto it (~1 s).
-fn gpu() -> Arc<GpuContext> {
-    static GPU: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let options =
-            ContextOptions::for_tests().expect("GPU context options from the environment");
-        Arc::new(
-            pollster::block_on(GpuContext::new(options))
-                .expect("a GPU context (lavapipe's software Vulkan without a GPU)"),
-        )
-    })
-    .clone()
-}
-
-/// The embedded f16 digits model (`crates/cli/model`).
-fn load_model() -> LoadedModel {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../cli/model");
-    let model = StableDiffusion::load(gpu(), &ModelSource::folder(folder), DType::F16)
-        .expect("load the embedded digits model");
-    LoadedModel {
-        name: MODEL_NAME.into(),
-        model,
-    }
-}
-
-/// The defaults on an ephemeral port, cancelling what runs when the test ends.
-fn config() -> ServerConfig {
-    ServerConfig {
-        port: 0,
-        cancel_on_shutdown: true,
-        ..ServerConfig::default()
-    }
-}
-
-fn client(timeout: Duration) -> Client {
-    Client::builder()
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-        .expect("an HTTP client")
-}
-
-/// A running server and a client for it; shut down when dropped.
-struct TestServer {
-    server: Option<BackgroundServer>,
-    base: String,
-    client: Client,
-    /// Released after the server has shut down (fields drop after `Drop::drop`).
-    _turn: MutexGuard<'static, ()>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.shutdown();
-        }
-    }
-}
-
 impl TestServer {
-    fn start(config: ServerConfig) -> Self {
-        static TURN: Mutex<()> = Mutex::new(());
-        // A failed test poisons the lock; the next one still gets its turn.
-        let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
-        let server = start_background(config, load_model()).expect("start the server");
-        let base = format!("http://{}", server.addr());
-        Self {
-            server: Some(server),
-            base,
-            client: client(Duration::from_secs(60)),
-            _turn: turn,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .send()
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
-    }
-
     /// POSTs raw bytes as JSON to the generations route.
     fn post_raw(&self, body: impl Into<Vec<u8>>) -> Response {
-        self.client
-            .post(self.url(GENERATIONS))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.into())
-            .send()
-            .unwrap_or_else(|e| panic!("POST {GENERATIONS}: {e}"))
+        self.post_to(GENERATIONS, body)
     }
 
     fn post(&self, body: &Value) -> Response {
@@ -159,13 +61,7 @@ impl TestServer {
     }
 
     fn delete(&self, id: &str) -> (StatusCode, Value) {
-        let path = format!("{GENERATIONS}/{id}");
-        json_of(
-            self.client
-                .delete(self.url(&path))
-                .send()
-                .unwrap_or_else(|e| panic!("DELETE {path}: {e}")),
-        )
+        json_of(self.delete_at(&format!("{GENERATIONS}/{id}")))
     }
 
     /// POSTs a job that must be accepted; its id.
@@ -195,19 +91,13 @@ impl TestServer {
         what: &str,
         mut done: impl FnMut(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let state = self.state(id);
-            if done(&state) {
-                return state;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "job {id}: not {what} within {timeout:?}; last state: {}",
-                brief(&state)
-            );
-            thread::sleep(POLL);
-        }
+        poll_until(
+            &format!("job {id}"),
+            timeout,
+            what,
+            || self.state(id),
+            &mut done,
+        )
     }
 
     /// Polls until the job is complete (an `error` or `cancelled` fails the test).
@@ -224,32 +114,6 @@ impl TestServer {
         state
     }
 
-    /// `/health`, checked: 200 `{status: "ok", busy}`; `busy` and how long it took.
-    fn health(&self) -> (bool, Duration) {
-        let start = Instant::now();
-        let (status, health) = json_of(self.get("/health"));
-        let took = start.elapsed();
-        assert_eq!(status, StatusCode::OK, "/health: {health}");
-        assert_eq!(health["status"], "ok", "/health: {health}");
-        let busy = health["busy"]
-            .as_bool()
-            .unwrap_or_else(|| panic!("/health `busy` should be a boolean: {health}"));
-        (busy, took)
-    }
-
-    /// Waits until the worker is idle; how long that took.
-    fn wait_idle(&self, timeout: Duration) -> Duration {
-        let start = Instant::now();
-        while self.health().0 {
-            assert!(
-                start.elapsed() < timeout,
-                "/health still busy after {timeout:?}"
-            );
-            thread::sleep(POLL);
-        }
-        start.elapsed()
-    }
-
     /// Follows a job's event stream to its end.
     fn events(&self, id: &str) -> Vec<Event> {
         read_events(
@@ -263,39 +127,10 @@ impl TestServer {
 // Reading replies
 // ---------------------------------------------------------------------------------------------
 
-/// Status and JSON body of a reply (a body that is not JSON fails the test).
-fn json_of(response: Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let url = response.url().to_string();
-    let text = response
-        .text()
-        .unwrap_or_else(|e| panic!("{url}: reading the body: {e}"));
-    let value = serde_json::from_str(&text).unwrap_or_else(|e| {
-        panic!("{url} answered {status} with a body that is not JSON ({e}): {text:?}")
-    });
-    (status, value)
-}
-
 fn status_of(state: &Value) -> &str {
     state["status"]
         .as_str()
         .unwrap_or_else(|| panic!("a job state without a `status` string: {}", brief(state)))
-}
-
-/// A state for messages: base64 images shortened.
-fn brief(state: &Value) -> String {
-    let mut state = state.clone();
-    if let Some(images) = state
-        .pointer_mut("/result/images")
-        .and_then(Value::as_array_mut)
-    {
-        for image in images {
-            if let Some(b64) = image["image"].as_str() {
-                image["image"] = Value::String(format!("<{} base64 chars>", b64.len()));
-            }
-        }
-    }
-    state.to_string()
 }
 
 fn now_ms() -> f64 {
@@ -475,24 +310,6 @@ fn check_error(response: Response, status: StatusCode, code: &str) -> Value {
     error
 }
 
-/// A result image's bytes.
-fn image_bytes(image: &Value) -> Vec<u8> {
-    let b64 = image["image"]
-        .as_str()
-        .expect("the image is a base64 string");
-    BASE64.decode(b64).expect("the image is valid base64")
-}
-
-/// An 8-bit RGB(A) PNG from memory: (RGB bytes, width, height).
-fn png_rgb(bytes: &[u8]) -> (Vec<u8>, usize, usize) {
-    assert!(
-        bytes.starts_with(b"\x89PNG\r\n\x1a\n"),
-        "not a PNG (starts {:02x?})",
-        &bytes[..bytes.len().min(8)]
-    );
-    judge::decode_png_rgb(bytes, "the result image")
-}
-
 // ---------------------------------------------------------------------------------------------
 // Server-Sent Events
 // ---------------------------------------------------------------------------------------------
@@ -503,63 +320,17 @@ struct Event {
     data: Value,
 }
 
-/// Reads an event stream until the server ends it (a stream that never ends fails on the
-/// client's timeout).
-fn read_events(client: &Client, url: &str) -> Vec<Event> {
-    let response = client
-        .get(url)
-        .send()
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
-    let content_type = response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    assert!(
-        content_type.starts_with("text/event-stream"),
-        "{url}: Content-Type {content_type:?}"
-    );
-    let mut events = Vec::new();
-    let (mut name, mut data) = (String::new(), Vec::<String>::new());
-    for line in BufReader::new(response).lines() {
-        let line = line.unwrap_or_else(|e| {
-            let names: Vec<&str> = events.iter().map(|e: &Event| e.name.as_str()).collect();
-            panic!("{url}: the stream broke off or did not end ({e}); events so far: {names:?}")
-        });
-        if line.is_empty() {
-            if !data.is_empty() {
-                let text = data.join("\n");
-                let value = serde_json::from_str(&text)
-                    .unwrap_or_else(|e| panic!("{url}: event data is not JSON ({e}): {text:?}"));
-                let name = if name.is_empty() {
-                    "message".into()
-                } else {
-                    name.clone()
-                };
-                events.push(Event { name, data: value });
-            }
-            name.clear();
-            data.clear();
-            continue;
-        }
-        if line.starts_with(':') {
-            continue; // a comment (keep-alive)
-        }
-        let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
-        let value = value.strip_prefix(' ').unwrap_or(value);
-        match field {
-            "event" => name = value.to_owned(),
-            "data" => data.push(value.to_owned()),
-            _ => {} // id, retry
-        }
-    }
-    assert!(
-        data.is_empty(),
-        "{url}: the stream ended inside an event (no blank line after `data:`)"
-    );
-    events
+/// Reads a job's event stream until the server ends it; every event's data is JSON.
+fn read_events(client: &reqwest::blocking::Client, url: &str) -> Vec<Event> {
+    read_sse(client, url)
+        .into_iter()
+        .map(|event| Event {
+            data: serde_json::from_str(&event.data).unwrap_or_else(|e| {
+                panic!("{url}: event data is not JSON ({e}): {:?}", event.data)
+            }),
+            name: event.name,
+        })
+        .collect()
 }
 
 /// Where a progress state is: (status, image, stage, step); it must never go back.
@@ -1445,6 +1216,12 @@ fn openapi_document_lists_the_routes() {
         "/health",
         "/v1/models",
         EDITS,
+        // The other dialects (tests/dialects.rs).
+        "/v1/jobs",
+        "/v1/jobs/{id}",
+        "/v1/jobs/{id}/stream",
+        "/task",
+        "/task/{task_id}",
     ] {
         assert!(
             paths.contains_key(path),
@@ -1506,12 +1283,6 @@ const IMG2IMG_SEED: u64 = 1;
 const INPAINT_PROMPT: &str = "a red digit three on a blue background";
 const INPAINT_SEED: u64 = 1;
 
-/// The input of the img2img and inpainting tests: a red 7 on blue, 64x64 PNG.
-fn input_png() -> Vec<u8> {
-    let path = judge::fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
-
 /// An image as PNG bytes.
 fn encode_png(image: &image::DynamicImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -1557,7 +1328,7 @@ fn only_image(done: &Value) -> Vec<u8> {
 #[test]
 fn img2img_through_json() {
     let server = TestServer::start(config());
-    let input = BASE64.encode(input_png());
+    let input = base64_text(input_png());
     let far = server.submit(&json!({
         "prompt": IMG2IMG_PROMPT,
         "initImage": input,
@@ -1678,7 +1449,7 @@ fn bad_image_input_is_400_naming_the_field() {
         ..config()
     });
     let input = input_png();
-    let input_b64 = BASE64.encode(&input);
+    let input_b64 = base64_text(&input);
     let too_wide = encode_png(&image::DynamicImage::new_luma8(5000, 8));
     let json_cases: Vec<(&str, Value, &str, Option<&str>)> = vec![
         (
@@ -1689,7 +1460,7 @@ fn bad_image_input_is_400_naming_the_field() {
         ),
         (
             "initImage not an image",
-            json!({ "prompt": PROMPT, "initImage": BASE64.encode("just some text, not a picture") }),
+            json!({ "prompt": PROMPT, "initImage": base64_text("just some text, not a picture") }),
             "initImage",
             Some("PNG, JPEG or WebP"),
         ),
@@ -1701,7 +1472,7 @@ fn bad_image_input_is_400_naming_the_field() {
         ),
         (
             "initImage too large",
-            json!({ "prompt": PROMPT, "initImage": BASE64.encode(&too_wide) }),
+            json!({ "prompt": PROMPT, "initImage": base64_text(&too_wide) }),
             "initImage",
             Some("4096x4096"),
         ),
@@ -1713,7 +1484,7 @@ fn bad_image_input_is_400_naming_the_field() {
         ),
         (
             "mask not an image",
-            json!({ "prompt": PROMPT, "initImage": input_b64, "mask": BASE64.encode("no") }),
+            json!({ "prompt": PROMPT, "initImage": input_b64, "mask": base64_text("no") }),
             "mask",
             Some("PNG, JPEG or WebP"),
         ),

@@ -72,6 +72,26 @@ impl WebError {
         Self::new(code, error.to_string())
     }
 
+    /// An error of the front door (`sd-wgsl`): option errors under the request's camelCase
+    /// field names, the rest as [`WebError::from_model`].
+    pub fn from_front_door(error: &sd_wgsl::Error) -> Self {
+        match error {
+            sd_wgsl::Error::InvalidOption { option, message } => {
+                let field = match *option {
+                    "init_image" => "initImage",
+                    "guidance_scale" => "guidanceScale",
+                    "latents" => "initialLatents",
+                    other => other,
+                };
+                Self::new(ErrorCode::InvalidRequest, format!("{field}: {message}"))
+            }
+            sd_wgsl::Error::Cancelled => Self::new(ErrorCode::Aborted, error.to_string()),
+            sd_wgsl::Error::Load { source, .. } => Self::from_model(source, true),
+            sd_wgsl::Error::Generation(source) => Self::from_model(source, false),
+            _ => Self::new(ErrorCode::Internal, error.to_string()),
+        }
+    }
+
     /// The `Error` object handed to JavaScript.
     pub fn to_js(&self) -> JsValue {
         let error = js_sys::Error::new(&self.message);

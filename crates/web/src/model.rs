@@ -1,20 +1,16 @@
 //! [`WasmModel`]: a web model on WebGPU, and [`parse_manifest`].
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use js_sys::{Array, Function, Map, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
-use sd_core::params::{
-    GenerationParams, LATENT_CHANNELS, ParamLimits, VAE_SCALE, size_for_input_image,
-};
-use sd_core::preview::latents_to_rgba;
-use sd_core::progress::Stage;
-use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{Inputs, ModelError, ModelSource, StableDiffusion, png};
+use sd_core::params::{GenerationParams, ParamLimits, size_for_input_image};
+use sd_kernels::{ContextOptions, GpuContext};
+use sd_models::{ModelError, ModelSource};
 use sd_weights::web::WebManifest;
+use sd_wgsl::{ImageFormat, LoadOptions, Model, Options, Progress, SamplerKind, Stage};
 use wasm_bindgen::prelude::*;
 use web_sys::AbortSignal;
 
@@ -61,8 +57,7 @@ pub fn parse_manifest(json: &str) -> Result<Object, JsValue> {
 /// What a loaded model holds.
 #[derive(Debug)]
 struct Loaded {
-    sd: StableDiffusion,
-    name: String,
+    model: Model,
 }
 
 /// A model on the GPU. One generation at a time (the JavaScript side queues them).
@@ -130,15 +125,16 @@ impl WasmModel {
                 );
             }
         };
-        let sd = StableDiffusion::load_with_progress(
+        let model = Model::from_source_with_progress(
             Arc::new(ctx),
             &source,
-            DType::F16,
+            name,
+            &LoadOptions::new(),
             &mut on_component,
         )
-        .map_err(|e| WebError::from_model(&e, true))?;
+        .map_err(|e| WebError::from_front_door(&e))?;
         Ok(WasmModel {
-            loaded: RefCell::new(Some(Rc::new(Loaded { sd, name }))),
+            loaded: RefCell::new(Some(Rc::new(Loaded { model }))),
         })
     }
 
@@ -155,10 +151,10 @@ impl WasmModel {
     /// the request defaults.
     pub fn info(&self) -> Result<Object, JsValue> {
         let loaded = self.current()?;
-        let (width, height) = loaded.sd.native_size();
-        let ctx = loaded.sd.context();
+        let (width, height) = loaded.model.native_size();
+        let ctx = loaded.model.pipeline().context();
         let out = Object::new();
-        set(&out, "name", loaded.name.as_str());
+        set(&out, "name", loaded.model.name());
         set(&out, "nativeWidth", width);
         set(&out, "nativeHeight", height);
         set(&out, "adapter", ctx.describe());
@@ -213,45 +209,37 @@ impl WasmModel {
     /// Frees the model's GPU memory now. Later calls fail with `DISPOSED`.
     pub fn dispose(&self) {
         if let Some(loaded) = self.loaded.borrow_mut().take() {
-            loaded.sd.context().dispose();
+            loaded.model.pipeline().context().dispose();
         }
     }
 }
 
-/// Tracks which image and step a generation is at, for `percent` and the preview.
-struct Position {
-    count: u32,
-    image: Cell<u32>,
-}
-
-impl Position {
-    fn event(&self, stage: Stage) -> Object {
-        let (step, total) = match stage {
-            Stage::Diffusion { step, total } => (step, total),
-            _ => (0, 0),
-        };
-        // Within one image: the steps take 95 %, the VAE the rest.
-        let within = match stage {
-            Stage::Load | Stage::Encode => 0.0,
-            Stage::Diffusion { step, total } => 0.95 * step as f64 / total.max(1) as f64,
-            Stage::Decode => 0.95,
-            Stage::Done => 1.0,
-        };
-        let image = self.image.get();
-        let percent = if matches!(stage, Stage::Done) {
-            100.0
-        } else {
-            100.0 * (f64::from(image) + within) / f64::from(self.count.max(1))
-        };
-        let out = Object::new();
-        set(&out, "stage", stage.name());
-        set(&out, "image", image.min(self.count.saturating_sub(1)));
-        set(&out, "count", self.count);
-        set(&out, "step", step as u32);
-        set(&out, "total", total as u32);
-        set(&out, "percent", percent);
-        out
+/// The progress event JavaScript sees: `{stage, image, count, step, total, percent,
+/// preview?: {width, height, rgba}}`.
+fn progress_event(progress: &Progress) -> Object {
+    let (step, total) = match progress.stage {
+        Stage::Diffusion { step, total } => (step, total),
+        _ => (0, 0),
+    };
+    let out = Object::new();
+    set(&out, "stage", progress.stage.name());
+    set(&out, "image", progress.image);
+    set(&out, "count", progress.count);
+    set(&out, "step", step as u32);
+    set(&out, "total", total as u32);
+    set(&out, "percent", progress.percent);
+    if let Some(preview) = &progress.preview {
+        let rgba: Vec<u8> = preview
+            .pixels()
+            .flat_map(|p| [p[0], p[1], p[2], 255])
+            .collect();
+        let p = Object::new();
+        set(&p, "width", preview.width());
+        set(&p, "height", preview.height());
+        set(&p, "rgba", Uint8ClampedArray::from(rgba.as_slice()));
+        set(&out, "preview", p);
     }
+    out
 }
 
 async fn run(
@@ -266,7 +254,7 @@ async fn run(
     // Without a size in the request, an input image sets it.
     let native = match &images_in.init_image {
         Some(image) => size_for_input_image(image.width(), image.height(), &ParamLimits::default()),
-        None => loaded.sd.native_size(),
+        None => loaded.model.native_size(),
     };
     let mut params = parse_request(params_json, native, || {
         (js_sys::Math::random() * 4_294_967_296.0) as u64
@@ -275,80 +263,39 @@ async fn run(
     params.latents_len = latents.as_ref().map(Vec::len);
     params.validate().map_err(|e| params_error(&e))?;
 
-    let position = Position {
-        count: params.count,
-        image: Cell::new(0),
-    };
-    let (h, w) = (
-        (params.height / VAE_SCALE) as usize,
-        (params.width / VAE_SCALE) as usize,
-    );
-    let total_steps = Cell::new(0usize);
-    let mut on_stage = |stage: Stage| {
-        if let Stage::Diffusion { step, total } = stage {
-            total_steps.set(total);
-            if step > 0 {
-                // Sent with the preview by `on_step`.
-                return;
-            }
-        }
-        notify(on_progress.as_ref(), &position.event(stage).into());
-        if matches!(stage, Stage::Decode) {
-            position.image.set(position.image.get() + 1);
-        }
-    };
-    let mut on_step = |step: usize, latents: &[f32]| {
-        let total = total_steps.get();
-        let event = position.event(Stage::Diffusion {
-            step: step + 1,
-            total,
-        });
-        if latents.len() == LATENT_CHANNELS * h * w {
-            let preview = Object::new();
-            set(&preview, "width", w as u32);
-            set(&preview, "height", h as u32);
-            let rgba = latents_to_rgba(latents, h, w);
-            set(&preview, "rgba", Uint8ClampedArray::from(rgba.as_slice()));
-            set(&event, "preview", preview);
-        }
-        notify(on_progress.as_ref(), &event.into());
+    let from_image = images_in.init_image.is_some();
+    let mut options = Options::from_params(&params);
+    if let Some(latents) = latents {
+        options = options.initial_latents(latents);
+    }
+    if let Some(image) = images_in.init_image {
+        options = options.init_image(image);
+    }
+    if let Some(mask) = images_in.mask {
+        options = options.mask(mask);
+    }
+    let mut on_progress = |progress: &Progress| {
+        notify(on_progress.as_ref(), &progress_event(progress).into());
     };
     let cancelled = || signal.as_ref().is_some_and(AbortSignal::aborted);
     let generated = loaded
-        .sd
-        .generate_cancellable(
-            &params,
-            &Inputs {
-                initial_latents: latents.as_deref(),
-                init_image: images_in.init_image.as_ref(),
-                mask: images_in.mask.as_ref(),
-            },
-            &mut on_stage,
-            Some(&mut on_step),
-            &cancelled,
-        )
+        .model
+        .generate_async(&params.prompt, &options, &mut on_progress, &cancelled)
         .await
-        .map_err(|e| WebError::from_model(&e, false))?;
+        .map_err(|e| WebError::from_front_door(&e))?;
 
     let images = Array::new();
-    for (rgb, &seed) in generated.images.iter().zip(&generated.seeds) {
-        let text = png::parameters_text(
-            &GenerationParams {
-                seed,
-                ..params.clone()
-            },
-            seed,
-            &loaded.name,
-        );
-        let png = png::encode_png(generated.width, generated.height, rgb, &text)
-            .map_err(|e| WebError::new(ErrorCode::Internal, e))?;
-        let rgba: Vec<u8> = rgb
-            .chunks_exact(3)
+    for (index, (picture, &seed)) in generated.images().iter().zip(generated.seeds()).enumerate() {
+        let png = generated
+            .encode(index, ImageFormat::Png)
+            .map_err(|e| WebError::new(ErrorCode::Internal, e.to_string()))?;
+        let rgba: Vec<u8> = picture
+            .pixels()
             .flat_map(|p| [p[0], p[1], p[2], 255])
             .collect();
         let image = Object::new();
-        set(&image, "width", generated.width);
-        set(&image, "height", generated.height);
+        set(&image, "width", picture.width());
+        set(&image, "height", picture.height());
         set(&image, "rgba", Uint8ClampedArray::from(rgba.as_slice()));
         set(&image, "png", Uint8Array::from(png.as_slice()));
         set(&image, "seed", seed as f64);
@@ -364,11 +311,11 @@ async fn run(
     set(&p, "width", params.width);
     set(&p, "height", params.height);
     set(&p, "count", params.count);
-    if images_in.init_image.is_some() {
+    if from_image {
         set(&p, "strength", params.strength);
     }
     let warnings: Array = generated
-        .warnings
+        .warnings()
         .iter()
         .map(|w| JsValue::from(w.as_str()))
         .collect();

@@ -1,0 +1,85 @@
+//! What can go wrong, as one error type with a variant per kind of cause.
+
+use std::path::PathBuf;
+
+use sd_models::ModelError;
+
+/// Everything the front door can fail with. Messages name what was wrong and what is allowed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An option of [`crate::Options`] outside what is allowed (an unknown sampler lists the
+    /// known ones).
+    #[error("{option}: {message}")]
+    InvalidOption {
+        /// The option (`width`, `sampler`, `strength`, `init_image`, `mask`, ...).
+        option: &'static str,
+        /// Its value and what is allowed.
+        message: String,
+    },
+    /// No preset, path or model folder of that name.
+    #[error("model `{name}` not found; looked for {}", searched.join(", "))]
+    ModelNotFound {
+        /// The name asked for.
+        name: String,
+        /// Every place looked at, in order.
+        searched: Vec<String>,
+    },
+    /// A model name that would leave the models folder (`../`, an absolute path that does not
+    /// exist) or is empty.
+    #[error("model name `{name}`: {reason}")]
+    ModelName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        reason: String,
+    },
+    /// The model could not be loaded: a missing or damaged file, an unsupported config, no GPU.
+    #[error("cannot load the model {model}: {source}")]
+    Load {
+        /// The model, as resolved (a path or a preset name).
+        model: String,
+        /// The cause.
+        #[source]
+        source: Box<ModelError>,
+    },
+    /// The generation failed on the GPU or did not fit the device.
+    #[error(transparent)]
+    Generation(Box<ModelError>),
+    /// The [`crate::CancelToken`] was cancelled.
+    #[error("the generation was cancelled")]
+    Cancelled,
+    /// An image could not be encoded or written.
+    #[error("{path}: {message}")]
+    Output {
+        /// The file (or the format, when encoding to memory).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A generation error: cancellations, bad parameters and bad inputs get their own variants.
+    pub(crate) fn from_generation(error: ModelError) -> Self {
+        match error {
+            ModelError::Cancelled => Self::Cancelled,
+            ModelError::Params(e) => Self::InvalidOption {
+                option: e.field.name(),
+                message: e.message,
+            },
+            ModelError::Input { field, message } => Self::InvalidOption {
+                option: field,
+                message,
+            },
+            ModelError::Sampler(e) => Self::InvalidOption {
+                option: "sampler",
+                message: e.to_string(),
+            },
+            other => Self::Generation(Box::new(other)),
+        }
+    }
+}

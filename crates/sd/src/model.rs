@@ -1,0 +1,281 @@
+//! [`Model`]: a loaded model and its generations.
+
+use std::sync::Arc;
+
+use image::RgbImage;
+use sd_core::params::VAE_SCALE;
+use sd_kernels::{DType, GpuContext};
+use sd_models::{Inputs, ModelSource, StableDiffusion};
+
+use crate::error::{Error, Result};
+use crate::options::{Options, random_seed};
+use crate::output::Images;
+#[cfg(not(target_arch = "wasm32"))]
+use crate::progress::CancelToken;
+use crate::progress::{Progress, Tracker};
+
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// Keep weight matrices in f32 on the GPU instead of f16: twice the memory, for comparisons
+    /// with f32 references.
+    pub f32_weights: bool,
+}
+
+impl LoadOptions {
+    /// f16 weight matrices (the default).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// f32 weight matrices instead.
+    pub fn f32_weights(mut self, f32_weights: bool) -> Self {
+        self.f32_weights = f32_weights;
+        self
+    }
+}
+
+/// A model on the GPU, ready to generate. `Send + Sync`: share it in an `Arc`; generations on
+/// one model run one at a time (each holds the GPU context while it records).
+#[derive(Debug)]
+pub struct Model {
+    sd: StableDiffusion,
+    name: String,
+}
+
+impl Model {
+    /// Loads a model by preset name (`digits`, built in), by path (a diffusers folder or a web
+    /// model folder), or by a folder name under `$DIFFUSION_MODELS_PATH`, then `$MODELS_PATH`
+    /// (see [`crate::resolve`]), onto the GPU that `SD_ADAPTER` / `WGPU_BACKEND` choose (the
+    /// best one by default).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ModelNotFound`] naming every place searched, [`Error::ModelName`] for a name
+    /// that leaves the models folder, [`Error::Load`] for a missing or damaged file or no GPU.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load(model: &str) -> Result<Self> {
+        Self::load_with(model, &LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options.
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::load`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_with(model: &str, options: &LoadOptions) -> Result<Self> {
+        let location = crate::resolve::resolve(model, &crate::ModelPaths::from_env())?;
+        let (source, name) = location.open()?;
+        let load_error = |source| Error::Load {
+            model: location.to_string(),
+            source: Box::new(source),
+        };
+        let context = sd_kernels::ContextOptions::from_env().map_err(|e| load_error(e.into()))?;
+        let ctx = pollster::block_on(GpuContext::new(context)).map_err(|e| load_error(e.into()))?;
+        Self::from_source(Arc::new(ctx), &source, name, options)
+    }
+
+    /// Loads the model in `source` onto `ctx`, calling it `name` (in PNG parameters and
+    /// reports). The browser package loads this way, from downloaded shards.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`].
+    pub fn from_source(
+        ctx: Arc<GpuContext>,
+        source: &ModelSource,
+        name: impl Into<String>,
+        options: &LoadOptions,
+    ) -> Result<Self> {
+        Self::from_source_with_progress(ctx, source, name, options, &mut |_| {})
+    }
+
+    /// [`Model::from_source`] telling `on_component` which component (`text_encoder`, `unet`,
+    /// `vae`) is about to go to the GPU.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`].
+    pub fn from_source_with_progress(
+        ctx: Arc<GpuContext>,
+        source: &ModelSource,
+        name: impl Into<String>,
+        options: &LoadOptions,
+        on_component: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        let name = name.into();
+        let matrices = if options.f32_weights {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        let sd = StableDiffusion::load_with_progress(ctx, source, matrices, on_component).map_err(
+            |source| Error::Load {
+                model: name.clone(),
+                source: Box::new(source),
+            },
+        )?;
+        Ok(Self { sd, name })
+    }
+
+    /// The built-in digits model (64x64 coloured digits; prompts `a <colour> digit <zero..nine>
+    /// on a <colour> background`) on `ctx`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`].
+    pub fn embedded(ctx: Arc<GpuContext>, options: &LoadOptions) -> Result<Self> {
+        Self::from_source(
+            ctx,
+            &crate::embedded::source(),
+            crate::embedded::NAME,
+            options,
+        )
+    }
+
+    /// The model's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The size the model was trained at (width, height), the default output size.
+    pub fn native_size(&self) -> (u32, u32) {
+        self.sd.native_size()
+    }
+
+    /// The pipeline underneath, for what the front door does not cover.
+    pub fn pipeline(&self) -> &StableDiffusion {
+        &self.sd
+    }
+
+    /// The pipeline and the name, taken apart.
+    pub fn into_parts(self) -> (StableDiffusion, String) {
+        (self.sd, self.name)
+    }
+
+    /// Generates images of `prompt` with `options`, blocking until they are done.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] for a bad option (before any GPU work), [`Error::Generation`]
+    /// for a GPU failure or a size the device cannot hold.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate(&self, prompt: &str, options: &Options) -> Result<Images> {
+        self.generate_with(prompt, options, |_| {}, &CancelToken::new())
+    }
+
+    /// [`Model::generate`] that reports each stage and step to `on_progress` (with a preview
+    /// after every step) and stops when `cancel` is cancelled.
+    ///
+    /// ```
+    /// use sd_wgsl::{CancelToken, Error, Model, Options, Stage};
+    ///
+    /// let model = Model::load("digits")?;
+    /// let cancel = CancelToken::new();
+    /// let mut steps = 0;
+    /// let result = model.generate_with(
+    ///     "a yellow digit zero on a green background",
+    ///     &Options::new().steps(10),
+    ///     |progress| {
+    ///         if let Stage::Diffusion { step, .. } = progress.stage {
+    ///             steps = step;
+    ///             if step == 3 {
+    ///                 cancel.cancel(); // e.g. from a UI thread
+    ///             }
+    ///         }
+    ///     },
+    ///     &cancel,
+    /// );
+    /// assert!(matches!(result, Err(Error::Cancelled)));
+    /// assert_eq!(steps, 3);
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::generate`], and [`Error::Cancelled`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn generate_with(
+        &self,
+        prompt: &str,
+        options: &Options,
+        mut on_progress: impl FnMut(&Progress),
+        cancel: &CancelToken,
+    ) -> Result<Images> {
+        pollster::block_on(
+            self.generate_async(prompt, options, &mut on_progress, &|| cancel.is_cancelled()),
+        )
+    }
+
+    /// The generation as a future: what [`Model::generate_with`] blocks on, and what the
+    /// browser awaits. `cancelled` is asked before every step.
+    ///
+    /// Natively the future waits for the GPU inside `poll`, so under an async runtime run it
+    /// on a blocking thread (`tokio::task::spawn_blocking`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::generate_with`].
+    pub async fn generate_async(
+        &self,
+        prompt: &str,
+        options: &Options,
+        on_progress: &mut dyn FnMut(&Progress),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Images> {
+        let params = options.to_params(prompt, self.native_size(), random_seed)?;
+        let latent_size = (
+            (params.height / VAE_SCALE) as usize,
+            (params.width / VAE_SCALE) as usize,
+        );
+        let tracker = std::cell::RefCell::new(Tracker::new(params.count, latent_size));
+        let on_progress = std::cell::RefCell::new(on_progress);
+        let mut on_stage = |stage| {
+            if let Some(event) = tracker.borrow_mut().stage(stage) {
+                (on_progress.borrow_mut())(&event);
+            }
+        };
+        let mut on_step = |step: usize, latents: &[f32]| {
+            let event = tracker.borrow().step(step, latents);
+            (on_progress.borrow_mut())(&event);
+        };
+        let inputs = Inputs {
+            initial_latents: options.input_latents(),
+            init_image: options.input_image(),
+            mask: options.input_mask(),
+        };
+        let generated = self
+            .sd
+            .generate_cancellable(
+                &params,
+                &inputs,
+                &mut on_stage,
+                Some(&mut on_step),
+                cancelled,
+            )
+            .await
+            .map_err(Error::from_generation)?;
+        let (width, height) = (generated.width, generated.height);
+        let images = generated
+            .images
+            .into_iter()
+            .map(|rgb| {
+                RgbImage::from_raw(width, height, rgb).ok_or_else(|| {
+                    Error::Generation(Box::new(sd_models::ModelError::Shape(
+                        "the decoder's image has the wrong size".into(),
+                    )))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Images {
+            images,
+            seeds: generated.seeds,
+            latents: generated.latents,
+            params,
+            model: self.name.clone(),
+            warnings: generated.warnings,
+        })
+    }
+}
