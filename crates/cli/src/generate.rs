@@ -229,6 +229,8 @@ fn flag_error(error: sd_wgsl::Error) -> anyhow::Error {
                 "latents" => "latents",
                 other => other,
             };
+            // The front door names its options; the command line, its flags.
+            let message = message.replace("(init_image)", "(--init-image)");
             anyhow::anyhow!("--{flag}: {message}")
         }
         _ => error.into(),

@@ -190,7 +190,14 @@ impl Options {
     ///
     /// [`Error::InvalidOption`] naming the first bad option.
     pub fn validate(&self) -> Result<()> {
-        self.to_params("", (512, 512), || 0).map(|_| ())
+        // The length of given latents depends on the size, which may come from the model.
+        self.params(
+            "",
+            (512, 512),
+            || 0,
+            self.width.is_some() && self.height.is_some(),
+        )
+        .map(|_| ())
     }
 
     /// The parameters of a generation of `prompt` with these options, for a model of `native`
@@ -204,6 +211,16 @@ impl Options {
         prompt: &str,
         native: (u32, u32),
         random_seed: impl FnOnce() -> u64,
+    ) -> Result<GenerationParams> {
+        self.params(prompt, native, random_seed, true)
+    }
+
+    fn params(
+        &self,
+        prompt: &str,
+        native: (u32, u32),
+        random_seed: impl FnOnce() -> u64,
+        check_latents: bool,
     ) -> Result<GenerationParams> {
         let defaults = GenerationParams::default();
         let sampler = match &self.sampler {
@@ -237,7 +254,11 @@ impl Options {
             count: self.count.unwrap_or(defaults.count),
             strength: self.strength.unwrap_or(defaults.strength),
             sample_init_latents: self.sample_init_latents,
-            latents_len: self.initial_latents.as_ref().map(Vec::len),
+            latents_len: self
+                .initial_latents
+                .as_ref()
+                .filter(|_| check_latents)
+                .map(Vec::len),
         };
         params.validate().map_err(|e| Error::InvalidOption {
             option: e.field.name(),
@@ -295,7 +316,10 @@ mod tests {
             (Options::new().count(0), "count"),
             (Options::new().guidance_scale(f32::NAN), "guidance_scale"),
             (Options::new().mask(GrayImage::new(8, 8)), "mask"),
-            (Options::new().initial_latents(vec![0.0; 3]), "latents"),
+            (
+                Options::new().size(64, 64).initial_latents(vec![0.0; 3]),
+                "latents",
+            ),
         ] {
             match options.validate() {
                 Err(Error::InvalidOption { option: o, .. }) => assert_eq!(o, option),
