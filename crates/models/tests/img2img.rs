@@ -118,6 +118,32 @@ fn image_share_within(got: &[f32], want: &[f32]) -> f64 {
     close as f64 / want.len() as f64
 }
 
+/// Checks a run against diffusers': each step's latents (`steps[i]` against `want_steps[i]`),
+/// the final latents and the image; prints the worst errors.
+fn assert_run_matches(
+    label: &str,
+    out: &sd_models::Generated,
+    steps: &[Vec<f32>],
+    want_steps: &[&[f32]],
+    want_final: &[f32],
+    want_image: &[f32],
+) {
+    let mut worst = 0.0f32;
+    for (step, (got, want)) in steps.iter().zip(want_steps).enumerate() {
+        let err = max_abs_diff(got, want);
+        worst = worst.max(err);
+        assert!(err <= 1e-3, "{label} step {step}: {err:e} > 1e-3");
+    }
+    let final_err = max_abs_diff(&out.latents[0], want_final);
+    let share = image_share_within(&out.pixels[0], want_image);
+    println!(
+        "{label}: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
+        100.0 * share
+    );
+    assert!(final_err <= 1e-3, "{label}: final {final_err:e}");
+    assert!(share >= 0.99, "{label}: image {:.2} %", 100.0 * share);
+}
+
 #[test]
 fn img2img_matches_diffusers_euler_and_ddim() {
     let image = input_image();
@@ -142,23 +168,15 @@ fn img2img_matches_diffusers_euler_and_ddim() {
         );
         let want = tensor(more_refs(), &format!("{run_name}_step_prev_sample"));
         assert_eq!(steps.len(), calls, "{run_name}: steps run");
-        let mut worst = 0.0f32;
-        for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
-            let err = max_abs_diff(got, want);
-            worst = worst.max(err);
-            assert!(err <= 1e-3, "{run_name} step {step}: {err:e} > 1e-3");
-        }
-        let final_err = max_abs_diff(&out.latents[0], &want[want.len() - 256..]);
-        let share = image_share_within(
-            &out.pixels[0],
+        let want_steps: Vec<&[f32]> = want.chunks(256).collect();
+        assert_run_matches(
+            run_name,
+            &out,
+            &steps,
+            &want_steps,
+            &want[want.len() - 256..],
             &tensor(more_refs(), &format!("{run_name}_image")),
         );
-        println!(
-            "{run_name}: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
-            100.0 * share
-        );
-        assert!(final_err <= 1e-3, "{run_name}: final {final_err:e}");
-        assert!(share >= 0.99, "{run_name}: image {:.2} %", 100.0 * share);
     }
 }
 
@@ -187,28 +205,23 @@ fn inpainting_matches_diffusers_with_a_four_channel_unet() {
     let before_blend = tensor(more_refs(), "inpaint_euler_step_prev_sample");
     let inputs = tensor(more_refs(), "inpaint_euler_step_sample");
     assert_eq!(steps.len(), 20);
-    let mut worst = 0.0f32;
-    for step in 0..19 {
-        // Our step output is after the blend: diffusers' next step input.
-        let err = max_abs_diff(&steps[step], &inputs[(step + 1) * 256..(step + 2) * 256]);
-        worst = worst.max(err);
-        assert!(err <= 1e-3, "inpaint step {step}: {err:e} > 1e-3");
-    }
-    // After the last step: (1 - m) * image latents + m * output, m on the 8x8 grid.
+    // Our step output is after the blend: diffusers' next step input (steps 0..19). After the
+    // last step: (1 - m) * image latents + m * output, m on the 8x8 grid.
+    let want_steps: Vec<&[f32]> = inputs.chunks(256).skip(1).collect();
     let x0 = tensor(more_refs(), "img2img_input_latents");
     let m = sd_models::image_input::latent_mask(&mask, true);
     let last = &before_blend[19 * 256..];
-    let want: Vec<f32> = (0..256)
+    let want_final: Vec<f32> = (0..256)
         .map(|i| (1.0 - m[i % 64]) * x0[i] + m[i % 64] * last[i])
         .collect();
-    let final_err = max_abs_diff(&out.latents[0], &want);
-    let share = image_share_within(&out.pixels[0], &tensor(more_refs(), "inpaint_euler_image"));
-    println!(
-        "inpaint_euler: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
-        100.0 * share
+    assert_run_matches(
+        "inpaint_euler",
+        &out,
+        &steps,
+        &want_steps,
+        &want_final,
+        &tensor(more_refs(), "inpaint_euler_image"),
     );
-    assert!(final_err <= 1e-3, "inpaint final {final_err:e}");
-    assert!(share >= 0.99, "inpaint image {:.2} %", 100.0 * share);
 }
 
 /// A 9-channel inpainting UNet (`tiny-arch/inpaint9`) takes the mask and the masked image's
@@ -237,20 +250,15 @@ fn inpainting_matches_diffusers_with_a_nine_channel_unet() {
     );
     let want = tensor(&refs, "run_trajectory");
     assert_eq!(steps.len(), 20);
-    let mut worst = 0.0f32;
-    for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
-        let err = max_abs_diff(got, want);
-        worst = worst.max(err);
-        assert!(err <= 1e-3, "inpaint9 step {step}: {err:e} > 1e-3");
-    }
-    let final_err = max_abs_diff(&out.latents[0], &want[19 * 256..]);
-    let share = image_share_within(&out.pixels[0], &tensor(&refs, "run_image"));
-    println!(
-        "inpaint9: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
-        100.0 * share
+    let want_steps: Vec<&[f32]> = want.chunks(256).collect();
+    assert_run_matches(
+        "inpaint9",
+        &out,
+        &steps,
+        &want_steps,
+        &want[19 * 256..],
+        &tensor(&refs, "run_image"),
     );
-    assert!(final_err <= 1e-3, "inpaint9 final {final_err:e}");
-    assert!(share >= 0.99, "inpaint9 image {:.2} %", 100.0 * share);
 }
 
 /// Strength 0 runs no step: the output is the input through the VAE (encode, decode).

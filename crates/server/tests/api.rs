@@ -20,8 +20,8 @@ use serde_json::{Value, json};
 
 use support::judge::{self, Judged};
 use support::{
-    MODEL_NAME, POLL, TestServer, base64_text, brief, config, image_bytes, input_png, json_of,
-    png_rgb, poll_until, read_sse,
+    MODEL_NAME, POLL, TestServer, base64_text, brief, config, image_bytes, input_png,
+    invalid_request_problems, json_of, png_rgb, poll_until, read_sse,
 };
 
 const GENERATIONS: &str = "/v1/images/generations";
@@ -890,26 +890,7 @@ fn bad_input_is_400_naming_the_field() {
     for (case, body, field, allowed) in cases {
         let response = server.post_raw(body);
         let (status, reply) = json_of(response);
-        let error = &reply["error"];
-        let message = error["message"].as_str().unwrap_or("");
-        let mut wrong = Vec::new();
-        if status != StatusCode::BAD_REQUEST {
-            wrong.push(format!("status {status}"));
-        }
-        if error["code"] != "INVALID_REQUEST" {
-            wrong.push(format!("code {}", error["code"]));
-        }
-        if error["field"] != field {
-            wrong.push(format!("field {} (expected {field:?})", error["field"]));
-        }
-        if !message.starts_with(field) {
-            wrong.push(format!("message does not start with {field:?}"));
-        }
-        if let Some(word) = allowed
-            && !message.contains(word)
-        {
-            wrong.push(format!("message does not say what is allowed ({word:?})"));
-        }
+        let wrong = invalid_request_problems(status, &reply, field, allowed);
         eprintln!("bad input: {case}: {status} {reply}");
         if !wrong.is_empty() {
             failures.push(format!("{case}: {} — {reply}", wrong.join(", ")));
@@ -1590,26 +1571,7 @@ fn bad_image_input_is_400_naming_the_field() {
     let mut failures = Vec::new();
     for (case, response, field, word) in responses {
         let (status, reply) = json_of(response);
-        let error = &reply["error"];
-        let message = error["message"].as_str().unwrap_or("");
-        let mut wrong = Vec::new();
-        if status != StatusCode::BAD_REQUEST {
-            wrong.push(format!("status {status}"));
-        }
-        if error["code"] != "INVALID_REQUEST" {
-            wrong.push(format!("code {}", error["code"]));
-        }
-        if error["field"] != field {
-            wrong.push(format!("field {} (expected {field:?})", error["field"]));
-        }
-        if !message.starts_with(field) {
-            wrong.push(format!("message does not start with {field:?}"));
-        }
-        if let Some(word) = word
-            && !message.contains(word)
-        {
-            wrong.push(format!("message does not say {word:?}"));
-        }
+        let wrong = invalid_request_problems(status, &reply, field, word);
         eprintln!("bad image input: {case}: {status} {reply}");
         if !wrong.is_empty() {
             failures.push(format!("{case}: {} — {reply}", wrong.join(", ")));

@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 use support::judge::{self, Judged};
 use support::{
     MODEL_NAME, POLL, SseEvent, TestServer, base64_bytes, base64_text, brief, config, image_bytes,
-    input_png, json_of, png_rgb, poll_until, read_sse,
+    input_png, invalid_request_problems, json_of, png_rgb, poll_until, read_sse,
 };
 
 const JOBS: &str = "/v1/jobs";
@@ -392,26 +392,7 @@ fn job_api_bad_input_is_400_naming_the_field() {
     let mut failures = Vec::new();
     for (case, body, field, word) in cases {
         let (status, reply) = json_of(server.post_to(JOBS, body));
-        let error = &reply["error"];
-        let message = error["message"].as_str().unwrap_or("");
-        let mut wrong = Vec::new();
-        if status != StatusCode::BAD_REQUEST {
-            wrong.push(format!("status {status}"));
-        }
-        if error["code"] != "INVALID_REQUEST" {
-            wrong.push(format!("code {}", error["code"]));
-        }
-        if error["field"] != field {
-            wrong.push(format!("field {} (expected {field:?})", error["field"]));
-        }
-        if !message.starts_with(field) {
-            wrong.push(format!("message does not start with {field:?}"));
-        }
-        if let Some(word) = word
-            && !message.contains(word)
-        {
-            wrong.push(format!("message does not say {word:?}"));
-        }
+        let wrong = invalid_request_problems(status, &reply, field, word);
         eprintln!("job API bad input: {case}: {status} {}", brief(&reply));
         if !wrong.is_empty() {
             failures.push(format!("{case}: {} — {}", wrong.join(", "), brief(&reply)));

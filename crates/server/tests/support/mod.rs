@@ -326,3 +326,34 @@ pub fn poll_until(
         thread::sleep(POLL);
     }
 }
+
+/// What is wrong with a reply that must be `400 {"error": {"code": "INVALID_REQUEST", "field":
+/// field, "message": "<field>: ..."}}` whose message says `word` (empty when it is right).
+pub fn invalid_request_problems(
+    status: StatusCode,
+    reply: &Value,
+    field: &str,
+    word: Option<&str>,
+) -> Vec<String> {
+    let error = &reply["error"];
+    let message = error["message"].as_str().unwrap_or("");
+    let mut wrong = Vec::new();
+    if status != StatusCode::BAD_REQUEST {
+        wrong.push(format!("status {status}"));
+    }
+    if error["code"] != "INVALID_REQUEST" {
+        wrong.push(format!("code {}", error["code"]));
+    }
+    if error["field"] != field {
+        wrong.push(format!("field {} (expected {field:?})", error["field"]));
+    }
+    if !message.starts_with(field) {
+        wrong.push(format!("message does not start with {field:?}"));
+    }
+    if let Some(word) = word
+        && !message.contains(word)
+    {
+        wrong.push(format!("message does not say {word:?}"));
+    }
+    wrong
+}
