@@ -270,9 +270,9 @@ fn main() -> Result<()> {
 
     let (gpu, context) = time(args.reps, || {
         pollster::block_on(async {
-            let (hidden, _) = sd.encode_prompts(&["", PROMPT]).await?;
+            let (embeddings, _) = sd.encode_prompts(&["", PROMPT]).await?;
             sd.context().finish().await?;
-            Ok(hidden)
+            Ok(embeddings.hidden)
         })
     })?;
     let (cpu, context_c) = time(args.reps, || candle.encode(&["", PROMPT]))?;
@@ -284,6 +284,7 @@ fn main() -> Result<()> {
             [2, 4, LATENT, LATENT],
             T,
             &context,
+            &Default::default(),
         ))?)
     })?;
     let (cpu, _) = time(args.reps, || {

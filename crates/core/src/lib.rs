@@ -1,5 +1,6 @@
 //! Stable Diffusion without I/O: the pieces that are plain data and arithmetic, shared by the
-//! native and the browser builds: diffusers configs ([`config`]), the noise schedules
+//! native and the browser builds: diffusers configs ([`config`]), LCM/SDXL UNet inputs
+//! ([`conditioning`]), the noise schedules
 //! ([`schedule`]) and samplers ([`sampler`]), the seeded noise ([`rng`]), generation
 //! parameters ([`params`]), progress events ([`progress`]) and latent previews ([`preview`]).
 //!
@@ -11,6 +12,7 @@
 
 extern crate alloc;
 
+pub mod conditioning;
 pub mod config;
 pub mod params;
 pub mod preview;

@@ -1,5 +1,7 @@
 //! transformers' `CLIPTextModel` (`models/clip/modeling_clip.py`): token + position embedding,
-//! pre-norm encoder layers with causal self-attention and an MLP, final layer norm. Weights are
+//! pre-norm encoder layers with causal self-attention and an MLP, final layer norm; and
+//! `CLIPTextModelWithProjection` (SDXL's second encoder), whose `text_embeds` are the end
+//! token's final state through `text_projection`. Weights are
 //! named without the `text_model.` prefix (transformers 5); the weight source strips it from
 //! transformers 4 checkpoints.
 
@@ -40,6 +42,18 @@ pub struct CLIPTextModel {
     position_embedding: Tensor,
     layers: Vec<EncoderLayer>,
     final_layer_norm: LayerNorm,
+    /// `text_projection` (`CLIPTextModelWithProjection` only).
+    text_projection: Option<Linear>,
+}
+
+/// What [`CLIPTextModel::forward_with_pooled`] returns.
+#[derive(Debug)]
+pub struct TextEncoding {
+    /// The hidden states `[B, L, D]` the [`TextOutput`] asked for.
+    pub hidden: Tensor,
+    /// `text_embeds` `[B, projection_dim]`: the end token's final (normed) state through
+    /// `text_projection`; `None` for a model without one.
+    pub pooled: Option<Tensor>,
 }
 
 impl CLIPTextModel {
@@ -78,6 +92,16 @@ impl CLIPTextModel {
             )?,
             layers,
             final_layer_norm: LayerNorm::load(p, "final_layer_norm", d, c.layer_norm_eps)?,
+            // transformers saves `CLIPTextModelWithProjection`'s projection beside `text_model.`
+            // (the weight source strips that prefix, so it is a sibling here).
+            text_projection: p
+                .contains("text_projection.weight")
+                .then(|| {
+                    // transformers' default `projection_dim` when the config has none.
+                    let out = c.projection_dim.unwrap_or(512);
+                    Linear::load(p, "text_projection", d, out, false)
+                })
+                .transpose()?,
         })
     }
 
@@ -95,6 +119,31 @@ impl CLIPTextModel {
         ids_host: &[u32],
         output: TextOutput,
     ) -> Result<Tensor> {
+        Ok(self.run(batch, ids, ids_host, output, None)?.hidden)
+    }
+
+    /// [`Self::forward`] plus the pooled `text_embeds` of a model with a `text_projection`,
+    /// read at each row's end token (`eos[b]`, its position in row `b`: where transformers finds
+    /// the first end token).
+    pub fn forward_with_pooled(
+        &self,
+        batch: &mut Batch<'_>,
+        ids: &Tensor,
+        ids_host: &[u32],
+        output: TextOutput,
+        eos: &[usize],
+    ) -> Result<TextEncoding> {
+        self.run(batch, ids, ids_host, output, Some(eos))
+    }
+
+    fn run(
+        &self,
+        batch: &mut Batch<'_>,
+        ids: &Tensor,
+        ids_host: &[u32],
+        output: TextOutput,
+        eos: Option<&[usize]>,
+    ) -> Result<TextEncoding> {
         let [b, l] = *ids.shape() else {
             return Err(ModelError::Shape(format!(
                 "token ids must be [B, L], are {:?}",
@@ -112,7 +161,17 @@ impl CLIPTextModel {
                 self.layers.len()
             )));
         }
-        let h = batch.context().empty(&[b, l, d], DType::F32)?;
+        let pooled_wanted = eos.is_some() && self.text_projection.is_some();
+        if let Some(eos) = eos
+            && (eos.len() != b || eos.iter().any(|&p| p >= l))
+        {
+            return Err(ModelError::Shape(format!(
+                "end token positions {eos:?} do not fit token ids {:?}",
+                ids.shape()
+            )));
+        }
+        let ctx = batch.context();
+        let h = ctx.empty(&[b, l, d], DType::F32)?;
         ops::embedding(
             batch,
             ids,
@@ -125,7 +184,19 @@ impl CLIPTextModel {
             HiddenAct::QuickGelu => Activation::QuickGelu,
             HiddenAct::Gelu => Activation::Gelu,
         };
-        for layer in &self.layers[..self.layers.len() - skip] {
+        // The pooled output needs every layer; an earlier hidden state is copied out on the way.
+        let run_layers = if pooled_wanted {
+            self.layers.len()
+        } else {
+            self.layers.len() - skip
+        };
+        let mut earlier = None;
+        for (i, layer) in self.layers[..run_layers].iter().enumerate() {
+            if skip > 0 && i == self.layers.len() - skip && pooled_wanted {
+                let copy = ctx.empty(&[b, l, d], DType::F32)?;
+                batch.copy_f32(&h, 0, &copy, 0, b * l * d)?;
+                earlier = Some(copy);
+            }
             let n = layer.layer_norm1.forward(batch, &h)?;
             let a = layer.self_attn.forward(batch, &n, None, true)?;
             ops::residual_add(batch, &a, &h, 1.0)?;
@@ -135,9 +206,23 @@ impl CLIPTextModel {
             let f = layer.fc2.forward(batch, &f)?;
             ops::residual_add(batch, &f, &h, 1.0)?;
         }
-        match output {
-            TextOutput::SkipRaw { .. } => Ok(h),
-            _ => self.final_layer_norm.forward(batch, &h),
-        }
+        let earlier = earlier.unwrap_or_else(|| h.clone());
+        let pooled = match (eos, &self.text_projection) {
+            (Some(eos), Some(projection)) => {
+                let last = self.final_layer_norm.forward(batch, &h)?;
+                let rows = ctx.empty(&[b, d], DType::F32)?;
+                for (row, &position) in eos.iter().enumerate() {
+                    batch.copy_f32(&last, (row * l + position) * d, &rows, row * d, d)?;
+                }
+                Some(projection.forward(batch, &rows)?)
+            }
+            _ => None,
+        };
+        let hidden = match output {
+            TextOutput::SkipRaw { .. } => earlier,
+            TextOutput::Last => self.final_layer_norm.forward(batch, &h)?,
+            TextOutput::SkipNormed { .. } => self.final_layer_norm.forward(batch, &earlier)?,
+        };
+        Ok(TextEncoding { hidden, pooled })
     }
 }

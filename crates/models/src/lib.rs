@@ -19,11 +19,11 @@ pub mod transformer;
 pub mod unet;
 pub mod vae;
 
-pub use clip::{CLIPTextModel, TextOutput};
+pub use clip::{CLIPTextModel, TextEncoding, TextOutput};
 pub use layers::Params;
-pub use pipeline::{Generated, Inputs, StableDiffusion};
+pub use pipeline::{Generated, Inputs, PromptEmbeddings, StableDiffusion};
 pub use source::ModelSource;
-pub use unet::UNet2DConditionModel;
+pub use unet::{UNet2DConditionModel, UNetConditioning};
 pub use vae::{VaeDecoder, VaeEncoder};
 
 /// Everything that can go wrong building or running a model.

@@ -9,14 +9,15 @@
 use std::sync::Arc;
 
 use image::{GrayImage, RgbImage};
+use sd_core::conditioning::{guidance_scale_embedding, sdxl_time_ids};
 use sd_core::config::{
-    AutoencoderKLConfig, CLIPTextConfig, SchedulerConfig, UNet2DConditionConfig,
+    AutoencoderKLConfig, CLIPTextConfig, ModelIndex, SchedulerConfig, UNet2DConditionConfig,
 };
 use sd_core::params::{GenerationParams, LATENT_CHANNELS, VAE_SCALE};
 use sd_core::progress::Stage;
 use sd_core::rng::NoiseRng;
 use sd_core::sampler::Sampler;
-use sd_kernels::{DType, GpuContext, Tensor};
+use sd_kernels::{DType, GpuContext, Tensor, ops};
 use sd_weights::ClipTokenizer;
 
 use crate::clip::{CLIPTextModel, TextOutput};
@@ -24,7 +25,7 @@ use crate::image_input;
 use crate::layers::Params;
 use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, Part, PlanRequest, plan};
 use crate::source::ModelSource;
-use crate::unet::UNet2DConditionModel;
+use crate::unet::{UNet2DConditionModel, UNetConditioning};
 use crate::vae::{VaeDecoder, VaeEncoder};
 use crate::{ModelError, Result};
 
@@ -44,13 +45,18 @@ pub struct Inputs<'a> {
     pub mask: Option<&'a GrayImage>,
 }
 
-/// A loaded model: tokenizer, text encoder, UNet, VAE encoder and decoder, and the
+/// A loaded model: tokenizer(s), text encoder(s), UNet, VAE encoder and decoder, and the
 /// scheduler config the samplers are built from.
 #[derive(Debug)]
 pub struct StableDiffusion {
     ctx: Arc<GpuContext>,
     tokenizer: ClipTokenizer,
     text_encoder: CLIPTextModel,
+    /// SDXL's second tokenizer and text encoder (`CLIPTextModelWithProjection`).
+    text_encoder_2: Option<(ClipTokenizer, CLIPTextModel)>,
+    /// `force_zeros_for_empty_prompt` (SDXL): an empty negative prompt is zero embeddings
+    /// rather than the encoding of "".
+    force_zeros_for_empty_prompt: bool,
     unet: UNet2DConditionModel,
     vae_encoder: VaeEncoder,
     vae_decoder: VaeDecoder,
@@ -107,26 +113,35 @@ impl StableDiffusion {
             "scheduler/scheduler_config.json",
             &source.read_text("scheduler/scheduler_config.json")?,
         )?;
-        let tokenizer_config = if source.has("tokenizer/tokenizer_config.json") {
-            Some(source.read("tokenizer/tokenizer_config.json")?)
+        let tokenizer = load_tokenizer(source, "tokenizer")?;
+        let index = if source.has("model_index.json") {
+            Some(ModelIndex::from_json(
+                "model_index.json",
+                &source.read_text("model_index.json")?,
+            )?)
         } else {
             None
         };
-        let tokenizer = ClipTokenizer::from_pipeline_files(
-            &source.read("tokenizer/tokenizer.json")?,
-            tokenizer_config.as_deref(),
-        )?;
 
         on_component("text_encoder");
-        let weights = source.weights("text_encoder")?;
-        let text_encoder = CLIPTextModel::load(
-            &text_config,
-            &Params {
-                ctx: &ctx,
-                scope: weights.root(),
-                matrices,
-            },
-        )?;
+        let text_encoder = load_text_encoder(&ctx, source, "text_encoder", &text_config, matrices)?;
+        let text_encoder_2 = if source.has("text_encoder_2/config.json") {
+            on_component("text_encoder_2");
+            let config = CLIPTextConfig::from_json(
+                "text_encoder_2/config.json",
+                &source.read_text("text_encoder_2/config.json")?,
+            )?;
+            Some((
+                load_tokenizer(source, "tokenizer_2")?,
+                load_text_encoder(&ctx, source, "text_encoder_2", &config, matrices)?,
+            ))
+        } else {
+            None
+        };
+        // diffusers' `StableDiffusionXLPipeline` defaults `force_zeros_for_empty_prompt` to true.
+        let force_zeros_for_empty_prompt = index
+            .and_then(|index| index.force_zeros_for_empty_prompt)
+            .unwrap_or(text_encoder_2.is_some());
         on_component("unet");
         let weights = source.weights("unet")?;
         let unet = UNet2DConditionModel::load(
@@ -150,6 +165,8 @@ impl StableDiffusion {
             ctx,
             tokenizer,
             text_encoder,
+            text_encoder_2,
+            force_zeros_for_empty_prompt,
             unet,
             vae_encoder,
             vae_decoder,
@@ -180,47 +197,117 @@ impl StableDiffusion {
         &self.scheduler_config
     }
 
-    /// Tokenizes `prompts` and runs the text encoder on them as one batch; returns the hidden
-    /// states `[prompts, 77, D]` on the GPU and any truncation warnings.
-    pub async fn encode_prompts(&self, prompts: &[&str]) -> Result<(Tensor, Vec<String>)> {
-        let mut ids = Vec::new();
+    /// Tokenizes `prompts` and runs the text encoder(s) on them as one batch; returns the
+    /// hidden states `[prompts, 77, D]` (and SDXL's pooled embeddings) on the GPU, and any
+    /// truncation warnings.
+    ///
+    /// SD 1.x/2.x: the last hidden state (SD 2's config already drops OpenCLIP's last layer).
+    /// SDXL: both encoders' `hidden_states[-2]` without the final norm, concatenated, and the
+    /// second encoder's `text_embeds`; with `force_zeros_for_empty_prompt` an empty prompt is
+    /// zeros (diffusers does that for the negative prompt, the only one that may be empty).
+    pub async fn encode_prompts(
+        &self,
+        prompts: &[&str],
+    ) -> Result<(PromptEmbeddings, Vec<String>)> {
         let mut warnings = Vec::new();
-        for prompt in prompts {
-            let encoded = self.tokenizer.encode(prompt)?;
-            if encoded.truncated {
-                warnings.push(format!(
-                    "the prompt is longer than {} tokens; this part was cut: {:?}",
-                    self.tokenizer.max_length(),
-                    encoded.removed_text
-                ));
-            }
-            ids.extend(encoded.ids);
-        }
+        let (ids, _) = tokenize(&self.tokenizer, prompts, &mut warnings)?;
         let len = self.tokenizer.max_length();
         let ids_gpu = self.ctx.upload_u32(&ids, &[prompts.len(), len])?;
         let mut batch = self.ctx.batch();
-        let hidden = self
+        let Some((tokenizer_2, text_encoder_2)) = &self.text_encoder_2 else {
+            let hidden = self
+                .text_encoder
+                .forward(&mut batch, &ids_gpu, &ids, TextOutput::Last)?;
+            batch.submit().await?;
+            return Ok((
+                PromptEmbeddings {
+                    hidden,
+                    pooled: None,
+                },
+                warnings,
+            ));
+        };
+        let penultimate = TextOutput::SkipRaw { skip: 1 };
+        let first = self
             .text_encoder
-            .forward(&mut batch, &ids_gpu, &ids, TextOutput::Last)?;
+            .forward(&mut batch, &ids_gpu, &ids, penultimate)?;
+        // The second tokenizer cuts the same prompts: its warnings would repeat the first's.
+        let (ids_2, eos) = tokenize(tokenizer_2, prompts, &mut Vec::new())?;
+        let ids_2_gpu = self
+            .ctx
+            .upload_u32(&ids_2, &[prompts.len(), tokenizer_2.max_length()])?;
+        let second = text_encoder_2.forward_with_pooled(
+            &mut batch,
+            &ids_2_gpu,
+            &ids_2,
+            penultimate,
+            &eos,
+        )?;
+        let pooled = second.pooled.ok_or_else(|| {
+            ModelError::Shape("text_encoder_2 has no text_projection (pooled output)".into())
+        })?;
+        let (rows, d1, d2) = (
+            prompts.len() * len,
+            first.shape()[2],
+            second.hidden.shape()[2],
+        );
+        // Concatenating along the last axis is a channel concat of `[rows, D]` matrices.
+        let hidden = self.ctx.empty(&[rows, d1 + d2], DType::F32)?;
+        ops::concat_channels(
+            &mut batch,
+            &first.reshape(&[rows, d1])?,
+            &second.hidden.reshape(&[rows, d2])?,
+            &hidden,
+        )?;
         batch.submit().await?;
-        Ok((hidden, warnings))
+        let mut hidden = hidden.reshape(&[prompts.len(), len, d1 + d2])?;
+        let mut pooled = pooled;
+        if self.force_zeros_for_empty_prompt && prompts.iter().any(|p| p.is_empty()) {
+            let mut rows = self.ctx.read_f32(&hidden).await?;
+            let mut pooled_rows = self.ctx.read_f32(&pooled).await?;
+            let (row, pooled_row) = (len * (d1 + d2), pooled_rows.len() / prompts.len());
+            for (i, prompt) in prompts.iter().enumerate() {
+                if prompt.is_empty() {
+                    rows[i * row..(i + 1) * row].fill(0.0);
+                    pooled_rows[i * pooled_row..(i + 1) * pooled_row].fill(0.0);
+                }
+            }
+            hidden = self.ctx.upload_f32(&rows, hidden.shape())?;
+            pooled = self.ctx.upload_f32(&pooled_rows, pooled.shape())?;
+        }
+        Ok((
+            PromptEmbeddings {
+                hidden,
+                pooled: Some(pooled),
+            },
+            warnings,
+        ))
+    }
+
+    /// Whether a generation with `params` runs the UNet on `[negative, prompt]` pairs:
+    /// guidance above 1, except for LCM-distilled UNets, which take the guidance scale as an
+    /// embedding instead (diffusers' `LatentConsistencyModelPipeline` has no CFG batch).
+    pub fn uses_cfg(&self, params: &GenerationParams) -> bool {
+        params.uses_cfg() && self.unet.config().time_cond_proj_dim.is_none()
     }
 
     /// One UNet call on the host-side `latents` `[B, 4, h, w]` at timestep `t` with `context`
-    /// `[B, 77, D]`; returns the prediction.
+    /// `[B, 77, D]` and the extra conditioning the UNet takes (LCM, SDXL); returns the
+    /// prediction.
     pub async fn predict_noise(
         &self,
         latents: &[f32],
         shape: [usize; 4],
         t: f32,
         context: &Tensor,
+        cond: &UNetConditioning<'_>,
     ) -> Result<Vec<f32>> {
         let sample = self.ctx.upload_f32(latents, &shape)?;
         let timesteps = self.ctx.upload_f32(&vec![t; shape[0]], &[shape[0]])?;
         let mut batch = self.ctx.batch();
         let out = self
             .unet
-            .forward(&mut batch, &sample, &timesteps, context)?;
+            .forward(&mut batch, &sample, &timesteps, context, cond)?;
         batch.submit().await?;
         Ok(self.ctx.read_f32(&out).await?)
     }
@@ -358,7 +445,7 @@ impl StableDiffusion {
             (params.height / VAE_SCALE) as usize,
             (params.width / VAE_SCALE) as usize,
         );
-        let cfg = params.uses_cfg();
+        let cfg = self.uses_cfg(&params);
         let plan = self.plan(params.width, params.height, cfg, 1)?;
         let encodes =
             inputs.init_image.is_some() || self.unet.config().in_channels == INPAINT_UNET_CHANNELS;
@@ -385,8 +472,12 @@ impl StableDiffusion {
         } else {
             vec![&params.prompt]
         };
-        let (context, warnings) = self.encode_prompts(&prompts).await?;
-        let context_rows = self.ctx.read_f32(&context).await?;
+        let (embeddings, warnings) = self.encode_prompts(&prompts).await?;
+        let context_rows = self.ctx.read_f32(&embeddings.hidden).await?;
+        let pooled_rows = match &embeddings.pooled {
+            Some(pooled) => Some(self.ctx.read_f32(pooled).await?),
+            None => None,
+        };
         let conditioning = self.conditioning(&params, inputs).await?;
 
         let mut out = Generated {
@@ -403,8 +494,15 @@ impl StableDiffusion {
             let images = group.min(params.count - first);
             let mut run =
                 ImageGroup::new(self, &params, inputs, &conditioning, first, images).await?;
-            let context = repeat_rows(&self.ctx, &context_rows, context.shape(), images as usize)?;
-            run.denoise(self, &context, on_stage, &mut on_step, &check)
+            let unet_inputs = UNetInputs::new(
+                self,
+                &params,
+                &embeddings,
+                &context_rows,
+                pooled_rows.as_deref(),
+                images as usize,
+            )?;
+            run.denoise(self, &unet_inputs, on_stage, &mut on_step, &check)
                 .await?;
             for (latents, seed) in run.latents.into_iter().zip(run.seeds) {
                 check()?;
@@ -576,7 +674,7 @@ impl ImageGroup {
             start: 0,
             shape: (h, w),
             guidance_scale: params.guidance_scale,
-            cfg: params.uses_cfg(),
+            cfg: sd.uses_cfg(params),
             unet_extra: conditioning.unet_extra.clone(),
             blend_mask: conditioning.blend_mask.clone(),
         };
@@ -635,7 +733,7 @@ impl ImageGroup {
     async fn denoise(
         &mut self,
         sd: &StableDiffusion,
-        context: &Tensor,
+        unet_inputs: &UNetInputs,
         on_stage: &mut dyn FnMut(Stage),
         on_step: &mut Option<StepObserver<'_>>,
         check: &dyn Fn() -> Result<()>,
@@ -670,7 +768,13 @@ impl ImageGroup {
             };
             let t = timesteps[step] as f32;
             let prediction = sd
-                .predict_noise(&input, [batch, in_channels, h, w], t, context)
+                .predict_noise(
+                    &input,
+                    [batch, in_channels, h, w],
+                    t,
+                    &unet_inputs.context,
+                    &unet_inputs.conditioning(),
+                )
                 .await?;
             for k in 0..images {
                 let cond = &prediction[k * latent_len..(k + 1) * latent_len];
@@ -727,6 +831,141 @@ fn start_step(sampler: &dyn Sampler, params: &GenerationParams, from_image: bool
     let run = ((params.steps as f64 * f64::from(params.strength) + 1e-6).floor() as usize)
         .min(params.steps);
     (params.steps - run) * sampler.order()
+}
+
+/// The text encoders' output for a batch of prompts, on the GPU.
+#[derive(Debug)]
+pub struct PromptEmbeddings {
+    /// `encoder_hidden_states` `[prompts, 77, D]`.
+    pub hidden: Tensor,
+    /// SDXL's pooled `text_embeds` `[prompts, pooled]`.
+    pub pooled: Option<Tensor>,
+}
+
+/// What every UNet call of an image group is conditioned on, uploaded once per group: the
+/// context rows `[negative x images, prompt x images]` (or `[prompt x images]` without CFG),
+/// and LCM's guidance embedding or SDXL's pooled embeddings and time ids when the UNet takes them.
+struct UNetInputs {
+    context: Tensor,
+    timestep_cond: Option<Tensor>,
+    text_embeds: Option<Tensor>,
+    time_ids: Option<Tensor>,
+}
+
+impl UNetInputs {
+    fn new(
+        sd: &StableDiffusion,
+        params: &GenerationParams,
+        embeddings: &PromptEmbeddings,
+        context_rows: &[f32],
+        pooled_rows: Option<&[f32]>,
+        images: usize,
+    ) -> Result<Self> {
+        let ctx = &sd.ctx;
+        let context = repeat_rows(ctx, context_rows, embeddings.hidden.shape(), images)?;
+        let rows = context.shape()[0];
+        let config = sd.unet.config();
+        let timestep_cond = match config.time_cond_proj_dim {
+            Some(dim) => {
+                let w = guidance_scale_embedding(params.guidance_scale - 1.0, dim);
+                Some(ctx.upload_f32(&w.repeat(rows), &[rows, dim])?)
+            }
+            None => None,
+        };
+        let (text_embeds, time_ids) = match (config.addition_embed_type.as_deref(), pooled_rows) {
+            (Some(_), Some(pooled)) => {
+                let prompts = embeddings.hidden.shape()[0];
+                let width = pooled.len() / prompts;
+                let text_embeds = repeat_rows(ctx, pooled, &[prompts, 1, width], images)?
+                    .reshape(&[rows, width])?;
+                let ids = sdxl_time_ids(params.width, params.height);
+                let time_ids = ctx.upload_f32(&ids.repeat(rows), &[rows, ids.len()])?;
+                (Some(text_embeds), Some(time_ids))
+            }
+            (Some(kind), None) => {
+                return Err(ModelError::Unsupported {
+                    part: "unet",
+                    what: format!(
+                        "addition_embed_type {kind:?} without a second text encoder's pooled \
+                         embeddings (text_encoder_2 with a text_projection)"
+                    ),
+                });
+            }
+            (None, _) => (None, None),
+        };
+        Ok(Self {
+            context,
+            timestep_cond,
+            text_embeds,
+            time_ids,
+        })
+    }
+
+    fn conditioning(&self) -> UNetConditioning<'_> {
+        UNetConditioning {
+            timestep_cond: self.timestep_cond.as_ref(),
+            text_embeds: self.text_embeds.as_ref(),
+            time_ids: self.time_ids.as_ref(),
+        }
+    }
+}
+
+/// Tokenizes `prompts` with one tokenizer: the ids of all of them, each row's end-token position,
+/// and a warning for each prompt cut to fit.
+fn tokenize(
+    tokenizer: &ClipTokenizer,
+    prompts: &[&str],
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<u32>, Vec<usize>)> {
+    let mut ids = Vec::new();
+    let mut eos = Vec::new();
+    for prompt in prompts {
+        let encoded = tokenizer.encode(prompt)?;
+        if encoded.truncated {
+            warnings.push(format!(
+                "the prompt is longer than {} tokens; this part was cut: {:?}",
+                tokenizer.max_length(),
+                encoded.removed_text
+            ));
+        }
+        eos.push(encoded.tokens_used - 1);
+        ids.extend(encoded.ids);
+    }
+    Ok((ids, eos))
+}
+
+/// A pipeline's tokenizer from its folder (`tokenizer`, `tokenizer_2`): `tokenizer.json`, and
+/// `tokenizer_config.json` for the pad token when present.
+fn load_tokenizer(source: &ModelSource, folder: &str) -> Result<ClipTokenizer> {
+    let config_file = format!("{folder}/tokenizer_config.json");
+    let config = if source.has(&config_file) {
+        Some(source.read(&config_file)?)
+    } else {
+        None
+    };
+    Ok(ClipTokenizer::from_pipeline_files(
+        &source.read(&format!("{folder}/tokenizer.json"))?,
+        config.as_deref(),
+    )?)
+}
+
+/// A text encoder component (`text_encoder`, `text_encoder_2`) onto the GPU.
+fn load_text_encoder(
+    ctx: &Arc<GpuContext>,
+    source: &ModelSource,
+    component: &str,
+    config: &CLIPTextConfig,
+    matrices: DType,
+) -> Result<CLIPTextModel> {
+    let weights = source.weights(component)?;
+    CLIPTextModel::load(
+        config,
+        &Params {
+            ctx,
+            scope: weights.root(),
+            matrices,
+        },
+    )
 }
 
 /// The text hidden states `rows` (of `shape` `[prompts, L, D]`, on the host) with each prompt's row

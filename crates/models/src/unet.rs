@@ -1,6 +1,8 @@
 //! diffusers' `UNet2DConditionModel` (`models/unets/unet_2d_condition.py`) with the blocks of
 //! `unet_2d_blocks.py` that SD 1.x and 2.x use: `CrossAttnDownBlock2D`, `DownBlock2D`,
-//! `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`.
+//! `UNetMidBlock2DCrossAttn`, `UpBlock2D`, `CrossAttnUpBlock2D`; with the extra time
+//! conditioning of LCM-distilled models (`time_cond_proj_dim`: the guidance "w" embedding) and of
+//! SDXL (`addition_embed_type: text_time`: pooled text embeds and the size/crop time ids).
 
 use sd_core::config::UNet2DConditionConfig;
 use sd_kernels::ops::{self, Activation, Conv2dShape};
@@ -36,12 +38,40 @@ struct UpBlock {
     upsampler: Option<Upsample2D>,
 }
 
+/// SDXL's `text_time` addition embedding: `add_time_proj` (sinusoids of each time id) then
+/// `add_embedding`, an MLP over `[pooled text embeds, time id sinusoids]`.
+#[derive(Debug)]
+struct TextTimeEmbedding {
+    /// Sinusoid width per time id (`addition_time_embed_dim`).
+    time_dim: usize,
+    linear_1: Linear,
+    linear_2: Linear,
+}
+
+/// What a UNet call is conditioned on besides the timestep and the text hidden states; which
+/// fields a model needs follows from its config.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UNetConditioning<'a> {
+    /// `timestep_cond` `[B, time_cond_proj_dim]`: the guidance embedding of LCM-distilled
+    /// models (`time_cond_proj_dim` set).
+    pub timestep_cond: Option<&'a Tensor>,
+    /// `added_cond_kwargs["text_embeds"]` `[B, pooled]`: the second text encoder's pooled,
+    /// projected output (SDXL, `addition_embed_type: text_time`).
+    pub text_embeds: Option<&'a Tensor>,
+    /// `added_cond_kwargs["time_ids"]` `[B, 6]`: original size, crop top-left, target size
+    /// (SDXL).
+    pub time_ids: Option<&'a Tensor>,
+}
+
 /// The denoising UNet.
 #[derive(Debug)]
 pub struct UNet2DConditionModel {
     config: UNet2DConditionConfig,
+    /// `time_embedding.cond_proj` (LCM): the guidance embedding, added to the timestep's.
+    time_cond_proj: Option<Linear>,
     time_linear_1: Linear,
     time_linear_2: Linear,
+    text_time: Option<TextTimeEmbedding>,
     conv_in: Conv2d,
     down_blocks: Vec<DownBlock>,
     mid_block: MidBlock,
@@ -58,12 +88,17 @@ impl UNet2DConditionModel {
     /// Builds the UNet from its config, loading every weight by its diffusers name.
     pub fn load(config: &UNet2DConditionConfig, p: &Params<'_>) -> Result<Self> {
         let c = config;
-        if c.class_embed_type.is_some()
-            || c.addition_embed_type.is_some()
-            || c.time_cond_proj_dim.is_some()
+        if c.class_embed_type.is_some() || c.num_class_embeds.is_some() {
+            return Err(unsupported("class embeddings".into()));
+        }
+        if let Some(kind) = c.addition_embed_type.as_deref()
+            && kind != "text_time"
         {
+            return Err(unsupported(format!("addition_embed_type {kind:?}")));
+        }
+        if c.time_embedding_act_fn.is_some() || c.timestep_post_act.is_some() {
             return Err(unsupported(
-                "class, addition or guidance embeddings (SDXL, LCM)".into(),
+                "time_embedding_act_fn / timestep_post_act".into(),
             ));
         }
         if c.resnet_time_scale_shift != "default" || c.time_embedding_type != "positional" {
@@ -232,10 +267,36 @@ impl UNet2DConditionModel {
             });
         }
 
+        let time_cond_proj = c
+            .time_cond_proj_dim
+            .map(|dim| Linear::load(p, "time_embedding.cond_proj", dim, first, false))
+            .transpose()?;
+        let text_time = match c.addition_embed_type.as_deref() {
+            Some(_) => {
+                let (Some(input), Some(time_dim)) = (
+                    c.projection_class_embeddings_input_dim,
+                    c.addition_time_embed_dim,
+                ) else {
+                    return Err(unsupported(
+                        "text_time without projection_class_embeddings_input_dim and \
+                         addition_time_embed_dim"
+                            .into(),
+                    ));
+                };
+                Some(TextTimeEmbedding {
+                    time_dim,
+                    linear_1: Linear::load(p, "add_embedding.linear_1", input, temb, true)?,
+                    linear_2: Linear::load(p, "add_embedding.linear_2", temb, temb, true)?,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             config: c.clone(),
+            time_cond_proj,
             time_linear_1: Linear::load(p, "time_embedding.linear_1", first, temb, true)?,
             time_linear_2: Linear::load(p, "time_embedding.linear_2", temb, temb, true)?,
+            text_time,
             conv_in: Conv2d::load(
                 p,
                 "conv_in",
@@ -265,13 +326,15 @@ impl UNet2DConditionModel {
     }
 
     /// Records one UNet call: `sample` `[B, in, h, w]`, `timesteps` `[B]` (f32), `context`
-    /// `[B, L, D]` (text hidden states); returns the prediction `[B, out, h, w]`.
+    /// `[B, L, D]` (text hidden states), and the extra conditioning the config asks for;
+    /// returns the prediction `[B, out, h, w]`.
     pub fn forward(
         &self,
         batch: &mut Batch<'_>,
         sample: &Tensor,
         timesteps: &Tensor,
         context: &Tensor,
+        cond: &UNetConditioning<'_>,
     ) -> Result<Tensor> {
         let ctx = batch.context();
         let [b, ..] = *sample.shape() else {
@@ -289,9 +352,20 @@ impl UNet2DConditionModel {
             self.config.flip_sin_to_cos,
             self.config.freq_shift as f32,
         )?;
+        if let Some(cond_proj) = &self.time_cond_proj {
+            let w = cond
+                .timestep_cond
+                .ok_or_else(|| missing("timestep_cond", "LCM"))?;
+            let projected = cond_proj.forward(batch, w)?;
+            ops::residual_add(batch, &projected, &t_emb, 1.0)?;
+        }
         let h = self.time_linear_1.forward(batch, &t_emb)?;
         let h = layers::activation(batch, Activation::Silu, &h)?;
         let emb = self.time_linear_2.forward(batch, &h)?;
+        if let Some(text_time) = &self.text_time {
+            let aug = text_time.forward(batch, b, cond, &self.config)?;
+            ops::residual_add(batch, &aug, &emb, 1.0)?;
+        }
         // Every ResNet applies SiLU to the embedding first: do it once.
         let emb_silu = layers::activation(batch, Activation::Silu, &emb)?;
 
@@ -347,5 +421,54 @@ impl UNet2DConditionModel {
         }
         let h = self.conv_norm_out.forward(batch, &h, true)?;
         self.conv_out.forward(batch, &h)
+    }
+}
+
+/// A conditioning input the model's config asks for was not given.
+fn missing(what: &str, model: &str) -> ModelError {
+    ModelError::Shape(format!(
+        "this {model} UNet needs `{what}`, which was not given"
+    ))
+}
+
+impl TextTimeEmbedding {
+    /// `add_embedding(cat([text_embeds, add_time_proj(time_ids).reshape(B, -1)], -1))`.
+    fn forward(
+        &self,
+        batch: &mut Batch<'_>,
+        b: usize,
+        cond: &UNetConditioning<'_>,
+        config: &UNet2DConditionConfig,
+    ) -> Result<Tensor> {
+        let ctx = batch.context();
+        let text_embeds = cond
+            .text_embeds
+            .ok_or_else(|| missing("text_embeds", "SDXL"))?;
+        let time_ids = cond.time_ids.ok_or_else(|| missing("time_ids", "SDXL"))?;
+        let ids = time_ids.len();
+        if ids % b != 0 || text_embeds.shape().first() != Some(&b) {
+            return Err(ModelError::Shape(format!(
+                "text_embeds {:?} and time_ids {:?} must have {b} rows",
+                text_embeds.shape(),
+                time_ids.shape()
+            )));
+        }
+        let flat_ids = time_ids.reshape(&[ids])?;
+        let time_embeds = ctx.empty(&[ids, self.time_dim], DType::F32)?;
+        ops::timestep_embedding(
+            batch,
+            &flat_ids,
+            &time_embeds,
+            config.flip_sin_to_cos,
+            config.freq_shift as f32,
+        )?;
+        let time_embeds = time_embeds.reshape(&[b, ids / b * self.time_dim])?;
+        let pooled = text_embeds.len() / b;
+        let text_embeds = text_embeds.reshape(&[b, pooled])?;
+        let add_embeds = ctx.empty(&[b, pooled + ids / b * self.time_dim], DType::F32)?;
+        ops::concat_channels(batch, &text_embeds, &time_embeds, &add_embeds)?;
+        let h = self.linear_1.forward(batch, &add_embeds)?;
+        let h = layers::activation(batch, Activation::Silu, &h)?;
+        self.linear_2.forward(batch, &h)
     }
 }

@@ -13,7 +13,7 @@ use sd_kernels::{ContextOptions, DType, GpuContext};
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-use common::{fixtures, max_abs_diff, more_refs, tensor};
+use common::{assert_run_matches, fixtures, max_abs_diff, more_refs, run, tensor};
 
 fn context() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
@@ -93,55 +93,6 @@ fn params(prompt: &str, sampler: SamplerKind, strength: f32) -> GenerationParams
         strength,
         ..GenerationParams::default()
     }
-}
-
-/// Runs `params` from `inputs`; returns the output and every step's latents.
-fn run(
-    model: &StableDiffusion,
-    params: &GenerationParams,
-    inputs: &Inputs<'_>,
-) -> (sd_models::Generated, Vec<Vec<f32>>) {
-    let mut steps = Vec::new();
-    let mut on_step = |_: usize, latents: &[f32]| steps.push(latents.to_vec());
-    let out = pollster::block_on(model.generate(params, inputs, &mut |_| {}, Some(&mut on_step)))
-        .expect("generate");
-    (out, steps)
-}
-
-/// The share of image values within 2/255 of diffusers'.
-fn image_share_within(got: &[f32], want: &[f32]) -> f64 {
-    let close = got
-        .iter()
-        .zip(want)
-        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
-        .count();
-    close as f64 / want.len() as f64
-}
-
-/// Checks a run against diffusers': each step's latents (`steps[i]` against `want_steps[i]`),
-/// the final latents and the image; prints the worst errors.
-fn assert_run_matches(
-    label: &str,
-    out: &sd_models::Generated,
-    steps: &[Vec<f32>],
-    want_steps: &[&[f32]],
-    want_final: &[f32],
-    want_image: &[f32],
-) {
-    let mut worst = 0.0f32;
-    for (step, (got, want)) in steps.iter().zip(want_steps).enumerate() {
-        let err = max_abs_diff(got, want);
-        worst = worst.max(err);
-        assert!(err <= 1e-3, "{label} step {step}: {err:e} > 1e-3");
-    }
-    let final_err = max_abs_diff(&out.latents[0], want_final);
-    let share = image_share_within(&out.pixels[0], want_image);
-    println!(
-        "{label}: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
-        100.0 * share
-    );
-    assert!(final_err <= 1e-3, "{label}: final {final_err:e}");
-    assert!(share >= 0.99, "{label}: image {:.2} %", 100.0 * share);
 }
 
 #[test]

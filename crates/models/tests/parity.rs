@@ -104,7 +104,7 @@ fn unet_matches_diffusers_at_t500() {
         let context = ctx()
             .upload_f32(&reference("text_hidden_1"), &[1, 77, 64])
             .expect("upload");
-        let got = run(|b| model.forward(b, &sample, &t, &context));
+        let got = run(|b| model.forward(b, &sample, &t, &context, &Default::default()));
         let err = max_abs_diff(&got, &reference("unet_t500"));
         println!("unet_t500 {dtype:?}: max abs error {err:e}");
         assert!(err <= bound, "unet_t500 {dtype:?}: {err:e} > {bound:e}");
@@ -229,7 +229,7 @@ fn unet_with_row_chunked_feed_forward_matches_diffusers() {
         .expect("upload");
     let mut batch = ctx.batch();
     let out = model
-        .forward(&mut batch, &sample, &t, &context)
+        .forward(&mut batch, &sample, &t, &context, &Default::default())
         .expect("record");
     pollster::block_on(batch.submit()).expect("submit");
     let got = pollster::block_on(ctx.read_f32(&out)).expect("read back");

@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use sd_core::params::GenerationParams;
+use sd_models::{Generated, Inputs, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
 /// `shared/fixtures`, beside the repository.
@@ -51,4 +53,56 @@ pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
         .zip(want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max)
+}
+
+/// Runs `params` from `inputs`; returns the output and every step's latents.
+#[allow(dead_code)] // parity.rs runs no pipeline
+pub fn run(
+    model: &StableDiffusion,
+    params: &GenerationParams,
+    inputs: &Inputs<'_>,
+) -> (Generated, Vec<Vec<f32>>) {
+    let mut steps = Vec::new();
+    let mut on_step = |_: usize, latents: &[f32]| steps.push(latents.to_vec());
+    let out = pollster::block_on(model.generate(params, inputs, &mut |_| {}, Some(&mut on_step)))
+        .expect("generate");
+    (out, steps)
+}
+
+/// The share of image values within 2/255 of diffusers'.
+#[allow(dead_code)] // parity.rs runs no pipeline
+pub fn image_share_within(got: &[f32], want: &[f32]) -> f64 {
+    let close = got
+        .iter()
+        .zip(want)
+        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
+        .count();
+    close as f64 / want.len() as f64
+}
+
+/// Checks a run against diffusers': each step's latents (`steps[i]` against `want_steps[i]`),
+/// the final latents and the image; prints the worst errors.
+#[allow(dead_code)] // parity.rs runs no pipeline
+pub fn assert_run_matches(
+    label: &str,
+    out: &Generated,
+    steps: &[Vec<f32>],
+    want_steps: &[&[f32]],
+    want_final: &[f32],
+    want_image: &[f32],
+) {
+    let mut worst = 0.0f32;
+    for (step, (got, want)) in steps.iter().zip(want_steps).enumerate() {
+        let err = max_abs_diff(got, want);
+        worst = worst.max(err);
+        assert!(err <= 1e-3, "{label} step {step}: {err:e} > 1e-3");
+    }
+    let final_err = max_abs_diff(&out.latents[0], want_final);
+    let share = image_share_within(&out.pixels[0], want_image);
+    println!(
+        "{label}: steps within {worst:e}, final latents {final_err:e}, {:.2} % of image values within 2/255",
+        100.0 * share
+    );
+    assert!(final_err <= 1e-3, "{label}: final {final_err:e}");
+    assert!(share >= 0.99, "{label}: image {:.2} %", 100.0 * share);
 }
