@@ -5,7 +5,7 @@
 // PNGs and decides.
 //
 //   node tests/browser/run.mjs --base http://127.0.0.1:PORT --out DIR [--mode test|bench]
-//                              [--only first,second,corrupt,cancel,bad-input,img2img,inpaint,readme,no-webgpu]
+//                              [--only first,second,corrupt,cancel,bad-input,img2img,inpaint,readme,arch,no-webgpu]
 //                              [--reps N]
 //
 // The server at --base must serve the contract's routes (`/` the demo, `/pkg/` the package,
@@ -32,6 +32,10 @@
 //              inside and outside the square are counted in results.json)
 //   readme     the first ```js block of /pkg/README.md as a page's module script (import map
 //              "sd-wgsl" -> /pkg/index.js) -> readme.png
+//   arch       the other architectures: for each case of /arch/cases.json (the tiny SD 2, SD-Turbo,
+//              SDXL and LCM web models tests/tests/browser.rs converts), StableDiffusion.load its
+//              manifest and generate its request from its recorded starting latents (raw f32 at
+//              case.latents) -> arch-<name>.png
 //   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: the error code and the
 //              no-WebGPU banner it shows
 // Every phase records /__requests before and after. Console messages, page errors and failed
@@ -47,7 +51,7 @@ import os from "node:os";
 import path from "node:path";
 
 const PROMPT = "a red digit seven on a blue background";
-const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "img2img", "inpaint", "readme", "no-webgpu"];
+const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "img2img", "inpaint", "readme", "arch", "no-webgpu"];
 
 // img2img and inpainting, the contract's scenarios. The seeds, steps and strengths are here to be
 // tuned; tests/tests/browser.rs judges the pictures (img2img: 0/yellow/green; inpaint: digit 3 on
@@ -727,6 +731,53 @@ ${r.code}
       const got = await readmePage.evaluate(async () => window.__sdBytes(document.querySelector("body img").src));
       r.image = writeImage(got, "readme.png");
       await readmePage.close();
+    });
+  }
+  if (only.has("arch")) {
+    if (page) {
+      await page.close();
+      page = null;
+    }
+    await phase("arch", async (r) => {
+      const res = await fetch(`${args.base}/arch/cases.json`, { signal: AbortSignal.timeout(T.short) });
+      if (!res.ok) throw new Error(`GET /arch/cases.json: HTTP ${res.status}`);
+      const cases = await res.json();
+      const url = `${args.base}/arch-page.html`;
+      const html = `<!doctype html>
+<html><head><meta charset="utf-8"><title>architectures</title>
+<script type="importmap">${JSON.stringify({ imports: { "sd-wgsl": "/pkg/index.js" } })}</script>
+</head><body>
+<script type="module">
+import { StableDiffusion } from "sd-wgsl";
+window.__arch = async (c) => {
+  const sd = await StableDiffusion.load(c.manifest, { cache: false });
+  try {
+    const latents = new Float32Array(await (await fetch(c.latents)).arrayBuffer());
+    const [image] = await sd.generate({ ...c.request, initialLatents: latents });
+    return await window.__sdBytes(URL.createObjectURL(image.blob));
+  } finally {
+    await sd.dispose();
+  }
+};
+window.__archReady = true;
+</script>
+</body></html>
+`;
+      const archPage = await context.newPage();
+      watch(archPage, "arch");
+      await archPage.route(url, (route) =>
+        route.fulfill({ status: 200, contentType: "text/html; charset=utf-8", body: html }),
+      );
+      await archPage.goto(url, { timeout: T.navigate, waitUntil: "load" });
+      await archPage.waitForFunction(() => window.__archReady === true, null, { timeout: T.load, polling: 100 });
+      r.cases = {};
+      for (const c of cases) {
+        const started = Date.now();
+        const got = await archPage.evaluate((c) => window.__arch(c), c);
+        r.cases[c.name] = { ms: Date.now() - started, image: writeImage(got, `arch-${c.name}.png`) };
+        save();
+      }
+      await archPage.close();
     });
   }
   if (only.has("no-webgpu")) {

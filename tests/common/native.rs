@@ -52,3 +52,18 @@ pub fn generate(model: &StableDiffusion, params: &GenerationParams) -> Result<Ge
     pollster::block_on(model.generate(params, &Inputs::default(), &mut |_| {}, None))
         .map_err(|e| format!("native generation failed: {e}"))
 }
+
+/// Generates `params` from unit-noise starting `latents` instead of the seed's noise.
+#[allow(dead_code)] // the benchmark starts from the seed
+pub fn generate_from_latents(
+    model: &StableDiffusion,
+    params: &GenerationParams,
+    latents: &[f32],
+) -> Result<Generated, String> {
+    let inputs = Inputs {
+        initial_latents: Some(latents),
+        ..Inputs::default()
+    };
+    pollster::block_on(model.generate(params, &inputs, &mut |_| {}, None))
+        .map_err(|e| format!("native generation failed: {e}"))
+}

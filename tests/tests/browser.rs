@@ -23,6 +23,14 @@
 //!     sends is exactly that square, inpaint.png reads digit 3 on blue, and its 4-pixel border
 //!     stays near the input (mean absolute difference at most `MAX_INPAINT_BORDER_DIFF`);
 //!
+//! 11. the other architectures through the npm package: the tiny SD 2 (v-prediction, DDIM),
+//!     SD-Turbo (1 Euler step, no guidance), SDXL (two text encoders, Euler) and LCM (4 steps)
+//!     models of `shared/fixtures/tiny-arch`, converted to web models, each generating its
+//!     recorded run from its recorded starting latents: the image within 2/255 of diffusers'
+//!     `run_image` for 99 % of the values (LCM draws noise at every step, so its image is
+//!     compared with the native pipeline's, which `crates/models/tests/arch.rs` ties to
+//!     diffusers' draws);
+//!
 //! and that no page threw. Every failed check is listed in one panic message.
 //!
 //! The server also serves the shared fixtures at `/fixtures/` (the input image of 9 and 10).
@@ -183,8 +191,11 @@ fn demo_and_package_in_headless_chromium() {
     std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 
     let fixtures = judge::fixtures();
+    let arch_dir = out.join("arch");
+    write_arch_cases(&fixtures, &arch_dir);
     let mut routes = static_server::demo_routes(&root);
     routes.push(Route::new("/fixtures/", fixtures.clone()));
+    routes.push(Route::new("/arch/", arch_dir.clone()));
     let server = StaticServer::start(0, routes).expect("start the static server on 127.0.0.1");
     println!(
         "serving {} at {}; driving headless Chromium",
@@ -371,6 +382,14 @@ fn demo_and_package_in_headless_chromium() {
         judge_image(&mut checks, &out, "readme.png", what, SEVEN);
     }
 
+    // 11. The other architectures.
+    let what = "11 (SD 2, SD-Turbo, SDXL, LCM)";
+    if phase_ok(&mut checks, &results, "arch", what) {
+        for case in ARCH_CASES {
+            check_arch_case(&mut checks, &out, &fixtures, &arch_dir, case, what);
+        }
+    }
+
     // 8. A browser without WebGPU gets the honest message, not a broken page.
     let what = "8 (no WebGPU)";
     if phase_ok(&mut checks, &results, "no-webgpu", what) {
@@ -495,4 +514,158 @@ fn demo_and_package_in_headless_chromium() {
         results_file.display(),
         checks.failures.join("\n- ")
     );
+}
+
+/// One tiny-arch model's recorded run, as the browser generates it.
+struct ArchCase {
+    name: &'static str,
+    sampler: &'static str,
+    steps: usize,
+    guidance: f32,
+    /// Whether diffusers' `run_image` can be compared (false: the sampler draws noise).
+    deterministic: bool,
+}
+
+const ARCH_CASES: &[ArchCase] = &[
+    ArchCase {
+        name: "sd2-v",
+        sampler: "ddim",
+        steps: 10,
+        guidance: 5.0,
+        deterministic: true,
+    },
+    ArchCase {
+        name: "turbo",
+        sampler: "euler",
+        steps: 1,
+        guidance: 0.0,
+        deterministic: true,
+    },
+    ArchCase {
+        name: "sdxl",
+        sampler: "euler",
+        steps: 10,
+        guidance: 5.0,
+        deterministic: true,
+    },
+    ArchCase {
+        name: "lcm",
+        sampler: "lcm",
+        steps: 4,
+        guidance: 8.0,
+        deterministic: false,
+    },
+];
+
+/// A tensor of a tiny-arch model's diffusers references.
+fn arch_reference(fixtures: &Path, name: &str, tensor: &str) -> Vec<f32> {
+    let file = fixtures.join(format!("tiny-arch/{name}-refs.safetensors"));
+    let refs = sd_weights::SafetensorsFile::read(&file)
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    refs.tensor(tensor)
+        .unwrap_or_else(|| panic!("no {tensor} in {}", file.display()))
+        .to_f32()
+        .unwrap_or_else(|e| panic!("{tensor}: {e}"))
+}
+
+/// Converts each tiny-arch model to a web model under `dir/<name>/`, writes its recorded
+/// starting latents as raw little-endian f32 (`dir/<name>.latents`) and `dir/cases.json` for
+/// the driver's `arch` phase.
+fn write_arch_cases(fixtures: &Path, dir: &Path) {
+    let mut cases = Vec::new();
+    for case in ARCH_CASES {
+        let src = fixtures.join("tiny-arch").join(case.name);
+        sd_weights::web::convert_to_web(&src, &dir.join(case.name), Some(case.name))
+            .unwrap_or_else(|e| panic!("convert {}: {e}", src.display()));
+        let latents = arch_reference(fixtures, case.name, "init_latents");
+        let bytes: Vec<u8> = latents.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let latents_file = dir.join(format!("{}.latents", case.name));
+        std::fs::write(&latents_file, bytes)
+            .unwrap_or_else(|e| panic!("{}: {e}", latents_file.display()));
+        cases.push(serde_json::json!({
+            "name": case.name,
+            "manifest": format!("/arch/{}/manifest.json", case.name),
+            "latents": format!("/arch/{}.latents", case.name),
+            "request": {
+                "prompt": PROMPT,
+                "negativePrompt": "",
+                "sampler": case.sampler,
+                "steps": case.steps,
+                "guidanceScale": case.guidance,
+                "width": 64,
+                "height": 64,
+                "seed": 0,
+            },
+        }));
+    }
+    let file = dir.join("cases.json");
+    std::fs::write(&file, serde_json::Value::Array(cases).to_string())
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+}
+
+/// The browser's image of `case` against diffusers' `run_image` (or, for LCM, the native
+/// pipeline's image of the same web model, seed and latents).
+fn check_arch_case(
+    checks: &mut Checks,
+    out: &Path,
+    fixtures: &Path,
+    arch_dir: &Path,
+    case: &ArchCase,
+    what: &str,
+) {
+    let file = format!("arch-{}.png", case.name);
+    let path = out.join(&file);
+    if !path.is_file() {
+        checks.fail(format!("{what}: {file} was not written"));
+        return;
+    }
+    let (rgb, w, h) = judge::read_png_rgb(&path);
+    if (w, h) != (64, 64) {
+        checks.fail(format!("{what}: {file} is {w}x{h}, expected 64x64"));
+        return;
+    }
+    let got: Vec<f32> = rgb.iter().map(|&v| f32::from(v) / 255.0).collect();
+    let (want, against) = if case.deterministic {
+        (
+            arch_reference(fixtures, case.name, "run_image"),
+            "diffusers' run_image",
+        )
+    } else {
+        let model = native::load(&arch_dir.join(case.name)).unwrap_or_else(|e| panic!("{e}"));
+        let params = sd_core::params::GenerationParams {
+            prompt: PROMPT.into(),
+            negative_prompt: String::new(),
+            steps: case.steps,
+            guidance_scale: case.guidance,
+            sampler: sd_core::sampler::SamplerKind::parse(case.sampler)
+                .unwrap_or_else(|e| panic!("{e}")),
+            width: 64,
+            height: 64,
+            seed: 0,
+            ..sd_core::params::GenerationParams::default()
+        };
+        let latents = arch_reference(fixtures, case.name, "init_latents");
+        let native = native::generate_from_latents(&model, &params, &latents)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (native.pixels[0].clone(), "the native pipeline's image")
+    };
+    // The PNG's 8 bits add up to half a level to the difference.
+    let close = got
+        .iter()
+        .zip(&want)
+        .filter(|(a, b)| (*a - *b).abs() <= 2.5 / 255.0)
+        .count();
+    let share = close as f64 / want.len() as f64;
+    println!(
+        "{what}: {} in Chromium vs {against}: {:.2} % of values within 2/255",
+        case.name,
+        100.0 * share
+    );
+    checks.check(share >= 0.99, || {
+        format!(
+            "{what}: {}: only {:.2} % of the browser's image values are within 2/255 of {against}",
+            case.name,
+            100.0 * share
+        )
+    });
 }
