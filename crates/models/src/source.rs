@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use sd_weights::single_file::{self, SingleFileOptions};
 use sd_weights::{Renamer, SafetensorsFile, WeightSource, open_component};
 
 use crate::{ModelError, Result};
@@ -31,15 +32,28 @@ impl ModelSource {
         }
     }
 
-    /// A model folder on disk: a web model (`manifest.json` + shards, read and verified now)
-    /// or a diffusers folder (read as components are loaded).
+    /// A model on disk: a single-file `.safetensors` checkpoint in the original Stability/A1111
+    /// layout (read now, with the built-in configs of its architecture), a web model folder
+    /// (`manifest.json` + shards, read and verified now) or a diffusers folder (read as
+    /// components are loaded; a part its `model_index.json` lists but the folder lacks is an
+    /// error naming it). Pickle checkpoints (`.ckpt`, `.pt`, `.pth`, `.bin`) are refused.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        Self::open_with(path, &SingleFileOptions::default())
+    }
+
+    /// [`ModelSource::open`] with options for single-file checkpoints (a folder of configs
+    /// replacing the built-in ones, the prediction type); folders ignore them.
+    pub fn open_with(path: impl Into<PathBuf>, options: &SingleFileOptions) -> Result<Self> {
         let path = path.into();
-        if path.join(sd_weights::web::MANIFEST_FILE).is_file() {
-            Ok(Self::Memory(sd_weights::web::read_web_model(&path)?))
-        } else {
-            Ok(Self::folder(path))
+        if path.is_file() || single_file::is_pickle(&path) {
+            let model = single_file::open_single_file(&path, options)?;
+            return Ok(Self::Memory(model.files));
         }
+        if path.join(sd_weights::web::MANIFEST_FILE).is_file() {
+            return Ok(Self::Memory(sd_weights::web::read_web_model(&path)?));
+        }
+        check_parts(&path)?;
+        Ok(Self::folder(path))
     }
 
     /// Where the model is, for messages.
@@ -115,4 +129,44 @@ impl ModelSource {
             }
         }
     }
+}
+
+/// Checks that every part a diffusers folder's `model_index.json` lists (`unet`, `vae`,
+/// `text_encoder`, `scheduler`, ... with a class, not `[null, null]`) has its folder, so a
+/// partial download is reported by the part's name before anything is loaded. A folder without
+/// `model_index.json` is left to the loader, whose errors name each file.
+fn check_parts(folder: &Path) -> Result<()> {
+    let index = folder.join("model_index.json");
+    let Ok(text) = std::fs::read_to_string(&index) else {
+        return Ok(());
+    };
+    let Ok(serde_json::Value::Object(parts)) = serde_json::from_str::<serde_json::Value>(&text)
+    else {
+        return Err(ModelError::File {
+            path: index.display().to_string(),
+            reason: "not a JSON object".into(),
+        });
+    };
+    for (name, value) in &parts {
+        let class = match value.as_array().map(Vec::as_slice) {
+            Some([library, class]) if !library.is_null() && !class.is_null() => class,
+            _ => continue,
+        };
+        // Only the parts the pipeline loads; others (safety checker, feature extractor) may be
+        // left out of a download.
+        let needed = ["unet", "vae", "scheduler"].contains(&name.as_str())
+            || name.starts_with("text_encoder")
+            || name.starts_with("tokenizer");
+        if needed && !folder.join(name).is_dir() {
+            return Err(ModelError::File {
+                path: folder.join(name).display().to_string(),
+                reason: format!(
+                    "the model folder lacks its `{name}` part ({} in model_index.json): an \
+                     incomplete download or copy?",
+                    class.as_str().unwrap_or("listed")
+                ),
+            });
+        }
+    }
+    Ok(())
 }

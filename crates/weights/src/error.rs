@@ -147,6 +147,29 @@ pub enum WeightError {
         reason: String,
     },
 
+    /// A pickle checkpoint (`.ckpt`, `.pt`, `.pth`, `.bin`): refused, never unpickled, since
+    /// loading a pickle can run arbitrary code.
+    #[error(
+        "{}: pickle checkpoints (.ckpt, .pt, .pth, .bin) are refused: unpickling can run \
+         arbitrary code. Use the .safetensors version of the model, or convert it with a \
+         trusted tool",
+        .path.display()
+    )]
+    Pickle {
+        /// The file.
+        path: PathBuf,
+    },
+
+    /// A single-file checkpoint that is not a Stable Diffusion model this crate can read, or
+    /// lacks a part (UNet, VAE, a text encoder).
+    #[error("{file}: {reason}")]
+    SingleFile {
+        /// The checkpoint (its path or label).
+        file: String,
+        /// What is wrong (naming the missing part and the key prefix looked for).
+        reason: String,
+    },
+
     /// A web model's `manifest.json` is not one this version reads.
     #[error("{file}: invalid web model manifest: {reason}")]
     Manifest {

@@ -14,6 +14,9 @@
 //! - In [`diffusers`], [`open_component`] finds `unet/diffusion_pytorch_model[.fp16].safetensors`,
 //!   `text_encoder/model[.fp16].safetensors` or their sharded forms.
 //! - In [`convert`], [`to_f16_safetensors`] and [`convert_folder_f16`] write f16 checkpoints.
+//! - In [`single_file`], [`read_single_file`] reads a single-file checkpoint in the original
+//!   Stability/A1111 layout (SD 1.x, 2.x, XL) as the files of a diffusers folder;
+//!   [`write_single_file`] writes one.
 //! - In [`tokenizer`], [`ClipTokenizer`] turns prompts into CLIP token ids.
 //! - In [`web`], the web model format (`manifest.json` + fp16 shards named by their SHA-256):
 //!   [`web::convert_to_web`], [`web::WebManifest`], [`web::read_web_model`].
@@ -22,6 +25,7 @@ pub mod convert;
 pub mod diffusers;
 pub mod error;
 pub mod file;
+pub mod single_file;
 pub mod source;
 pub mod tokenizer;
 pub mod web;
@@ -34,5 +38,9 @@ pub use diffusers::{
 pub use error::{Result, WeightError};
 pub use file::{SafetensorsFile, TensorData};
 pub use safetensors::Dtype;
+pub use single_file::{
+    Architecture, SingleFileModel, SingleFileOptions, open_single_file, read_single_file,
+    write_single_file,
+};
 pub use source::{RenameFn, Renamer, Scope, WeightSource};
 pub use tokenizer::{ClipTokenizer, Encoded, PadToken, TokenizerError};
