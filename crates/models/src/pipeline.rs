@@ -594,6 +594,10 @@ impl StableDiffusion {
         };
         let configs = ModelConfigs {
             text_encoder: self.text_encoder.config(),
+            text_encoder_2: self
+                .text_encoder_2
+                .as_ref()
+                .map(|(_, model)| model.config()),
             unet: self.unet.config(),
             vae: &self.vae_config,
         };
@@ -944,9 +948,25 @@ fn load_tokenizer(source: &ModelSource, folder: &str) -> Result<ClipTokenizer> {
         None
     };
     Ok(ClipTokenizer::from_pipeline_files(
-        &source.read(&format!("{folder}/tokenizer.json"))?,
+        &tokenizer_json(source, folder)?,
         config.as_deref(),
     )?)
+}
+
+/// `<folder>/tokenizer.json`; natively, for a folder with only the slow tokenizer's
+/// `vocab.json` + `merges.txt` (the hub's SD repositories), the built-in CLIP `tokenizer.json`
+/// once those are checked to be CLIP's. (Not in the wasm build: web models carry
+/// `tokenizer.json`, which the converter adds the same way, and the browser download stays
+/// 3.6 MB smaller.)
+fn tokenizer_json(source: &ModelSource, folder: &str) -> Result<Vec<u8>> {
+    let file = format!("{folder}/tokenizer.json");
+    #[cfg(not(target_arch = "wasm32"))]
+    if !source.has(&file) && source.has(&format!("{folder}/vocab.json")) {
+        let vocab = source.read(&format!("{folder}/vocab.json"))?;
+        let merges = source.read(&format!("{folder}/merges.txt"))?;
+        return Ok(sd_weights::tokenizer::clip_tokenizer_json_for(&vocab, &merges)?.to_vec());
+    }
+    source.read(&file)
 }
 
 /// A text encoder component (`text_encoder`, `text_encoder_2`) onto the GPU.

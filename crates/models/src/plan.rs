@@ -124,6 +124,8 @@ impl Default for DeviceLimits {
 pub enum Part {
     /// The CLIP text encoder, once per generation.
     TextEncoder,
+    /// SDXL's second text encoder (OpenCLIP bigG with its projection), once per generation.
+    TextEncoder2,
     /// One UNet call, once per denoising step.
     UNet,
     /// The VAE decoder, once per image.
@@ -137,6 +139,7 @@ impl Part {
     pub fn prefix(self) -> &'static str {
         match self {
             Self::TextEncoder => "text_encoder",
+            Self::TextEncoder2 => "text_encoder_2",
             Self::UNet => "unet",
             Self::VaeDecoder | Self::VaeEncoder => "vae",
         }
@@ -146,6 +149,7 @@ impl Part {
     pub fn label(self) -> &'static str {
         match self {
             Self::TextEncoder => "text encoder",
+            Self::TextEncoder2 => "text encoder 2",
             Self::UNet => "UNet step",
             Self::VaeDecoder => "VAE decode",
             Self::VaeEncoder => "VAE encode",
@@ -189,6 +193,8 @@ impl PlanRequest {
 pub struct ModelConfigs<'a> {
     /// `text_encoder/config.json`.
     pub text_encoder: &'a CLIPTextConfig,
+    /// `text_encoder_2/config.json` (SDXL).
+    pub text_encoder_2: Option<&'a CLIPTextConfig>,
     /// `unet/config.json`.
     pub unet: &'a UNet2DConditionConfig,
     /// `vae/config.json`.
@@ -258,8 +264,21 @@ pub fn plan(
     let batch = request.unet_batch();
     let text_len = configs.text_encoder.max_position_embeddings;
     let (latent_h, latent_w) = (height / factor, width / factor);
-    let parts = vec![
-        plan_text_encoder(configs.text_encoder, batch, limits)?,
+    let mut parts = vec![plan_text_encoder(
+        configs.text_encoder,
+        Part::TextEncoder,
+        batch,
+        limits,
+    )?];
+    if let Some(second) = configs.text_encoder_2 {
+        parts.push(plan_text_encoder(
+            second,
+            Part::TextEncoder2,
+            batch,
+            limits,
+        )?);
+    }
+    parts.extend([
         plan_unet(
             configs.unet,
             &UNetInputs {
@@ -272,7 +291,7 @@ pub fn plan(
         )?,
         plan_vae_decoder(configs.vae, latent_h, latent_w, limits)?,
         plan_vae_encoder(configs.vae, height, width, limits)?,
-    ];
+    ]);
     let weight_bytes = parts.iter().map(|p| p.summary.weight_bytes).sum();
     let mut worst = Part::TextEncoder;
     let mut worst_peak = 0;

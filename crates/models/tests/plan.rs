@@ -51,6 +51,7 @@ impl Configs {
     fn models(&self) -> ModelConfigs<'_> {
         ModelConfigs {
             text_encoder: &self.text_encoder,
+            text_encoder_2: None,
             unet: &self.unet,
             vae: &self.vae,
         }
@@ -443,5 +444,148 @@ fn planned_weights_match_every_fixture_checkpoint() -> TestResult {
             &file,
         );
     }
+    Ok(())
+}
+
+/// The published configs of SD 2.1, SD-Turbo, SDXL and SDXL-Turbo (`tests/configs/`, checked
+/// against candle's in `tests/tests/arch_vs_candle.rs`).
+fn published(name: &str) -> Result<Configs, Box<dyn std::error::Error>> {
+    Configs::load(
+        &Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/configs")
+            .join(name),
+    )
+}
+
+/// Every binding of every op within `max_storage_binding`, every buffer within `max_buffer`.
+fn assert_within(label: &str, p: &PartPlan, limits: &DeviceLimits) {
+    for op in &p.ops {
+        for (role, name, bytes) in p.bindings(op) {
+            assert!(
+                bytes <= limits.max_storage_binding,
+                "{label}: {}: {role} {name} is {bytes} bytes",
+                op.name
+            );
+        }
+    }
+    assert!(
+        p.pool.iter().all(|&b| b <= limits.max_buffer),
+        "{label}: a {:?} pool buffer is over {} bytes",
+        p.part,
+        limits.max_buffer
+    );
+    assert!(p.summary.pool_bytes >= p.summary.activation_peak, "{label}");
+}
+
+/// Plans `name` at its native size (with CFG unless it is a turbo model) within WebGPU's
+/// default limits.
+fn published_fits(
+    name: &str,
+    size: u32,
+    cfg: bool,
+) -> Result<(Configs, MemoryPlan), Box<dyn std::error::Error>> {
+    let configs = published(name)?;
+    let native = configs
+        .unet
+        .sample_size
+        .as_ref()
+        .map(|s| match s {
+            sd_core::config::OneOrMany::One(n) => *n,
+            sd_core::config::OneOrMany::Many(v) => v[0],
+        })
+        .ok_or("no sample_size")?
+        * configs.vae.scale_factor();
+    assert_eq!(native, size as usize, "{name}'s native size");
+    let limits = DeviceLimits::WEBGPU_DEFAULT;
+    let request = PlanRequest {
+        classifier_free_guidance: cfg,
+        ..PlanRequest::new(size, size)
+    };
+    let plan = plan(&configs.models(), &request, &limits).map_err(|e| format!("{name}: {e}"))?;
+    println!("{name} at {size}x{size}:\n{plan}");
+    for p in &plan.parts {
+        let s = &p.summary;
+        println!(
+            "  {}: {} parameters; peak at {}; largest binding {} ({} bytes); largest buffer {}",
+            p.part.label(),
+            s.weight_params,
+            s.peak_op,
+            s.largest_binding.name,
+            s.largest_binding.bytes,
+            s.largest_buffer.name
+        );
+        assert_within(name, p, &limits);
+    }
+    assert_eq!(
+        part(&plan, Part::UNet)?
+            .tensor("unet.sample")
+            .map(|t| t.shape.batch()),
+        Some(if cfg { 2 } else { 1 })
+    );
+    Ok((configs, plan))
+}
+
+#[test]
+fn sd21_768_fits_webgpu_default_limits() -> TestResult {
+    let (_, plan) = published_fits("sd21", 768, true)?;
+    // The published model: 865.9 M UNet parameters, OpenCLIP-H's 23 layers (340.4 M), SD's
+    // VAE (83.7 M).
+    assert_eq!(part(&plan, Part::UNet)?.summary.weight_params, 865_910_724);
+    assert_eq!(
+        part(&plan, Part::TextEncoder)?.summary.weight_params,
+        340_387_840
+    );
+    let vae = part(&plan, Part::VaeDecoder)?.summary.weight_params
+        + part(&plan, Part::VaeEncoder)?.summary.weight_params;
+    assert_eq!(vae, 83_653_863);
+    Ok(())
+}
+
+#[test]
+fn turbo_models_fit_webgpu_default_limits_at_512_without_cfg() -> TestResult {
+    for name in ["sd-turbo", "sdxl-turbo"] {
+        published_fits(name, 512, false)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sdxl_1024_fits_webgpu_default_limits() -> TestResult {
+    let (configs, plan) = published_fits("sdxl", 1024, true)?;
+    // The published UNet: 2.567 B parameters, with the `text_time` addition embedding.
+    let unet = part(&plan, Part::UNet)?;
+    assert_eq!(unet.summary.weight_params, 2_567_463_684);
+    assert!(
+        unet.weights
+            .iter()
+            .any(|w| w.name.ends_with("add_embedding.linear_1.weight") && w.shape == [1280, 2816]),
+        "the text_time embedding is planned"
+    );
+    // CLIP-L is SD 1.5's encoder.
+    assert_eq!(
+        part(&plan, Part::TextEncoder)?.summary.weight_params,
+        123_060_480
+    );
+    // The second encoder (OpenCLIP-bigG, 32 layers, with its 1280 x 1280 `text_projection`),
+    // planned on its own: 694.7 M parameters (693.0 M + 1.6 M).
+    let text_2 = CLIPTextConfig::from_json(
+        "sdxl/text_encoder_2/config.json",
+        &read(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/configs/sdxl/text_encoder_2/config.json"),
+        )?,
+    )?;
+    let limits = DeviceLimits::WEBGPU_DEFAULT;
+    let big_g = sd_models::plan::plan_text_encoder(&text_2, Part::TextEncoder2, 2, &limits)?;
+    println!(
+        "sdxl text_encoder_2: {} parameters, largest binding {} ({} bytes)",
+        big_g.summary.weight_params,
+        big_g.summary.largest_binding.name,
+        big_g.summary.largest_binding.bytes
+    );
+    assert_within("sdxl text_encoder_2", &big_g, &limits);
+    assert_eq!(big_g.summary.weight_params, 694_659_840);
+    // SDXL's VAE is SD's.
+    assert_eq!(configs.vae.block_out_channels, vec![128, 256, 512, 512]);
     Ok(())
 }

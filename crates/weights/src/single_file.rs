@@ -32,10 +32,7 @@ use crate::diffusers::{find_component_files, read_component_files};
 use crate::error::{Result, WeightError};
 use crate::file::SafetensorsFile;
 
-/// CLIP's BPE tokenizer (`tokenizer.json`, the same vocabulary for SD 1.x's CLIP ViT-L and the
-/// OpenCLIP encoders of SD 2.x and SDXL): the embedded model's copy, given to single-file
-/// models, which carry no tokenizer.
-pub const CLIP_TOKENIZER_JSON: &[u8] = include_bytes!("../../sd/model/tokenizer/tokenizer.json");
+pub use crate::tokenizer::CLIP_TOKENIZER_JSON;
 
 /// File extensions of pickle checkpoints, which are refused.
 pub const PICKLE_EXTENSIONS: [&str; 4] = ["ckpt", "pt", "pth", "bin"];

@@ -69,6 +69,84 @@ pub enum TokenizerError {
         /// The `tokenizers` crate's message.
         reason: String,
     },
+    /// A folder with only the slow tokenizer's `vocab.json` and `merges.txt` whose vocabulary is
+    /// not CLIP's, so the built-in `tokenizer.json` cannot stand in for it.
+    #[error("{file}: {reason}; add the tokenizer's tokenizer.json to the folder")]
+    SlowTokenizer {
+        /// `vocab.json` or `merges.txt`.
+        file: &'static str,
+        /// What differs.
+        reason: String,
+    },
+}
+
+/// CLIP's BPE tokenizer as transformers' fast tokenizer saves it (`tokenizer.json`): the
+/// vocabulary of SD 1.x's CLIP ViT-L and of the OpenCLIP encoders of SD 2.x and SDXL. The
+/// built-in model's copy; it stands in for single-file checkpoints, which carry no tokenizer,
+/// and for folders that keep only the slow tokenizer's files ([`clip_tokenizer_json_for`]).
+pub const CLIP_TOKENIZER_JSON: &[u8] = include_bytes!("../../sd/model/tokenizer/tokenizer.json");
+
+/// The `tokenizer.json` for a pipeline tokenizer folder that transformers' slow
+/// `CLIPTokenizer` saved (`vocab.json` + `merges.txt`, no `tokenizer.json`: how the hub's
+/// Stable Diffusion repositories keep it): [`CLIP_TOKENIZER_JSON`], after checking that the
+/// folder's vocabulary and merges are exactly CLIP's, so the stand-in tokenizes the same.
+///
+/// # Errors
+///
+/// [`TokenizerError::SlowTokenizer`] naming the file that is not valid or not CLIP's.
+pub fn clip_tokenizer_json_for(
+    vocab_json: &[u8],
+    merges_txt: &[u8],
+) -> Result<&'static [u8], TokenizerError> {
+    let differs = |file, reason: String| TokenizerError::SlowTokenizer { file, reason };
+    let builtin: serde_json::Value = serde_json::from_slice(CLIP_TOKENIZER_JSON)
+        .map_err(|e| differs("vocab.json", format!("the built-in tokenizer.json: {e}")))?;
+    let vocab: serde_json::Value = serde_json::from_slice(vocab_json)
+        .map_err(|e| differs("vocab.json", format!("not JSON: {e}")))?;
+    if vocab != builtin["model"]["vocab"] {
+        return Err(differs(
+            "vocab.json",
+            "the vocabulary is not CLIP's 49408 tokens".into(),
+        ));
+    }
+    let merges = std::str::from_utf8(merges_txt)
+        .map_err(|_| differs("merges.txt", "not UTF-8 text".into()))?;
+    // merges.txt: a `#version` line, then one `left right` pair per line.
+    let theirs = merges
+        .lines()
+        .filter(|line| !line.starts_with("#version") && !line.is_empty());
+    let ours = builtin["model"]["merges"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let mut count = 0;
+    for (line, pair) in theirs.zip(
+        ours.iter()
+            .chain(std::iter::repeat(&serde_json::Value::Null)),
+    ) {
+        let expected = match pair {
+            serde_json::Value::Array(parts) => parts
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join(" "),
+            serde_json::Value::String(text) => text.clone(),
+            _ => String::new(),
+        };
+        if line != expected {
+            return Err(differs(
+                "merges.txt",
+                format!("merge {} is `{line}`, CLIP's is `{expected}`", count + 1),
+            ));
+        }
+        count += 1;
+    }
+    if count != ours.len() {
+        return Err(differs(
+            "merges.txt",
+            format!("{count} merges, CLIP has {}", ours.len()),
+        ));
+    }
+    Ok(CLIP_TOKENIZER_JSON)
 }
 
 /// The pad token, by id or by its text (looked up in the vocabulary).

@@ -285,6 +285,7 @@ pub fn convert_to_web(src: &Path, dst: &Path, name: Option<&str>) -> Result<WebR
     let mut report_skipped = Vec::new();
     let mut overflowed = Vec::new();
     collect_text_files(&src_abs, "", &mut manifest.files, &mut report_skipped)?;
+    add_fast_tokenizers(&mut manifest.files)?;
     for (component, path) in sorted_entries(&src_abs)? {
         let is_component = std::fs::metadata(&path).map_err(io(&path))?.is_dir()
             && sorted_entries(&path)?
@@ -383,6 +384,36 @@ fn write_shard(
 }
 
 /// Every non-weight, non-hidden UTF-8 file under `dir`, by its `/`-separated relative path.
+/// Gives every tokenizer folder that has only the slow tokenizer's `vocab.json` + `merges.txt`
+/// the `tokenizer.json` the loader reads (CLIP's, after checking they are CLIP's).
+fn add_fast_tokenizers(files: &mut BTreeMap<String, String>) -> Result<()> {
+    let slow: Vec<String> = files
+        .keys()
+        .filter_map(|name| name.strip_suffix("/vocab.json"))
+        .filter(|folder| {
+            files.contains_key(&format!("{folder}/merges.txt"))
+                && !files.contains_key(&format!("{folder}/tokenizer.json"))
+        })
+        .map(str::to_owned)
+        .collect();
+    for folder in slow {
+        let json = crate::tokenizer::clip_tokenizer_json_for(
+            files[&format!("{folder}/vocab.json")].as_bytes(),
+            files[&format!("{folder}/merges.txt")].as_bytes(),
+        )
+        .map_err(|e| WeightError::Manifest {
+            file: format!("{folder}/vocab.json"),
+            reason: e.to_string(),
+        })?;
+        let text = String::from_utf8(json.to_vec()).map_err(|_| WeightError::Manifest {
+            file: format!("{folder}/tokenizer.json"),
+            reason: "the built-in tokenizer.json is not UTF-8".into(),
+        })?;
+        files.insert(format!("{folder}/tokenizer.json"), text);
+    }
+    Ok(())
+}
+
 fn collect_text_files(
     dir: &Path,
     prefix: &str,

@@ -504,3 +504,45 @@ fn sdxl_second_tokenizer_pads_with_exclamation_mark() -> TestResult {
     assert!(ClipTokenizer::from_bytes(b"{}", PadToken::Id(0)).is_err());
     Ok(())
 }
+
+/// A folder saved by transformers' slow `CLIPTokenizer` has `vocab.json` + `merges.txt` only
+/// (the hub's SD repositories): the built-in CLIP `tokenizer.json` stands in for exactly CLIP's
+/// vocabulary and merges, and anything else is refused naming the file.
+#[test]
+fn the_slow_tokenizer_files_get_clips_tokenizer_json_only_when_they_are_clips() -> TestResult {
+    let dir = fixtures().join("tiny-sd-digits/tokenizer");
+    let vocab = std::fs::read(dir.join("vocab.json"))?;
+    let merges = std::fs::read(dir.join("merges.txt"))?;
+    let json = tokenizer::clip_tokenizer_json_for(&vocab, &merges)?;
+    assert_eq!(json, tokenizer::CLIP_TOKENIZER_JSON);
+    let stand_in = ClipTokenizer::from_bytes(json, PadToken::Token(tokenizer::EOS_TOKEN.into()))?;
+    let own = ClipTokenizer::from_bytes(
+        &std::fs::read(dir.join("tokenizer.json"))?,
+        PadToken::Token(tokenizer::EOS_TOKEN.into()),
+    )?;
+    let prompt = "a red digit seven on a blue background, photo-realistic!";
+    assert_eq!(stand_in.encode(prompt)?, own.encode(prompt)?);
+
+    let other_vocab = String::from_utf8(vocab.clone())?.replacen("\"a</w>\"", "\"b</w>\"", 1);
+    let err = tokenizer::clip_tokenizer_json_for(other_vocab.as_bytes(), &merges)
+        .expect_err("another vocabulary");
+    assert!(err.to_string().starts_with("vocab.json"), "{err}");
+
+    let text = String::from_utf8(merges)?;
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.swap(1, 2);
+    let err = tokenizer::clip_tokenizer_json_for(&vocab, lines.join("\n").as_bytes())
+        .expect_err("other merges");
+    assert!(err.to_string().starts_with("merges.txt"), "{err}");
+    let err = tokenizer::clip_tokenizer_json_for(
+        &vocab,
+        text.lines()
+            .take(100)
+            .collect::<Vec<_>>()
+            .join("\n")
+            .as_bytes(),
+    )
+    .expect_err("fewer merges");
+    assert!(err.to_string().contains("merges"), "{err}");
+    Ok(())
+}

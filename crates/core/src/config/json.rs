@@ -145,3 +145,10 @@ impl<'de> MapAccess<'de> for Entries<'de> {
         Some(self.iter.len())
     }
 }
+
+/// A boolean flag that published configs sometimes write as `null` (SDXL's
+/// `"upcast_attention": null`): `null` reads as diffusers' default, `false`.
+pub(crate) fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    use serde::Deserialize as _;
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
+}

@@ -33,7 +33,7 @@ pub struct UNet2DConditionConfig {
     /// `out_channels`: channels of the prediction (4).
     pub out_channels: usize,
     /// `center_input_sample`: whether the input is mapped with `2 * x - 1` first (default false).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub center_input_sample: bool,
     /// `flip_sin_to_cos`: whether the sinusoidal timestep embedding puts cosines first
     /// (default true).
@@ -107,11 +107,11 @@ pub struct UNet2DConditionConfig {
     #[serde(default)]
     pub num_attention_heads: Option<OneOrMany<usize>>,
     /// `dual_cross_attention`: two transformers per attention layer (default false; not SD).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub dual_cross_attention: bool,
     /// `use_linear_projection`: whether the transformers' `proj_in`/`proj_out` are linear
     /// layers on tokens (SD 2, SDXL) instead of 1x1 convolutions (SD 1.x) (default false).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub use_linear_projection: bool,
     /// `class_embed_type`: an extra class embedding summed with the time embedding (default
     /// none).
@@ -130,7 +130,7 @@ pub struct UNet2DConditionConfig {
     pub num_class_embeds: Option<usize>,
     /// `upcast_attention`: whether diffusers computes attention scores in f32 even in f16
     /// (default false; SD 2.1: true). Our attention kernel always accumulates in f32.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub upcast_attention: bool,
     /// `resnet_time_scale_shift`: how ResNets apply the time embedding: `default` (added) or
     /// `scale_shift` (default `default`).
@@ -138,7 +138,7 @@ pub struct UNet2DConditionConfig {
     pub resnet_time_scale_shift: String,
     /// `resnet_skip_time_act`: whether ResNets skip the activation before `time_emb_proj`
     /// (default false).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub resnet_skip_time_act: bool,
     /// `resnet_out_scale_factor`: ResNet output scale (default 1).
     #[serde(default = "default_one_f64")]
@@ -178,7 +178,7 @@ pub struct UNet2DConditionConfig {
     pub attention_type: String,
     /// `class_embeddings_concat`: concatenate instead of adding the class embedding (default
     /// false).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::json::null_as_false")]
     pub class_embeddings_concat: bool,
     /// `mid_block_only_cross_attention`: `only_cross_attention` of a simple-cross-attention
     /// middle block (default: `only_cross_attention` when that is a single value, else false).

@@ -11,25 +11,37 @@ use super::{DeviceLimits, Part, PartPlan, PlanError};
 
 /// Plans one text-encoder call on `batch` prompts of `max_position_embeddings` (77) tokens:
 /// two per image with classifier-free guidance (the negative or empty prompt, and the prompt).
+/// `part` is [`Part::TextEncoder`] or, for SDXL's `CLIPTextModelWithProjection`,
+/// [`Part::TextEncoder2`], which adds the pooled output's `text_projection`.
 ///
 /// # Errors
 ///
 /// [`PlanError::Limit`] for a buffer that does not fit (at tiny limits: the token embedding).
 pub fn plan_text_encoder(
     config: &CLIPTextConfig,
+    part: Part,
     batch: usize,
     limits: &DeviceLimits,
 ) -> Result<PartPlan, PlanError> {
-    let mut g = Graph::new(Part::TextEncoder, *limits, 0);
+    let mut g = Graph::new(part, *limits, 0);
     let len = config.max_position_embeddings;
     let ids = g.tensor("input_ids", Shape::Flat { len: batch * len })?;
     g.op("inputs", OpKind::Input, vec![write("input_ids", ids)])?;
     let hidden = clip_text_transformer(&mut g, config, ids, batch)?;
-    g.op(
-        "outputs",
-        OpKind::Output,
-        vec![read("last_hidden_state", hidden)],
-    )?;
+    let mut outputs = vec![read("last_hidden_state", hidden)];
+    if part == Part::TextEncoder2 {
+        // The end token's row of each prompt, projected: `text_embeds`.
+        let rows = g.tokens("pooled_output", batch, 1, config.hidden_size)?;
+        g.op(
+            "pooled_output",
+            OpKind::GatherRows,
+            vec![read("hidden", hidden), write("y", rows)],
+        )?;
+        let out = config.projection_dim.unwrap_or(512);
+        let text_embeds = linear(&mut g, "text_projection", rows, out, false)?;
+        outputs.push(read("text_embeds", text_embeds));
+    }
+    g.op("outputs", OpKind::Output, outputs)?;
     g.finish()
 }
 

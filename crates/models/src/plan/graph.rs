@@ -323,6 +323,9 @@ pub enum OpKind {
     UpsampleNearest,
     /// `y = [a, b]` along channels (NCHW) or features (tokens).
     Concat,
+    /// Rows of the input copied into the output (buffer copies, no kernel): the end token's
+    /// hidden state for a pooled text output.
+    GatherRows,
     /// `[n, c, h, w]` to `[n, h*w, c]`.
     NchwToTokens,
     /// `[n, h*w, c]` to `[n, c, h, w]`.
