@@ -22,7 +22,8 @@ commands:
   build-wasm        the npm package in target/npm/sd-wgsl: sd-web for wasm32 (release) through
                     wasm-bindgen (installed at the Cargo.lock version if missing), plus
                     crates/web/js
-  convert [SRC DST] a diffusers folder to the web format (manifest.json + shards); default:
+  convert [SRC DST] a diffusers folder or a single-file .safetensors checkpoint to the web
+                    format (manifest.json + shards); default:
                     the embedded model (crates/sd/model) to target/web-models/digits
   serve [--port N]  build-wasm, convert, then serve the demo at http://127.0.0.1:8080 (or N)
   bench             the digits model at 64x64, 20 steps, CFG: per stage and whole, against

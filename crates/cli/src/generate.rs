@@ -59,8 +59,11 @@ pub struct GenerateArgs {
     /// Output PNG; with --count > 1, `-<i>` is added before the extension.
     #[arg(long, default_value = "sd.png")]
     pub out: PathBuf,
-    /// A preset (`digits`, built in: the default), a model folder (diffusers or web format),
-    /// or a folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
+    /// A preset (`digits`, built in: the default; hub presets such as `sd15`, `sd-turbo` or
+    /// `sdxl` download into the Hugging Face cache on first use, see `sd models`), a model
+    /// folder (diffusers or web format), a single-file .safetensors checkpoint (SD 1.x, 2.x,
+    /// XL in the original layout; .ckpt pickles are refused), or a folder or file name under
+    /// $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
     #[arg(long)]
     pub model: Option<String>,
     /// Initial latents (unit noise, count x 4 x h/8 x w/8 values): a .safetensors file with one
@@ -70,6 +73,11 @@ pub struct GenerateArgs {
     /// Keep weight matrices in f32 on the GPU (twice the memory; for comparisons).
     #[arg(long)]
     pub f32_weights: bool,
+    /// With a single-file .safetensors --model: a folder of diffusers configs
+    /// (unet/config.json, scheduler/scheduler_config.json, ...) to use instead of the built-in
+    /// published configs of the checkpoint's architecture.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub model_config: Option<PathBuf>,
 }
 
 /// What a `generate` run did.
@@ -171,19 +179,26 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     } else {
         ProgressBar::hidden()
     };
-    bar.set_style(
+    let steps_style =
         ProgressStyle::with_template("{spinner} {msg:<12} [{bar:30}] {pos}/{len} steps, ETA {eta}")
             .context("progress bar template")?
-            .progress_chars("=> "),
-    );
+            .progress_chars("=> ");
+    bar.set_style(steps_style.clone());
     bar.enable_steady_tick(Duration::from_millis(120));
     let mut timings = Vec::new();
     let start = Instant::now();
 
     bar.set_message("load");
     let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = Model::load_with(spec, &LoadOptions::new().f32_weights(args.f32_weights))
-        .with_context(|| format!("--model {spec}"))?;
+    let mut load_options = LoadOptions::new().f32_weights(args.f32_weights);
+    load_options.model_config = args.model_config.clone();
+    let mut download = crate::download::DownloadReporter::new(bar.clone());
+    let model =
+        Model::load_with_download_progress(spec, &load_options, &mut |p| download.update(p))
+            .with_context(|| format!("--model {spec}"))?;
+    // A preset's download restyled the bar for bytes.
+    bar.set_style(steps_style);
+    bar.set_message("load");
     timings.push(("load".to_string(), start.elapsed()));
 
     let mut stage_start = Instant::now();

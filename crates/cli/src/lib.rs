@@ -2,5 +2,6 @@
 //! tests run exactly the CLI's code path).
 
 pub mod bench;
+pub mod download;
 pub mod generate;
 pub mod serve;

@@ -23,26 +23,35 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt (the built-in digits model unless --model is given).
     Generate(generate::GenerateArgs),
-    /// List the models available without a download: the presets, then the model folders in
-    /// $DIFFUSION_MODELS_PATH and $MODELS_PATH (what --model takes by name).
-    Models,
+    /// List the models --model takes by name: the presets (hub presets marked downloaded or
+    /// not, from the Hugging Face cache, asking no server), then the model folders in
+    /// $DIFFUSION_MODELS_PATH and $MODELS_PATH.
+    Models {
+        #[command(subcommand)]
+        action: Option<ModelsCommand>,
+    },
     /// Serve the local HTTP API (POST /v1/images/generations, SSE progress, cancel, /health)
     /// with the model loaded once.
     Serve(serve::ServeArgs),
-    /// Convert a diffusers model folder to f16 safetensors (half the size), configs copied;
-    /// with --web, to the web format (manifest.json + fp16 shards named by their SHA-256) that
-    /// the npm package fetches and `--model` also reads.
+    /// Convert a diffusers model folder or a single-file .safetensors checkpoint (SD 1.x, 2.x,
+    /// XL in the original layout) to a diffusers folder of f16 safetensors (half the size),
+    /// configs copied; with --web, to the web format (manifest.json + fp16 shards named by
+    /// their SHA-256) that the npm package fetches and `--model` also reads.
     Convert {
-        /// The diffusers folder to read.
+        /// The diffusers folder or single .safetensors file to read.
         src: PathBuf,
         /// The folder to write (must not exist inside the source).
         dst: PathBuf,
         /// Write the web format instead of a diffusers folder.
         #[arg(long)]
         web: bool,
-        /// The model's name in the web manifest (default: the source folder's name).
+        /// The model's name in the web manifest (default: the source folder's or file's name).
         #[arg(long, requires = "web")]
         name: Option<String>,
+        /// For a single-file source: a folder of diffusers configs to use instead of the
+        /// built-in published configs of its architecture.
+        #[arg(long, value_name = "DIR")]
+        model_config: Option<PathBuf>,
     },
     /// Print the GPU adapter the kernels run on, its limits and the f16 path.
     ///
@@ -55,6 +64,12 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// The same list (`sd models` alone lists too).
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,8 +114,12 @@ fn run(cli: Cli) -> Result<()> {
             dst,
             web: true,
             name,
+            model_config,
         } => {
-            let report = sd_weights::web::convert_to_web(&src, &dst, name.as_deref())?;
+            let single = SingleFileFolder::new(&src, model_config.as_deref())?;
+            let name = name.or_else(|| single.as_ref().map(|s| s.name.clone()));
+            let src = single.as_ref().map_or(src.as_path(), |s| s.dir.as_path());
+            let report = sd_weights::web::convert_to_web(src, &dst, name.as_deref())?;
             let manifest = &report.manifest;
             println!(
                 "{}: {} tensors in {} shards, {:.1} MiB",
@@ -121,8 +140,15 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Convert { src, dst, .. } => {
-            let report = sd_weights::convert_folder_f16(&src, &dst, None)?;
+        Command::Convert {
+            src,
+            dst,
+            model_config,
+            ..
+        } => {
+            let single = SingleFileFolder::new(&src, model_config.as_deref())?;
+            let src = single.as_ref().map_or(src.as_path(), |s| s.dir.as_path());
+            let report = sd_weights::convert_folder_f16(src, &dst, None)?;
             for component in &report.components {
                 println!("{component:?}");
             }
@@ -130,20 +156,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info => info(),
-        Command::Models => {
-            let paths = sd_wgsl::ModelPaths::from_env();
-            for model in sd_wgsl::list_models(&paths) {
-                println!("{:<24} {:<10} {}", model.name, model.format, model.location);
-            }
-            for (var, folder) in [
-                ("DIFFUSION_MODELS_PATH", &paths.diffusion_models),
-                ("MODELS_PATH", &paths.models),
-            ] {
-                match folder {
-                    Some(folder) => println!("(searched ${var} = {})", folder.display()),
-                    None => println!("(${var} is not set)"),
-                }
-            }
+        Command::Models {
+            action: None | Some(ModelsCommand::List),
+        } => {
+            list_models();
             Ok(())
         }
         Command::Bench {
@@ -152,6 +168,94 @@ fn run(cli: Cli) -> Result<()> {
             let ctx = pollster::block_on(GpuContext::new(ContextOptions::from_env()?))?;
             bench::kernels(&ctx, &args)
         }
+    }
+}
+
+/// `sd models`: a line per model, then where they were looked for.
+fn list_models() {
+    let paths = sd_wgsl::ModelPaths::from_env();
+    let hub = sd_wgsl::HubConfig::from_env();
+    for model in sd_wgsl::list_models_with(&paths, &hub) {
+        let (status, about) = match &model.location {
+            sd_wgsl::ModelLocation::Preset(preset) => (
+                match (preset.hub, model.downloaded) {
+                    (None, _) => "built in",
+                    (Some(_), true) => "downloaded",
+                    (Some(_), false) => "not downloaded",
+                },
+                match preset.hub {
+                    Some(hub) => format!("{} (hub {})", preset.description, hub.repo),
+                    None => preset.description.to_string(),
+                },
+            ),
+            location => ("local", location.to_string()),
+        };
+        println!(
+            "{:<14} {:<10} {:<15} {about}",
+            model.name, model.format, status
+        );
+    }
+    for (var, folder) in [
+        ("DIFFUSION_MODELS_PATH", &paths.diffusion_models),
+        ("MODELS_PATH", &paths.models),
+    ] {
+        match folder {
+            Some(folder) => println!("(searched ${var} = {})", folder.display()),
+            None => println!("(${var} is not set)"),
+        }
+    }
+    println!(
+        "(hub cache {}{}; presets download from {} on first use)",
+        hub.cache_dir.display(),
+        if hub.offline {
+            ", HF_HUB_OFFLINE set"
+        } else {
+            ""
+        },
+        hub.endpoint
+    );
+}
+
+/// A single-file checkpoint written out as a diffusers folder in a temporary folder, for the
+/// converters (which read folders); removed when dropped.
+#[derive(Debug)]
+struct SingleFileFolder {
+    dir: PathBuf,
+    /// The file's stem, the web model's default name.
+    name: String,
+}
+
+impl SingleFileFolder {
+    /// `None` when `src` is a folder; pickle files are refused.
+    fn new(src: &std::path::Path, config: Option<&std::path::Path>) -> Result<Option<Self>> {
+        if src.is_dir() {
+            return Ok(None);
+        }
+        let mut options = sd_weights::SingleFileOptions::new();
+        options.config_dir = config.map(PathBuf::from);
+        let model = sd_weights::open_single_file(src, &options)?;
+        println!(
+            "{}: {} checkpoint, {} tensors not part of the model",
+            src.display(),
+            model.architecture.name(),
+            model.ignored.len()
+        );
+        let dir = std::env::temp_dir().join(format!("sd-convert-{}", std::process::id()));
+        let folder = Self {
+            dir,
+            name: src
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
+        };
+        model.save_folder(&folder.dir)?;
+        Ok(Some(folder))
+    }
+}
+
+impl Drop for SingleFileFolder {
+    fn drop(&mut self) {
+        // Best effort: a leftover temporary folder is harmless.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use sd_server::ServerConfig;
-use sd_wgsl::Model;
+use sd_wgsl::{LoadOptions, Model};
 
 use crate::generate::DEFAULT_MODEL;
 
@@ -20,11 +20,13 @@ pub struct ServeArgs {
     /// The address to listen on (127.0.0.1: only this machine).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// A preset (`digits`, built in: the default), a model folder (diffusers or web format),
-    /// or a folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
+    /// A preset (`digits`, built in: the default; hub presets such as `sd15` download into
+    /// the Hugging Face cache on first use), a model folder (diffusers or web format), or a
+    /// folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
     #[arg(long)]
     pub model: Option<String>,
-    /// A folder of model folders, listed by GET /v1/models.
+    /// A folder of model folders, listed by GET /v1/models before those of
+    /// $DIFFUSION_MODELS_PATH and $MODELS_PATH.
     #[arg(long)]
     pub models_dir: Option<PathBuf>,
     /// Jobs that may wait behind the running one; more get 503 SERVER_BUSY.
@@ -48,7 +50,12 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     .with_env()?;
     let start = Instant::now();
     let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = Model::load(spec).with_context(|| format!("--model {spec}"))?;
+    let bar = indicatif::ProgressBar::new(0);
+    let mut download = crate::download::DownloadReporter::new(bar.clone());
+    let model =
+        Model::load_with_download_progress(spec, &LoadOptions::new(), &mut |p| download.update(p))
+            .with_context(|| format!("--model {spec}"))?;
+    bar.finish_and_clear();
     let adapter = model.pipeline().context().describe();
     let name = model.name().to_string();
     eprintln!(

@@ -36,6 +36,7 @@ fn defaults(dir: &Path) -> GenerateArgs {
         mask: None,
         init_sample: false,
         f32_weights: false,
+        model_config: None,
     }
 }
 

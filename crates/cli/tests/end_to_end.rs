@@ -83,6 +83,7 @@ fn ten_prompts_come_out_as_asked() {
             mask: None,
             init_sample: false,
             f32_weights: false,
+            model_config: None,
         };
         let start = Instant::now();
         let report = run(&args, false).unwrap_or_else(|e| panic!("{prompt}: {e:#}"));
@@ -164,6 +165,7 @@ fn img2img_and_inpainting_come_out_as_asked() {
         mask: None,
         init_sample: false,
         f32_weights: false,
+        model_config: None,
     };
     let cases = [
         (
@@ -263,6 +265,7 @@ fn every_sampler_draws_the_prompt() {
             mask: None,
             init_sample: false,
             f32_weights: false,
+            model_config: None,
         };
         let start = Instant::now();
         let report = run(&args, false).unwrap_or_else(|e| panic!("{kind}: {e:#}"));

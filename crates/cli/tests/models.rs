@@ -1,6 +1,12 @@
 //! `--model` by name through the environment, as a user's shell sets it: `sd models` lists the
 //! presets and the folders of `$DIFFUSION_MODELS_PATH` and `$MODELS_PATH`, and `sd generate
-//! --model NAME` looks in the first, then the second, and refuses names that leave them.
+//! --model NAME` looks in the first, then the second, and refuses names that leave them; a hub
+//! preset downloads from `$HF_ENDPOINT` into `$HF_HOME` (a stand-in hub here), once.
+
+#[path = "../../sd/tests/support/hub_mirror.rs"]
+#[allow(dead_code)]
+mod hub_mirror;
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -98,4 +104,116 @@ fn model_names_resolve_through_the_environment() {
         message.contains("may not leave the models folder"),
         "{message}"
     );
+}
+
+/// `sd` with the hub settings of `hub` (`HF_ENDPOINT`, `HF_HOME`, `HF_HUB_OFFLINE`) only.
+fn sd_hub(args: &[&str], hub: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sd"));
+    command.args(args);
+    for var in [
+        "DIFFUSION_MODELS_PATH",
+        "MODELS_PATH",
+        "HF_ENDPOINT",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(hub.iter().copied());
+    command.output().expect("run sd")
+}
+
+/// The line of `sd models` for `name`.
+fn listed_line(listing: &str, name: &str) -> String {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("`sd models` lacks {name}:\n{listing}"))
+        .to_string()
+}
+
+#[test]
+fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
+    let mirror = hub_mirror::Mirror::serve(
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        &fixture_model(),
+    );
+    let home = tempfile::tempdir().expect("temp dir");
+    let home_path = home.path().to_str().expect("utf-8 path");
+    let hub = [("HF_ENDPOINT", mirror.url.as_str()), ("HF_HOME", home_path)];
+
+    let listing = text(&sd_hub(&["models", "list"], &hub));
+    println!("{listing}");
+    assert!(listed_line(&listing, "sd15").contains("not downloaded"));
+    assert!(listed_line(&listing, "digits").contains("built in"));
+    assert!(listed_line(&listing, "sdxl-turbo").contains("stabilityai/sdxl-turbo"));
+
+    // Offline with an empty cache: refused, naming the preset and a missing file.
+    let out = home.path().join("seven.png");
+    let args = [
+        "generate",
+        "--model",
+        "sd15",
+        "--prompt",
+        "a red digit seven on a blue background",
+        "--steps",
+        "20",
+        "--guidance",
+        "5",
+        "--seed",
+        "7",
+        "--out",
+        out.to_str().expect("utf-8 path"),
+    ];
+    let offline = [hub[0], hub[1], ("HF_HUB_OFFLINE", "1")];
+    let run = sd_hub(&args, &offline);
+    let message = text(&run);
+    assert!(!run.status.success());
+    for want in [
+        "--model sd15",
+        "HF_HUB_OFFLINE",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ] {
+        assert!(message.contains(want), "{message} lacks {want}");
+    }
+    assert!(mirror.requests().is_empty(), "offline asks nothing");
+
+    // Cold: downloads with a line per file, then generates from the cache.
+    let run = sd_hub(&args, &hub);
+    let message = text(&run);
+    println!("{message}");
+    assert!(run.status.success(), "{message}");
+    for want in [
+        "downloading sd15 model_index.json",
+        "downloaded unet/diffusion_pytorch_model.fp16.safetensors (8853352 bytes)",
+    ] {
+        assert!(message.contains(want), "{message} lacks {want}");
+    }
+    let judged = support::judge::judge_png(&out);
+    assert_eq!(
+        judged,
+        support::judge::Judged {
+            digit: 7,
+            fg: "red",
+            bg: "blue"
+        }
+    );
+
+    // Warm: no request, no download line; listed as downloaded.
+    mirror.clear_requests();
+    let mut warm = args.to_vec();
+    warm[6] = "1"; // --steps: the cache is what is checked here
+    let run = sd_hub(&warm, &hub);
+    assert!(run.status.success(), "{}", text(&run));
+    assert!(!text(&run).contains("download"), "{}", text(&run));
+    assert_eq!(mirror.requests(), Vec::<String>::new());
+    let listing = text(&sd_hub(&["models"], &hub));
+    assert!(
+        listed_line(&listing, "sd15").contains(" downloaded"),
+        "{listing}"
+    );
+    assert!(!listed_line(&listing, "sd15").contains("not downloaded"));
 }

@@ -34,6 +34,36 @@ pub enum Error {
         /// Why it is refused.
         reason: String,
     },
+    /// A hub preset's file could not be downloaded (the server, the network or the cache
+    /// folder failed).
+    #[error("preset `{preset}`: cannot download {file}: {message}")]
+    Download {
+        /// The preset.
+        preset: String,
+        /// The file, as a path inside the hub repository.
+        file: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// `HF_HUB_OFFLINE` is set and a hub preset's files are not all in the hub cache.
+    #[error(
+        "preset `{preset}`: HF_HUB_OFFLINE is set and {} of {repo} {} not in the hub cache ({}); \
+         unset HF_HUB_OFFLINE to download {}",
+        missing.join(", "),
+        if missing.len() == 1 { "is" } else { "are" },
+        cache.display(),
+        if missing.len() == 1 { "it" } else { "them" }
+    )]
+    Offline {
+        /// The preset.
+        preset: String,
+        /// Its hub repository.
+        repo: String,
+        /// The files absent from the cache, as paths inside the repository.
+        missing: Vec<String>,
+        /// The repository's folder in the cache.
+        cache: PathBuf,
+    },
     /// The model could not be loaded: a missing or damaged file, an unsupported config, no GPU.
     #[error("cannot load the model {model}: {source}")]
     Load {

@@ -51,6 +51,8 @@
 
 mod embedded;
 mod error;
+#[cfg(not(target_arch = "wasm32"))]
+mod hub;
 mod model;
 mod options;
 mod output;
@@ -59,12 +61,18 @@ mod progress;
 mod resolve;
 
 pub use error::{Error, Result};
+#[cfg(all(feature = "hub", not(target_arch = "wasm32")))]
+pub use hub::download_preset;
+#[cfg(not(target_arch = "wasm32"))]
+pub use hub::{DownloadProgress, HubConfig, HubRepo, cached_preset, is_downloaded, missing_files};
 pub use model::{LoadOptions, Model};
 pub use options::Options;
 pub use output::{ImageFormat, Images};
 pub use progress::{CancelToken, Progress};
 #[cfg(not(target_arch = "wasm32"))]
-pub use resolve::{LocalModel, ModelLocation, ModelPaths, PRESETS, Preset, list_models, resolve};
+pub use resolve::{
+    LocalModel, ModelLocation, ModelPaths, PRESETS, Preset, list_models, list_models_with, resolve,
+};
 
 /// The image crate this API speaks ([`image::RgbImage`] in and out).
 pub use image;

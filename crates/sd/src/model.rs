@@ -15,12 +15,18 @@ use crate::progress::CancelToken;
 use crate::progress::{Progress, Tracker};
 
 /// How to load a model.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct LoadOptions {
     /// Keep weight matrices in f32 on the GPU instead of f16: twice the memory, for comparisons
     /// with f32 references.
     pub f32_weights: bool,
+    /// For a single-file `.safetensors` checkpoint: a folder of diffusers configs
+    /// (`unet/config.json`, `scheduler/scheduler_config.json`, ...) used instead of the
+    /// built-in published configs of its architecture (diffusers' `from_single_file(config=)`);
+    /// for models whose head counts or sizes differ from the published ones. Other models
+    /// ignore it.
+    pub model_config: Option<std::path::PathBuf>,
 }
 
 impl LoadOptions {
@@ -34,6 +40,12 @@ impl LoadOptions {
         self.f32_weights = f32_weights;
         self
     }
+
+    /// The config folder for a single-file checkpoint (see [`LoadOptions::model_config`]).
+    pub fn model_config(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.model_config = Some(dir.into());
+        self
+    }
 }
 
 /// A model on the GPU, ready to generate. `Send + Sync`: share it in an `Arc`; generations on
@@ -45,15 +57,17 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads a model by preset name (`digits`, built in), by path (a diffusers folder or a web
-    /// model folder), or by a folder name under `$DIFFUSION_MODELS_PATH`, then `$MODELS_PATH`
-    /// (see [`crate::resolve`]), onto the GPU that `SD_ADAPTER` / `WGPU_BACKEND` choose (the
-    /// best one by default).
+    /// Loads a model by preset name (`digits`, built in; hub presets such as `sd15` or
+    /// `sdxl-turbo`, see [`crate::PRESETS`], downloaded into the Hugging Face cache on first
+    /// use), by path (a diffusers folder or a web model folder), or by a folder name under
+    /// `$DIFFUSION_MODELS_PATH`, then `$MODELS_PATH` (see [`crate::resolve`]), onto the GPU
+    /// that `SD_ADAPTER` / `WGPU_BACKEND` choose (the best one by default).
     ///
     /// # Errors
     ///
     /// [`Error::ModelNotFound`] naming every place searched, [`Error::ModelName`] for a name
-    /// that leaves the models folder, [`Error::Load`] for a missing or damaged file or no GPU.
+    /// that leaves the models folder, [`Error::Load`] for a missing or damaged file or no GPU,
+    /// [`Error::Download`] / [`Error::Offline`] for a hub preset that could not be fetched.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(model: &str) -> Result<Self> {
         Self::load_with(model, &LoadOptions::default())
@@ -66,8 +80,40 @@ impl Model {
     /// As [`Model::load`].
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load_with(model: &str, options: &LoadOptions) -> Result<Self> {
+        Self::load_with_download_progress(model, options, &mut |_| {})
+    }
+
+    /// [`Model::load_with`] telling `on_download` the bytes of each file of a hub preset as
+    /// they arrive (the first load of a preset downloads it into the hub cache; later loads
+    /// read it from there without a request).
+    ///
+    /// # Errors
+    ///
+    /// As [`Model::load`], and [`Error::Download`] / [`Error::Offline`] for a preset that
+    /// could not be fetched.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn load_with_download_progress(
+        model: &str,
+        options: &LoadOptions,
+        on_download: &mut dyn FnMut(&crate::DownloadProgress),
+    ) -> Result<Self> {
         let location = crate::resolve::resolve(model, &crate::ModelPaths::from_env())?;
-        let (source, name) = location.open()?;
+        let (source, name) = match (&location, &options.model_config) {
+            (crate::ModelLocation::Path(path), Some(config)) if path.is_file() => {
+                let single = sd_weights::SingleFileOptions::new().config_dir(config);
+                let source =
+                    ModelSource::open_with(path, &single).map_err(|source| Error::Load {
+                        model: path.display().to_string(),
+                        source: Box::new(source),
+                    })?;
+                let name = path.file_name().map_or_else(
+                    || path.display().to_string(),
+                    |n| n.to_string_lossy().into_owned(),
+                );
+                (source, name)
+            }
+            _ => location.open(on_download)?,
+        };
         let load_error = |source| Error::Load {
             model: location.to_string(),
             source: Box::new(source),

@@ -8,21 +8,131 @@ use std::path::{Component, Path, PathBuf};
 use sd_models::ModelSource;
 
 use crate::error::{Error, Result};
+use crate::hub::{DownloadProgress, HubConfig, HubRepo};
 
-/// A model known by name, needing no path.
+/// A model known by name, needing no path: built in, or a diffusers pipeline on the Hugging
+/// Face hub, downloaded into the hub's cache the first time it is loaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preset {
     /// The name to load it by.
     pub name: &'static str,
     /// What it is.
     pub description: &'static str,
+    /// Where its files are on the hub; `None` for the built-in model.
+    pub hub: Option<HubRepo>,
+    /// The size it was trained at (width, height), its default output size.
+    pub native_size: (u32, u32),
 }
 
-/// The presets. Hub-hosted presets (SD 1.5, SD-Turbo, SDXL, ...) arrive with hub downloads.
-pub const PRESETS: &[Preset] = &[Preset {
-    name: "digits",
-    description: "the built-in tiny Stable Diffusion of coloured digits (64x64), no download",
-}];
+/// An SD 1.x / 2.x pipeline's files with fp16 weights (`*.fp16.safetensors`).
+const SD_FP16: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+];
+
+/// An SD 1.x pipeline's files, for repositories without an fp16 variant.
+const SD_F32: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+];
+
+/// An SDXL pipeline's files with fp16 weights: two text encoders and tokenizers.
+const SDXL_FP16: &[&str] = &[
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.fp16.safetensors",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.fp16.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "tokenizer_2/merges.txt",
+    "tokenizer_2/special_tokens_map.json",
+    "tokenizer_2/tokenizer_config.json",
+    "tokenizer_2/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.fp16.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.fp16.safetensors",
+];
+
+const fn hub(repo: &'static str, files: &'static [&'static str], fp16: bool) -> Option<HubRepo> {
+    Some(HubRepo {
+        repo,
+        revision: "main",
+        files,
+        variant: if fp16 { Some("fp16") } else { None },
+    })
+}
+
+/// The presets: the built-in digits model, then well-known hub pipelines (fp16 weights where
+/// the repository has them).
+pub const PRESETS: &[Preset] = &[
+    Preset {
+        name: "digits",
+        description: "the built-in tiny Stable Diffusion of coloured digits (64x64), no download",
+        hub: None,
+        native_size: (64, 64),
+    },
+    Preset {
+        name: "sd15",
+        description: "Stable Diffusion 1.5 (512x512, fp16, about 2 GB)",
+        hub: hub("stable-diffusion-v1-5/stable-diffusion-v1-5", SD_FP16, true),
+        native_size: (512, 512),
+    },
+    Preset {
+        name: "sd21",
+        description: "Stable Diffusion 2.1, v-prediction (768x768, fp16, about 2.6 GB)",
+        hub: hub("stabilityai/stable-diffusion-2-1", SD_FP16, true),
+        native_size: (768, 768),
+    },
+    Preset {
+        name: "sd-turbo",
+        description: "SD-Turbo: SD 2.1 distilled to 1-4 steps, no guidance (512x512, fp16, about 2.6 GB)",
+        hub: hub("stabilityai/sd-turbo", SD_FP16, true),
+        native_size: (512, 512),
+    },
+    Preset {
+        name: "sdxl",
+        description: "Stable Diffusion XL base 1.0 (1024x1024, fp16, about 7 GB)",
+        hub: hub("stabilityai/stable-diffusion-xl-base-1.0", SDXL_FP16, true),
+        native_size: (1024, 1024),
+    },
+    Preset {
+        name: "sdxl-turbo",
+        description: "SDXL-Turbo: SDXL distilled to 1-4 steps, no guidance (512x512, fp16, about 7 GB)",
+        hub: hub("stabilityai/sdxl-turbo", SDXL_FP16, true),
+        native_size: (512, 512),
+    },
+    Preset {
+        name: "lcm",
+        description: "LCM Dreamshaper v7: latent consistency model, 4-8 steps (768x768, f32, about 4.3 GB)",
+        hub: hub("SimianLuo/LCM_Dreamshaper_v7", SD_F32, false),
+        native_size: (768, 768),
+    },
+];
 
 /// The models folders, in the order names are looked up in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,6 +181,11 @@ pub enum ModelLocation {
 impl fmt::Display for ModelLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Preset(Preset {
+                name,
+                hub: Some(hub),
+                ..
+            }) => write!(f, "preset `{name}` (hub {}@{})", hub.repo, hub.revision),
             Self::Preset(preset) => write!(f, "preset `{}`", preset.name),
             Self::Path(path) => write!(f, "{}", path.display()),
         }
@@ -78,10 +193,24 @@ impl fmt::Display for ModelLocation {
 }
 
 impl ModelLocation {
-    /// The model's files and its name.
-    pub(crate) fn open(&self) -> Result<(ModelSource, String)> {
+    /// The model's files and its name; a hub preset not in the cache is downloaded first
+    /// (per `HF_ENDPOINT`, `HF_HOME`, `HF_HUB_OFFLINE`), `on_download` hearing its bytes.
+    pub(crate) fn open(
+        &self,
+        on_download: &mut dyn FnMut(&DownloadProgress),
+    ) -> Result<(ModelSource, String)> {
         match self {
-            Self::Preset(_) => Ok((crate::embedded::source(), crate::embedded::NAME.into())),
+            Self::Preset(preset) => match preset.hub {
+                None => Ok((crate::embedded::source(), crate::embedded::NAME.into())),
+                Some(hub) => {
+                    let path = fetch(preset, &HubConfig::from_env(), on_download)?;
+                    let source = ModelSource::Folder {
+                        path,
+                        variant: hub.variant.map(String::from),
+                    };
+                    Ok((source, preset.name.into()))
+                }
+            },
             Self::Path(path) => {
                 let name = path
                     .file_name()
@@ -94,6 +223,37 @@ impl ModelLocation {
                 Ok((source, name))
             }
         }
+    }
+}
+
+/// A hub preset's snapshot folder, downloaded as needed.
+#[cfg(feature = "hub")]
+fn fetch(
+    preset: &Preset,
+    config: &HubConfig,
+    on_download: &mut dyn FnMut(&DownloadProgress),
+) -> Result<PathBuf> {
+    crate::hub::download_preset(preset, config, on_download)
+}
+
+/// Without the `hub` feature a preset loads only from the cache.
+#[cfg(not(feature = "hub"))]
+fn fetch(
+    preset: &Preset,
+    config: &HubConfig,
+    _on_download: &mut dyn FnMut(&DownloadProgress),
+) -> Result<PathBuf> {
+    match crate::hub::cached_preset(preset, config) {
+        Ok(Some(path)) => Ok(path),
+        Ok(None) => unreachable!("only hub presets are fetched"),
+        Err(Error::Offline { missing, .. }) => Err(Error::Download {
+            preset: preset.name.into(),
+            file: missing.join(", "),
+            message: "not in the hub cache, and this build has no hub downloads (the `hub` \
+                      feature of sd-wgsl)"
+                .into(),
+        }),
+        Err(other) => Err(other),
     }
 }
 
@@ -131,7 +291,8 @@ pub fn resolve(model: &str, paths: &ModelPaths) -> Result<ModelLocation> {
         ));
     }
     let as_path = Path::new(model);
-    if as_path.is_dir() {
+    // A file: a single-file checkpoint (pickles are refused when it is opened, by name).
+    if as_path.is_dir() || as_path.is_file() {
         return Ok(ModelLocation::Path(as_path.to_path_buf()));
     }
     let mut searched = vec![format!(
@@ -159,7 +320,7 @@ pub fn resolve(model: &str, paths: &ModelPaths) -> Result<ModelLocation> {
     let folders = paths.folders();
     for (var, folder) in &folders {
         let candidate = folder.join(as_path);
-        if candidate.is_dir() {
+        if candidate.is_dir() || candidate.is_file() {
             return Ok(ModelLocation::Path(candidate));
         }
         searched.push(format!("{} (${var})", candidate.display()));
@@ -175,7 +336,7 @@ pub fn resolve(model: &str, paths: &ModelPaths) -> Result<ModelLocation> {
     })
 }
 
-/// A model available without a download.
+/// A model [`crate::Model::load`] takes by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalModel {
     /// The name [`crate::Model::load`] takes.
@@ -184,18 +345,28 @@ pub struct LocalModel {
     pub location: ModelLocation,
     /// `preset`, `diffusers` (a folder with `model_index.json`) or `web` (`manifest.json`).
     pub format: &'static str,
+    /// Whether it loads without a download: folders and the built-in preset always; a hub
+    /// preset when all its files are in the hub cache.
+    pub downloaded: bool,
 }
 
-/// The presets, then the model folders directly under `paths`' folders (those with a
-/// `model_index.json` or a web `manifest.json`), sorted by name within each folder; a name in
-/// both folders is listed once, from the first.
+/// The presets (each marked downloaded or not, by looking in the hub cache of
+/// [`HubConfig::from_env`], asking no server), then the model folders directly under
+/// `paths`' folders (those with a `model_index.json` or a web `manifest.json`), sorted by
+/// name within each folder; a name in both folders is listed once, from the first.
 pub fn list_models(paths: &ModelPaths) -> Vec<LocalModel> {
+    list_models_with(paths, &HubConfig::from_env())
+}
+
+/// [`list_models`] with the hub cache of `hub`.
+pub fn list_models_with(paths: &ModelPaths, hub: &HubConfig) -> Vec<LocalModel> {
     let mut out: Vec<LocalModel> = PRESETS
         .iter()
         .map(|p| LocalModel {
             name: p.name.into(),
             location: ModelLocation::Preset(*p),
             format: "preset",
+            downloaded: crate::hub::is_downloaded(p, hub),
         })
         .collect();
     for (_, folder) in paths.folders() {
@@ -216,6 +387,7 @@ pub fn list_models(paths: &ModelPaths) -> Vec<LocalModel> {
                     name: path.file_name()?.to_string_lossy().into_owned(),
                     location: ModelLocation::Path(path),
                     format,
+                    downloaded: true,
                 })
             })
             .collect();

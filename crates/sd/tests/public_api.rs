@@ -243,7 +243,7 @@ fn model_names_resolve_in_order_and_never_leave_the_folders() {
         Err(Error::ModelNotFound { name, searched }) => {
             assert_eq!(name, "missing");
             let all = searched.join(" | ");
-            assert!(all.contains("presets (digits)"), "{all}");
+            assert!(all.contains("presets (digits, sd15,"), "{all}");
             assert!(
                 all.contains(&first.path().join("missing").display().to_string()),
                 "{all}"
@@ -284,10 +284,12 @@ fn model_names_resolve_in_order_and_never_leave_the_folders() {
         .into_iter()
         .map(|m| (m.name, m.format))
         .collect();
+    let presets = sd_wgsl::PRESETS.len();
+    assert_eq!(listed[0], ("digits".to_string(), "preset"));
+    assert!(listed[..presets].iter().all(|(_, f)| *f == "preset"));
     assert_eq!(
-        listed,
+        listed[presets..],
         [
-            ("digits".to_string(), "preset"),
             ("a".into(), "diffusers"),
             ("both".into(), "diffusers"),
             ("b".into(), "diffusers"),

@@ -139,8 +139,34 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Models {
     pub loaded: ModelInfo,
-    /// Model folders found in the models folder (diffusers or web format), by name.
+    /// The names that load without a download: the built-in and downloaded presets and the
+    /// model folders (diffusers or web format).
     pub available: Vec<String>,
+    /// Every model `--model` takes by name: the presets (hub presets downloaded or not, by
+    /// the Hugging Face cache), then the model folders of `--models-dir`,
+    /// `$DIFFUSION_MODELS_PATH` and `$MODELS_PATH`.
+    pub models: Vec<LocalModelInfo>,
+}
+
+/// One model of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalModelInfo {
+    pub name: String,
+    /// `preset`, `diffusers` or `web`.
+    pub format: String,
+    /// Whether it loads without a download.
+    pub downloaded: bool,
+    /// A folder's path, or for a preset `preset `NAME`` and its hub repository.
+    pub location: String,
+    /// A preset's description.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A preset's native size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_height: Option<u32>,
 }
 
 /// The request body of `POST /v1/images/generations` (documentation; the handler reads the

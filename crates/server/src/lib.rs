@@ -53,7 +53,8 @@ pub struct ServerConfig {
     /// The largest request body carrying images: a JSON request with `initImage` / `mask`, or
     /// an upload to `/v1/images/edits` (default 32 MiB).
     pub max_image_body_bytes: usize,
-    /// Where `/v1/models` looks for other models.
+    /// A folder of model folders `GET /v1/models` lists too, after those of
+    /// `$DIFFUSION_MODELS_PATH` and `$MODELS_PATH`.
     pub models_dir: Option<PathBuf>,
     /// On shutdown, cancel running and waiting jobs (default) instead of finishing them.
     pub cancel_on_shutdown: bool,
@@ -150,6 +151,7 @@ pub enum ServerError {
         api::Health,
         api::Models,
         api::ModelInfo,
+        api::LocalModelInfo,
         jobs_api::JobRequestDoc,
         jobs_api::JobOperationDoc,
         jobs_api::OperationType,
@@ -179,21 +181,41 @@ pub fn openapi_json() -> String {
     ApiDoc::openapi().to_pretty_json().unwrap_or_default()
 }
 
-/// Model folders (diffusers or web format) directly under `dir`, by name.
-fn available_models(dir: Option<&PathBuf>) -> Vec<String> {
-    let Some(dir) = dir else { return Vec::new() };
-    let mut names: Vec<String> = std::fs::read_dir(dir)
+/// The models that load by name ([`sd_wgsl::list_models`] of the environment), with the
+/// model folders directly under `models_dir` after the environment's folders (a name listed
+/// already is not repeated).
+pub(crate) fn local_models(models_dir: Option<&std::path::Path>) -> Vec<api::LocalModelInfo> {
+    let hub = sd_wgsl::HubConfig::from_env();
+    let mut models = sd_wgsl::list_models_with(&sd_wgsl::ModelPaths::from_env(), &hub);
+    if let Some(dir) = models_dir {
+        let extra = sd_wgsl::ModelPaths {
+            diffusion_models: Some(dir.to_path_buf()),
+            models: None,
+        };
+        for model in sd_wgsl::list_models_with(&extra, &hub) {
+            if !models.iter().any(|m| m.name == model.name) {
+                models.push(model);
+            }
+        }
+    }
+    models
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let p = e.path();
-            p.join("model_index.json").is_file() || p.join("manifest.json").is_file()
+        .map(|m| {
+            let preset = match &m.location {
+                sd_wgsl::ModelLocation::Preset(preset) => Some(*preset),
+                sd_wgsl::ModelLocation::Path(_) => None,
+            };
+            api::LocalModelInfo {
+                location: m.location.to_string(),
+                name: m.name,
+                format: m.format.into(),
+                downloaded: m.downloaded,
+                description: preset.map(|p| p.description.into()),
+                native_width: preset.map(|p| p.native_size.0),
+                native_height: preset.map(|p| p.native_size.1),
+            }
         })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
+        .collect()
 }
 
 fn router(state: Arc<AppState>) -> Router {
@@ -262,7 +284,7 @@ pub async fn serve(
             native_width: width,
             native_height: height,
         },
-        available: available_models(config.models_dir.as_ref()),
+        models_dir: config.models_dir.clone(),
         max_body_bytes: config.max_body_bytes,
         max_image_body_bytes: config.max_image_body_bytes.max(config.max_body_bytes),
     });

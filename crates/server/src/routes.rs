@@ -27,7 +27,8 @@ use sd_wgsl::ImageFormat as Format;
 pub struct AppState {
     pub jobs: Jobs,
     pub model: ModelInfo,
-    pub available: Vec<String>,
+    /// An extra folder of model folders (`--models-dir`) listed by `GET /v1/models`.
+    pub models_dir: Option<std::path::PathBuf>,
     /// The largest request body besides its images.
     pub max_body_bytes: usize,
     /// The largest request body carrying images (`initImage`, `mask`, an upload).
@@ -475,12 +476,23 @@ pub async fn health(State(app): Shared) -> Json<Health> {
     })
 }
 
-/// The loaded model and the model folders found in the models folder.
+/// The loaded model and the models that load by name (looked up now: a preset downloaded
+/// since the start shows as downloaded).
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Models)))]
 pub async fn models(State(app): Shared) -> Json<Models> {
+    let dir = app.models_dir.clone();
+    // Directory listings and cache lookups: file system work, off the async threads.
+    let models = tokio::task::spawn_blocking(move || crate::local_models(dir.as_deref()))
+        .await
+        .unwrap_or_default();
     Json(Models {
         loaded: app.model.clone(),
-        available: app.available.clone(),
+        available: models
+            .iter()
+            .filter(|m| m.downloaded)
+            .map(|m| m.name.clone())
+            .collect(),
+        models,
     })
 }
 

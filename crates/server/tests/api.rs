@@ -922,9 +922,27 @@ fn health_models_and_unknown_ids() {
     assert_eq!(models["loaded"]["name"], MODEL_NAME, "/v1/models: {models}");
     assert_eq!(models["loaded"]["nativeWidth"], 64, "/v1/models: {models}");
     assert_eq!(models["loaded"]["nativeHeight"], 64, "/v1/models: {models}");
+    let available = models["available"]
+        .as_array()
+        .expect("`available` is a list");
+    assert!(available.iter().any(|n| n == "digits"), "{models}");
+    let listed = models["models"].as_array().expect("`models` is a list");
+    let find = |name: &str| {
+        listed
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("/v1/models lacks {name}: {models}"))
+    };
+    assert_eq!(find("digits")["downloaded"], true, "{models}");
+    assert_eq!(find("digits")["format"], "preset", "{models}");
+    let sd15 = find("sd15");
+    assert_eq!(sd15["nativeWidth"], 512, "{models}");
+    assert!(sd15["downloaded"].is_boolean(), "{models}");
     assert!(
-        models["available"].is_array(),
-        "/v1/models `available`: {models}"
+        sd15["location"]
+            .as_str()
+            .is_some_and(|l| l.contains("stable-diffusion-v1-5/stable-diffusion-v1-5")),
+        "{models}"
     );
     eprintln!("models: {models}");
 
