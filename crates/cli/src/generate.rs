@@ -19,19 +19,22 @@ pub struct GenerateArgs {
     /// What to steer away from (the unconditional half of guidance).
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (1 or less: no unconditional pass).
-    #[arg(long, default_value_t = 7.5, allow_negative_numbers = true)]
-    pub guidance: f32,
+    /// Denoising steps (default: 20, or a distilled model's own: 1 for sd-turbo and
+    /// sdxl-turbo, 4 for LCM models).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale, 1 or less: no unconditional pass (default: 7.5, or a
+    /// distilled model's own: 0 for the turbo presets, 8.5 for LCM models).
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance: Option<f32>,
     /// Noise seed; a random one when absent (printed, and stored in the PNG).
     #[arg(long)]
     pub seed: Option<u64>,
     /// Sampler: euler, euler_a, heun, dpm2, dpm2_a, dpm++2s_a, dpm++2m, dpm++2mv2 (each also
-    /// with `_karras`), lcm, ddim, pndm; A1111 names such as "DPM++ 2M Karras" work too.
-    #[arg(long, default_value = "euler_a")]
-    pub sampler: String,
+    /// with `_karras`), lcm, ddim, pndm; A1111 names such as "DPM++ 2M Karras" work too
+    /// (default: euler_a, or a distilled model's own).
+    #[arg(long)]
+    pub sampler: Option<String>,
     /// Image width in pixels, a multiple of 8 (default: the input image's width rounded down to
     /// a multiple of 8, else the model's native size).
     #[arg(long)]
@@ -136,14 +139,20 @@ fn read_image(flag: &str, path: &Path) -> Result<image::DynamicImage> {
 pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
     let mut options = Options::new()
         .negative_prompt(args.negative_prompt.clone())
-        .steps(args.steps)
-        .guidance_scale(args.guidance)
-        .sampler(args.sampler.clone())
         .count(args.count)
         .strength(args.strength)
         .sample_init_latents(args.init_sample);
     if let Some(seed) = args.seed {
         options = options.seed(seed);
+    }
+    if let Some(steps) = args.steps {
+        options = options.steps(steps);
+    }
+    if let Some(guidance) = args.guidance {
+        options = options.guidance_scale(guidance);
+    }
+    if let Some(sampler) = &args.sampler {
+        options = options.sampler(sampler.clone());
     }
     if let Some(width) = args.width {
         options = options.width(width);

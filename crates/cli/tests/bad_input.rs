@@ -21,10 +21,10 @@ fn defaults(dir: &Path) -> GenerateArgs {
     GenerateArgs {
         prompt: "a red digit seven on a blue background".into(),
         negative_prompt: String::new(),
-        steps: 20,
-        guidance: 7.5,
+        steps: Some(20),
+        guidance: Some(7.5),
         seed: Some(1),
-        sampler: "euler_a".into(),
+        sampler: Some("euler_a".into()),
         width: None,
         height: None,
         count: 1,
@@ -182,37 +182,37 @@ fn cases(dir: &Path) -> Vec<Case> {
         ),
         case(
             "steps 0",
-            with(&|a| a.steps = 0),
+            with(&|a| a.steps = Some(0)),
             &["steps", "from 1 to 150"],
         ),
         case(
             "steps 10000",
-            with(&|a| a.steps = 10000),
+            with(&|a| a.steps = Some(10000)),
             &["steps", "10000", "from 1 to 150"],
         ),
         case(
             "negative guidance",
-            with(&|a| a.guidance = -1.0),
+            with(&|a| a.guidance = Some(-1.0)),
             &["guidance", "-1", ">= 0"],
         ),
         case(
             "NaN guidance",
-            with(&|a| a.guidance = f32::NAN),
+            with(&|a| a.guidance = Some(f32::NAN)),
             &["guidance", "NaN", "finite"],
         ),
         case(
             "infinite guidance",
-            with(&|a| a.guidance = f32::INFINITY),
+            with(&|a| a.guidance = Some(f32::INFINITY)),
             &["guidance", "inf", "finite"],
         ),
         case(
             "unknown sampler",
-            with(&|a| a.sampler = "euler_b".into()),
+            with(&|a| a.sampler = Some("euler_b".into())),
             &["sampler", "euler_b", known],
         ),
         case(
             "Karras sigmas on a sampler without sigmas",
-            with(&|a| a.sampler = "ddim_karras".into()),
+            with(&|a| a.sampler = Some("ddim_karras".into())),
             &["sampler", "ddim_karras", known],
         ),
         case(
@@ -252,7 +252,7 @@ fn cases(dir: &Path) -> Vec<Case> {
                 "--model",
                 "no-such-model",
                 "not found",
-                "the presets (digits)",
+                "the presets (digits, sd15, sd21, sd-turbo, sdxl, sdxl-turbo, lcm)",
             ],
         ),
         case(
@@ -363,7 +363,7 @@ fn an_empty_prompt_is_allowed() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let args = GenerateArgs {
         prompt: String::new(),
-        steps: 2,
+        steps: Some(2),
         ..defaults(dir.path())
     };
     let report = run(&args, false).expect("an empty prompt generates");

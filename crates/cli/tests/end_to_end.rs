@@ -8,9 +8,6 @@
 
 mod support;
 
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
 use std::time::Instant;
 
 use sd_cli::generate::{GenerateArgs, run};
@@ -37,26 +34,6 @@ fn prompt(digit: u8, fg: &str, bg: &str) -> String {
     )
 }
 
-/// The PNG's `parameters` text chunk.
-fn parameters_chunk(path: &Path) -> String {
-    let file = File::open(path).expect("open the PNG");
-    let reader = png::Decoder::new(BufReader::new(file))
-        .read_info()
-        .expect("a PNG");
-    let info = reader.info();
-    info.uncompressed_latin1_text
-        .iter()
-        .find(|t| t.keyword == "parameters")
-        .map(|t| t.text.clone())
-        .or_else(|| {
-            info.utf8_text
-                .iter()
-                .find(|t| t.keyword == "parameters")
-                .map(|t| t.get_text().expect("iTXt text"))
-        })
-        .unwrap_or_else(|| panic!("{}: no `parameters` text chunk", path.display()))
-}
-
 #[test]
 fn ten_prompts_come_out_as_asked() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -68,10 +45,10 @@ fn ten_prompts_come_out_as_asked() {
         let args = GenerateArgs {
             prompt: prompt.clone(),
             negative_prompt: String::new(),
-            steps: 20,
-            guidance: 5.0,
+            steps: Some(20),
+            guidance: Some(5.0),
             seed: Some(seed),
-            sampler: "euler_a".into(),
+            sampler: Some("euler_a".into()),
             width: None,
             height: None,
             count: 1,
@@ -95,7 +72,7 @@ fn ten_prompts_come_out_as_asked() {
         );
         assert_eq!(report.seeds, [seed], "{prompt}: the seed used");
 
-        let text = parameters_chunk(&report.files[0]);
+        let text = support::parameters_chunk(&report.files[0]);
         assert_eq!(
             text.lines().next(),
             Some(prompt.as_str()),
@@ -150,10 +127,10 @@ fn img2img_and_inpainting_come_out_as_asked() {
     let base = |name: &str, prompt: &str, strength: f32, seed: u64| GenerateArgs {
         prompt: prompt.into(),
         negative_prompt: String::new(),
-        steps: 20,
-        guidance: 5.0,
+        steps: Some(20),
+        guidance: Some(5.0),
         seed: Some(seed),
-        sampler: "euler_a".into(),
+        sampler: Some("euler_a".into()),
         width: None,
         height: None,
         count: 1,
@@ -250,10 +227,10 @@ fn every_sampler_draws_the_prompt() {
         let args = GenerateArgs {
             prompt: prompt(digit, fg, bg),
             negative_prompt: String::new(),
-            steps,
-            guidance: 5.0,
+            steps: Some(steps),
+            guidance: Some(5.0),
             seed: Some(2024 + i as u64),
-            sampler: kind.name().into(),
+            sampler: Some(kind.name().into()),
             width: None,
             height: None,
             count: 1,

@@ -217,3 +217,94 @@ fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
     );
     assert!(!listed_line(&listing, "sd15").contains("not downloaded"));
 }
+
+/// A tiny-arch fixture folder laid out as its hub repository: the fixture's files plus the
+/// slow tokenizer files the presets fetch (the digits fixture's: CLIP's vocabulary).
+fn as_hub_repo(fixture: &str, dir: &Path) {
+    let fixtures = fixture_model().join("..");
+    let copy = |from: &Path, to: &Path| {
+        for entry in walk(from) {
+            let target = to.join(entry.strip_prefix(from).expect("inside"));
+            std::fs::create_dir_all(target.parent().expect("a parent")).expect("mkdir");
+            std::fs::copy(&entry, &target).expect("copy");
+        }
+    };
+    copy(&fixtures.join("tiny-arch").join(fixture), dir);
+    for file in ["vocab.json", "merges.txt", "special_tokens_map.json"] {
+        std::fs::copy(
+            fixture_model().join("tokenizer").join(file),
+            dir.join("tokenizer").join(file),
+        )
+        .expect("copy a tokenizer file");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("read dir") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Distilled presets generate with their own defaults when the command gives none: SD-Turbo
+/// one Euler step without guidance, an LCM model 4 LCM steps at guidance 8.5 (the tiny
+/// random-weight models of their architectures served as the presets' repositories).
+#[test]
+fn distilled_presets_default_to_their_own_steps_guidance_and_sampler() {
+    for (preset, repo, fixture, want) in [
+        (
+            "sd-turbo",
+            "stabilityai/sd-turbo",
+            "turbo",
+            ["Steps: 1,", "Sampler: Euler,", "CFG scale: 0,"],
+        ),
+        (
+            "lcm",
+            "SimianLuo/LCM_Dreamshaper_v7",
+            "lcm",
+            ["Steps: 4,", "Sampler: LCM,", "CFG scale: 8.5,"],
+        ),
+    ] {
+        let served = tempfile::tempdir().expect("temp dir");
+        as_hub_repo(fixture, served.path());
+        let mirror = hub_mirror::Mirror::serve(repo, served.path());
+        let home = tempfile::tempdir().expect("temp dir");
+        let home_path = home.path().to_str().expect("utf-8 path");
+        let hub = [("HF_ENDPOINT", mirror.url.as_str()), ("HF_HOME", home_path)];
+        let out = home.path().join("out.png");
+        let run = sd_hub(
+            &[
+                "generate",
+                "--model",
+                preset,
+                "--prompt",
+                "a red digit seven on a blue background",
+                "--width",
+                "64",
+                "--height",
+                "64",
+                "--seed",
+                "1",
+                "--out",
+                out.to_str().expect("utf-8 path"),
+            ],
+            &hub,
+        );
+        let message = text(&run);
+        assert!(run.status.success(), "{preset}: {message}");
+        let parameters = support::parameters_chunk(&out);
+        println!("{preset}: {parameters}");
+        for want in want {
+            assert!(
+                parameters.contains(want),
+                "{preset}: {parameters:?} lacks {want}"
+            );
+        }
+    }
+}

@@ -52,6 +52,49 @@ pub struct GenerationParams {
     pub latents_len: Option<usize>,
 }
 
+/// What a request gets for the settings it leaves out, for one model: its native size and the
+/// steps, guidance and sampler it is meant to run with. Distilled models differ from the
+/// usual 20 steps at guidance 7.5: SD-Turbo and SDXL-Turbo take 1 step without guidance, LCM
+/// models 4 LCM steps with the guidance scale as an embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ModelDefaults {
+    /// Image width in pixels.
+    pub width: u32,
+    /// Image height in pixels.
+    pub height: u32,
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale.
+    pub guidance_scale: f32,
+    /// Sampler.
+    pub sampler: SamplerKind,
+}
+
+impl ModelDefaults {
+    /// The usual settings ([`GenerationParams::default`]'s steps, guidance and sampler) at
+    /// `width` x `height`.
+    pub fn sized(width: u32, height: u32) -> Self {
+        let d = GenerationParams::default();
+        Self {
+            width,
+            height,
+            steps: d.steps,
+            guidance_scale: d.guidance_scale,
+            sampler: d.sampler,
+        }
+    }
+
+    /// The same size with a distilled model's steps, guidance and sampler.
+    pub fn distilled(self, steps: usize, guidance_scale: f32, sampler: SamplerKind) -> Self {
+        Self {
+            steps,
+            guidance_scale,
+            sampler,
+            ..self
+        }
+    }
+}
+
 impl Default for GenerationParams {
     /// SD 1.5's usual request: 512x512, 20 steps, guidance 7.5, `euler_a`, one image, seed 0,
     /// strength 0.8 (diffusers' img2img default).

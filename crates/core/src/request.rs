@@ -13,7 +13,7 @@ use core::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::params::{GenerationParams, ParamLimits, ParamsError};
+use crate::params::{GenerationParams, ModelDefaults, ParamLimits, ParamsError};
 use crate::sampler::SamplerKind;
 
 /// The largest seed JavaScript numbers hold exactly (`Number.MAX_SAFE_INTEGER`).
@@ -140,19 +140,19 @@ pub fn request_object(json: &str, dialect: &Dialect) -> Result<Map<String, Value
     Ok(obj)
 }
 
-/// Reads the common fields of a request object. Missing keys take the defaults: `native` size,
-/// 20 steps, guidance 7.5, `euler_a`, one image, and `random_seed()` for the seed. The result
-/// is validated (sizes, steps, count up to the dialect's maximum).
+/// Reads the common fields of a request object. Missing keys take the model's defaults (size,
+/// steps, guidance, sampler), one image, strength 0.8 and `random_seed()` for the seed. The
+/// result is validated (sizes, steps, count up to the dialect's maximum).
 pub fn parse_params(
     obj: &Map<String, Value>,
     dialect: &Dialect,
-    native: (u32, u32),
+    model: &ModelDefaults,
     random_seed: impl FnOnce() -> u64,
 ) -> Result<GenerationParams, RequestError> {
     let defaults = GenerationParams::default();
     let prompt = text(obj, "prompt")?.ok_or_else(|| invalid("prompt", "is required"))?;
     let sampler = match text(obj, "sampler")? {
-        None => defaults.sampler,
+        None => model.sampler,
         Some(name) => SamplerKind::parse(&name).map_err(|_| {
             let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
             invalid(
@@ -165,7 +165,7 @@ pub fn parse_params(
         })?,
     };
     let guidance_scale = match obj.get(dialect.guidance_key) {
-        None | Some(Value::Null) => defaults.guidance_scale,
+        None | Some(Value::Null) => model.guidance_scale,
         Some(v) => v
             .as_f64()
             .map(|f| f as f32)
@@ -177,15 +177,15 @@ pub fn parse_params(
     let params = GenerationParams {
         prompt,
         negative_prompt: text(obj, "negativePrompt")?.unwrap_or_default(),
-        steps: whole(obj, "steps", u64::from(u32::MAX))?.map_or(defaults.steps, |n| n as usize),
+        steps: whole(obj, "steps", u64::from(u32::MAX))?.map_or(model.steps, |n| n as usize),
         guidance_scale,
         seed: match whole(obj, "seed", MAX_SEED)? {
             Some(seed) => seed,
             None => random_seed() & MAX_SEED,
         },
         sampler,
-        width: size("width", native.0)?,
-        height: size("height", native.1)?,
+        width: size("width", model.width)?,
+        height: size("height", model.height)?,
         count: size("count", defaults.count)?,
         strength: match obj.get("strength") {
             None | Some(Value::Null) => defaults.strength,
@@ -223,7 +223,7 @@ mod tests {
 
     fn parse(json: &str, dialect: &Dialect) -> Result<GenerationParams, RequestError> {
         let obj = request_object(json, dialect)?;
-        parse_params(&obj, dialect, (64, 64), || 42)
+        parse_params(&obj, dialect, &ModelDefaults::sized(64, 64), || 42)
     }
 
     #[test]

@@ -13,10 +13,10 @@ use sd_core::conditioning::{guidance_scale_embedding, sdxl_time_ids};
 use sd_core::config::{
     AutoencoderKLConfig, CLIPTextConfig, ModelIndex, SchedulerConfig, UNet2DConditionConfig,
 };
-use sd_core::params::{GenerationParams, LATENT_CHANNELS, VAE_SCALE};
+use sd_core::params::{GenerationParams, LATENT_CHANNELS, ModelDefaults, VAE_SCALE};
 use sd_core::progress::Stage;
 use sd_core::rng::NoiseRng;
-use sd_core::sampler::Sampler;
+use sd_core::sampler::{Sampler, SamplerKind};
 use sd_kernels::{DType, GpuContext, Tensor, ops};
 use sd_weights::ClipTokenizer;
 
@@ -190,6 +190,21 @@ impl StableDiffusion {
             _ => (64, 64),
         };
         (w as u32 * VAE_SCALE, h as u32 * VAE_SCALE)
+    }
+
+    /// What requests that leave them out get: the native size, and for an LCM-distilled UNet
+    /// (`time_cond_proj_dim`) the LCM pipeline's 4 steps at guidance 8.5 with the LCM sampler
+    /// (diffusers' `LatentConsistencyModelPipeline` defaults); otherwise 20 steps, guidance 7.5,
+    /// `euler_a`. (Turbo models look like their base models here; their presets say 1 step
+    /// without guidance.)
+    pub fn defaults(&self) -> ModelDefaults {
+        let (width, height) = self.native_size();
+        let defaults = ModelDefaults::sized(width, height);
+        if self.unet.config().time_cond_proj_dim.is_some() {
+            defaults.distilled(4, 8.5, SamplerKind::LCM)
+        } else {
+            defaults
+        }
     }
 
     /// The scheduler config samplers are built from.

@@ -71,12 +71,13 @@ pub use output::{ImageFormat, Images};
 pub use progress::{CancelToken, Progress};
 #[cfg(not(target_arch = "wasm32"))]
 pub use resolve::{
-    LocalModel, ModelLocation, ModelPaths, PRESETS, Preset, list_models, list_models_with, resolve,
+    Distilled, LocalModel, ModelLocation, ModelPaths, PRESETS, Preset, list_models,
+    list_models_with, resolve,
 };
 
 /// The image crate this API speaks ([`image::RgbImage`] in and out).
 pub use image;
-pub use sd_core::params::GenerationParams;
+pub use sd_core::params::{GenerationParams, ModelDefaults};
 pub use sd_core::progress::Stage;
 pub use sd_core::sampler::{Algorithm, SamplerKind};
 /// The lower layers, for what the front door does not cover (parity tests, benchmarks).

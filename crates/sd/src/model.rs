@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use image::RgbImage;
-use sd_core::params::VAE_SCALE;
+use sd_core::params::{ModelDefaults, VAE_SCALE};
 use sd_kernels::{DType, GpuContext};
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 
@@ -54,6 +54,7 @@ impl LoadOptions {
 pub struct Model {
     sd: StableDiffusion,
     name: String,
+    defaults: ModelDefaults,
 }
 
 impl Model {
@@ -120,7 +121,19 @@ impl Model {
         };
         let context = sd_kernels::ContextOptions::from_env().map_err(|e| load_error(e.into()))?;
         let ctx = pollster::block_on(GpuContext::new(context)).map_err(|e| load_error(e.into()))?;
-        Self::from_source(Arc::new(ctx), &source, name, options)
+        let mut model = Self::from_source(Arc::new(ctx), &source, name, options)?;
+        if let crate::ModelLocation::Preset(crate::Preset {
+            distilled: Some(distilled),
+            ..
+        }) = location
+        {
+            model.defaults = model.defaults.distilled(
+                distilled.steps,
+                distilled.guidance_scale,
+                distilled.sampler,
+            );
+        }
+        Ok(model)
     }
 
     /// Loads the model in `source` onto `ctx`, calling it `name` (in PNG parameters and
@@ -163,7 +176,8 @@ impl Model {
                 source: Box::new(source),
             },
         )?;
-        Ok(Self { sd, name })
+        let defaults = sd.defaults();
+        Ok(Self { sd, name, defaults })
     }
 
     /// The built-in digits model (64x64 coloured digits; prompts `a <colour> digit <zero..nine>
@@ -189,6 +203,13 @@ impl Model {
     /// The size the model was trained at (width, height), the default output size.
     pub fn native_size(&self) -> (u32, u32) {
         self.sd.native_size()
+    }
+
+    /// What options that are not set default to for this model: its native size, and 20
+    /// steps at guidance 7.5 with `euler_a`, except for distilled models: an LCM UNet's 4 LCM
+    /// steps at guidance 8.5, and the turbo presets' one step without guidance.
+    pub fn defaults(&self) -> ModelDefaults {
+        self.defaults
     }
 
     /// The pipeline underneath, for what the front door does not cover.
@@ -271,7 +292,7 @@ impl Model {
         on_progress: &mut dyn FnMut(&Progress),
         cancelled: &dyn Fn() -> bool,
     ) -> Result<Images> {
-        let params = options.to_params(prompt, self.native_size(), random_seed)?;
+        let params = options.to_params(prompt, &self.defaults, random_seed)?;
         let latent_size = (
             (params.height / VAE_SCALE) as usize,
             (params.width / VAE_SCALE) as usize,

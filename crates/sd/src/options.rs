@@ -1,7 +1,7 @@
 //! [`Options`]: everything about a generation but the prompt, as a builder.
 
 use image::{DynamicImage, GrayImage, RgbImage};
-use sd_core::params::{GenerationParams, ParamLimits, size_for_input_image};
+use sd_core::params::{GenerationParams, ModelDefaults, ParamLimits, size_for_input_image};
 use sd_core::sampler::SamplerKind;
 
 use crate::error::{Error, Result};
@@ -49,8 +49,10 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults: the model's native size (the input image's, with one), 20 steps, guidance
-    /// 7.5, no negative prompt, a random seed, `euler_a`, one image, strength 0.8.
+    /// The defaults: the model's native size (the input image's, with one), the model's steps,
+    /// guidance and sampler ([`crate::Model::defaults`]: 20 steps, guidance 7.5, `euler_a`
+    /// unless the model is distilled), no negative prompt, a random seed, one image, strength
+    /// 0.8.
     pub fn new() -> Self {
         Self::default()
     }
@@ -193,15 +195,15 @@ impl Options {
         // The length of given latents depends on the size, which may come from the model.
         self.params(
             "",
-            (512, 512),
+            &ModelDefaults::sized(512, 512),
             || 0,
             self.width.is_some() && self.height.is_some(),
         )
         .map(|_| ())
     }
 
-    /// The parameters of a generation of `prompt` with these options, for a model of `native`
-    /// size; `random_seed` is asked when no seed is set.
+    /// The parameters of a generation of `prompt` with these options, for a model with these
+    /// defaults (see [`crate::Model::defaults`]); `random_seed` is asked when no seed is set.
     ///
     /// # Errors
     ///
@@ -209,22 +211,22 @@ impl Options {
     pub fn to_params(
         &self,
         prompt: &str,
-        native: (u32, u32),
+        model: &ModelDefaults,
         random_seed: impl FnOnce() -> u64,
     ) -> Result<GenerationParams> {
-        self.params(prompt, native, random_seed, true)
+        self.params(prompt, model, random_seed, true)
     }
 
     fn params(
         &self,
         prompt: &str,
-        native: (u32, u32),
+        model: &ModelDefaults,
         random_seed: impl FnOnce() -> u64,
         check_latents: bool,
     ) -> Result<GenerationParams> {
         let defaults = GenerationParams::default();
         let sampler = match &self.sampler {
-            None => defaults.sampler,
+            None => model.sampler,
             Some(name) => SamplerKind::parse(name).map_err(|e| Error::InvalidOption {
                 option: "sampler",
                 message: e.to_string(),
@@ -240,13 +242,13 @@ impl Options {
             Some(image) => {
                 size_for_input_image(image.width(), image.height(), &ParamLimits::default())
             }
-            None => native,
+            None => (model.width, model.height),
         };
         let params = GenerationParams {
             prompt: prompt.to_string(),
             negative_prompt: self.negative_prompt.clone(),
-            steps: self.steps.unwrap_or(defaults.steps),
-            guidance_scale: self.guidance_scale.unwrap_or(defaults.guidance_scale),
+            steps: self.steps.unwrap_or(model.steps),
+            guidance_scale: self.guidance_scale.unwrap_or(model.guidance_scale),
             seed: self.seed.unwrap_or_else(random_seed),
             sampler,
             width: self.width.unwrap_or(native_w),
@@ -289,15 +291,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unset_options_take_the_models_defaults() {
+        let turbo = ModelDefaults::sized(512, 512).distilled(1, 0.0, SamplerKind::EULER);
+        let p = Options::new().to_params("x", &turbo, || 9).expect("valid");
+        assert_eq!(
+            (p.steps, p.guidance_scale, p.sampler),
+            (1, 0.0, SamplerKind::EULER)
+        );
+        let p = Options::new()
+            .steps(4)
+            .guidance_scale(2.0)
+            .sampler("ddim")
+            .to_params("x", &turbo, || 9)
+            .expect("valid");
+        assert_eq!(
+            (p.steps, p.guidance_scale, p.sampler),
+            (4, 2.0, SamplerKind::DDIM)
+        );
+    }
+
+    #[test]
     fn defaults_and_input_image_size() {
         let p = Options::new()
-            .to_params("x", (64, 64), || 9)
+            .to_params("x", &ModelDefaults::sized(64, 64), || 9)
             .expect("defaults are valid");
         assert_eq!((p.width, p.height, p.steps, p.seed), (64, 64, 20, 9));
         let image = RgbImage::new(100, 77);
         let p = Options::new()
             .init_image(image)
-            .to_params("x", (64, 64), || 9)
+            .to_params("x", &ModelDefaults::sized(64, 64), || 9)
             .expect("valid");
         assert_eq!(
             (p.width, p.height),

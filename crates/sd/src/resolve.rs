@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use sd_core::sampler::SamplerKind;
 use sd_models::ModelSource;
 
 use crate::error::{Error, Result};
@@ -12,7 +13,7 @@ use crate::hub::{DownloadProgress, HubConfig, HubRepo};
 
 /// A model known by name, needing no path: built in, or a diffusers pipeline on the Hugging
 /// Face hub, downloaded into the hub's cache the first time it is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Preset {
     /// The name to load it by.
     pub name: &'static str,
@@ -22,6 +23,20 @@ pub struct Preset {
     pub hub: Option<HubRepo>,
     /// The size it was trained at (width, height), its default output size.
     pub native_size: (u32, u32),
+    /// A distilled model's own steps, guidance scale and sampler (what its model card
+    /// says), the defaults of requests that leave them out; `None`: the usual ones.
+    pub distilled: Option<Distilled>,
+}
+
+/// The settings a distilled model is meant to run with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Distilled {
+    /// Denoising steps.
+    pub steps: usize,
+    /// Guidance scale (at most 1: no unconditional pass).
+    pub guidance_scale: f32,
+    /// The sampler (the repository's scheduler).
+    pub sampler: SamplerKind,
 }
 
 /// An SD 1.x / 2.x pipeline's files with fp16 weights (`*.fp16.safetensors`).
@@ -95,42 +110,61 @@ pub const PRESETS: &[Preset] = &[
         description: "the built-in tiny Stable Diffusion of coloured digits (64x64), no download",
         hub: None,
         native_size: (64, 64),
+        distilled: None,
     },
     Preset {
         name: "sd15",
         description: "Stable Diffusion 1.5 (512x512, fp16, about 2 GB)",
         hub: hub("stable-diffusion-v1-5/stable-diffusion-v1-5", SD_FP16, true),
         native_size: (512, 512),
+        distilled: None,
     },
     Preset {
         name: "sd21",
         description: "Stable Diffusion 2.1, v-prediction (768x768, fp16, about 2.6 GB)",
         hub: hub("stabilityai/stable-diffusion-2-1", SD_FP16, true),
         native_size: (768, 768),
+        distilled: None,
     },
     Preset {
         name: "sd-turbo",
         description: "SD-Turbo: SD 2.1 distilled to 1-4 steps, no guidance (512x512, fp16, about 2.6 GB)",
         hub: hub("stabilityai/sd-turbo", SD_FP16, true),
         native_size: (512, 512),
+        distilled: Some(Distilled {
+            steps: 1,
+            guidance_scale: 0.0,
+            sampler: SamplerKind::EULER,
+        }),
     },
     Preset {
         name: "sdxl",
         description: "Stable Diffusion XL base 1.0 (1024x1024, fp16, about 7 GB)",
         hub: hub("stabilityai/stable-diffusion-xl-base-1.0", SDXL_FP16, true),
         native_size: (1024, 1024),
+        distilled: None,
     },
     Preset {
         name: "sdxl-turbo",
         description: "SDXL-Turbo: SDXL distilled to 1-4 steps, no guidance (512x512, fp16, about 7 GB)",
         hub: hub("stabilityai/sdxl-turbo", SDXL_FP16, true),
         native_size: (512, 512),
+        distilled: Some(Distilled {
+            steps: 1,
+            guidance_scale: 0.0,
+            sampler: SamplerKind::EULER_A,
+        }),
     },
     Preset {
         name: "lcm",
         description: "LCM Dreamshaper v7: latent consistency model, 4-8 steps (768x768, f32, about 4.3 GB)",
         hub: hub("SimianLuo/LCM_Dreamshaper_v7", SD_F32, false),
         native_size: (768, 768),
+        distilled: Some(Distilled {
+            steps: 4,
+            guidance_scale: 8.5,
+            sampler: SamplerKind::LCM,
+        }),
     },
 ];
 
@@ -170,7 +204,7 @@ impl ModelPaths {
 }
 
 /// Where a model name led.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ModelLocation {
     /// A preset.
     Preset(Preset),
@@ -337,7 +371,7 @@ pub fn resolve(model: &str, paths: &ModelPaths) -> Result<ModelLocation> {
 }
 
 /// A model [`crate::Model::load`] takes by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalModel {
     /// The name [`crate::Model::load`] takes.
     pub name: String,

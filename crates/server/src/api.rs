@@ -133,6 +133,14 @@ pub struct ModelInfo {
     pub name: String,
     pub native_width: u32,
     pub native_height: u32,
+    /// Steps a request without `steps` gets: 20, or a distilled model's own (1 for the turbo
+    /// presets, 4 for LCM models).
+    pub default_steps: usize,
+    /// Guidance a request without one gets: 7.5, or a distilled model's own (0 for the turbo
+    /// presets, 8.5 for LCM models).
+    pub default_guidance_scale: f32,
+    /// Sampler a request without one gets: `euler_a`, or a distilled model's own.
+    pub default_sampler: String,
 }
 
 /// `GET /v1/models`.

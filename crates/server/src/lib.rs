@@ -276,14 +276,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (jobs, queue) = Jobs::new(config.queue_size);
-    let (width, height) = model.native_size();
+    let defaults = model.defaults();
     let state = Arc::new(AppState {
         jobs: jobs.clone(),
         model: ModelInfo {
             name: model.name().to_string(),
-            native_width: width,
-            native_height: height,
+            native_width: defaults.width,
+            native_height: defaults.height,
+            default_steps: defaults.steps,
+            default_guidance_scale: defaults.guidance_scale,
+            default_sampler: defaults.sampler.name().into(),
         },
+        defaults,
         models_dir: config.models_dir.clone(),
         max_body_bytes: config.max_body_bytes,
         max_image_body_bytes: config.max_image_body_bytes.max(config.max_body_bytes),

@@ -27,6 +27,8 @@ use sd_wgsl::ImageFormat as Format;
 pub struct AppState {
     pub jobs: Jobs,
     pub model: ModelInfo,
+    /// What requests that leave settings out get (the model's size, steps, guidance, sampler).
+    pub defaults: sd_core::params::ModelDefaults,
     /// An extra folder of model folders (`--models-dir`) listed by `GET /v1/models`.
     pub models_dir: Option<std::path::PathBuf>,
     /// The largest request body besides its images.

@@ -86,8 +86,7 @@ pub async fn submit(app: &AppState, intake: Intake) -> Result<JobState, Refused>
             }
         }
     }
-    let native = (app.model.native_width, app.model.native_height);
-    let params = parse_params(&obj, &dialect, native, rand::random)?;
+    let params = parse_params(&obj, &dialect, &app.defaults, rand::random)?;
     let queued = match id {
         Some(id) => app.jobs.submit_as(id, params, format, decoded),
         None => app.jobs.submit(params, format, decoded),

@@ -164,14 +164,14 @@ impl WasmModel {
             .map(|k| JsValue::from(k.name()))
             .collect();
         set(&out, "samplers", samplers);
-        let d = GenerationParams::default();
+        let d = loaded.model.defaults();
         let defaults = Object::new();
         set(&defaults, "steps", d.steps as u32);
         set(&defaults, "guidanceScale", d.guidance_scale);
         set(&defaults, "sampler", d.sampler.name());
         set(&defaults, "width", width);
         set(&defaults, "height", height);
-        set(&defaults, "count", d.count);
+        set(&defaults, "count", GenerationParams::default().count);
         set(&out, "defaults", defaults);
         Ok(out)
     }
@@ -252,11 +252,12 @@ async fn run(
 ) -> Result<JsValue, WebError> {
     let images_in = read_inputs(inputs)?;
     // Without a size in the request, an input image sets it.
-    let native = match &images_in.init_image {
-        Some(image) => size_for_input_image(image.width(), image.height(), &ParamLimits::default()),
-        None => loaded.model.native_size(),
-    };
-    let mut params = parse_request(params_json, native, || {
+    let mut defaults = loaded.model.defaults();
+    if let Some(image) = &images_in.init_image {
+        (defaults.width, defaults.height) =
+            size_for_input_image(image.width(), image.height(), &ParamLimits::default());
+    }
+    let mut params = parse_request(params_json, &defaults, || {
         (js_sys::Math::random() * 4_294_967_296.0) as u64
     })?;
     let latents = initial_latents.map(|l| l.to_vec());

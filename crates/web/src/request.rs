@@ -1,7 +1,7 @@
 //! A generation request from JavaScript (JSON, camelCase keys, `guidanceScale`) into
 //! [`GenerationParams`], through `sd-core`'s shared request parser.
 
-use sd_core::params::{GenerationParams, ParamsError};
+use sd_core::params::{GenerationParams, ModelDefaults, ParamsError};
 use sd_core::request::{Dialect, RequestError, parse_params, request_object};
 
 use crate::errors::{ErrorCode, WebError};
@@ -10,15 +10,15 @@ fn invalid(error: RequestError) -> WebError {
     WebError::new(ErrorCode::InvalidRequest, error.to_string())
 }
 
-/// Parses a request. Missing keys take the defaults: `native` size, 20 steps, guidance 7.5,
-/// `euler_a`, one image, and `random_seed()` for the seed. The result is validated.
+/// Parses a request. Missing keys take the model's defaults (size, steps, guidance, sampler),
+/// one image, and `random_seed()` for the seed. The result is validated.
 pub fn parse_request(
     json: &str,
-    native: (u32, u32),
+    model: &ModelDefaults,
     random_seed: impl FnOnce() -> u64,
 ) -> Result<GenerationParams, WebError> {
     let obj = request_object(json, &Dialect::WEB).map_err(invalid)?;
-    parse_params(&obj, &Dialect::WEB, native, random_seed).map_err(invalid)
+    parse_params(&obj, &Dialect::WEB, model, random_seed).map_err(invalid)
 }
 
 /// A validation error under the request's (camelCase) name of the field.
@@ -32,15 +32,20 @@ mod tests {
 
     #[test]
     fn errors_are_invalid_request_naming_the_field() {
-        let e =
-            parse_request(r#"{"prompt": "x", "width": 30}"#, (64, 64), || 1).expect_err("width 30");
+        let e = parse_request(
+            r#"{"prompt": "x", "width": 30}"#,
+            &ModelDefaults::sized(64, 64),
+            || 1,
+        )
+        .expect_err("width 30");
         assert_eq!(e.code, ErrorCode::InvalidRequest);
         assert!(
             e.message.starts_with("width: 30 is not allowed"),
             "{}",
             e.message
         );
-        let p = parse_request(r#"{"prompt": "x"}"#, (96, 64), || 5).expect("valid");
+        let p = parse_request(r#"{"prompt": "x"}"#, &ModelDefaults::sized(96, 64), || 5)
+            .expect("valid");
         assert_eq!((p.width, p.height, p.seed), (96, 64, 5));
     }
 }

@@ -5,3 +5,23 @@
 
 pub mod inputs;
 pub mod judge;
+
+/// The PNG's `parameters` text chunk.
+pub fn parameters_chunk(path: &std::path::Path) -> String {
+    let file = std::fs::File::open(path).expect("open the PNG");
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let info = reader.info();
+    info.uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .or_else(|| {
+            info.utf8_text
+                .iter()
+                .find(|t| t.keyword == "parameters")
+                .map(|t| t.get_text().expect("iTXt text"))
+        })
+        .unwrap_or_else(|| panic!("{}: no `parameters` text chunk", path.display()))
+}

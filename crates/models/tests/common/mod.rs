@@ -46,12 +46,16 @@ pub fn reference(name: &str) -> Vec<f32> {
     tensor(refs(), name)
 }
 
-/// The largest absolute difference.
+/// The largest absolute difference; infinite where either side is NaN or infinite (which
+/// `f32::max` would otherwise skip), so a broken output never passes a bound.
 pub fn max_abs_diff(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "lengths differ");
     got.iter()
         .zip(want)
-        .map(|(a, b)| (a - b).abs())
+        .map(|(a, b)| {
+            let d = (a - b).abs();
+            if d.is_finite() { d } else { f32::INFINITY }
+        })
         .fold(0.0, f32::max)
 }
 
