@@ -21,10 +21,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// A preset (`digits`, built in: the default; hub presets such as `sd15` download into
-    /// the Hugging Face cache on first use), a model folder (diffusers or web format), or a
-    /// folder name under $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
+    /// the Hugging Face cache on first use), a model folder (diffusers or web format), a
+    /// single-file .safetensors checkpoint, or a folder or file name under
+    /// $DIFFUSION_MODELS_PATH, then $MODELS_PATH.
     #[arg(long)]
     pub model: Option<String>,
+    /// With a single-file .safetensors --model: a folder of diffusers configs to use instead
+    /// of the built-in published configs of the checkpoint's architecture.
+    #[arg(long, value_name = "DIR", requires = "model")]
+    pub model_config: Option<PathBuf>,
     /// A folder of model folders, listed by GET /v1/models before those of
     /// $DIFFUSION_MODELS_PATH and $MODELS_PATH.
     #[arg(long)]
@@ -52,8 +57,10 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
     let bar = indicatif::ProgressBar::new(0);
     let mut download = crate::download::DownloadReporter::new(bar.clone());
+    let mut load_options = LoadOptions::new();
+    load_options.model_config = args.model_config.clone();
     let model =
-        Model::load_with_download_progress(spec, &LoadOptions::new(), &mut |p| download.update(p))
+        Model::load_with_download_progress(spec, &load_options, &mut |p| download.update(p))
             .with_context(|| format!("--model {spec}"))?;
     bar.finish_and_clear();
     let adapter = model.pipeline().context().describe();

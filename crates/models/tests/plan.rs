@@ -27,9 +27,11 @@ fn read(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
     fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-/// The three configs of a pipeline folder.
+/// The configs of a pipeline folder.
 struct Configs {
     text_encoder: CLIPTextConfig,
+    /// SDXL's second text encoder.
+    text_encoder_2: Option<CLIPTextConfig>,
     unet: UNet2DConditionConfig,
     vae: AutoencoderKLConfig,
 }
@@ -43,6 +45,14 @@ impl Configs {
                 "text_encoder/config.json",
                 &file("text_encoder/config.json")?,
             )?,
+            text_encoder_2: if folder.join("text_encoder_2/config.json").is_file() {
+                Some(CLIPTextConfig::from_json(
+                    "text_encoder_2/config.json",
+                    &file("text_encoder_2/config.json")?,
+                )?)
+            } else {
+                None
+            },
             unet: UNet2DConditionConfig::from_json("unet/config.json", &file("unet/config.json")?)?,
             vae: AutoencoderKLConfig::from_json("vae/config.json", &file("vae/config.json")?)?,
         })
@@ -51,7 +61,7 @@ impl Configs {
     fn models(&self) -> ModelConfigs<'_> {
         ModelConfigs {
             text_encoder: &self.text_encoder,
-            text_encoder_2: None,
+            text_encoder_2: self.text_encoder_2.as_ref(),
             unet: &self.unet,
             vae: &self.vae,
         }
@@ -443,6 +453,20 @@ fn planned_weights_match_every_fixture_checkpoint() -> TestResult {
             &planned_shapes(&[text]),
             &file,
         );
+        let second = folder.join("text_encoder_2/model.safetensors");
+        assert_eq!(
+            plan.parts.iter().any(|p| p.part == Part::TextEncoder2),
+            second.is_file(),
+            "{label}: a second text encoder is planned exactly when the folder has one"
+        );
+        if second.is_file() {
+            let text_2 = part(&plan, Part::TextEncoder2)?;
+            assert_same_weights(
+                &format!("{label} text encoder 2"),
+                &planned_shapes(&[text_2]),
+                &safetensors_shapes(&second)?,
+            );
+        }
     }
     Ok(())
 }

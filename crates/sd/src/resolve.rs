@@ -377,7 +377,8 @@ pub struct LocalModel {
     pub name: String,
     /// Where it is.
     pub location: ModelLocation,
-    /// `preset`, `diffusers` (a folder with `model_index.json`) or `web` (`manifest.json`).
+    /// `preset`, `diffusers` (a folder with `model_index.json`), `web` (`manifest.json`) or
+    /// `single-file` (a `.safetensors` checkpoint in the original layout).
     pub format: &'static str,
     /// Whether it loads without a download: folders and the built-in preset always; a hub
     /// preset when all its files are in the hub cache.
@@ -386,7 +387,8 @@ pub struct LocalModel {
 
 /// The presets (each marked downloaded or not, by looking in the hub cache of
 /// [`HubConfig::from_env`], asking no server), then the model folders directly under
-/// `paths`' folders (those with a `model_index.json` or a web `manifest.json`), sorted by
+/// `paths`' folders (those with a `model_index.json` or a web `manifest.json`, and
+/// `.safetensors` single-file checkpoints), sorted by
 /// name within each folder; a name in both folders is listed once, from the first.
 pub fn list_models(paths: &ModelPaths) -> Vec<LocalModel> {
     list_models_with(paths, &HubConfig::from_env())
@@ -414,6 +416,12 @@ pub fn list_models_with(paths: &ModelPaths, hub: &HubConfig) -> Vec<LocalModel> 
                     "diffusers"
                 } else if path.join(sd_weights::web::MANIFEST_FILE).is_file() {
                     "web"
+                } else if path.is_file()
+                    && path
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+                {
+                    "single-file"
                 } else {
                     return None;
                 };

@@ -211,6 +211,8 @@ fn models_folder(names: &[&str]) -> tempfile::TempDir {
 fn model_names_resolve_in_order_and_never_leave_the_folders() {
     let first = models_folder(&["a", "both"]);
     let second = models_folder(&["b", "both"]);
+    // A single-file checkpoint beside the folders (its contents do not matter to resolving).
+    std::fs::write(second.path().join("c.safetensors"), b"").expect("a file");
     let paths = ModelPaths {
         diffusion_models: Some(first.path().into()),
         models: Some(second.path().into()),
@@ -237,6 +239,10 @@ fn model_names_resolve_in_order_and_never_leave_the_folders() {
         resolve("b", &paths).expect("b"),
         at(second.path().join("b")),
         "MODELS_PATH after"
+    );
+    assert_eq!(
+        resolve("c.safetensors", &paths).expect("a file by name"),
+        at(second.path().join("c.safetensors"))
     );
 
     match resolve("missing", &paths) {
@@ -293,6 +299,7 @@ fn model_names_resolve_in_order_and_never_leave_the_folders() {
             ("a".into(), "diffusers"),
             ("both".into(), "diffusers"),
             ("b".into(), "diffusers"),
+            ("c.safetensors".into(), "single-file"),
         ]
     );
 }

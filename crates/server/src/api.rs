@@ -161,7 +161,7 @@ pub struct Models {
 #[serde(rename_all = "camelCase")]
 pub struct LocalModelInfo {
     pub name: String,
-    /// `preset`, `diffusers` or `web`.
+    /// `preset`, `diffusers`, `web` or `single-file`.
     pub format: String,
     /// Whether it loads without a download.
     pub downloaded: bool,
