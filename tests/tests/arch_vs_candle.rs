@@ -54,7 +54,7 @@
 //! seeded to match ours; those samplers are checked against diffusers' tensors elsewhere.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::safetensors::SliceSafetensors;
@@ -73,17 +73,21 @@ use sd_core::config::{
     SchedulerConfig, TimestepSpacing, UNet2DConditionConfig,
 };
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
-use sd_models::{
-    CLIPTextModel, Params, TextOutput, UNet2DConditionModel, UNetConditioning, VaeDecoder,
-};
-use sd_tests::{Comparison, Rng, TensorList, Values, random_safetensors};
+use sd_kernels::DType;
+use sd_models::{CLIPTextModel, TextOutput, UNet2DConditionModel, UNetConditioning, VaeDecoder};
+use sd_tests::{Rng, TensorList, Values, random_safetensors};
 use sd_weights::{Renamer, SafetensorsFile, WeightSource};
 use serde_json::Value;
 
+#[path = "../common/candle_harness.rs"]
+mod harness;
+// Only the oracle's JSON and VAE readers are used here: the UNet reader below also takes
+// per-block head counts and transformer depths, and the CLIP configs are candle's own.
 #[allow(dead_code)]
 #[path = "../common/oracle.rs"]
 mod oracle;
+
+use harness::{candle_out, candle_tensors, ctx, gpu_run, params, report, serial};
 
 const SEED: u64 = 0x5d21;
 /// CLIP's start and end tokens; SD 2's and SDXL's second tokenizer pad with `!` (id 0).
@@ -103,24 +107,6 @@ const BIG_G_LAYERS: usize = 6;
 const SDXL_TRANSFORMER_LAYERS: [usize; 3] = [1, 2, 1];
 /// DDIM steps of the generation.
 const STEPS: usize = 3;
-
-/// The tests hold gigabytes each: run them one at a time, whatever `--test-threads` says.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        let ctx = pollster::block_on(GpuContext::new(options))
-            .expect("a GPU adapter on the expected backend");
-        println!("adapter: {}", ctx.describe());
-        ctx
-    })
-}
 
 /// The text of `tests/configs/<model>/<file>`.
 fn config_text(model: &str, file: &str) -> String {
@@ -225,49 +211,6 @@ fn candle_unet(v: &Value) -> (unet_2d::UNet2DConditionModelConfig, usize, usize)
     (config, count("in_channels"), count("out_channels"))
 }
 
-/// A candle weight backend that hands out a broadcast zero (no allocation) for every tensor
-/// asked for and records its name and shape, in order.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<TensorList>>);
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: CDType,
-        dev: &Device,
-    ) -> candle_core::Result<CTensor> {
-        let mut seen = self.0.lock().expect("recorder lock");
-        match seen.iter().find(|(n, _)| n == name) {
-            Some((_, shape)) if shape.as_slice() != s.dims() => {
-                candle_core::bail!("{name} asked for as {:?} and as {shape:?}", s.dims())
-            }
-            Some(_) => {}
-            None => seen.push((name.to_owned(), s.dims().to_vec())),
-        }
-        CTensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-
-    fn get_unchecked(&self, name: &str, _: CDType, _: &Device) -> candle_core::Result<CTensor> {
-        candle_core::bail!("the recorder needs a shape for {name}")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        // Makes candle's VAE attention pick diffusers' current names (`to_q`, ...).
-        true
-    }
-}
-
-/// Every tensor candle's model asks for when `build` constructs it.
-fn candle_tensors<M>(build: impl FnOnce(VarBuilder<'_>) -> candle_core::Result<M>) -> TensorList {
-    let recorder = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), CDType::F32, Device::Cpu);
-    drop(build(vb).expect("candle builds the model"));
-    recorder.0.lock().expect("recorder lock").clone()
-}
-
 /// Which tensors of candle's published-depth model are zero: the layers our reduced model does
 /// not have (a pre-norm layer with zero weights and biases is the identity).
 type ZeroRule = fn(&str) -> bool;
@@ -366,38 +309,6 @@ fn random_file(
         start.elapsed()
     );
     SafetensorsFile::from_vec(label, bytes).expect("valid safetensors")
-}
-
-fn candle_out(t: &CTensor) -> Vec<f32> {
-    t.flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("candle output to host")
-}
-
-fn gpu_run(
-    record: impl FnOnce(&mut sd_kernels::Batch<'_>) -> sd_models::Result<Tensor>,
-) -> Vec<f32> {
-    let mut batch = ctx().batch();
-    let out = record(&mut batch).expect("record");
-    pollster::block_on(batch.submit()).expect("submit");
-    pollster::block_on(ctx().read_f32(&out)).expect("read back")
-}
-
-fn params(weights: &WeightSource, matrices: DType) -> Params<'_> {
-    Params {
-        ctx: ctx(),
-        scope: weights.root(),
-        matrices,
-    }
-}
-
-fn report(label: &str, got: &[f32], want: &[f32], bound: f32) {
-    let c = Comparison::new(got, want);
-    println!("{label}: {c} (bound {bound:e} relative)");
-    assert!(
-        c.non_finite == 0 && c.relative() <= bound,
-        "{label}: {c} exceeds {bound:e} relative"
-    );
 }
 
 /// `field: value` pairs of a flat `Debug` struct (`Config { a: 1, b: Some("!") }`): candle's

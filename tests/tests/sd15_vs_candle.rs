@@ -29,22 +29,24 @@
 //! encoder and the VAE decoder compute the same functions and must agree to 1e-4 relative.
 //! Latents are 8x8 (a 64x64 image), so each test takes seconds to about a minute on lavapipe.
 
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use candle_core::{DType as CDType, Device, Shape, Tensor as CTensor};
+use candle_core::{DType as CDType, Device, Tensor as CTensor};
 use candle_nn::VarBuilder;
-use candle_nn::var_builder::SimpleBackend;
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::stable_diffusion::{unet_2d, vae};
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
-use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
-use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder};
-use sd_tests::{Comparison, Rng, TensorList, Values, random_safetensors};
+use sd_kernels::DType;
+use sd_models::{CLIPTextModel, TextOutput, UNet2DConditionModel, VaeDecoder};
+use sd_tests::{Rng, TensorList, Values, random_safetensors};
 use sd_weights::{Renamer, SafetensorsFile, WeightSource};
 
+#[path = "../common/candle_harness.rs"]
+mod harness;
 #[path = "../common/oracle.rs"]
 mod oracle;
+
+use harness::{candle_out, candle_tensors, ctx, gpu_run, params, report, serial};
 
 const SEED: u64 = 0x5d15;
 /// CLIP's start and end (and padding) tokens: the last two rows of the token table.
@@ -62,73 +64,12 @@ const UNET_BOUND: f32 = 1e-3;
 const TEXT_BOUND: f32 = 1e-4;
 const VAE_BOUND: f32 = 1e-4;
 
-/// The tests hold gigabytes each: run them one at a time, whatever `--test-threads` says.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        let ctx = pollster::block_on(GpuContext::new(options))
-            .expect("a GPU adapter on the expected backend");
-        println!("adapter: {}", ctx.describe());
-        ctx
-    })
-}
-
 fn config_json(part: &str) -> String {
     let path = format!(
         "{}/../../shared/fixtures/configs/sd15/{part}/config.json",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// A candle weight backend that hands out a broadcast zero (no allocation) for every tensor
-/// asked for and records its name and shape, in order.
-#[derive(Clone, Default)]
-struct Recorder(Arc<Mutex<TensorList>>);
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: CDType,
-        dev: &Device,
-    ) -> candle_core::Result<CTensor> {
-        let mut seen = self.0.lock().expect("recorder lock");
-        match seen.iter().find(|(n, _)| n == name) {
-            Some((_, shape)) if shape.as_slice() != s.dims() => {
-                candle_core::bail!("{name} asked for as {:?} and as {shape:?}", s.dims())
-            }
-            Some(_) => {}
-            None => seen.push((name.to_owned(), s.dims().to_vec())),
-        }
-        CTensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-
-    fn get_unchecked(&self, name: &str, _: CDType, _: &Device) -> candle_core::Result<CTensor> {
-        candle_core::bail!("the recorder needs a shape for {name}")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        // Makes candle's VAE attention pick diffusers' current names (`to_q`, ...).
-        true
-    }
-}
-
-/// Every tensor candle's model asks for when `build` constructs it.
-fn candle_tensors<M>(build: impl FnOnce(VarBuilder<'_>) -> candle_core::Result<M>) -> TensorList {
-    let recorder = Recorder::default();
-    let vb = VarBuilder::from_backend(Box::new(recorder.clone()), CDType::F32, Device::Cpu);
-    drop(build(vb).expect("candle builds the model"));
-    recorder.0.lock().expect("recorder lock").clone()
 }
 
 /// The random weights for `tensors`, as a parsed in-memory safetensors file.
@@ -151,38 +92,6 @@ fn random_file(label: &str, tensors: &TensorList, values: Values) -> Safetensors
 fn candle_vb(file: &SafetensorsFile) -> VarBuilder<'_> {
     VarBuilder::from_slice_safetensors(file.bytes(), CDType::F32, &Device::Cpu)
         .expect("candle reads the file")
-}
-
-fn candle_out(t: &CTensor) -> Vec<f32> {
-    t.flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .expect("candle output to host")
-}
-
-fn gpu_run(
-    record: impl FnOnce(&mut sd_kernels::Batch<'_>) -> sd_models::Result<Tensor>,
-) -> Vec<f32> {
-    let mut batch = ctx().batch();
-    let out = record(&mut batch).expect("record");
-    pollster::block_on(batch.submit()).expect("submit");
-    pollster::block_on(ctx().read_f32(&out)).expect("read back")
-}
-
-fn params(weights: &WeightSource, matrices: DType) -> Params<'_> {
-    Params {
-        ctx: ctx(),
-        scope: weights.root(),
-        matrices,
-    }
-}
-
-fn report(label: &str, got: &[f32], want: &[f32], bound: f32) {
-    let c = Comparison::new(got, want);
-    println!("{label}: {c} (bound {bound:e} relative)");
-    assert!(
-        c.non_finite == 0 && c.relative() <= bound,
-        "{label}: {c} exceeds {bound:e} relative"
-    );
 }
 
 #[test]
