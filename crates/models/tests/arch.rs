@@ -5,29 +5,18 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
-
 use sd_core::conditioning::{guidance_scale_embedding, sdxl_time_ids};
 use sd_core::params::GenerationParams;
 use sd_core::rng::NoiseRng;
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_kernels::DType;
 use sd_models::{Inputs, ModelSource, StableDiffusion, UNetConditioning};
 use sd_weights::SafetensorsFile;
 
-use common::{assert_run_matches, fixtures, max_abs_diff, run, tensor};
+use common::{assert_run_matches, context, fixtures, max_abs_diff, run, tensor};
 
 const PROMPT: &str = "a red digit seven on a blue background";
 const COMPONENT_BOUND: f32 = 1e-4;
-
-fn context() -> Arc<GpuContext> {
-    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"))
-    })
-    .clone()
-}
 
 /// A tiny-arch model with f32 weights and its references.
 fn load(name: &str) -> (StableDiffusion, SafetensorsFile) {

@@ -4,25 +4,16 @@
 
 mod common;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use image::{GrayImage, Luma, RgbImage};
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_kernels::DType;
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-use common::{assert_run_matches, fixtures, max_abs_diff, more_refs, run, tensor};
-
-fn context() -> Arc<GpuContext> {
-    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"))
-    })
-    .clone()
-}
+use common::{assert_run_matches, context, fixtures, max_abs_diff, more_refs, run, tensor};
 
 fn load(folder: &str) -> StableDiffusion {
     let source = ModelSource::folder(fixtures().join(folder));

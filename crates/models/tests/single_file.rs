@@ -2,14 +2,14 @@
 //! Stability/A1111 layout generates exactly what its diffusers folder generates; pickle files
 //! are refused; a diffusers folder without one of its parts names it.
 
-#[allow(dead_code)] // this file needs only the fixture path
+#[allow(dead_code)] // this file needs only the fixture path and the GPU context
 mod common;
 
 use std::sync::Arc;
 
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_kernels::DType;
 use sd_models::{Inputs, ModelError, ModelSource, StableDiffusion};
 use sd_weights::{Architecture, SingleFileOptions, WeightError, write_single_file};
 
@@ -35,8 +35,7 @@ fn assert_single_file_generates_as_folder(
         .expect("open the single file");
     assert!(matches!(single, ModelSource::Memory(_)));
 
-    let options = ContextOptions::for_tests().expect("valid environment");
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
+    let ctx = common::context();
     let params = GenerationParams {
         prompt: "a red digit seven on a blue background".into(),
         steps: 4,

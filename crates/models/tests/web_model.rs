@@ -2,7 +2,7 @@
 //! shards stay under the target size, a web model folder generates the same picture as the
 //! diffusers folder it came from, and damaged or missing shards are refused by name.
 
-#[allow(dead_code)] // this file needs only the fixture path
+#[allow(dead_code)] // this file needs only the fixture path and the GPU context
 mod common;
 
 use std::path::Path;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_kernels::DType;
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::WeightError;
 use sd_weights::web::{
@@ -111,8 +111,7 @@ fn conversion_is_deterministic_and_sharded_by_hash() {
 fn a_web_model_generates_what_its_source_folder_generates() {
     let dir = tempfile::tempdir().expect("tmp");
     convert_to_web(embedded_model(), dir.path(), None).expect("convert");
-    let options = ContextOptions::for_tests().expect("valid environment");
-    let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
+    let ctx = common::context();
     let params = GenerationParams {
         prompt: "a red digit seven on a blue background".into(),
         steps: 4,

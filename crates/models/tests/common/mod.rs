@@ -2,9 +2,10 @@
 //! measure.
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use sd_core::params::GenerationParams;
+use sd_kernels::{ContextOptions, GpuContext};
 use sd_models::{Generated, Inputs, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
@@ -16,6 +17,17 @@ pub fn fixtures() -> PathBuf {
 fn load(file: &str) -> SafetensorsFile {
     SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs").join(file))
         .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// One GPU context for the tests of a binary (the adapter the test environment asks for).
+#[allow(dead_code)] // parity.rs keeps a plain reference
+pub fn context() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ContextOptions::for_tests().expect("valid environment");
+        Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"))
+    })
+    .clone()
 }
 
 /// `refs.safetensors`.
