@@ -2,6 +2,10 @@
 //! classifier-free guidance, on the GPU adapter wgpu picks (lavapipe on a machine without a GPU)
 //! against candle-transformers running the same model on the CPU in the same process.
 //!
+//! A third column is our own CPU backend (`sd-cpu`: candle's networks under our pipeline, what
+//! `--device cpu` and `auto` without a hardware GPU run), so its overhead over candle alone and
+//! its lead over a software adapter show in the same run.
+//!
 //! Why: the CPU bar. A WebGPU path that is slower than a CPU library on the same machine needs
 //! a reason; this prints the ratio per stage so a regression or a win shows where it is.
 //!
@@ -33,7 +37,7 @@ use sd_core::params::GenerationParams;
 use sd_core::rng::NoiseRng;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{ModelSource, StableDiffusion};
+use sd_models::{ModelSource, StableDiffusion, UNetInputs};
 use sd_tests::Comparison;
 use sd_weights::ClipTokenizer;
 
@@ -246,13 +250,23 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let candle = Candle::load(&dir)?;
     let candle_load = start.elapsed();
+    let start = Instant::now();
+    let source = ModelSource::folder(&dir);
+    let cpu_model = StableDiffusion::load_on(&source, |files| {
+        Ok(Box::new(sd_cpu::CpuNetworks::load(
+            &source,
+            files.configs(),
+            &mut |_| {},
+        )?))
+    })?;
+    let cpu_load = start.elapsed();
     println!(
         "model: {} (64x64, {STEPS} steps DDIM, CFG {GUIDANCE})",
         dir.display()
     );
     println!("GPU: {adapter}; weight matrices f16; loaded in {gpu_load:.1?}");
     println!(
-        "CPU: candle-transformers 0.11, f32, {} threads; loaded in {candle_load:.1?}",
+        "CPU backend (sd-cpu): loaded in {cpu_load:.1?}; candle alone: candle-transformers 0.11, f32, {} threads; loaded in {candle_load:.1?}",
         candle_core::utils::get_num_threads()
     );
     println!(
@@ -266,27 +280,27 @@ fn main() -> Result<()> {
     let noise_c = CTensor::from_slice(&noise, (1, 4, LATENT, LATENT), &Device::Cpu)?;
     let cfg_latents_c = CTensor::cat(&[&noise_c, &noise_c], 0)?;
 
-    let mut rows: Vec<(&str, f64, f64)> = Vec::new();
+    let mut rows: Vec<(&str, f64, f64, f64)> = Vec::new();
 
-    let (gpu, context) = time(args.reps, || {
-        pollster::block_on(async {
-            let (embeddings, _) = sd.encode_prompts(&["", PROMPT]).await?;
-            sd.context().finish().await?;
-            Ok(embeddings.hidden)
-        })
-    })?;
+    let encode = |model: &StableDiffusion| -> Result<UNetInputs> {
+        let (embeddings, _) = pollster::block_on(model.encode_prompts(&["", PROMPT]))?;
+        Ok(UNetInputs::context(embeddings.hidden, embeddings.shape))
+    };
+    let (gpu, context) = time(args.reps, || encode(&sd))?;
+    let (ours, cpu_context) = time(args.reps, || encode(&cpu_model))?;
     let (cpu, context_c) = time(args.reps, || candle.encode(&["", PROMPT]))?;
-    rows.push(("text encode (2 prompts)", gpu, cpu));
+    rows.push(("text encode (2 prompts)", gpu, ours, cpu));
 
-    let (gpu, _) = time(args.reps, || {
-        Ok(pollster::block_on(sd.predict_noise(
+    let unet = |model: &StableDiffusion, inputs: &UNetInputs| -> Result<Vec<f32>> {
+        Ok(pollster::block_on(model.predict_noise(
             &cfg_latents,
             [2, 4, LATENT, LATENT],
             T,
-            &context,
-            &Default::default(),
+            inputs,
         ))?)
-    })?;
+    };
+    let (gpu, _) = time(args.reps, || unet(&sd, &context))?;
+    let (ours, _) = time(args.reps, || unet(&cpu_model, &cpu_context))?;
     let (cpu, _) = time(args.reps, || {
         let out: Vec<f32> = candle
             .unet(&cfg_latents_c, f64::from(T), &context_c)?
@@ -294,13 +308,15 @@ fn main() -> Result<()> {
             .to_vec1()?;
         Ok(out)
     })?;
-    rows.push(("UNet step (CFG batch 2)", gpu, cpu));
+    rows.push(("UNet step (CFG batch 2)", gpu, ours, cpu));
 
-    let (gpu, _) = time(args.reps, || {
-        Ok(pollster::block_on(sd.decode(&noise, LATENT, LATENT))?)
-    })?;
+    let decode = |model: &StableDiffusion| -> Result<Vec<f32>> {
+        Ok(pollster::block_on(model.decode(&noise, LATENT, LATENT))?)
+    };
+    let (gpu, _) = time(args.reps, || decode(&sd))?;
+    let (ours, _) = time(args.reps, || decode(&cpu_model))?;
     let (cpu, _) = time(args.reps, || candle.decode(&noise_c))?;
-    rows.push(("VAE decode", gpu, cpu));
+    rows.push(("VAE decode", gpu, ours, cpu));
 
     let params = GenerationParams {
         prompt: PROMPT.into(),
@@ -314,8 +330,8 @@ fn main() -> Result<()> {
         count: 1,
         ..GenerationParams::default()
     };
-    let (gpu, generated) = time(args.gen_reps, || {
-        Ok(pollster::block_on(sd.generate(
+    let generate = |model: &StableDiffusion| -> Result<sd_models::Generated> {
+        Ok(pollster::block_on(model.generate(
             &params,
             &sd_models::Inputs {
                 initial_latents: Some(&noise),
@@ -324,18 +340,29 @@ fn main() -> Result<()> {
             &mut |_| {},
             None,
         ))?)
-    })?;
+    };
+    let (gpu, generated) = time(args.gen_reps, || generate(&sd))?;
+    let (ours, generated_cpu) = time(args.gen_reps, || generate(&cpu_model))?;
     let (cpu, image_c) = time(args.gen_reps, || candle.generate(&noise_c))?;
-    rows.push(("whole generation (20 steps)", gpu, cpu));
+    rows.push(("whole generation (20 steps)", gpu, ours, cpu));
 
     println!(
-        "{:<30} {:>12} {:>16} {:>12}",
-        "stage", "GPU ms", "candle CPU ms", "GPU / CPU"
+        "{:<30} {:>10} {:>16} {:>14} {:>10} {:>14}",
+        "stage", "GPU ms", "CPU backend ms", "candle ms", "GPU / CPU", "backend / candle"
     );
-    for (stage, gpu, cpu) in rows {
-        println!("{stage:<30} {gpu:>12.1} {cpu:>16.1} {:>12.2}", gpu / cpu);
+    for (stage, gpu, ours, cpu) in rows {
+        println!(
+            "{stage:<30} {gpu:>10.1} {ours:>16.1} {cpu:>14.1} {:>10.2} {:>14.2}",
+            gpu / ours,
+            ours / cpu
+        );
     }
     let image = generated.pixels.first().ok_or("no image generated")?;
+    let image_cpu = generated_cpu.pixels.first().ok_or("no image generated")?;
+    println!(
+        "\nfinal image, CPU backend vs candle alone (same f32 networks): {}",
+        Comparison::new(image_cpu, &image_c)
+    );
     println!(
         "\nfinal image, GPU (f16 weights) vs candle (f32, tanh GELU): {}",
         Comparison::new(image, &image_c)

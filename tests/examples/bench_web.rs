@@ -147,7 +147,7 @@ fn run() -> Result<(), String> {
         bench["info"]["adapter"].as_str().unwrap_or("?"),
         bench["info"]["shaderF16"]
     );
-    println!("native:  {}", model.context().describe());
+    println!("native:  {}", model.networks().describe());
     println!();
     println!("| what | browser ms | native ms | browser / native |");
     println!("| --- | ---: | ---: | ---: |");

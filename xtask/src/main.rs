@@ -2,6 +2,7 @@
 //! tests included; `build-wasm` makes the npm package, `convert` the web model, `serve` the demo;
 //! `bench` and `bench web` / `bench kernels` measure.
 
+mod setup;
 mod wasm;
 mod web;
 
@@ -17,8 +18,12 @@ commands:
   run [OPTIONS]     generate an image: the options of `sd generate` (--prompt, --steps, --seed,
                     --sampler, --width, --height, --count, --out, --model, ...; --help lists them)
   test              every test of the workspace (native, on the GPU adapter wgpu picks: lavapipe
-                    without a GPU), the browser tests in headless Chromium included; builds the
-                    npm package and the web model first, and installs the Node driver if missing
+                    without a GPU; SD_DEVICE=gpu unless set, so the WGSL path is what runs), the
+                    browser tests in headless Chromium included; first installs what is missing
+                    (as root on Debian/Ubuntu: Vulkan driver, Chromium, Node.js/npm; the wasm32
+                    target; wasm-bindgen-cli; the Node driver), builds the npm package and the
+                    web model
+  pack              the npm tarball: build-wasm, then `npm pack` into target/npm/
   build-wasm        the npm package in target/npm/sd-wgsl: sd-web for wasm32 (release) through
                     wasm-bindgen (installed at the Cargo.lock version if missing), plus
                     crates/web/js
@@ -56,6 +61,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         ["build-wasm"] => wasm::build(&sh, &root),
+        ["pack"] => wasm::pack(&sh, &root).map(|tarball| println!("{}", tarball.display())),
         ["convert"] => web::convert_default(&sh, &root),
         ["convert", src, dst] => web::convert(&sh, src, dst, &[]),
         ["serve", rest @ ..] => web::serve(&sh, &root, rest),
@@ -84,7 +90,28 @@ fn main() -> Result<()> {
 
 fn test(sh: &Shell, root: &Path, extra: &[&str]) -> Result<()> {
     let total = Instant::now();
-    wasm::build(sh, root)?;
+    setup::ensure(sh)?;
+    // Mesa warns on every Vulkan start without a runtime folder; give the tests a private one.
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir());
+    let _runtime = match runtime {
+        Some(_) => None,
+        None => {
+            let dir = target_dir(root).join("xdg-runtime");
+            std::fs::create_dir_all(&dir)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+            Some(sh.push_env("XDG_RUNTIME_DIR", dir))
+        }
+    };
+    // The tests prove the WGSL path, on lavapipe where there is no GPU: `auto` would pick the
+    // CPU backend there. The CPU backend's tests ask for it by name.
+    let _device = std::env::var_os("SD_DEVICE")
+        .is_none()
+        .then(|| sh.push_env("SD_DEVICE", "gpu"));
+    wasm::pack(sh, root)?;
     web::convert_default(sh, root)?;
     web::browser_prerequisites(sh, root)?;
     stage("adapter", || {

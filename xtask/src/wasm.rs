@@ -53,7 +53,13 @@ pub fn build(sh: &Shell, root: &Path) -> Result<()> {
         if !js.is_dir() {
             bail!("{} is missing: the package's JavaScript", js.display());
         }
-        copy_dir(&js, &pkg)
+        copy_dir(&js, &pkg)?;
+        // The licences the package declares, shipped in it.
+        for licence in ["LICENSE-MIT", "LICENSE-APACHE"] {
+            std::fs::copy(root.join(licence), pkg.join(licence))
+                .with_context(|| format!("cannot copy {licence} into the package"))?;
+        }
+        Ok(())
     })?;
     let wasm = out.join("sd_web_bg.wasm");
     let size = std::fs::metadata(&wasm)
@@ -68,6 +74,25 @@ pub fn build(sh: &Shell, root: &Path) -> Result<()> {
         size as f64 / (1024.0 * 1024.0)
     );
     Ok(())
+}
+
+/// `cargo xtask pack`: the package built, then `npm pack` of it into `target/npm/`; returns the
+/// tarball's path (`target/npm/sd-wgsl-<version>.tgz`, which the package test installs).
+pub fn pack(sh: &Shell, root: &Path) -> Result<PathBuf> {
+    build(sh, root)?;
+    let pkg = package_dir(root);
+    let dest = target_dir(root).join("npm");
+    stage("npm pack", || {
+        let name = cmd!(sh, "npm pack --silent --pack-destination {dest} {pkg}")
+            .read()
+            .context("npm pack (is npm installed?)")?;
+        let tarball = dest.join(name.lines().last().unwrap_or_default().trim());
+        if !tarball.is_file() {
+            bail!("npm pack wrote no {}", tarball.display());
+        }
+        println!("npm tarball: {}", tarball.display());
+        Ok(tarball)
+    })
 }
 
 /// The version of the `wasm-bindgen` crate in Cargo.lock.

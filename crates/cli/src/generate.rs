@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use sd_weights::SafetensorsFile;
-use sd_wgsl::{CancelToken, LoadOptions, Model, Options, Progress, Stage};
+use sd_wgsl::{CancelToken, Device, LoadOptions, Model, Options, Progress, Stage};
 
 /// Options of `sd generate`.
 #[derive(Debug, Clone, Args)]
@@ -76,6 +76,11 @@ pub struct GenerateArgs {
     /// Keep weight matrices in f32 on the GPU (twice the memory; for comparisons).
     #[arg(long)]
     pub f32_weights: bool,
+    /// Where the model runs: auto (a hardware GPU if wgpu finds one, else the CPU backend),
+    /// gpu (the WGSL kernels on any adapter, software ones included), or cpu (candle; wgpu is
+    /// not touched).
+    #[arg(long, env = "SD_DEVICE", default_value = "auto", value_parser = parse_device)]
+    pub device: Device,
     /// With a single-file .safetensors --model: a folder of diffusers configs
     /// (unet/config.json, scheduler/scheduler_config.json, ...) to use instead of the built-in
     /// published configs of the checkpoint's architecture.
@@ -199,12 +204,15 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
 
     bar.set_message("load");
     let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let mut load_options = LoadOptions::new().f32_weights(args.f32_weights);
+    let mut load_options = LoadOptions::new()
+        .f32_weights(args.f32_weights)
+        .device(args.device);
     load_options.model_config = args.model_config.clone();
     let mut download = crate::download::DownloadReporter::new(bar.clone());
-    let model =
-        Model::load_with_download_progress(spec, &load_options, &mut |p| download.update(p))
-            .with_context(|| format!("--model {spec}"))?;
+    let model = load_model(spec, &load_options, &mut download)?;
+    if let Some(note) = model.device_note() {
+        bar.suspend(|| eprintln!("note: {note}"));
+    }
     // A preset's download restyled the bar for bytes.
     bar.set_style(steps_style);
     bar.set_message("load");
@@ -238,6 +246,25 @@ pub fn run(args: &GenerateArgs, show_progress: bool) -> Result<Report> {
         timings,
         warnings: images.warnings().to_vec(),
     })
+}
+
+/// Loads `spec`, naming `--model` in a load error and `--device` in a missing-GPU one.
+pub(crate) fn load_model(
+    spec: &str,
+    options: &LoadOptions,
+    download: &mut crate::download::DownloadReporter,
+) -> Result<Model> {
+    Model::load_with_download_progress(spec, options, &mut |p| download.update(p)).map_err(
+        |error| match error {
+            sd_wgsl::Error::NoGpu { .. } => anyhow::anyhow!("--device gpu: {error}"),
+            other => anyhow::Error::new(other).context(format!("--model {spec}")),
+        },
+    )
+}
+
+/// `--device`: auto, gpu or cpu.
+pub(crate) fn parse_device(value: &str) -> std::result::Result<Device, String> {
+    value.parse().map_err(|e: sd_wgsl::Error| e.to_string())
 }
 
 /// The model `sd generate` and `sd serve` use without `--model`.

@@ -79,15 +79,34 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    runtime_dir::ensure();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: a message that already ends with its
+/// cause's text (as `cannot load the model x: <cause>` does) does not repeat it.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -270,4 +289,43 @@ fn info() -> Result<()> {
         limits.max_compute_workgroup_storage_size >> 10
     );
     Ok(())
+}
+
+/// Mesa's Vulkan drivers print `error: XDG_RUNTIME_DIR is invalid or not set in the
+/// environment.` when that variable is missing (containers, `su`, CI), which reads as a failure
+/// although nothing failed. Without a usable one, `sd` gives itself a private runtime folder
+/// (mode 0700, as the XDG spec asks) and re-executes itself with it, before any driver loads.
+/// Setting the variable in-process would need `unsafe` (`set_var`), which the workspace forbids.
+#[cfg(target_os = "linux")]
+mod runtime_dir {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+
+    fn usable(dir: &Path) -> bool {
+        std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.permissions().mode() & 0o077 == 0)
+    }
+
+    pub fn ensure() {
+        if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| usable(Path::new(&d))) {
+            return;
+        }
+        let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+            return;
+        };
+        let dir: PathBuf = std::env::temp_dir().join(format!("sd-wgsl-runtime-{uid}"));
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        let owned = std::fs::metadata(&dir).is_ok_and(|m| m.uid() == uid);
+        let Ok(exe) = std::env::current_exe() else {
+            return;
+        };
+        if !owned || !usable(&dir) {
+            return;
+        }
+        // Only returns on failure; then run on without it (the warning is cosmetic).
+        let _ = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env("XDG_RUNTIME_DIR", &dir)
+            .exec();
+    }
 }

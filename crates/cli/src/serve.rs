@@ -4,10 +4,10 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use sd_server::ServerConfig;
-use sd_wgsl::{LoadOptions, Model};
+use sd_wgsl::{Device, LoadOptions};
 
 use crate::generate::DEFAULT_MODEL;
 
@@ -37,6 +37,10 @@ pub struct ServeArgs {
     /// Jobs that may wait behind the running one; more get 503 SERVER_BUSY.
     #[arg(long, default_value_t = 8)]
     pub queue_size: usize,
+    /// Where the model runs: auto (a hardware GPU if wgpu finds one, else the CPU backend),
+    /// gpu or cpu. GET /health and GET /v1/models say which.
+    #[arg(long, env = "SD_DEVICE", default_value = "auto", value_parser = crate::generate::parse_device)]
+    pub device: Device,
     /// On SIGINT/SIGTERM, let running and waiting jobs finish instead of cancelling them.
     #[arg(long)]
     pub finish_on_shutdown: bool,
@@ -57,13 +61,14 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
     let bar = indicatif::ProgressBar::new(0);
     let mut download = crate::download::DownloadReporter::new(bar.clone());
-    let mut load_options = LoadOptions::new();
+    let mut load_options = LoadOptions::new().device(args.device);
     load_options.model_config = args.model_config.clone();
-    let model =
-        Model::load_with_download_progress(spec, &load_options, &mut |p| download.update(p))
-            .with_context(|| format!("--model {spec}"))?;
+    let model = crate::generate::load_model(spec, &load_options, &mut download)?;
     bar.finish_and_clear();
-    let adapter = model.pipeline().context().describe();
+    if let Some(note) = model.device_note() {
+        eprintln!("note: {note}");
+    }
+    let adapter = model.device_description();
     let name = model.name().to_string();
     eprintln!(
         "loaded {name} in {:.1} s on {adapter}",

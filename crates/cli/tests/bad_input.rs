@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sd_cli::generate::{GenerateArgs, run};
+use sd_wgsl::Device;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
@@ -37,6 +38,7 @@ fn defaults(dir: &Path) -> GenerateArgs {
         init_sample: false,
         f32_weights: false,
         model_config: None,
+        device: Device::Gpu,
     }
 }
 

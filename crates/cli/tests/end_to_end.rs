@@ -11,6 +11,7 @@ mod support;
 use std::time::Instant;
 
 use sd_cli::generate::{GenerateArgs, run};
+use sd_wgsl::Device;
 use support::judge::{DIGIT_WORDS, Judged, judge_png};
 
 /// (digit, fg, bg, seed): none of these is one of the refs' prompts.
@@ -36,6 +37,17 @@ fn prompt(digit: u8, fg: &str, bg: &str) -> String {
 
 #[test]
 fn ten_prompts_come_out_as_asked() {
+    ten_prompts_on(Device::Gpu);
+}
+
+/// The same ten prompts on the CPU backend (`--device cpu`): candle's networks under the same
+/// pipeline.
+#[test]
+fn ten_prompts_come_out_as_asked_on_the_cpu() {
+    ten_prompts_on(Device::Cpu);
+}
+
+fn ten_prompts_on(device: Device) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut right = 0;
     let mut table = Vec::new();
@@ -61,6 +73,7 @@ fn ten_prompts_come_out_as_asked() {
             init_sample: false,
             f32_weights: false,
             model_config: None,
+            device,
         };
         let start = Instant::now();
         let report = run(&args, false).unwrap_or_else(|e| panic!("{prompt}: {e:#}"));
@@ -100,7 +113,7 @@ fn ten_prompts_come_out_as_asked() {
     }
     println!("{}", table.join("\n"));
     println!(
-        "{right}/{} right, {:.1} s in all",
+        "{device}: {right}/{} right, {:.1} s in all",
         CASES.len(),
         all.elapsed().as_secs_f64()
     );
@@ -143,6 +156,7 @@ fn img2img_and_inpainting_come_out_as_asked() {
         init_sample: false,
         f32_weights: false,
         model_config: None,
+        device: Device::Gpu,
     };
     let cases = [
         (
@@ -243,6 +257,7 @@ fn every_sampler_draws_the_prompt() {
             init_sample: false,
             f32_weights: false,
             model_config: None,
+            device: Device::Gpu,
         };
         let start = Instant::now();
         let report = run(&args, false).unwrap_or_else(|e| panic!("{kind}: {e:#}"));

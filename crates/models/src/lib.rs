@@ -4,10 +4,15 @@
 //!
 //! [`plan`] is the memory planner: from the configs and an image size it computes every
 //! buffer the forward passes need and checks them against the device limits, without a GPU.
+//!
+//! The pipeline reaches the networks through [`backend::Networks`]: [`GpuNetworks`] here, or
+//! candle on the CPU (the `sd-cpu` crate).
 
 pub mod attention;
+pub mod backend;
 pub mod chunks;
 pub mod clip;
+pub mod gpu;
 pub mod image_input;
 pub mod layers;
 pub mod pipeline;
@@ -19,9 +24,11 @@ pub mod transformer;
 pub mod unet;
 pub mod vae;
 
+pub use backend::{DeviceKind, Networks, PromptEmbeddings, UNetInputs};
 pub use clip::{CLIPTextModel, TextEncoding, TextOutput};
+pub use gpu::GpuNetworks;
 pub use layers::Params;
-pub use pipeline::{Generated, Inputs, PromptEmbeddings, StableDiffusion};
+pub use pipeline::{Generated, Inputs, PipelineFiles, StableDiffusion};
 pub use source::ModelSource;
 pub use unet::{UNet2DConditionModel, UNetConditioning};
 pub use vae::{VaeDecoder, VaeEncoder};
@@ -65,6 +72,14 @@ pub enum ModelError {
         /// `init_image` or `mask`.
         field: &'static str,
         /// What is wrong.
+        message: String,
+    },
+    /// A backend other than the GPU failed (the CPU backend's candle errors).
+    #[error("the {backend} backend: {message}")]
+    Backend {
+        /// `cpu`.
+        backend: &'static str,
+        /// What went wrong.
         message: String,
     },
     /// The caller stopped the generation.

@@ -3,8 +3,9 @@
 //! `init_noise_sigma`, run the UNet on the CFG batch `[negative, prompt]` at every step,
 //! combine with the guidance scale, step the sampler, and decode the final latents.
 //!
-//! The UNet, text encoder and VAE run on the GPU; the sampler's arithmetic on the few thousand
-//! latent values runs on the CPU between UNet calls.
+//! The networks run behind [`Networks`] (the WGSL kernels on a GPU, or candle on the CPU);
+//! everything else, the sampler's arithmetic on the few thousand latent values included, is
+//! this file's and the same on either.
 
 use std::sync::Arc;
 
@@ -17,16 +18,16 @@ use sd_core::params::{GenerationParams, LATENT_CHANNELS, ModelDefaults, VAE_SCAL
 use sd_core::progress::Stage;
 use sd_core::rng::NoiseRng;
 use sd_core::sampler::{Sampler, SamplerKind};
-use sd_kernels::{DType, GpuContext, Tensor, ops};
+use sd_kernels::{DType, GpuContext};
 use sd_weights::ClipTokenizer;
 
-use crate::clip::{CLIPTextModel, TextOutput};
+use crate::backend::{
+    DeviceKind, NetworkConfigs, Networks, NoisePredictor, PromptEmbeddings, RunSize, TokenIds,
+    UNetInputs,
+};
+use crate::gpu::GpuNetworks;
 use crate::image_input;
-use crate::layers::Params;
-use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, Part, PlanRequest, plan};
 use crate::source::ModelSource;
-use crate::unet::{UNet2DConditionModel, UNetConditioning};
-use crate::vae::{VaeDecoder, VaeEncoder};
 use crate::{ModelError, Result};
 
 /// Sees an image's latents after each denoising step (step index, latents).
@@ -45,22 +46,87 @@ pub struct Inputs<'a> {
     pub mask: Option<&'a GrayImage>,
 }
 
-/// A loaded model: tokenizer(s), text encoder(s), UNet, VAE encoder and decoder, and the
-/// scheduler config the samplers are built from.
+/// A model's configs and tokenizers: what a pipeline reads before any network is built.
+#[derive(Debug, Clone)]
+pub struct PipelineFiles {
+    pub text_encoder: CLIPTextConfig,
+    /// SDXL's `text_encoder_2/config.json`.
+    pub text_encoder_2: Option<CLIPTextConfig>,
+    pub unet: UNet2DConditionConfig,
+    pub vae: AutoencoderKLConfig,
+    pub scheduler: SchedulerConfig,
+    tokenizer: ClipTokenizer,
+    tokenizer_2: Option<ClipTokenizer>,
+    index: Option<ModelIndex>,
+}
+
+impl PipelineFiles {
+    /// Reads the configs, `model_index.json` and the tokenizer(s) of `source`.
+    pub fn read(source: &ModelSource) -> Result<Self> {
+        let text_encoder_2 = if source.has("text_encoder_2/config.json") {
+            Some(CLIPTextConfig::from_json(
+                "text_encoder_2/config.json",
+                &source.read_text("text_encoder_2/config.json")?,
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            text_encoder: CLIPTextConfig::from_json(
+                "text_encoder/config.json",
+                &source.read_text("text_encoder/config.json")?,
+            )?,
+            tokenizer_2: match text_encoder_2 {
+                Some(_) => Some(load_tokenizer(source, "tokenizer_2")?),
+                None => None,
+            },
+            text_encoder_2,
+            unet: UNet2DConditionConfig::from_json(
+                "unet/config.json",
+                &source.read_text("unet/config.json")?,
+            )?,
+            vae: AutoencoderKLConfig::from_json(
+                "vae/config.json",
+                &source.read_text("vae/config.json")?,
+            )?,
+            scheduler: SchedulerConfig::from_json(
+                "scheduler/scheduler_config.json",
+                &source.read_text("scheduler/scheduler_config.json")?,
+            )?,
+            tokenizer: load_tokenizer(source, "tokenizer")?,
+            index: if source.has("model_index.json") {
+                Some(ModelIndex::from_json(
+                    "model_index.json",
+                    &source.read_text("model_index.json")?,
+                )?)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// The network configs, for a backend to build the networks from.
+    pub fn configs(&self) -> NetworkConfigs<'_> {
+        NetworkConfigs {
+            text_encoder: &self.text_encoder,
+            text_encoder_2: self.text_encoder_2.as_ref(),
+            unet: &self.unet,
+            vae: &self.vae,
+        }
+    }
+}
+
+/// A loaded model: tokenizer(s), the networks on their device, and the scheduler config the
+/// samplers are built from.
 #[derive(Debug)]
 pub struct StableDiffusion {
-    ctx: Arc<GpuContext>,
+    networks: Box<dyn Networks>,
     tokenizer: ClipTokenizer,
-    text_encoder: CLIPTextModel,
-    /// SDXL's second tokenizer and text encoder (`CLIPTextModelWithProjection`).
-    text_encoder_2: Option<(ClipTokenizer, CLIPTextModel)>,
+    /// SDXL's second tokenizer.
+    tokenizer_2: Option<ClipTokenizer>,
     /// `force_zeros_for_empty_prompt` (SDXL): an empty negative prompt is zero embeddings
     /// rather than the encoding of "".
     force_zeros_for_empty_prompt: bool,
-    unet: UNet2DConditionModel,
-    vae_encoder: VaeEncoder,
-    vae_decoder: VaeDecoder,
-    vae_config: AutoencoderKLConfig,
     scheduler_config: SchedulerConfig,
 }
 
@@ -83,8 +149,8 @@ pub struct Generated {
 }
 
 impl StableDiffusion {
-    /// Loads every part of the model from `source` onto `ctx`, weight matrices stored as
-    /// `matrices` (f16 normally; f32 for parity tests).
+    /// Loads every part of the model from `source` onto the GPU `ctx`, weight matrices stored
+    /// as `matrices` (f16 normally; f32 for parity tests).
     pub fn load(ctx: Arc<GpuContext>, source: &ModelSource, matrices: DType) -> Result<Self> {
         Self::load_with_progress(ctx, source, matrices, &mut |_| {})
     }
@@ -97,94 +163,65 @@ impl StableDiffusion {
         matrices: DType,
         on_component: &mut dyn FnMut(&str),
     ) -> Result<Self> {
-        let text_config = CLIPTextConfig::from_json(
-            "text_encoder/config.json",
-            &source.read_text("text_encoder/config.json")?,
-        )?;
-        let unet_config = UNet2DConditionConfig::from_json(
-            "unet/config.json",
-            &source.read_text("unet/config.json")?,
-        )?;
-        let vae_config = AutoencoderKLConfig::from_json(
-            "vae/config.json",
-            &source.read_text("vae/config.json")?,
-        )?;
-        let scheduler_config = SchedulerConfig::from_json(
-            "scheduler/scheduler_config.json",
-            &source.read_text("scheduler/scheduler_config.json")?,
-        )?;
-        let tokenizer = load_tokenizer(source, "tokenizer")?;
-        let index = if source.has("model_index.json") {
-            Some(ModelIndex::from_json(
-                "model_index.json",
-                &source.read_text("model_index.json")?,
-            )?)
-        } else {
-            None
-        };
-
-        on_component("text_encoder");
-        let text_encoder = load_text_encoder(&ctx, source, "text_encoder", &text_config, matrices)?;
-        let text_encoder_2 = if source.has("text_encoder_2/config.json") {
-            on_component("text_encoder_2");
-            let config = CLIPTextConfig::from_json(
-                "text_encoder_2/config.json",
-                &source.read_text("text_encoder_2/config.json")?,
-            )?;
-            Some((
-                load_tokenizer(source, "tokenizer_2")?,
-                load_text_encoder(&ctx, source, "text_encoder_2", &config, matrices)?,
-            ))
-        } else {
-            None
-        };
-        // diffusers' `StableDiffusionXLPipeline` defaults `force_zeros_for_empty_prompt` to true.
-        let force_zeros_for_empty_prompt = index
-            .and_then(|index| index.force_zeros_for_empty_prompt)
-            .unwrap_or(text_encoder_2.is_some());
-        on_component("unet");
-        let weights = source.weights("unet")?;
-        let unet = UNet2DConditionModel::load(
-            &unet_config,
-            &Params {
-                ctx: &ctx,
-                scope: weights.root(),
+        Self::load_on(source, |files| {
+            Ok(Box::new(GpuNetworks::load(
+                ctx,
+                source,
+                files.configs(),
                 matrices,
-            },
-        )?;
-        on_component("vae");
-        let weights = source.weights("vae")?;
-        let vae_params = Params {
-            ctx: &ctx,
-            scope: weights.root(),
-            matrices,
-        };
-        let vae_encoder = VaeEncoder::load(&vae_config, &vae_params)?;
-        let vae_decoder = VaeDecoder::load(&vae_config, &vae_params)?;
-        Ok(Self {
-            ctx,
-            tokenizer,
-            text_encoder,
-            text_encoder_2,
-            force_zeros_for_empty_prompt,
-            unet,
-            vae_encoder,
-            vae_decoder,
-            vae_config,
-            scheduler_config,
+                on_component,
+            )?))
         })
     }
 
-    /// The GPU context the model lives on.
-    pub fn context(&self) -> &Arc<GpuContext> {
-        &self.ctx
+    /// Loads the model in `source` with networks that `networks` builds from its files: the
+    /// way a backend other than the GPU (the `sd-cpu` crate) plugs in.
+    pub fn load_on(
+        source: &ModelSource,
+        networks: impl FnOnce(&PipelineFiles) -> Result<Box<dyn Networks>>,
+    ) -> Result<Self> {
+        let files = PipelineFiles::read(source)?;
+        let networks = networks(&files)?;
+        // diffusers' `StableDiffusionXLPipeline` defaults `force_zeros_for_empty_prompt` to true.
+        let force_zeros_for_empty_prompt = files
+            .index
+            .and_then(|index| index.force_zeros_for_empty_prompt)
+            .unwrap_or(files.tokenizer_2.is_some());
+        Ok(Self {
+            networks,
+            tokenizer: files.tokenizer,
+            tokenizer_2: files.tokenizer_2,
+            force_zeros_for_empty_prompt,
+            scheduler_config: files.scheduler,
+        })
+    }
+
+    /// The networks, on whichever device runs them.
+    pub fn networks(&self) -> &dyn Networks {
+        self.networks.as_ref()
+    }
+
+    /// Which kind of device runs the networks.
+    pub fn device_kind(&self) -> DeviceKind {
+        self.networks.kind()
+    }
+
+    /// The GPU context the model lives on; `None` on the CPU backend.
+    pub fn context(&self) -> Option<&Arc<GpuContext>> {
+        (self.networks.as_ref() as &dyn std::any::Any)
+            .downcast_ref::<GpuNetworks>()
+            .map(GpuNetworks::context)
+    }
+
+    fn unet_config(&self) -> &UNet2DConditionConfig {
+        self.networks.configs().unet
     }
 
     /// The image size the model was trained at (width, height): the UNet's `sample_size`
     /// times the VAE's scale factor (512x512 for SD 1.5, 64x64 for the digits model).
     pub fn native_size(&self) -> (u32, u32) {
         use sd_core::config::OneOrMany;
-        let (h, w) = match &self.unet.config().sample_size {
+        let (h, w) = match &self.unet_config().sample_size {
             Some(OneOrMany::One(n)) => (*n, *n),
             Some(OneOrMany::Many(hw)) if hw.len() == 2 => (hw[0], hw[1]),
             _ => (64, 64),
@@ -200,7 +237,7 @@ impl StableDiffusion {
     pub fn defaults(&self) -> ModelDefaults {
         let (width, height) = self.native_size();
         let defaults = ModelDefaults::sized(width, height);
-        if self.unet.config().time_cond_proj_dim.is_some() {
+        if self.unet_config().time_cond_proj_dim.is_some() {
             defaults.distilled(4, 8.5, SamplerKind::LCM)
         } else {
             defaults
@@ -213,8 +250,8 @@ impl StableDiffusion {
     }
 
     /// Tokenizes `prompts` and runs the text encoder(s) on them as one batch; returns the
-    /// hidden states `[prompts, 77, D]` (and SDXL's pooled embeddings) on the GPU, and any
-    /// truncation warnings.
+    /// hidden states `[prompts, 77, D]` (and SDXL's pooled embeddings), and any truncation
+    /// warnings.
     ///
     /// SD 1.x/2.x: the last hidden state (SD 2's config already drops OpenCLIP's last layer).
     /// SDXL: both encoders' `hidden_states[-2]` without the final norm, concatenated, and the
@@ -225,117 +262,66 @@ impl StableDiffusion {
         prompts: &[&str],
     ) -> Result<(PromptEmbeddings, Vec<String>)> {
         let mut warnings = Vec::new();
-        let (ids, _) = tokenize(&self.tokenizer, prompts, &mut warnings)?;
-        let len = self.tokenizer.max_length();
-        let ids_gpu = self.ctx.upload_u32(&ids, &[prompts.len(), len])?;
-        let mut batch = self.ctx.batch();
-        let Some((tokenizer_2, text_encoder_2)) = &self.text_encoder_2 else {
-            let hidden = self
-                .text_encoder
-                .forward(&mut batch, &ids_gpu, &ids, TextOutput::Last)?;
-            batch.submit().await?;
-            return Ok((
-                PromptEmbeddings {
-                    hidden,
-                    pooled: None,
-                },
-                warnings,
-            ));
+        let (ids, eos) = tokenize(&self.tokenizer, prompts, &mut warnings)?;
+        let first = TokenIds {
+            ids: &ids,
+            eos: &eos,
+            prompts: prompts.len(),
+            len: self.tokenizer.max_length(),
         };
-        let penultimate = TextOutput::SkipRaw { skip: 1 };
-        let first = self
-            .text_encoder
-            .forward(&mut batch, &ids_gpu, &ids, penultimate)?;
+        let Some(tokenizer_2) = &self.tokenizer_2 else {
+            let embeddings = self.networks.encode_text(first, None).await?;
+            return Ok((embeddings, warnings));
+        };
         // The second tokenizer cuts the same prompts: its warnings would repeat the first's.
-        let (ids_2, eos) = tokenize(tokenizer_2, prompts, &mut Vec::new())?;
-        let ids_2_gpu = self
-            .ctx
-            .upload_u32(&ids_2, &[prompts.len(), tokenizer_2.max_length()])?;
-        let second = text_encoder_2.forward_with_pooled(
-            &mut batch,
-            &ids_2_gpu,
-            &ids_2,
-            penultimate,
-            &eos,
-        )?;
-        let pooled = second.pooled.ok_or_else(|| {
-            ModelError::Shape("text_encoder_2 has no text_projection (pooled output)".into())
-        })?;
-        let (rows, d1, d2) = (
-            prompts.len() * len,
-            first.shape()[2],
-            second.hidden.shape()[2],
-        );
-        // Concatenating along the last axis is a channel concat of `[rows, D]` matrices.
-        let hidden = self.ctx.empty(&[rows, d1 + d2], DType::F32)?;
-        ops::concat_channels(
-            &mut batch,
-            &first.reshape(&[rows, d1])?,
-            &second.hidden.reshape(&[rows, d2])?,
-            &hidden,
-        )?;
-        batch.submit().await?;
-        let mut hidden = hidden.reshape(&[prompts.len(), len, d1 + d2])?;
-        let mut pooled = pooled;
-        if self.force_zeros_for_empty_prompt && prompts.iter().any(|p| p.is_empty()) {
-            let mut rows = self.ctx.read_f32(&hidden).await?;
-            let mut pooled_rows = self.ctx.read_f32(&pooled).await?;
-            let (row, pooled_row) = (len * (d1 + d2), pooled_rows.len() / prompts.len());
+        let (ids_2, eos_2) = tokenize(tokenizer_2, prompts, &mut Vec::new())?;
+        let second = TokenIds {
+            ids: &ids_2,
+            eos: &eos_2,
+            prompts: prompts.len(),
+            len: tokenizer_2.max_length(),
+        };
+        let mut embeddings = self.networks.encode_text(first, Some(second)).await?;
+        if self.force_zeros_for_empty_prompt {
+            let row = embeddings.hidden.len() / prompts.len();
             for (i, prompt) in prompts.iter().enumerate() {
                 if prompt.is_empty() {
-                    rows[i * row..(i + 1) * row].fill(0.0);
-                    pooled_rows[i * pooled_row..(i + 1) * pooled_row].fill(0.0);
+                    embeddings.hidden[i * row..(i + 1) * row].fill(0.0);
+                    if let Some(pooled) = &mut embeddings.pooled {
+                        let width = pooled.len() / prompts.len();
+                        pooled[i * width..(i + 1) * width].fill(0.0);
+                    }
                 }
             }
-            hidden = self.ctx.upload_f32(&rows, hidden.shape())?;
-            pooled = self.ctx.upload_f32(&pooled_rows, pooled.shape())?;
         }
-        Ok((
-            PromptEmbeddings {
-                hidden,
-                pooled: Some(pooled),
-            },
-            warnings,
-        ))
+        Ok((embeddings, warnings))
     }
 
     /// Whether a generation with `params` runs the UNet on `[negative, prompt]` pairs:
     /// guidance above 1, except for LCM-distilled UNets, which take the guidance scale as an
     /// embedding instead (diffusers' `LatentConsistencyModelPipeline` has no CFG batch).
     pub fn uses_cfg(&self, params: &GenerationParams) -> bool {
-        params.uses_cfg() && self.unet.config().time_cond_proj_dim.is_none()
+        params.uses_cfg() && self.unet_config().time_cond_proj_dim.is_none()
     }
 
-    /// One UNet call on the host-side `latents` `[B, 4, h, w]` at timestep `t` with `context`
-    /// `[B, 77, D]` and the extra conditioning the UNet takes (LCM, SDXL); returns the
-    /// prediction.
+    /// One UNet call on the host-side `latents` `[B, C, h, w]` at timestep `t` with the
+    /// conditioning in `inputs` (one row per latent); returns the prediction.
     pub async fn predict_noise(
         &self,
         latents: &[f32],
         shape: [usize; 4],
         t: f32,
-        context: &Tensor,
-        cond: &UNetConditioning<'_>,
+        inputs: &UNetInputs,
     ) -> Result<Vec<f32>> {
-        let sample = self.ctx.upload_f32(latents, &shape)?;
-        let timesteps = self.ctx.upload_f32(&vec![t; shape[0]], &[shape[0]])?;
-        let mut batch = self.ctx.batch();
-        let out = self
-            .unet
-            .forward(&mut batch, &sample, &timesteps, context, cond)?;
-        batch.submit().await?;
-        Ok(self.ctx.read_f32(&out).await?)
+        let unet = self.networks.prepare_unet(inputs)?;
+        unet.predict(latents, shape, t).await
     }
 
     /// Decodes latents `[4, h, w]` (as the sampler leaves them) to an NHWC image in [0, 1].
     pub async fn decode(&self, latents: &[f32], h: usize, w: usize) -> Result<Vec<f32>> {
-        let scale = self.vae_config.scaling_factor as f32;
+        let scale = self.networks.configs().vae.scaling_factor as f32;
         let scaled: Vec<f32> = latents.iter().map(|v| v / scale).collect();
-        let z = self.ctx.upload_f32(&scaled, &[1, LATENT_CHANNELS, h, w])?;
-        let mut batch = self.ctx.batch();
-        let image = self.vae_decoder.forward(&mut batch, &z)?;
-        batch.submit().await?;
-        let nchw = self.ctx.read_f32(&image).await?;
+        let nchw = self.networks.decode(&scaled, h, w).await?;
         let (height, width) = (h * VAE_SCALE as usize, w * VAE_SCALE as usize);
         let plane = height * width;
         let mut nhwc = vec![0.0; 3 * plane];
@@ -356,11 +342,7 @@ impl StableDiffusion {
         height: usize,
         width: usize,
     ) -> Result<(Vec<f32>, Vec<f32>)> {
-        let x = self.ctx.upload_f32(image, &[1, 3, height, width])?;
-        let mut batch = self.ctx.batch();
-        let moments = self.vae_encoder.forward(&mut batch, &x)?;
-        batch.submit().await?;
-        let mut moments = self.ctx.read_f32(&moments).await?;
+        let mut moments = self.networks.encode_image(image, height, width).await?;
         let half = moments.len() / 2;
         let logvar = moments.split_off(half);
         Ok((
@@ -379,7 +361,7 @@ impl StableDiffusion {
         rng: Option<&mut NoiseRng>,
     ) -> Result<Vec<f32>> {
         let (mean, logvar) = self.encode_image(image, height, width).await?;
-        let scale = self.vae_config.scaling_factor as f32;
+        let scale = self.networks.configs().vae.scaling_factor as f32;
         Ok(match rng {
             None => mean.iter().map(|m| m * scale).collect(),
             Some(rng) => {
@@ -393,18 +375,11 @@ impl StableDiffusion {
         })
     }
 
-    /// The most images that go through the UNet together: the largest group up to `count`
-    /// whose plan fits the device and whose activations stay within
-    /// [`BATCH_ACTIVATION_BUDGET`]; 1 when even two do not.
+    /// The most images that go through the UNet together on this device (1 to `count`).
     pub fn images_per_unet_call(&self, width: u32, height: u32, cfg: bool, count: u32) -> u32 {
-        (2..=count)
-            .rev()
-            .find(|&images| {
-                self.plan(width, height, cfg, images).is_ok_and(|plan| {
-                    plan.peak_bytes.saturating_sub(plan.weight_bytes) <= BATCH_ACTIVATION_BUDGET
-                })
-            })
-            .unwrap_or(1)
+        self.networks
+            .images_per_unet_call(width, height, cfg, count)
+            .clamp(1, count.max(1))
     }
 
     /// Generates `params.count` images from the prompt, and from an input image (img2img) and
@@ -461,23 +436,14 @@ impl StableDiffusion {
             (params.width / VAE_SCALE) as usize,
         );
         let cfg = self.uses_cfg(&params);
-        let plan = self.plan(params.width, params.height, cfg, 1)?;
         let encodes =
-            inputs.init_image.is_some() || self.unet.config().in_channels == INPAINT_UNET_CHANNELS;
-        let encoder_splits = plan
-            .part(Part::VaeEncoder)
-            .is_some_and(|p| p.tensors.iter().any(|t| t.chunks.len() > 1));
-        if encodes && encoder_splits {
-            return Err(ModelError::Input {
-                field: "init_image",
-                message: format!(
-                    "{}x{} is too large for the VAE encoder on this device: its activations \
-                     exceed one buffer binding and the encoder does not split them yet; use a \
-                     smaller width and height",
-                    params.width, params.height
-                ),
-            });
-        }
+            inputs.init_image.is_some() || self.unet_config().in_channels == INPAINT_UNET_CHANNELS;
+        self.networks.check_size(RunSize {
+            width: params.width,
+            height: params.height,
+            cfg,
+            encodes,
+        })?;
         let group = self.images_per_unet_call(params.width, params.height, cfg, params.count);
 
         check()?;
@@ -488,11 +454,6 @@ impl StableDiffusion {
             vec![&params.prompt]
         };
         let (embeddings, warnings) = self.encode_prompts(&prompts).await?;
-        let context_rows = self.ctx.read_f32(&embeddings.hidden).await?;
-        let pooled_rows = match &embeddings.pooled {
-            Some(pooled) => Some(self.ctx.read_f32(pooled).await?),
-            None => None,
-        };
         let conditioning = self.conditioning(&params, inputs).await?;
 
         let mut out = Generated {
@@ -509,16 +470,11 @@ impl StableDiffusion {
             let images = group.min(params.count - first);
             let mut run =
                 ImageGroup::new(self, &params, inputs, &conditioning, first, images).await?;
-            let unet_inputs = UNetInputs::new(
-                self,
-                &params,
-                &embeddings,
-                &context_rows,
-                pooled_rows.as_deref(),
-                images as usize,
-            )?;
-            run.denoise(self, &unet_inputs, on_stage, &mut on_step, &check)
+            let unet_inputs = unet_inputs(self, &params, &embeddings, images as usize)?;
+            let unet = self.networks.prepare_unet(&unet_inputs)?;
+            run.denoise(unet.as_ref(), on_stage, &mut on_step, &check)
                 .await?;
+            drop(unet);
             for (latents, seed) in run.latents.into_iter().zip(run.seeds) {
                 check()?;
                 on_stage(Stage::Decode);
@@ -546,8 +502,8 @@ impl StableDiffusion {
     ) -> Result<Conditioning> {
         let (width, height) = (params.width, params.height);
         let (h, w) = ((height / VAE_SCALE) as usize, (width / VAE_SCALE) as usize);
-        let inpainting_unet = self.unet.config().in_channels == INPAINT_UNET_CHANNELS;
-        let unet_channels = self.unet.config().in_channels;
+        let inpainting_unet = self.unet_config().in_channels == INPAINT_UNET_CHANNELS;
+        let unet_channels = self.unet_config().in_channels;
         if unet_channels != LATENT_CHANNELS && !inpainting_unet {
             return Err(ModelError::Unsupported {
                 part: "unet",
@@ -596,40 +552,7 @@ impl StableDiffusion {
             inpainting: mask.is_some(),
         })
     }
-
-    /// Plans the generation's buffers for this device before any GPU work, so a size that
-    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The
-    /// executors split what the plan splits: VAE decoder tensors into channel chunks, the UNet's
-    /// feed-forward into row chunks.
-    fn plan(&self, width: u32, height: u32, cfg: bool, images: u32) -> Result<MemoryPlan> {
-        let limits = self.ctx.limits();
-        let device = DeviceLimits {
-            max_storage_binding: limits.max_storage_buffer_binding_size,
-            max_buffer: limits.max_buffer_size,
-        };
-        let configs = ModelConfigs {
-            text_encoder: self.text_encoder.config(),
-            text_encoder_2: self
-                .text_encoder_2
-                .as_ref()
-                .map(|(_, model)| model.config()),
-            unet: self.unet.config(),
-            vae: &self.vae_config,
-        };
-        let request = PlanRequest {
-            width,
-            height,
-            images,
-            classifier_free_guidance: cfg,
-        };
-        Ok(plan(&configs, &request, &device)?)
-    }
 }
-
-/// The activations the UNet may use at once when images are batched (weights not counted):
-/// more images per call only while a call's plan stays within this. 1 GiB leaves room on any
-/// GPU that holds SD 1.5 at all; past it, images run in smaller groups, one after the other.
-pub const BATCH_ACTIVATION_BUDGET: u64 = 1 << 30;
 
 /// `in_channels` of diffusers' inpainting UNets: latents, mask, masked-image latents.
 const INPAINT_UNET_CHANNELS: usize = 9;
@@ -751,8 +674,7 @@ impl ImageGroup {
     /// Runs the steps from `self.start` on all images of the group, one UNet call per step.
     async fn denoise(
         &mut self,
-        sd: &StableDiffusion,
-        unet_inputs: &UNetInputs,
+        unet: &dyn NoisePredictor,
         on_stage: &mut dyn FnMut(Stage),
         on_step: &mut Option<StepObserver<'_>>,
         check: &dyn Fn() -> Result<()>,
@@ -786,15 +708,7 @@ impl ImageGroup {
                 images
             };
             let t = timesteps[step] as f32;
-            let prediction = sd
-                .predict_noise(
-                    &input,
-                    [batch, in_channels, h, w],
-                    t,
-                    &unet_inputs.context,
-                    &unet_inputs.conditioning(),
-                )
-                .await?;
+            let prediction = unet.predict(&input, [batch, in_channels, h, w], t).await?;
             for k in 0..images {
                 let cond = &prediction[k * latent_len..(k + 1) * latent_len];
                 let guided: Vec<f32> = if self.cfg {
@@ -852,81 +766,46 @@ fn start_step(sampler: &dyn Sampler, params: &GenerationParams, from_image: bool
     (params.steps - run) * sampler.order()
 }
 
-/// The text encoders' output for a batch of prompts, on the GPU.
-#[derive(Debug)]
-pub struct PromptEmbeddings {
-    /// `encoder_hidden_states` `[prompts, 77, D]`.
-    pub hidden: Tensor,
-    /// SDXL's pooled `text_embeds` `[prompts, pooled]`.
-    pub pooled: Option<Tensor>,
-}
-
-/// What every UNet call of an image group is conditioned on, uploaded once per group: the
-/// context rows `[negative x images, prompt x images]` (or `[prompt x images]` without CFG),
-/// and LCM's guidance embedding or SDXL's pooled embeddings and time ids when the UNet takes them.
-struct UNetInputs {
-    context: Tensor,
-    timestep_cond: Option<Tensor>,
-    text_embeds: Option<Tensor>,
-    time_ids: Option<Tensor>,
-}
-
-impl UNetInputs {
-    fn new(
-        sd: &StableDiffusion,
-        params: &GenerationParams,
-        embeddings: &PromptEmbeddings,
-        context_rows: &[f32],
-        pooled_rows: Option<&[f32]>,
-        images: usize,
-    ) -> Result<Self> {
-        let ctx = &sd.ctx;
-        let context = repeat_rows(ctx, context_rows, embeddings.hidden.shape(), images)?;
-        let rows = context.shape()[0];
-        let config = sd.unet.config();
-        let timestep_cond = match config.time_cond_proj_dim {
-            Some(dim) => {
-                let w = guidance_scale_embedding(params.guidance_scale - 1.0, dim);
-                Some(ctx.upload_f32(&w.repeat(rows), &[rows, dim])?)
-            }
-            None => None,
-        };
-        let (text_embeds, time_ids) = match (config.addition_embed_type.as_deref(), pooled_rows) {
-            (Some(_), Some(pooled)) => {
-                let prompts = embeddings.hidden.shape()[0];
-                let width = pooled.len() / prompts;
-                let text_embeds = repeat_rows(ctx, pooled, &[prompts, 1, width], images)?
-                    .reshape(&[rows, width])?;
-                let ids = sdxl_time_ids(params.width, params.height);
-                let time_ids = ctx.upload_f32(&ids.repeat(rows), &[rows, ids.len()])?;
-                (Some(text_embeds), Some(time_ids))
-            }
-            (Some(kind), None) => {
-                return Err(ModelError::Unsupported {
-                    part: "unet",
-                    what: format!(
-                        "addition_embed_type {kind:?} without a second text encoder's pooled \
-                         embeddings (text_encoder_2 with a text_projection)"
-                    ),
-                });
-            }
-            (None, _) => (None, None),
-        };
-        Ok(Self {
-            context,
-            timestep_cond,
-            text_embeds,
-            time_ids,
-        })
-    }
-
-    fn conditioning(&self) -> UNetConditioning<'_> {
-        UNetConditioning {
-            timestep_cond: self.timestep_cond.as_ref(),
-            text_embeds: self.text_embeds.as_ref(),
-            time_ids: self.time_ids.as_ref(),
+/// What every UNet call of an image group is conditioned on: the context rows
+/// `[negative x images, prompt x images]` (or `[prompt x images]` without CFG), and LCM's
+/// guidance embedding or SDXL's pooled embeddings and time ids when the UNet takes them.
+fn unet_inputs(
+    sd: &StableDiffusion,
+    params: &GenerationParams,
+    embeddings: &PromptEmbeddings,
+    images: usize,
+) -> Result<UNetInputs> {
+    let [prompts, len, dim] = embeddings.shape;
+    let context = repeat_rows(&embeddings.hidden, prompts, images);
+    let rows = prompts * images;
+    let config = sd.unet_config();
+    let timestep_cond = config
+        .time_cond_proj_dim
+        .map(|dim| guidance_scale_embedding(params.guidance_scale - 1.0, dim).repeat(rows));
+    let (text_embeds, time_ids) = match (config.addition_embed_type.as_deref(), &embeddings.pooled)
+    {
+        (Some(_), Some(pooled)) => (
+            Some(repeat_rows(pooled, prompts, images)),
+            Some(sdxl_time_ids(params.width, params.height).repeat(rows)),
+        ),
+        (Some(kind), None) => {
+            return Err(ModelError::Unsupported {
+                part: "unet",
+                what: format!(
+                    "addition_embed_type {kind:?} without a second text encoder's pooled \
+                     embeddings (text_encoder_2 with a text_projection)"
+                ),
+            });
         }
-    }
+        (None, _) => (None, None),
+    };
+    Ok(UNetInputs {
+        context,
+        context_shape: [rows, len, dim],
+        timestep_cond,
+        text_embeds,
+        time_ids,
+    })
 }
 
 /// Tokenizes `prompts` with one tokenizer: the ids of all of them, each row's end-token position,
@@ -984,40 +863,14 @@ fn tokenizer_json(source: &ModelSource, folder: &str) -> Result<Vec<u8>> {
     source.read(&file)
 }
 
-/// A text encoder component (`text_encoder`, `text_encoder_2`) onto the GPU.
-fn load_text_encoder(
-    ctx: &Arc<GpuContext>,
-    source: &ModelSource,
-    component: &str,
-    config: &CLIPTextConfig,
-    matrices: DType,
-) -> Result<CLIPTextModel> {
-    let weights = source.weights(component)?;
-    CLIPTextModel::load(
-        config,
-        &Params {
-            ctx,
-            scope: weights.root(),
-            matrices,
-        },
-    )
-}
-
-/// The text hidden states `rows` (of `shape` `[prompts, L, D]`, on the host) with each prompt's row
-/// repeated `images` times, uploaded: `[prompts x images, L, D]`.
-fn repeat_rows(ctx: &GpuContext, rows: &[f32], shape: &[usize], images: usize) -> Result<Tensor> {
-    let &[prompts, len, dim] = shape else {
-        return Err(ModelError::Shape(format!(
-            "text hidden states must be [prompts, L, D], are {shape:?}"
-        )));
-    };
-    let row_len = len * dim;
+/// `rows` (`prompts` equal rows) with each row repeated `images` times, in order.
+fn repeat_rows(rows: &[f32], prompts: usize, images: usize) -> Vec<f32> {
+    let row_len = rows.len() / prompts.max(1);
     let mut out = Vec::with_capacity(rows.len() * images);
-    for row in rows.chunks_exact(row_len) {
+    for row in rows.chunks_exact(row_len.max(1)) {
         for _ in 0..images {
             out.extend_from_slice(row);
         }
     }
-    ctx.upload_f32(&out, &[prompts * images, len, dim])
-        .map_err(ModelError::from)
+    out
 }

@@ -10,7 +10,7 @@ use sd_core::params::GenerationParams;
 use sd_core::rng::NoiseRng;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::DType;
-use sd_models::{Inputs, ModelSource, StableDiffusion, UNetConditioning};
+use sd_models::{Inputs, ModelSource, StableDiffusion, UNetInputs};
 use sd_weights::SafetensorsFile;
 
 use common::{assert_run_matches, context, fixtures, max_abs_diff, run, tensor};
@@ -35,19 +35,22 @@ fn check(label: &str, got: &[f32], want: &[f32], bound: f32) {
     assert!(err <= bound, "{label}: {err:e} > {bound:e}");
 }
 
-/// The UNet at t=500 on the recorded latents with `context` `[1, 77, D]` (host values).
+/// The UNet at t=500 on the recorded latents with `context` `[1, 77, D]` and the extra
+/// conditioning in `cond` (its context left empty).
 fn unet_t500(
     model: &StableDiffusion,
     refs: &SafetensorsFile,
     context_rows: &[f32],
-    cond: &UNetConditioning<'_>,
+    cond: UNetInputs,
 ) -> Vec<f32> {
-    let ctx = context();
     let dim = context_rows.len() / 77;
-    let context = ctx.upload_f32(context_rows, &[1, 77, dim]).expect("upload");
+    let inputs = UNetInputs {
+        context: context_rows.to_vec(),
+        context_shape: [1, 77, dim],
+        ..cond
+    };
     let latents = tensor(refs, "init_latents");
-    pollster::block_on(model.predict_noise(&latents, [1, 4, 8, 8], 500.0, &context, cond))
-        .expect("unet")
+    pollster::block_on(model.predict_noise(&latents, [1, 4, 8, 8], 500.0, &inputs)).expect("unet")
 }
 
 /// The VAE decode of the recorded latents, as diffusers' `[-1, 1]` NCHW output mapped to the
@@ -105,7 +108,7 @@ fn params(sampler: SamplerKind, steps: usize, guidance_scale: f32) -> Generation
 fn check_sd2_shaped(name: &str, run_params: GenerationParams) {
     let (model, refs) = load(name);
     let (embeddings, _) = pollster::block_on(model.encode_prompts(&["", PROMPT])).expect("encode");
-    let hidden = pollster::block_on(context().read_f32(&embeddings.hidden)).expect("read");
+    let hidden = embeddings.hidden;
     let (negative, positive) = hidden.split_at(hidden.len() / 2);
     check(
         &format!("{name} text_hidden_0"),
@@ -123,7 +126,7 @@ fn check_sd2_shaped(name: &str, run_params: GenerationParams) {
         &model,
         &refs,
         &tensor(&refs, "text_hidden_1"),
-        &UNetConditioning::default(),
+        UNetInputs::default(),
     );
     check(
         &format!("{name} unet_t500"),
@@ -148,14 +151,9 @@ fn sd_turbo_one_step_without_guidance_matches_diffusers() {
 #[test]
 fn sdxl_matches_diffusers() {
     let (model, refs) = load("sdxl");
-    let ctx = context();
     let (embeddings, _) = pollster::block_on(model.encode_prompts(&["", PROMPT])).expect("encode");
-    let hidden = pollster::block_on(ctx.read_f32(&embeddings.hidden)).expect("read");
-    let pooled = embeddings
-        .pooled
-        .as_ref()
-        .expect("SDXL has pooled embeddings");
-    let pooled = pollster::block_on(ctx.read_f32(pooled)).expect("read");
+    let hidden = embeddings.hidden;
+    let pooled = embeddings.pooled.expect("SDXL has pooled embeddings");
     let (negative, positive) = hidden.split_at(hidden.len() / 2);
     let (negative_pooled, positive_pooled) = pooled.split_at(pooled.len() / 2);
     // `force_zeros_for_empty_prompt`: the empty negative prompt is exactly zeros.
@@ -190,18 +188,12 @@ fn sdxl_matches_diffusers() {
         0.0,
     );
 
-    let text_embeds = ctx
-        .upload_f32(&tensor(&refs, "pooled_prompt_embeds"), &[1, 64])
-        .expect("upload");
-    let time_ids = ctx
-        .upload_f32(&tensor(&refs, "add_time_ids"), &[1, 6])
-        .expect("upload");
-    let cond = UNetConditioning {
-        text_embeds: Some(&text_embeds),
-        time_ids: Some(&time_ids),
-        ..UNetConditioning::default()
+    let cond = UNetInputs {
+        text_embeds: Some(tensor(&refs, "pooled_prompt_embeds")),
+        time_ids: Some(tensor(&refs, "add_time_ids")),
+        ..UNetInputs::default()
     };
-    let got = unet_t500(&model, &refs, &tensor(&refs, "prompt_embeds"), &cond);
+    let got = unet_t500(&model, &refs, &tensor(&refs, "prompt_embeds"), cond);
     check(
         "sdxl unet_t500",
         &got,
@@ -218,22 +210,18 @@ fn sdxl_matches_diffusers() {
 #[test]
 fn lcm_matches_diffusers() {
     let (model, refs) = load("lcm");
-    let ctx = context();
     // diffusers computes the sinusoids of w * 1000 = 7000 rad in float32, whose arguments are
     // only good to one float32 ulp at 7000 (4.9e-4 rad); ours are computed in f64.
     let w = guidance_scale_embedding(8.0 - 1.0, 32);
     check("lcm w_embedding", &w, &tensor(&refs, "w_embedding"), 5e-4);
 
     let (embeddings, _) = pollster::block_on(model.encode_prompts(&[PROMPT])).expect("encode");
-    let context_rows = pollster::block_on(ctx.read_f32(&embeddings.hidden)).expect("read");
-    let w_gpu = ctx
-        .upload_f32(&tensor(&refs, "w_embedding"), &[1, 32])
-        .expect("upload");
-    let cond = UNetConditioning {
-        timestep_cond: Some(&w_gpu),
-        ..UNetConditioning::default()
+    let context_rows = embeddings.hidden;
+    let cond = UNetInputs {
+        timestep_cond: Some(tensor(&refs, "w_embedding")),
+        ..UNetInputs::default()
     };
-    let got = unet_t500(&model, &refs, &context_rows, &cond);
+    let got = unet_t500(&model, &refs, &context_rows, cond);
     check(
         "lcm unet_t500",
         &got,
@@ -291,14 +279,14 @@ fn replay_lcm(
     latents: &[f32],
     noise: &mut dyn FnMut(usize) -> Vec<f32>,
 ) -> Vec<Vec<f32>> {
-    let ctx = context();
     let (embeddings, _) =
         pollster::block_on(model.encode_prompts(&[&params.prompt])).expect("encode");
     let w = guidance_scale_embedding(params.guidance_scale - 1.0, 32);
-    let w_gpu = ctx.upload_f32(&w, &[1, 32]).expect("upload");
-    let cond = UNetConditioning {
-        timestep_cond: Some(&w_gpu),
-        ..UNetConditioning::default()
+    let cond = UNetInputs {
+        context: embeddings.hidden,
+        context_shape: embeddings.shape,
+        timestep_cond: Some(w),
+        ..UNetInputs::default()
     };
     let mut sampler = params
         .sampler
@@ -311,14 +299,8 @@ fn replay_lcm(
         let mut scaled = x.clone();
         sampler.scale_model_input(&mut scaled, step).expect("scale");
         let t = sampler.timesteps()[step] as f32;
-        let prediction = pollster::block_on(model.predict_noise(
-            &scaled,
-            [1, 4, 8, 8],
-            t,
-            &embeddings.hidden,
-            &cond,
-        ))
-        .expect("unet");
+        let prediction =
+            pollster::block_on(model.predict_noise(&scaled, [1, 4, 8, 8], t, &cond)).expect("unet");
         x = sampler.step(&prediction, step, &x, noise).expect("step");
         out.push(x.clone());
     }

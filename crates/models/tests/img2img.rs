@@ -6,14 +6,17 @@ mod common;
 
 use std::sync::OnceLock;
 
-use image::{GrayImage, Luma, RgbImage};
+use image::{GrayImage, Luma};
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::DType;
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-use common::{assert_run_matches, context, fixtures, max_abs_diff, more_refs, run, tensor};
+use common::{
+    assert_run_matches, context, fixture_mask, fixtures, input_image, max_abs_diff, more_refs, run,
+    tensor,
+};
 
 fn load(folder: &str) -> StableDiffusion {
     let source = ModelSource::folder(fixtures().join(folder));
@@ -25,40 +28,6 @@ fn load(folder: &str) -> StableDiffusion {
 fn digits() -> &'static StableDiffusion {
     static MODEL: OnceLock<StableDiffusion> = OnceLock::new();
     MODEL.get_or_init(|| load("tiny-sd-digits"))
-}
-
-fn read_png(path: &std::path::Path) -> (u32, u32, png::ColorType, Vec<u8>) {
-    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
-        .read_info()
-        .expect("a PNG");
-    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
-    let info = reader.next_frame(&mut buf).expect("a frame");
-    buf.truncate(info.buffer_size());
-    (info.width, info.height, info.color_type, buf)
-}
-
-/// The red 7 on blue that diffusers' img2img and inpainting runs started from.
-fn input_image() -> RgbImage {
-    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
-    let (w, h, color, bytes) = read_png(&path);
-    assert_eq!(color, png::ColorType::Rgb, "img2img_input.png is RGB");
-    RgbImage::from_raw(w, h, bytes).expect("RGB bytes")
-}
-
-/// `inpaint_mask.png` (white = repaint).
-fn fixture_mask() -> GrayImage {
-    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/inpaint_mask.png");
-    let (w, h, color, bytes) = read_png(&path);
-    let channels = match color {
-        png::ColorType::Grayscale => 1,
-        png::ColorType::Rgb => 3,
-        png::ColorType::Rgba => 4,
-        other => panic!("inpaint_mask.png: unexpected {other:?}"),
-    };
-    GrayImage::from_fn(w, h, |x, y| {
-        Luma([bytes[((y * w + x) * channels) as usize]])
-    })
 }
 
 /// A white square over pixels `from..to` both ways on black, 64x64.

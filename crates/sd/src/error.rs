@@ -73,6 +73,14 @@ pub enum Error {
         #[source]
         source: Box<ModelError>,
     },
+    /// `--device gpu` (or [`crate::Device::Gpu`]) and wgpu found no adapter.
+    #[error("no GPU adapter found ({reason}); to run on the GPU, {remedy}; or use --device cpu")]
+    NoGpu {
+        /// What wgpu said.
+        reason: String,
+        /// What to install on this system.
+        remedy: &'static str,
+    },
     /// The generation failed on the GPU or did not fit the device.
     #[error(transparent)]
     Generation(Box<ModelError>),

@@ -49,6 +49,8 @@
 //! # }
 //! ```
 
+#[cfg(not(target_arch = "wasm32"))]
+mod device;
 mod embedded;
 mod error;
 #[cfg(not(target_arch = "wasm32"))]
@@ -60,6 +62,8 @@ mod progress;
 #[cfg(not(target_arch = "wasm32"))]
 mod resolve;
 
+#[cfg(not(target_arch = "wasm32"))]
+pub use device::Device;
 pub use error::{Error, Result};
 #[cfg(all(feature = "hub", not(target_arch = "wasm32")))]
 pub use hub::download_preset;
@@ -81,6 +85,7 @@ pub use sd_core::params::{GenerationParams, ModelDefaults};
 pub use sd_core::progress::Stage;
 pub use sd_core::sampler::{Algorithm, SamplerKind};
 /// The lower layers, for what the front door does not cover (parity tests, benchmarks).
+pub use sd_models::DeviceKind;
 pub use {sd_core as core, sd_kernels as kernels, sd_models as models};
 
 #[cfg(test)]

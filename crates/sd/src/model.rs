@@ -7,6 +7,8 @@ use sd_core::params::{ModelDefaults, VAE_SCALE};
 use sd_kernels::{DType, GpuContext};
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 
+#[cfg(not(target_arch = "wasm32"))]
+use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::options::{Options, random_seed};
 use crate::output::Images;
@@ -27,6 +29,10 @@ pub struct LoadOptions {
     /// for models whose head counts or sizes differ from the published ones. Other models
     /// ignore it.
     pub model_config: Option<std::path::PathBuf>,
+    /// Where the model runs (native loads by name or source): [`Device::Auto`] unless set, or
+    /// `SD_DEVICE` through [`LoadOptions::from_env`].
+    #[cfg(not(target_arch = "wasm32"))]
+    pub device: Device,
 }
 
 impl LoadOptions {
@@ -38,6 +44,23 @@ impl LoadOptions {
     /// f32 weight matrices instead.
     pub fn f32_weights(mut self, f32_weights: bool) -> Self {
         self.f32_weights = f32_weights;
+        self
+    }
+
+    /// [`LoadOptions::new`] with the device `SD_DEVICE` names (auto when unset).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidOption`] naming `SD_DEVICE` for a value other than auto, gpu, cpu.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_env() -> Result<Self> {
+        Ok(Self::new().device(Device::from_env()?))
+    }
+
+    /// Where the model runs.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
         self
     }
 
@@ -55,14 +78,18 @@ pub struct Model {
     sd: StableDiffusion,
     name: String,
     defaults: ModelDefaults,
+    /// Why `auto` chose the CPU, for the caller to show once.
+    device_note: Option<String>,
 }
 
 impl Model {
     /// Loads a model by preset name (`digits`, built in; hub presets such as `sd15` or
     /// `sdxl-turbo`, see [`crate::PRESETS`], downloaded into the Hugging Face cache on first
     /// use), by path (a diffusers folder or a web model folder), or by a folder name under
-    /// `$DIFFUSION_MODELS_PATH`, then `$MODELS_PATH` (see [`crate::resolve`]), onto the GPU
-    /// that `SD_ADAPTER` / `WGPU_BACKEND` choose (the best one by default).
+    /// `$DIFFUSION_MODELS_PATH`, then `$MODELS_PATH` (see [`crate::resolve`]), on the device
+    /// `SD_DEVICE` names (`auto` when unset: a hardware GPU if there is one, else the CPU; see
+    /// [`Device`]); the GPU adapter is the one `SD_ADAPTER` / `WGPU_BACKEND` choose (the best
+    /// one by default).
     ///
     /// # Errors
     ///
@@ -71,7 +98,7 @@ impl Model {
     /// [`Error::Download`] / [`Error::Offline`] for a hub preset that could not be fetched.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn load(model: &str) -> Result<Self> {
-        Self::load_with(model, &LoadOptions::default())
+        Self::load_with(model, &LoadOptions::from_env()?)
     }
 
     /// [`Model::load`] with options.
@@ -115,13 +142,7 @@ impl Model {
             }
             _ => location.open(on_download)?,
         };
-        let load_error = |source| Error::Load {
-            model: location.to_string(),
-            source: Box::new(source),
-        };
-        let context = sd_kernels::ContextOptions::from_env().map_err(|e| load_error(e.into()))?;
-        let ctx = pollster::block_on(GpuContext::new(context)).map_err(|e| load_error(e.into()))?;
-        let mut model = Self::from_source(Arc::new(ctx), &source, name, options)?;
+        let mut model = Self::from_source_on(&source, name, options, &mut |_| {})?;
         if let crate::ModelLocation::Preset(crate::Preset {
             distilled: Some(distilled),
             ..
@@ -133,6 +154,91 @@ impl Model {
                 distilled.sampler,
             );
         }
+        Ok(model)
+    }
+
+    /// Loads the model in `source` on the device `options.device` chooses, calling it `name`,
+    /// telling `on_component` which component is about to be loaded. With [`Device::Auto`] a
+    /// hardware GPU runs it when wgpu finds one, else the CPU backend, and
+    /// [`Model::device_note`] says why.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Load`]; [`Error::NoGpu`] for [`Device::Gpu`] without an adapter.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn from_source_on(
+        source: &ModelSource,
+        name: impl Into<String>,
+        options: &LoadOptions,
+        on_component: &mut dyn FnMut(&str),
+    ) -> Result<Self> {
+        let name = name.into();
+        let gpu = || -> Result<Arc<GpuContext>> {
+            let context = sd_kernels::ContextOptions::from_env().map_err(|e| Error::Load {
+                model: name.clone(),
+                source: Box::new(e.into()),
+            })?;
+            match pollster::block_on(GpuContext::new(context)) {
+                Ok(ctx) => Ok(Arc::new(ctx)),
+                Err(sd_kernels::KernelError::NoAdapter(reason)) => Err(Error::NoGpu {
+                    reason,
+                    remedy: crate::device::gpu_remedy(),
+                }),
+                Err(e) => Err(Error::Load {
+                    model: name.clone(),
+                    source: Box::new(e.into()),
+                }),
+            }
+        };
+        let (ctx, note) = match options.device {
+            Device::Gpu => (Some(gpu()?), None),
+            Device::Cpu => (None, None),
+            Device::Auto => match gpu() {
+                Ok(ctx) if ctx.adapter_info().device_type == sd_kernels::wgpu::DeviceType::Cpu => {
+                    let note = format!(
+                        "running on the CPU: the only GPU adapter is a software one ({}), which \
+                         the CPU backend outruns; for the GPU path, {} (--device gpu forces the \
+                         software adapter)",
+                        ctx.adapter_info().name,
+                        crate::device::gpu_remedy()
+                    );
+                    (None, Some(note))
+                }
+                Ok(ctx) => (Some(ctx), None),
+                Err(Error::NoGpu { .. }) => {
+                    let note = format!(
+                        "no GPU found: running on the CPU (slow); for the GPU path, {}",
+                        crate::device::gpu_remedy()
+                    );
+                    (None, Some(note))
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let mut model = match ctx {
+            Some(ctx) => Self::from_source_with_progress(ctx, source, name, options, on_component)?,
+            None => {
+                let sd = StableDiffusion::load_on(source, |files| {
+                    Ok(Box::new(sd_cpu::CpuNetworks::load(
+                        source,
+                        files.configs(),
+                        on_component,
+                    )?))
+                })
+                .map_err(|e| Error::Load {
+                    model: name.clone(),
+                    source: Box::new(e),
+                })?;
+                let defaults = sd.defaults();
+                Self {
+                    sd,
+                    name,
+                    defaults,
+                    device_note: None,
+                }
+            }
+        };
+        model.device_note = note;
         Ok(model)
     }
 
@@ -177,7 +283,12 @@ impl Model {
             },
         )?;
         let defaults = sd.defaults();
-        Ok(Self { sd, name, defaults })
+        Ok(Self {
+            sd,
+            name,
+            defaults,
+            device_note: None,
+        })
     }
 
     /// The built-in digits model (64x64 coloured digits; prompts `a <colour> digit <zero..nine>
@@ -193,6 +304,21 @@ impl Model {
             crate::embedded::NAME,
             options,
         )
+    }
+
+    /// Which kind of device runs the model (`gpu` or `cpu`).
+    pub fn device(&self) -> sd_models::DeviceKind {
+        self.sd.device_kind()
+    }
+
+    /// One line naming the device: the GPU adapter, or the CPU backend.
+    pub fn device_description(&self) -> String {
+        self.sd.networks().describe()
+    }
+
+    /// When [`Device::Auto`] chose the CPU: why, and how to get the GPU path.
+    pub fn device_note(&self) -> Option<&str> {
+        self.device_note.as_deref()
     }
 
     /// The model's name.

@@ -124,6 +124,8 @@ pub struct Health {
     pub status: String,
     /// A job is running or waiting.
     pub busy: bool,
+    /// Where the model runs: `gpu` or `cpu`.
+    pub device: String,
 }
 
 /// The loaded model.
@@ -141,6 +143,10 @@ pub struct ModelInfo {
     pub default_guidance_scale: f32,
     /// Sampler a request without one gets: `euler_a`, or a distilled model's own.
     pub default_sampler: String,
+    /// Where the model runs: `gpu` (the WGSL kernels) or `cpu` (the CPU backend).
+    pub device: String,
+    /// The GPU adapter, or the CPU backend, in one line.
+    pub device_description: String,
 }
 
 /// `GET /v1/models`.

@@ -286,6 +286,8 @@ pub async fn serve(
             default_steps: defaults.steps,
             default_guidance_scale: defaults.guidance_scale,
             default_sampler: defaults.sampler.name().into(),
+            device: model.device().as_str().into(),
+            device_description: model.device_description(),
         },
         defaults,
         models_dir: config.models_dir.clone(),

@@ -475,6 +475,7 @@ pub async fn health(State(app): Shared) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         busy: app.jobs.busy(),
+        device: app.model.device.clone(),
     })
 }
 

@@ -152,13 +152,18 @@ impl WasmModel {
     pub fn info(&self) -> Result<Object, JsValue> {
         let loaded = self.current()?;
         let (width, height) = loaded.model.native_size();
-        let ctx = loaded.model.pipeline().context();
+        // The browser module loads onto WebGPU only, so the context is always there.
+        let ctx =
+            loaded.model.pipeline().context().ok_or_else(|| {
+                WebError::new(ErrorCode::Internal, "the model has no WebGPU context")
+            })?;
         let out = Object::new();
         set(&out, "name", loaded.model.name());
         set(&out, "nativeWidth", width);
         set(&out, "nativeHeight", height);
         set(&out, "adapter", ctx.describe());
         set(&out, "shaderF16", ctx.native_f16());
+        set(&out, "device", "webgpu");
         let samplers: Array = SamplerKind::ALL
             .iter()
             .map(|k| JsValue::from(k.name()))
@@ -209,7 +214,9 @@ impl WasmModel {
     /// Frees the model's GPU memory now. Later calls fail with `DISPOSED`.
     pub fn dispose(&self) {
         if let Some(loaded) = self.loaded.borrow_mut().take() {
-            loaded.model.pipeline().context().dispose();
+            if let Some(ctx) = loaded.model.pipeline().context() {
+                ctx.dispose();
+            }
         }
     }
 }

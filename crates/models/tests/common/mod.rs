@@ -122,3 +122,40 @@ pub fn assert_run_matches(
     assert!(final_err <= 1e-3, "{label}: final {final_err:e}");
     assert!(share >= 0.99, "{label}: image {:.2} %", 100.0 * share);
 }
+
+#[allow(dead_code)] // used by the img2img tests
+fn read_png(path: &std::path::Path) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .expect("a PNG");
+    let mut buf = vec![0; reader.output_buffer_size().expect("size")];
+    let info = reader.next_frame(&mut buf).expect("a frame");
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, info.color_type, buf)
+}
+
+/// The red 7 on blue that diffusers' img2img and inpainting runs started from.
+#[allow(dead_code)] // used by the img2img tests
+pub fn input_image() -> image::RgbImage {
+    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
+    let (w, h, color, bytes) = read_png(&path);
+    assert_eq!(color, png::ColorType::Rgb, "img2img_input.png is RGB");
+    image::RgbImage::from_raw(w, h, bytes).expect("RGB bytes")
+}
+
+/// `inpaint_mask.png` (white = repaint).
+#[allow(dead_code)] // used by the inpainting tests
+pub fn fixture_mask() -> image::GrayImage {
+    let path = fixtures().join("tiny-sd-digits-refs/more_refs_png/inpaint_mask.png");
+    let (w, h, color, bytes) = read_png(&path);
+    let channels = match color {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => panic!("inpaint_mask.png: unexpected {other:?}"),
+    };
+    image::GrayImage::from_fn(w, h, |x, y| {
+        image::Luma([bytes[((y * w + x) * channels) as usize]])
+    })
+}

@@ -1,0 +1,176 @@
+//! The seam between the pipeline and the device its networks run on.
+//!
+//! The pipeline (`pipeline.rs`) owns everything that is the same on any device: tokenizing,
+//! the samplers, img2img and inpainting conditioning, batching, guidance, progress and
+//! cancellation. It calls the text encoder(s), the UNet and the VAE only through
+//! [`Networks`], with plain host arrays, so one pipeline runs on two backends: the WGSL kernels
+//! ([`crate::gpu::GpuNetworks`]) and candle-transformers on the CPU (the `sd-cpu` crate).
+//!
+//! The calls return boxed futures so the trait is object-safe: on the GPU (in the browser
+//! above all) they wait for the device; on the CPU they are ready at once.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+
+use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
+
+use crate::Result;
+
+/// A future a backend returns (not `Send`: WebGPU's futures are not).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// Which kind of device runs the networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeviceKind {
+    /// The WGSL kernels on a wgpu adapter (a real GPU, or a software one such as lavapipe).
+    Gpu,
+    /// candle-transformers on the CPU.
+    Cpu,
+}
+
+impl DeviceKind {
+    /// `gpu` or `cpu`, as the `--device` option and the APIs spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gpu => "gpu",
+            Self::Cpu => "cpu",
+        }
+    }
+}
+
+/// Token ids of a batch of prompts for one tokenizer: `[prompts, len]` row-major, and each
+/// row's end-token position (where the pooled output is read).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenIds<'a> {
+    pub ids: &'a [u32],
+    pub eos: &'a [usize],
+    pub prompts: usize,
+    pub len: usize,
+}
+
+/// The text encoders' output for a batch of prompts, on the host.
+#[derive(Debug, Clone)]
+pub struct PromptEmbeddings {
+    /// `encoder_hidden_states` `[prompts, L, D]`, row-major.
+    pub hidden: Vec<f32>,
+    /// `[prompts, L, D]`.
+    pub shape: [usize; 3],
+    /// SDXL's pooled `text_embeds` `[prompts, pooled]`.
+    pub pooled: Option<Vec<f32>>,
+}
+
+/// What every UNet call of an image group is conditioned on, host side: the context rows
+/// (`[negative x images, prompt x images]` under CFG), and LCM's guidance embedding or SDXL's
+/// pooled embeddings and time ids where the UNet takes them (one row per context row).
+#[derive(Debug, Clone, Default)]
+pub struct UNetInputs {
+    /// `encoder_hidden_states` `[rows, L, D]`.
+    pub context: Vec<f32>,
+    /// `[rows, L, D]`.
+    pub context_shape: [usize; 3],
+    /// `timestep_cond` `[rows, time_cond_proj_dim]` (LCM).
+    pub timestep_cond: Option<Vec<f32>>,
+    /// `text_embeds` `[rows, pooled]` (SDXL).
+    pub text_embeds: Option<Vec<f32>>,
+    /// `time_ids` `[rows, 6]` (SDXL).
+    pub time_ids: Option<Vec<f32>>,
+}
+
+impl UNetInputs {
+    /// Context rows alone (SD 1.x/2.x).
+    pub fn context(context: Vec<f32>, shape: [usize; 3]) -> Self {
+        Self {
+            context,
+            context_shape: shape,
+            ..Self::default()
+        }
+    }
+
+    /// The number of rows (UNet batch entries) the inputs are for.
+    pub fn rows(&self) -> usize {
+        self.context_shape[0]
+    }
+}
+
+/// The configs of the model's networks.
+#[derive(Debug, Clone, Copy)]
+pub struct NetworkConfigs<'a> {
+    pub text_encoder: &'a CLIPTextConfig,
+    pub text_encoder_2: Option<&'a CLIPTextConfig>,
+    pub unet: &'a UNet2DConditionConfig,
+    pub vae: &'a AutoencoderKLConfig,
+}
+
+/// A generation's size, for the checks a backend makes before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunSize {
+    pub width: u32,
+    pub height: u32,
+    /// Whether the UNet runs on `[negative, prompt]` pairs.
+    pub cfg: bool,
+    /// Whether the VAE encoder runs (img2img, inpainting).
+    pub encodes: bool,
+}
+
+/// The text encoder(s), the UNet and the VAE of one model on one device.
+pub trait Networks: Send + Sync + Debug + std::any::Any {
+    /// Which kind of device runs them.
+    fn kind(&self) -> DeviceKind;
+
+    /// One line naming the device (`Vulkan: llvmpipe ...`, `CPU: candle, 2 threads`).
+    fn describe(&self) -> String;
+
+    /// The networks' configs.
+    fn configs(&self) -> NetworkConfigs<'_>;
+
+    /// Runs the text encoder on `first` (SD 1.x/2.x: its last hidden state) or, with SDXL's
+    /// `second`, both encoders' `hidden_states[-2]` without the final norm concatenated on the
+    /// last axis, and the second one's pooled, projected end-token state.
+    fn encode_text<'a>(
+        &'a self,
+        first: TokenIds<'a>,
+        second: Option<TokenIds<'a>>,
+    ) -> BoxFuture<'a, Result<PromptEmbeddings>>;
+
+    /// Prepares the conditioning an image group's UNet calls share (uploaded once on the GPU).
+    fn prepare_unet<'a>(&'a self, inputs: &UNetInputs) -> Result<Box<dyn NoisePredictor + 'a>>;
+
+    /// The VAE decoder on `latents` `[1, 4, h, w]` already divided by the scaling factor;
+    /// returns the image `[3, 8h, 8w]` in the model's `[-1, 1]` range.
+    fn decode<'a>(
+        &'a self,
+        latents: &'a [f32],
+        h: usize,
+        w: usize,
+    ) -> BoxFuture<'a, Result<Vec<f32>>>;
+
+    /// The VAE encoder (with `quant_conv`) on an image `[1, 3, height, width]` in `[-1, 1]`;
+    /// returns the moments `[8, height/8, width/8]`: the mean, then the log-variance (unclamped).
+    fn encode_image<'a>(
+        &'a self,
+        image: &'a [f32],
+        height: usize,
+        width: usize,
+    ) -> BoxFuture<'a, Result<Vec<f32>>>;
+
+    /// Fails before any work when a generation of this size cannot run on the device (a
+    /// binding over the GPU's limits, or more memory than the CPU backend's budget), naming
+    /// what does not fit.
+    fn check_size(&self, size: RunSize) -> Result<()>;
+
+    /// The most images that may share one UNet call at this size, 1 to `count`.
+    fn images_per_unet_call(&self, width: u32, height: u32, cfg: bool, count: u32) -> u32;
+}
+
+/// The UNet with an image group's conditioning in place.
+pub trait NoisePredictor {
+    /// One UNet call on the host-side `latents` `[B, C, h, w]` at timestep `t` (the same for
+    /// every row); returns the prediction `[B, 4, h, w]`.
+    fn predict<'a>(
+        &'a self,
+        latents: &'a [f32],
+        shape: [usize; 4],
+        t: f32,
+    ) -> BoxFuture<'a, Result<Vec<f32>>>;
+}
