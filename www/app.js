@@ -70,6 +70,7 @@ const el = {
   galleryClear: $("gallery-clear"),
   surprise: $("surprise"),
   noWebgpu: $("no-webgpu"),
+  cpuNotice: $("cpu-notice"),
   insecureHint: $("insecure-hint"),
   modelPill: $("model-pill"),
   modelPillText: $("model-pill-text"),
@@ -366,9 +367,12 @@ function applyModelInfo(info) {
   el.modelPillText.textContent = nativeSize ? `${name} · ${nativeSize.width}×${nativeSize.height}` : name;
   const bits = [];
   if (info?.cached) bits.push("kept in browser storage");
-  if (typeof info?.shaderF16 === "boolean") bits.push(info.shaderF16 ? "shader-f16" : "f16 weights packed in u32");
+  const onCpu = info?.device === "cpu";
+  if (onCpu) bits.push("on the CPU (no WebGPU): slow");
+  else if (typeof info?.shaderF16 === "boolean") bits.push(info.shaderF16 ? "shader-f16" : "f16 weights packed in u32");
   el.modelMeta.textContent = bits.join(" · ");
-  el.adapterInfo.textContent = info?.adapter ? `GPU: ${info.adapter}` : "";
+  el.cpuNotice.hidden = !onCpu;
+  el.adapterInfo.textContent = info?.adapter ? `${onCpu ? "" : "GPU: "}${info.adapter}` : "";
 }
 
 function renderLoadProgress(p, label) {

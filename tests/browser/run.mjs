@@ -36,8 +36,10 @@
 //              SDXL and LCM web models tests/tests/browser.rs converts), StableDiffusion.load its
 //              manifest and generate its request from its recorded starting latents (raw f32 at
 //              case.latents) -> arch-<name>.png
-//   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: the error code and the
-//              no-WebGPU banner it shows
+//   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: it falls back to the CPU
+//              module, shows the CPU notice and generates FIRST -> no-webgpu.png; the package
+//              with device "webgpu" there rejects with NO_WEBGPU, and device "tpu" with
+//              INVALID_REQUEST
 // Every phase records /__requests before and after. Console messages, page errors and failed
 // requests of every page are recorded. results.json is written after every phase and on failure.
 //
@@ -782,7 +784,9 @@ window.__archReady = true;
   }
   if (only.has("no-webgpu")) {
     await phase("no-webgpu", async (r) => {
-      // The same Chromium without --enable-unsafe-webgpu has no adapter: the page must say so.
+      // The same Chromium without --enable-unsafe-webgpu has no adapter: the demo must fall back
+      // to the CPU module, say so, and still draw the prompt; an explicit device: "webgpu" must
+      // reject with NO_WEBGPU.
       const browser = await chromium.launch({
         executablePath: results.chromium,
         headless: true,
@@ -791,20 +795,43 @@ window.__archReady = true;
       });
       try {
         const plain = await browser.newPage();
+        await plain.addInitScript(INIT_SCRIPT);
         watch(plain, "no-webgpu");
-        await plain.goto(`${args.base}/`, { timeout: T.navigate, waitUntil: "load" });
-        await plain.waitForFunction(() => document.body?.dataset.state === "error", null, {
-          timeout: T.load,
-          polling: 100,
-        });
-        Object.assign(r, await plain.evaluate(() => {
+        const before = await requests();
+        r.open = await openDemo(plain, false);
+        r.wasmFetched = Object.keys(diffRequests(before, await requests())).filter((p) => p.endsWith(".wasm"));
+        r.notice = await plain.evaluate(() => {
+          const notice = document.getElementById("cpu-notice");
           const banner = document.getElementById("no-webgpu");
           return {
-            code: document.getElementById("error")?.dataset.code ?? null,
-            bannerVisible: !!banner && !banner.hidden && banner.offsetParent !== null,
-            bannerText: banner?.textContent?.replace(/\s+/g, " ").trim() ?? null,
+            visible: !!notice && !notice.hidden && notice.offsetParent !== null,
+            text: notice?.textContent?.replace(/\s+/g, " ").trim() ?? null,
+            noWebgpuBannerVisible: !!banner && !banner.hidden && banner.offsetParent !== null,
+            meta: document.getElementById("model-meta")?.textContent ?? null,
           };
-        }));
+        });
+        r.generation = await generate(plain, FIRST);
+        if (!r.generation.generated) throw new Error(`no image on the CPU: ${JSON.stringify(r.generation.error)}`);
+        r.image = await saveNewestImage(plain, "no-webgpu.png");
+        r.explicitWebgpu = await plain.evaluate(async (url) => {
+          const { StableDiffusion } = await import("/pkg/index.js");
+          try {
+            const sd = await StableDiffusion.load(url, { device: "webgpu" });
+            await sd.dispose();
+            return { code: null };
+          } catch (error) {
+            return { code: error?.code ?? null, message: String(error?.message ?? error) };
+          }
+        }, `${args.base}/models/digits/manifest.json`);
+        r.badDevice = await plain.evaluate(async (url) => {
+          const { StableDiffusion } = await import("/pkg/index.js");
+          try {
+            await StableDiffusion.load(url, { device: "tpu" });
+            return { code: null };
+          } catch (error) {
+            return { code: error?.code ?? null, field: error?.field ?? null, message: String(error?.message ?? error) };
+          }
+        }, `${args.base}/models/digits/manifest.json`);
       } finally {
         await browser.close().catch(() => {});
       }

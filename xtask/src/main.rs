@@ -111,12 +111,17 @@ fn test(sh: &Shell, root: &Path, extra: &[&str]) -> Result<()> {
     let _device = std::env::var_os("SD_DEVICE")
         .is_none()
         .then(|| sh.push_env("SD_DEVICE", "gpu"));
-    wasm::pack(sh, root)?;
-    web::convert_default(sh, root)?;
-    web::browser_prerequisites(sh, root)?;
-    stage("adapter", || {
-        Ok(cmd!(sh, "cargo run --quiet -p sd-cli -- info").run()?)
+    // One native build for everything: the tests' build of `sd` also converts the web model and
+    // prints the adapter (a `cargo run -p sd-cli` would build sd-cli's graph a second time,
+    // with other features).
+    stage("build the workspace's tests", || {
+        Ok(cmd!(sh, "cargo test --workspace --no-run {extra...}").run()?)
     })?;
+    let sd = target_dir(root).join("debug/sd");
+    wasm::pack(sh, root)?;
+    web::convert_default_with(sh, root, Some(&sd))?;
+    web::browser_prerequisites(sh, root)?;
+    stage("adapter", || Ok(cmd!(sh, "{sd} info").run()?))?;
     stage("cargo test --workspace", || {
         Ok(cmd!(sh, "cargo test --workspace {extra...}").run()?)
     })?;

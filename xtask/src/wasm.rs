@@ -3,8 +3,10 @@
 //! 1. wasm-bindgen-cli at exactly the version of the `wasm-bindgen` crate in Cargo.lock (the
 //!    generated glue must match the crate), installed with `cargo install` when missing or
 //!    different;
-//! 2. `sd-web` for wasm32-unknown-unknown in release;
-//! 3. `wasm-bindgen --target web` into `wasm/` (`sd_web.js`, `sd_web_bg.wasm`, `sd_web.d.ts`);
+//! 2. `sd-web` for wasm32-unknown-unknown in release, twice: the WebGPU module and, with the
+//!    `cpu` feature, the CPU module (candle) for browsers without WebGPU;
+//! 3. `wasm-bindgen --target web` of each into `wasm/` (`sd_web.js`, `sd_web_bg.wasm`, and
+//!    `sd_web_cpu.js`, `sd_web_cpu_bg.wasm`);
 //! 4. the hand-written package files of `crates/web/js/` beside it.
 //!
 //! No wasm-opt: Debian's binaryen (108) breaks wasm-bindgen's externref table (the module then
@@ -28,27 +30,38 @@ pub fn build(sh: &Shell, root: &Path) -> Result<()> {
     let bindgen = stage(&format!("wasm-bindgen-cli {version}"), || {
         ensure_wasm_bindgen(sh, &version)
     })?;
-    stage("build sd-web for wasm32-unknown-unknown (release)", || {
-        Ok(cmd!(
-            sh,
-            "cargo build --quiet --release --target wasm32-unknown-unknown -p sd-web"
-        )
-        .run()?)
-    })?;
-    let input = target_dir(root).join("wasm32-unknown-unknown/release/sd_web.wasm");
     let pkg = package_dir(root);
     let out = pkg.join("wasm");
-    stage("wasm-bindgen --target web", || {
-        if pkg.exists() {
-            // Stale files of an earlier build must not be served.
-            std::fs::remove_dir_all(&pkg)
-                .with_context(|| format!("cannot remove {}", pkg.display()))?;
-        }
-        cmd!(
-            sh,
-            "{bindgen} --target web --out-dir {out} --out-name sd_web {input}"
-        )
-        .run()?;
+    if pkg.exists() {
+        // Stale files of an earlier build must not be served.
+        std::fs::remove_dir_all(&pkg)
+            .with_context(|| format!("cannot remove {}", pkg.display()))?;
+    }
+    // The WebGPU module, then the CPU module (the same crate with `cpu`: candle's networks),
+    // which the package fetches only where WebGPU is missing. The dependencies of both feature
+    // sets stay built side by side; only the sd-web crate itself is compiled again.
+    for (features, name) in [(None, "sd_web"), (Some("cpu"), "sd_web_cpu")] {
+        let feature_args: Vec<&str> = features.map(|f| vec!["--features", f]).unwrap_or_default();
+        stage(
+            &format!("build {name} for wasm32-unknown-unknown (release)"),
+            || {
+                Ok(cmd!(
+                sh,
+                "cargo build --quiet --release --target wasm32-unknown-unknown -p sd-web {feature_args...}"
+            )
+            .run()?)
+            },
+        )?;
+        let input = target_dir(root).join("wasm32-unknown-unknown/release/sd_web.wasm");
+        stage(&format!("wasm-bindgen --target web ({name})"), || {
+            Ok(cmd!(
+                sh,
+                "{bindgen} --target web --out-dir {out} --out-name {name} {input}"
+            )
+            .run()?)
+        })?;
+    }
+    stage("package files", || {
         let js = root.join("crates/web/js");
         if !js.is_dir() {
             bail!("{} is missing: the package's JavaScript", js.display());
@@ -61,21 +74,19 @@ pub fn build(sh: &Shell, root: &Path) -> Result<()> {
         }
         Ok(())
     })?;
-    let wasm = out.join("sd_web_bg.wasm");
-    let size = std::fs::metadata(&wasm)
-        .with_context(|| format!("wasm-bindgen wrote no {}", wasm.display()))?
-        .len();
-    println!(
-        "npm package: {} ({}: {size} bytes, {:.2} MiB)",
-        pkg.display(),
-        wasm.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        size as f64 / (1024.0 * 1024.0)
-    );
+    for name in ["sd_web_bg.wasm", "sd_web_cpu_bg.wasm"] {
+        let wasm = out.join(name);
+        let size = std::fs::metadata(&wasm)
+            .with_context(|| format!("wasm-bindgen wrote no {}", wasm.display()))?
+            .len();
+        println!(
+            "npm package: {} ({name}: {size} bytes, {:.2} MiB)",
+            pkg.display(),
+            size as f64 / (1024.0 * 1024.0)
+        );
+    }
     Ok(())
 }
-
 /// `cargo xtask pack`: the package built, then `npm pack` of it into `target/npm/`; returns the
 /// tarball's path (`target/npm/sd-wgsl-<version>.tgz`, which the package test installs).
 pub fn pack(sh: &Shell, root: &Path) -> Result<PathBuf> {

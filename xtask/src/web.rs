@@ -28,19 +28,39 @@ fn newest_mtime(path: &Path) -> Result<SystemTime> {
     Ok(newest)
 }
 
-/// `sd convert --web SRC DST [EXTRA...]`.
-pub fn convert(sh: &Shell, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+/// `sd convert --web SRC DST [EXTRA...]`, with the `sd` binary `sd` when given (the tests'
+/// build of it), else through `cargo run`.
+pub fn convert_with(
+    sh: &Shell,
+    sd: Option<&Path>,
+    src: &str,
+    dst: &str,
+    extra: &[&str],
+) -> Result<()> {
     stage(&format!("convert {src} to the web format in {dst}"), || {
-        Ok(cmd!(
-            sh,
-            "cargo run --quiet -p sd-cli -- convert --web {src} {dst} {extra...}"
-        )
-        .run()?)
+        let command = match sd {
+            Some(sd) => cmd!(sh, "{sd} convert --web {src} {dst} {extra...}"),
+            None => cmd!(
+                sh,
+                "cargo run --quiet -p sd-cli -- convert --web {src} {dst} {extra...}"
+            ),
+        };
+        Ok(command.run()?)
     })
+}
+
+/// `sd convert --web SRC DST [EXTRA...]` through `cargo run`.
+pub fn convert(sh: &Shell, src: &str, dst: &str, extra: &[&str]) -> Result<()> {
+    convert_with(sh, None, src, dst, extra)
 }
 
 /// The embedded model to `target/web-models/digits`, unless that is newer than every source file.
 pub fn convert_default(sh: &Shell, root: &Path) -> Result<()> {
+    convert_default_with(sh, root, None)
+}
+
+/// [`convert_default`] with the `sd` binary `sd` when given.
+pub fn convert_default_with(sh: &Shell, root: &Path, sd: Option<&Path>) -> Result<()> {
     let (src, dst) = default_paths(root);
     let manifest = dst.join("manifest.json");
     let fresh = match std::fs::metadata(&manifest).and_then(|m| m.modified()) {
@@ -57,7 +77,7 @@ pub fn convert_default(sh: &Shell, root: &Path) -> Result<()> {
     }
     let (src, dst) = (src.display().to_string(), dst.display().to_string());
     // The same name the browser test gives it (sd_weights::web::convert_to_web, "digits").
-    convert(sh, &src, &dst, &["--name", "digits"])
+    convert_with(sh, sd, &src, &dst, &["--name", "digits"])
 }
 
 /// Installs the Node driver's dependencies if missing; fails with the install command when

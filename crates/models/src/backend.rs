@@ -113,8 +113,20 @@ pub struct RunSize {
     pub encodes: bool,
 }
 
+/// `Send + Sync` natively, where a model is shared between threads; nothing in wasm32, where
+/// WebGPU's objects are neither and there is one thread.
+#[cfg(not(target_arch = "wasm32"))]
+pub trait ThreadSafe: Send + Sync {}
+#[cfg(not(target_arch = "wasm32"))]
+impl<T: Send + Sync> ThreadSafe for T {}
+/// `Send + Sync` natively; nothing in wasm32.
+#[cfg(target_arch = "wasm32")]
+pub trait ThreadSafe {}
+#[cfg(target_arch = "wasm32")]
+impl<T> ThreadSafe for T {}
+
 /// The text encoder(s), the UNet and the VAE of one model on one device.
-pub trait Networks: Send + Sync + Debug + std::any::Any {
+pub trait Networks: ThreadSafe + Debug + std::any::Any {
     /// Which kind of device runs them.
     fn kind(&self) -> DeviceKind;
 

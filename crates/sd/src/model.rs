@@ -229,13 +229,7 @@ impl Model {
                     model: name.clone(),
                     source: Box::new(e),
                 })?;
-                let defaults = sd.defaults();
-                Self {
-                    sd,
-                    name,
-                    defaults,
-                    device_note: None,
-                }
+                Self::from_pipeline(sd, name)
             }
         };
         model.device_note = note;
@@ -289,6 +283,18 @@ impl Model {
             defaults,
             device_note: None,
         })
+    }
+
+    /// A model from a pipeline already loaded on some device (the browser's CPU module builds
+    /// the CPU networks itself), calling it `name`.
+    pub fn from_pipeline(sd: StableDiffusion, name: impl Into<String>) -> Self {
+        let defaults = sd.defaults();
+        Self {
+            sd,
+            name: name.into(),
+            defaults,
+            device_note: None,
+        }
     }
 
     /// The built-in digits model (64x64 coloured digits; prompts `a <colour> digit <zero..nine>

@@ -2,7 +2,6 @@
 // Downloads, verifies and caches a web model, uploads it through the wasm module, and runs one
 // generation at a time.
 
-import init, { WasmModel, parseManifest } from "./wasm/sd_web.js";
 import * as cache from "./cache.js";
 import { checkImages, decodeImages } from "./images.js";
 import {
@@ -20,17 +19,50 @@ const QUOTA_WARNING = "browser storage is full: the model runs but will download
 const LOADING = "Loading the model";
 const GENERATION = "Generation";
 
-let wasmReady = null;
+// The two wasm modules: the WebGPU one, and the CPU one (candle's networks, for browsers without
+// WebGPU). Each is fetched only when a load picks it, so the WebGPU path downloads nothing more.
+const WASM_MODULES = {
+  webgpu: () => import("./wasm/sd_web.js"),
+  cpu: () => import("./wasm/sd_web_cpu.js"),
+};
+const wasmReady = {};
 
-// Initialise the wasm module once per context; the .wasm is resolved next to sd_web.js.
-function initWasm() {
-  wasmReady ??= init().catch((error) => {
-    wasmReady = null;
-    throw new SdError(`The WebAssembly module could not be loaded: ${error?.message ?? error}`, "INTERNAL", {
-      cause: error,
+// Initialise a wasm module once per context; its .wasm is resolved next to its .js.
+function initWasm(device) {
+  wasmReady[device] ??= WASM_MODULES[device]()
+    .then(async (module) => {
+      await module.default();
+      return module;
+    })
+    .catch((error) => {
+      wasmReady[device] = null;
+      throw new SdError(
+        `The ${device === "cpu" ? "CPU " : ""}WebAssembly module could not be loaded: ${error?.message ?? error}`,
+        "INTERNAL",
+        { cause: error },
+      );
     });
-  });
-  return wasmReady;
+  return wasmReady[device];
+}
+
+/**
+ * The module a load uses: `webgpu` needs a WebGPU adapter (else NO_WEBGPU), `cpu` needs nothing,
+ * and `auto` takes WebGPU when the browser gives an adapter (a fallback one too), else the CPU.
+ */
+async function chooseDevice(device) {
+  // index.js has checked the value.
+  if (device === "cpu") return "cpu";
+  if (device === "webgpu") {
+    await requireWebGPU();
+    return "webgpu";
+  }
+  try {
+    await requireWebGPU();
+    return "webgpu";
+  } catch (error) {
+    if (error?.code === "NO_WEBGPU") return "cpu";
+    throw error;
+  }
 }
 
 async function requireWebGPU() {
@@ -154,9 +186,9 @@ async function fetchManifest(url, signal) {
   }
 }
 
-function parse(text, url) {
+function parse(wasm, text, url) {
   try {
-    return parseManifest(text);
+    return wasm.parseManifest(text);
   } catch (error) {
     const hint = text.trimStart().startsWith("<") ? " (the server sent HTML: is the URL right?)" : "";
     throw new SdError(
@@ -484,15 +516,16 @@ export class Engine {
   }
 
   /**
-   * Loads a web model. Rejects with an SdError: NO_WEBGPU, MODEL_NOT_FOUND, MODEL_INVALID, NETWORK,
+   * Loads a web model on the device `device` picks ("auto", "webgpu" or "cpu"; see chooseDevice).
+   * Rejects with an SdError: NO_WEBGPU, MODEL_NOT_FOUND, MODEL_INVALID, NETWORK,
    * INTEGRITY, ABORTED, OUT_OF_MEMORY, DEVICE_LOST or INTERNAL.
    * @param {string | URL} manifestUrl
    * @param {{ onProgress?: Function, signal?: AbortSignal, cache?: boolean }} [options]
    */
-  static async load(manifestUrl, { onProgress, signal, cache: useCache = true } = {}) {
+  static async load(manifestUrl, { onProgress, signal, cache: useCache = true, device = "auto" } = {}) {
     const reporter = new LoadReporter(onProgress);
     try {
-      return await loadEngine(absoluteUrl(manifestUrl), { reporter, signal, useCache: Boolean(useCache) });
+      return await loadEngine(absoluteUrl(manifestUrl), { reporter, signal, useCache: Boolean(useCache), device });
     } catch (error) {
       throw signal?.aborted ? abortedError(LOADING) : toSdError(error, { what: LOADING });
     } finally {
@@ -568,13 +601,13 @@ function absoluteUrl(url) {
   }
 }
 
-async function loadEngine(manifestUrl, { reporter, signal, useCache }) {
-  await untilAbort(requireWebGPU(), signal, LOADING);
-  await untilAbort(initWasm(), signal, LOADING);
+async function loadEngine(manifestUrl, { reporter, signal, useCache, device }) {
+  const chosen = await untilAbort(chooseDevice(device), signal, LOADING);
+  const wasm = await untilAbort(initWasm(chosen), signal, LOADING);
 
   reporter.report("manifest");
   const text = await fetchManifest(manifestUrl, signal);
-  const manifest = parse(text, manifestUrl);
+  const manifest = parse(wasm, text, manifestUrl);
   reporter.totalBytes = manifest.totalBytes;
   reporter.shardsTotal = manifest.shards.length;
 
@@ -592,7 +625,7 @@ async function loadEngine(manifestUrl, { reporter, signal, useCache }) {
   reporter.report("upload");
   const files = new Map(manifest.shards.map((shard, i) => [shard.file, shards[i]]));
   const onUpload = (component) => reporter.report("upload", component);
-  const model = await untilAbort(WasmModel.load(text, files, onUpload), signal, LOADING, freeModel);
+  const model = await untilAbort(wasm.WasmModel.load(text, files, onUpload), signal, LOADING, freeModel);
 
   const engine = new Engine(model, { ...model.info(), manifestUrl, cached });
   reporter.report("ready");

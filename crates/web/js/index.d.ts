@@ -94,6 +94,13 @@ export interface LoadOptions {
    * load downloads nothing. `false` neither reads nor writes the cache.
    */
   cache?: boolean;
+  /**
+   * Where the model runs. Default `"auto"`: WebGPU when the browser gives a GPU adapter (a
+   * fallback one too), otherwise the CPU module (`wasm/sd_web_cpu*`, fetched only then: the same
+   * API and progress, much slower). `"webgpu"` rejects with `NO_WEBGPU` without an adapter;
+   * `"cpu"` never touches WebGPU. `info.device` says which one ran.
+   */
+  device?: "auto" | "webgpu" | "cpu";
 }
 
 /** The generation parameters. Omitted ones take the model's defaults (see `info.defaults`). */
@@ -208,9 +215,14 @@ export interface ModelInfo {
   /** The size the model was trained at, the default width and height. */
   readonly nativeWidth: number;
   readonly nativeHeight: number;
-  /** The GPU adapter's description. */
+  /** Where the model runs: `"webgpu"`, or `"cpu"` (the CPU module, when WebGPU is missing). */
+  readonly device: "webgpu" | "cpu";
+  /** The GPU adapter's description, or the CPU backend's. */
   readonly adapter: string;
-  /** Whether the GPU runs f16 shaders natively (otherwise f16 weights are unpacked in f32). */
+  /**
+   * Whether the GPU runs f16 shaders natively (otherwise f16 weights are unpacked in f32); false
+   * on the CPU, whose networks run in f32.
+   */
   readonly shaderF16: boolean;
   readonly samplers: readonly string[];
   /** The default generation parameters. */

@@ -16,6 +16,8 @@ import { prepareImages } from "./images.js";
 export { SdError };
 
 const LOADING = "Loading the model";
+/** Where a model runs (the `device` load option; engine.js chooseDevice acts on it). */
+const DEVICES = ["auto", "webgpu", "cpu"];
 const GENERATION = "Generation";
 const DISPOSE_GRACE_MS = 5000; // then the worker is terminated anyway, which frees its GPU memory too
 
@@ -191,10 +193,10 @@ function workerBackend(client) {
   };
 }
 
-async function loadInWorker(manifestUrl, { onProgress, signal, cache: useCache }) {
+async function loadInWorker(manifestUrl, { onProgress, signal, cache: useCache, device }) {
   const client = new WorkerClient();
   try {
-    const info = await client.call("load", { manifestUrl, cache: useCache }, { onProgress, signal, what: LOADING });
+    const info = await client.call("load", { manifestUrl, cache: useCache, device }, { onProgress, signal, what: LOADING });
     return { backend: workerBackend(client), info };
   } catch (error) {
     client.close(); // a failed or cancelled load leaves nothing worth keeping in the worker
@@ -229,11 +231,19 @@ export class StableDiffusion {
     this.#info = Object.freeze({ ...info });
   }
 
-  /** Downloads (or reads from the cache), verifies and uploads a web model. */
-  static async load(manifestUrl, { onProgress, signal, worker = true, cache: useCache = true } = {}) {
+  /**
+   * Downloads (or reads from the cache), verifies and uploads a web model, on WebGPU or, where the
+   * browser has no WebGPU adapter (or with `device: "cpu"`), on the CPU module.
+   */
+  static async load(manifestUrl, { onProgress, signal, worker = true, cache: useCache = true, device = "auto" } = {}) {
     if (signal?.aborted) throw abortedError(LOADING);
+    if (!DEVICES.includes(device)) {
+      throw new SdError(`device: must be one of ${DEVICES.join(", ")}, not ${JSON.stringify(device)}`, "INVALID_REQUEST", {
+        field: "device",
+      });
+    }
     const url = resolveUrl(manifestUrl);
-    const options = { onProgress, signal, cache: Boolean(useCache) };
+    const options = { onProgress, signal, cache: Boolean(useCache), device };
     try {
       const { backend, info } = worker ? await loadInWorker(url, options) : await loadHere(url, options);
       return new StableDiffusion(INTERNAL, backend, info);
@@ -242,7 +252,10 @@ export class StableDiffusion {
     }
   }
 
-  /** Model name, native size, adapter, samplers, manifestUrl, and whether it is fully cached. */
+  /**
+   * Model name, native size, device ("webgpu" or "cpu") and adapter, samplers, manifestUrl, and
+   * whether it is fully cached.
+   */
   get info() {
     return this.#info;
   }

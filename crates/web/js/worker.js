@@ -1,5 +1,5 @@
 // The module worker that runs the engine off the page's main thread.
-// Requests:  { id, type: "load", manifestUrl, cache } | { id, type: "generate", request }
+// Requests:  { id, type: "load", manifestUrl, cache, device } | { id, type: "generate", request }
 //            (request.initImage / request.mask: ImageData, Blob, ImageBitmap or pixel objects,
 //            as index.js prepared them; decoded here)
 //            | { id, type: "dispose" } | { id, type: "cancel" }  (id: the load/generate to cancel)
@@ -14,11 +14,11 @@ let loading = false;
 const running = new Map(); // id -> AbortController of a load or generate not yet answered
 
 const handlers = {
-  async load({ manifestUrl, cache }, signal, onProgress) {
+  async load({ manifestUrl, cache, device }, signal, onProgress) {
     if (engine || loading) throw new SdError("This worker already holds a model.", "INTERNAL");
     loading = true;
     try {
-      engine = await Engine.load(manifestUrl, { cache, signal, onProgress });
+      engine = await Engine.load(manifestUrl, { cache, signal, onProgress, device });
       return engine.info;
     } finally {
       loading = false;

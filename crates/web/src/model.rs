@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use js_sys::{Array, Function, Map, Object, Promise, Reflect, Uint8Array, Uint8ClampedArray};
 use sd_core::params::{GenerationParams, ParamLimits, size_for_input_image};
-use sd_kernels::{ContextOptions, GpuContext};
-use sd_models::{ModelError, ModelSource};
+use sd_models::ModelSource;
 use sd_weights::web::WebManifest;
-use sd_wgsl::{ImageFormat, LoadOptions, Model, Options, Progress, SamplerKind, Stage};
+use sd_wgsl::{ImageFormat, Model, Options, Progress, SamplerKind, Stage};
 use wasm_bindgen::prelude::*;
 use web_sys::AbortSignal;
 
@@ -53,6 +52,53 @@ pub fn parse_manifest(json: &str) -> Result<Object, JsValue> {
     set(&out, "totalBytes", manifest.total_bytes() as f64);
     Ok(out)
 }
+
+/// The WebGPU module: the model onto the GPU the browser gives.
+#[cfg(not(feature = "cpu"))]
+async fn load_model(
+    source: &ModelSource,
+    name: String,
+    on_component: &mut dyn FnMut(&str),
+) -> Result<Model, WebError> {
+    use sd_kernels::{ContextOptions, GpuContext};
+    use sd_wgsl::LoadOptions;
+    let ctx = GpuContext::new(ContextOptions::default())
+        .await
+        .map_err(|e| WebError::from_model(&sd_models::ModelError::from(e), true))?;
+    Model::from_source_with_progress(
+        Arc::new(ctx),
+        source,
+        name,
+        &LoadOptions::new(),
+        on_component,
+    )
+    .map_err(|e| WebError::from_front_door(&e))
+}
+
+/// The CPU module: candle's networks under the same pipeline, no WebGPU needed.
+#[cfg(feature = "cpu")]
+async fn load_model(
+    source: &ModelSource,
+    name: String,
+    on_component: &mut dyn FnMut(&str),
+) -> Result<Model, WebError> {
+    let sd = sd_models::StableDiffusion::load_on(source, |files| {
+        Ok(Box::new(sd_cpu::CpuNetworks::load(
+            source,
+            files.configs(),
+            on_component,
+        )?))
+    })
+    .map_err(|e| WebError::from_model(&e, false))?;
+    Ok(Model::from_pipeline(sd, name))
+}
+
+/// `webgpu` or `cpu`: which module this is.
+const DEVICE: &str = if cfg!(feature = "cpu") {
+    "cpu"
+} else {
+    "webgpu"
+};
 
 /// What a loaded model holds.
 #[derive(Debug)]
@@ -110,9 +156,6 @@ impl WasmModel {
         drop(bytes);
         let source = ModelSource::Memory(files);
 
-        let ctx = GpuContext::new(ContextOptions::default())
-            .await
-            .map_err(|e| WebError::from_model(&ModelError::from(e), true))?;
         let components = ["text_encoder", "unet", "vae"];
         let mut on_component = |component: &str| {
             let index = components.iter().position(|c| *c == component).unwrap_or(0);
@@ -125,14 +168,7 @@ impl WasmModel {
                 );
             }
         };
-        let model = Model::from_source_with_progress(
-            Arc::new(ctx),
-            &source,
-            name,
-            &LoadOptions::new(),
-            &mut on_component,
-        )
-        .map_err(|e| WebError::from_front_door(&e))?;
+        let model = load_model(&source, name, &mut on_component).await?;
         Ok(WasmModel {
             loaded: RefCell::new(Some(Rc::new(Loaded { model }))),
         })
@@ -152,18 +188,19 @@ impl WasmModel {
     pub fn info(&self) -> Result<Object, JsValue> {
         let loaded = self.current()?;
         let (width, height) = loaded.model.native_size();
-        // The browser module loads onto WebGPU only, so the context is always there.
-        let ctx =
-            loaded.model.pipeline().context().ok_or_else(|| {
-                WebError::new(ErrorCode::Internal, "the model has no WebGPU context")
-            })?;
         let out = Object::new();
         set(&out, "name", loaded.model.name());
         set(&out, "nativeWidth", width);
         set(&out, "nativeHeight", height);
-        set(&out, "adapter", ctx.describe());
-        set(&out, "shaderF16", ctx.native_f16());
-        set(&out, "device", "webgpu");
+        set(&out, "adapter", loaded.model.device_description());
+        // The CPU module has no GPU context: its f32 networks use no f16 at all.
+        let native_f16 = loaded
+            .model
+            .pipeline()
+            .context()
+            .is_some_and(|c| c.native_f16());
+        set(&out, "shaderF16", native_f16);
+        set(&out, "device", DEVICE);
         let samplers: Array = SamplerKind::ALL
             .iter()
             .map(|k| JsValue::from(k.name()))
@@ -213,10 +250,11 @@ impl WasmModel {
 
     /// Frees the model's GPU memory now. Later calls fail with `DISPOSED`.
     pub fn dispose(&self) {
-        if let Some(loaded) = self.loaded.borrow_mut().take() {
-            if let Some(ctx) = loaded.model.pipeline().context() {
-                ctx.dispose();
-            }
+        // The CPU module has no GPU memory: dropping the model frees it.
+        if let Some(loaded) = self.loaded.borrow_mut().take()
+            && let Some(ctx) = loaded.model.pipeline().context()
+        {
+            ctx.dispose();
         }
     }
 }
