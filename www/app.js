@@ -1333,29 +1333,10 @@ async function main() {
   }
   updateControls();
 
-  let hasWebGPU = true;
-  try {
-    hasWebGPU = await sd.isWebGPUAvailable();
-  } catch (err) {
-    console.warn("[sd-wgsl demo] isWebGPUAvailable failed; trying anyway", err);
-  }
   refreshCache();
 
-  if (!hasWebGPU) {
-    showNoWebGPU();
-    showError(
-      makeError(
-        "NO_WEBGPU",
-        "WebGPU is not available in this browser: use a recent Chrome or Edge, or enable WebGPU in the browser flags " +
-          "(on Linux, start Chrome with --enable-unsafe-webgpu).",
-      ),
-    );
-    el.modelPillText.textContent = "No WebGPU";
-    setState("error");
-    setStatus("WebGPU is not available, so no model was loaded");
-    return;
-  }
-
+  // Without WebGPU the package runs the CPU module (device "auto"); applyModelInfo then shows
+  // the CPU notice. The no-WebGPU banner is left for a load that fails with NO_WEBGPU.
   await loadModel(el.modelUrl.value.trim() || DEFAULT_MODEL_URL);
 }
 

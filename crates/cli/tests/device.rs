@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use support::judge::{Judged, judge_png};
+use support::output_text;
 
 const PROMPT: &str = "a green digit four on a white background";
 
@@ -33,20 +34,12 @@ fn sd_without_gpu(out: &Path, device: Option<&str>) -> Output {
     command.output().expect("run sd")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn auto_falls_back_to_the_cpu_and_says_so_once() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let out = dir.path().join("auto.png");
     let output = sd_without_gpu(&out, None);
-    let text = text(&output);
+    let text = output_text(&output);
     println!("{text}");
     assert!(output.status.success(), "sd generate failed:\n{text}");
     assert_eq!(
@@ -80,7 +73,7 @@ fn gpu_without_an_adapter_fails_once_with_the_remedy() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let out = dir.path().join("gpu.png");
     let output = sd_without_gpu(&out, Some("gpu"));
-    let text = text(&output);
+    let text = output_text(&output);
     println!("{text}");
     assert!(!output.status.success(), "no adapter must fail: {text}");
     assert_eq!(
@@ -99,7 +92,7 @@ fn cpu_never_needs_an_adapter() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let out = dir.path().join("cpu.png");
     let output = sd_without_gpu(&out, Some("cpu"));
-    let text = text(&output);
+    let text = output_text(&output);
     assert!(output.status.success(), "--device cpu failed:\n{text}");
     assert!(
         !text.contains("running on the CPU"),
@@ -114,7 +107,7 @@ fn an_unknown_device_is_refused_naming_the_option() {
         .args(["generate", "--device", "tpu"])
         .output()
         .expect("run sd");
-    let text = text(&output);
+    let text = output_text(&output);
     assert!(!output.status.success());
     assert!(
         text.contains("--device") && text.contains("auto, gpu or cpu"),

@@ -11,6 +11,8 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use support::output_text;
+
 fn fixture_model() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/tiny-sd-digits")
 }
@@ -30,14 +32,6 @@ fn sd(args: &[&str], diffusion_models: Option<&Path>, models: Option<&Path>) -> 
     command.output().expect("run sd")
 }
 
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[test]
 fn model_names_resolve_through_the_environment() {
     let first = tempfile::tempdir().expect("temp dir");
@@ -49,7 +43,7 @@ fn model_names_resolve_through_the_environment() {
     std::fs::write(first.path().join("broken/model_index.json"), "{}").expect("file");
 
     let listed = sd(&["models"], Some(first.path()), Some(second.path()));
-    let listed = text(&listed);
+    let listed = output_text(&listed);
     println!("{listed}");
     for want in ["digits", "preset", "broken", "tiny", "diffusers"] {
         assert!(listed.contains(want), "`sd models` lacks {want}:\n{listed}");
@@ -73,7 +67,7 @@ fn model_names_resolve_through_the_environment() {
     };
     // MODELS_PATH is the fallback when DIFFUSION_MODELS_PATH lacks the name.
     let run = sd(&args("tiny"), Some(first.path()), Some(second.path()));
-    assert!(run.status.success(), "{}", text(&run));
+    assert!(run.status.success(), "{}", output_text(&run));
     assert!(
         std::fs::read(&out)
             .expect("the PNG")
@@ -83,7 +77,7 @@ fn model_names_resolve_through_the_environment() {
     // DIFFUSION_MODELS_PATH comes first: its broken `broken` is what loads (and fails).
     std::fs::create_dir(second.path().join("broken")).expect("folder");
     let run = sd(&args("broken"), Some(first.path()), Some(second.path()));
-    let message = text(&run);
+    let message = output_text(&run);
     assert!(!run.status.success());
     assert!(
         message.contains(&first.path().join("broken").display().to_string()),
@@ -91,14 +85,14 @@ fn model_names_resolve_through_the_environment() {
     );
 
     let run = sd(&args("nowhere"), Some(first.path()), None);
-    let message = text(&run);
+    let message = output_text(&run);
     assert!(!run.status.success());
     for want in ["--model nowhere", "not found", "$MODELS_PATH (not set)"] {
         assert!(message.contains(want), "{message} lacks {want}");
     }
 
     let run = sd(&args("../escape"), Some(first.path()), Some(second.path()));
-    let message = text(&run);
+    let message = output_text(&run);
     assert!(!run.status.success());
     assert!(
         message.contains("may not leave the models folder"),
@@ -145,7 +139,7 @@ fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
     let home_path = home.path().to_str().expect("utf-8 path");
     let hub = [("HF_ENDPOINT", mirror.url.as_str()), ("HF_HOME", home_path)];
 
-    let listing = text(&sd_hub(&["models", "list"], &hub));
+    let listing = output_text(&sd_hub(&["models", "list"], &hub));
     println!("{listing}");
     assert!(listed_line(&listing, "sd15").contains("not downloaded"));
     assert!(listed_line(&listing, "digits").contains("built in"));
@@ -170,7 +164,7 @@ fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
     ];
     let offline = [hub[0], hub[1], ("HF_HUB_OFFLINE", "1")];
     let run = sd_hub(&args, &offline);
-    let message = text(&run);
+    let message = output_text(&run);
     assert!(!run.status.success());
     for want in [
         "--model sd15",
@@ -183,7 +177,7 @@ fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
 
     // Cold: downloads with a line per file, then generates from the cache.
     let run = sd_hub(&args, &hub);
-    let message = text(&run);
+    let message = output_text(&run);
     println!("{message}");
     assert!(run.status.success(), "{message}");
     for want in [
@@ -207,10 +201,14 @@ fn a_preset_downloads_from_the_hub_once_and_shows_as_downloaded() {
     let mut warm = args.to_vec();
     warm[6] = "1"; // --steps: the cache is what is checked here
     let run = sd_hub(&warm, &hub);
-    assert!(run.status.success(), "{}", text(&run));
-    assert!(!text(&run).contains("download"), "{}", text(&run));
+    assert!(run.status.success(), "{}", output_text(&run));
+    assert!(
+        !output_text(&run).contains("download"),
+        "{}",
+        output_text(&run)
+    );
     assert_eq!(mirror.requests(), Vec::<String>::new());
-    let listing = text(&sd_hub(&["models"], &hub));
+    let listing = output_text(&sd_hub(&["models"], &hub));
     assert!(
         listed_line(&listing, "sd15").contains(" downloaded"),
         "{listing}"
@@ -296,7 +294,7 @@ fn distilled_presets_default_to_their_own_steps_guidance_and_sampler() {
             ],
             &hub,
         );
-        let message = text(&run);
+        let message = output_text(&run);
         assert!(run.status.success(), "{preset}: {message}");
         let parameters = support::parameters_chunk(&out);
         println!("{preset}: {parameters}");

@@ -13,7 +13,7 @@ use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
 use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder};
 use sd_weights::{Component, open_component};
 
-use common::{fixtures, max_abs_diff, reference, refs};
+use common::{fixtures, max_abs_diff, reference, refs, token_ids};
 
 fn model_dir() -> PathBuf {
     fixtures().join("tiny-sd-digits")
@@ -65,14 +65,7 @@ fn text_encoder_matches_diffusers() {
         };
         let model = CLIPTextModel::load(&cfg, &p).expect("load");
         for i in 0..4 {
-            let ids: Vec<u32> = refs()
-                .tensor(&format!("token_ids_{i}"))
-                .expect("ids")
-                .to_i64()
-                .expect("i64 ids")
-                .iter()
-                .map(|&id| u32::try_from(id).expect("id fits u32"))
-                .collect();
+            let ids = token_ids(i);
             let ids_gpu = ctx().upload_u32(&ids, &[1, 77]).expect("upload");
             let got = run(|b| model.forward(b, &ids_gpu, &ids, TextOutput::Last));
             let err = max_abs_diff(&got, &reference(&format!("text_hidden_{i}")));

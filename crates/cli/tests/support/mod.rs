@@ -25,3 +25,12 @@ pub fn parameters_chunk(path: &std::path::Path) -> String {
         })
         .unwrap_or_else(|| panic!("{}: no `parameters` text chunk", path.display()))
 }
+
+/// A process's stdout then stderr, as text.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}

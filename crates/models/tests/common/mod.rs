@@ -1,6 +1,8 @@
 //! What the model tests share: the fixture paths, diffusers' reference tensors, the error
 //! measure.
 
+pub mod recorded;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -56,6 +58,19 @@ pub fn tensor(file: &SafetensorsFile, name: &str) -> Vec<f32> {
 #[allow(dead_code)] // img2img.rs uses only the second file
 pub fn reference(name: &str) -> Vec<f32> {
     tensor(refs(), name)
+}
+
+/// `token_ids_<i>` of `refs.safetensors` (prompt i, padded to 77) as u32 ids.
+#[allow(dead_code)] // the tests that run the text encoder
+pub fn token_ids(i: usize) -> Vec<u32> {
+    refs()
+        .tensor(&format!("token_ids_{i}"))
+        .expect("ids")
+        .to_i64()
+        .expect("i64 ids")
+        .iter()
+        .map(|&id| u32::try_from(id).expect("id fits u32"))
+        .collect()
 }
 
 /// The largest absolute difference; infinite where either side is NaN or infinite (which

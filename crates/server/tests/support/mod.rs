@@ -96,10 +96,15 @@ impl Drop for TestServer {
 
 impl TestServer {
     pub fn start(config: ServerConfig) -> Self {
+        Self::start_with(config, load_model)
+    }
+
+    /// [`TestServer::start`] with the model `model` loads (once the turn is taken).
+    pub fn start_with(config: ServerConfig, model: impl FnOnce() -> Model) -> Self {
         static TURN: Mutex<()> = Mutex::new(());
         // A failed test poisons the lock; the next one still gets its turn.
         let turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
-        let server = start_background(config, load_model()).expect("start the server");
+        let server = start_background(config, model()).expect("start the server");
         let base = format!("http://{}", server.addr());
         Self {
             server: Some(server),
