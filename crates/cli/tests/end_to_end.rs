@@ -129,6 +129,10 @@ fn ten_prompts_on(device: Device) {
 /// 20 steps, guidance 5), judged: a strong repaint turns the red 7 on blue into what the prompt
 /// asks, a light one keeps it, and an inpainted square over the digit draws the new digit
 /// while the blue around it stays (and the outer border stays the input's).
+///
+/// On the CPU backend: img2img and inpainting are pipeline code, the same on either backend,
+/// and the WGSL path's img2img and inpainting are proven against diffusers' runs in
+/// `crates/models/tests/img2img.rs`; lavapipe would take minutes for these pictures.
 #[test]
 fn img2img_and_inpainting_come_out_as_asked() {
     use support::inputs::{border_difference, input_png, input_rgb, square_mask_png};
@@ -156,7 +160,7 @@ fn img2img_and_inpainting_come_out_as_asked() {
         init_sample: false,
         f32_weights: false,
         model_config: None,
-        device: Device::Gpu,
+        device: Device::Cpu,
     };
     let cases = [
         (
@@ -218,6 +222,10 @@ fn img2img_and_inpainting_come_out_as_asked() {
 /// out as noise, and diffusers' own 10-step `dpm2_a` reference picture is a barely legible 7). The
 /// prompts rotate through the three of the references; the seeds are fixed. The model itself is
 /// right 96.7 % of the time, so one miss in the 19 is allowed.
+///
+/// On the CPU backend: the samplers are pipeline code, the same on either backend; each one's
+/// steps are proven against diffusers' in `crates/core/tests`, and whole runs on the GPU in
+/// `crates/models/tests/pipeline.rs`; lavapipe would take many minutes for these 19 pictures.
 #[test]
 fn every_sampler_draws_the_prompt() {
     use sd_core::sampler::{Algorithm, SamplerKind};
@@ -257,7 +265,7 @@ fn every_sampler_draws_the_prompt() {
             init_sample: false,
             f32_weights: false,
             model_config: None,
-            device: Device::Gpu,
+            device: Device::Cpu,
         };
         let start = Instant::now();
         let report = run(&args, false).unwrap_or_else(|e| panic!("{kind}: {e:#}"));
