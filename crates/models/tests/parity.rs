@@ -13,7 +13,7 @@ use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
 use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder};
 use sd_weights::{Component, open_component};
 
-use common::{fixtures, max_abs_diff, reference, refs, token_ids};
+use common::{fixtures, max_abs_diff, reference, token_ids};
 
 fn model_dir() -> PathBuf {
     fixtures().join("tiny-sd-digits")

@@ -3,6 +3,9 @@
 //! recorded start noise goes in as `initial_latents`, and every step, the final latents and the
 //! image are compared.
 
+// Only the img2img tests (GPU and CPU) use these; every other binary that includes `common` does not.
+#![allow(dead_code)]
+
 use image::{GrayImage, Luma};
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
