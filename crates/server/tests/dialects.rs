@@ -436,7 +436,7 @@ fn job_api_bad_input_is_400_naming_the_field() {
 /// `event: cancelled`.
 #[test]
 fn job_api_cancel_ends_the_stream_with_cancelled() {
-    let server = TestServer::start(config());
+    let server = TestServer::start_on_gpu(config());
     let running = server.submit_job(&json!({
         "type": "SDGenerate", "prompt": PROMPT, "steps": 20, "seed": 4,
     }));
@@ -715,7 +715,7 @@ fn png_parameters(bytes: &[u8]) -> String {
 /// before it starts; `DELETE` of a running task cancels it within a step.
 #[test]
 fn task_api_defaults_and_cancel() {
-    let server = TestServer::start(config());
+    let server = TestServer::start_on_gpu(config());
     let long = server.submit_task(&json!({ "prompt": PROMPT, "seed": 3 }));
     let short = server.submit_task(&json!({ "prompt": PROMPT, "seed": 4, "steps": 2 }));
     let waiting = server.task(&short);
@@ -963,7 +963,7 @@ fn task_api_bad_input_is_422_with_fastapi_detail() {
 /// {"detail"}`, `503 {"error": {"code": "SERVER_BUSY"}}` (both with Retry-After).
 #[test]
 fn one_queue_serves_every_dialect() {
-    let server = TestServer::start(ServerConfig {
+    let server = TestServer::start_on_gpu(ServerConfig {
         queue_size: 1,
         ..config()
     });

@@ -2,9 +2,17 @@
 //! with the embedded f16 digits model, a blocking client, reading JSON replies and event
 //! streams, decoding result images, the fixtures' input image and judge.
 //!
-//! The tests take the GPU one at a time (a [`TestServer`] holds a lock while it lives): the
+//! The server's model runs on the CPU backend ([`TestServer::start`]): these tests are about
+//! the HTTP API, which is the same code whatever runs the networks, and the CPU backend
+//! generates the digits model ~20x faster than lavapipe (the WGSL path is proven against
+//! diffusers in `crates/models/tests`). The tests whose subject is a job *while it runs*
+//! (cancel within a step, a full queue behind a running job, shutdown) use
+//! [`TestServer::start_on_gpu`]: there a step takes about a second, so the running job is
+//! still running when the test acts, and it is cancelled after a few steps.
+//!
+//! The tests take the machine one at a time (a [`TestServer`] holds a lock while it lives): the
 //! timings checked (`/health` latency, cancel within a step) mean nothing while another
-//! test's generation shares the software renderer's few cores.
+//! test's generation shares the few cores.
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -48,16 +56,30 @@ pub fn gpu() -> Arc<GpuContext> {
     .clone()
 }
 
-/// The embedded f16 digits model (`crates/sd/model`).
+fn embedded_model() -> ModelSource {
+    ModelSource::folder(Path::new(env!("CARGO_MANIFEST_DIR")).join("../sd/model"))
+}
+
+/// The embedded f16 digits model (`crates/sd/model`) on the CPU backend.
 pub fn load_model() -> Model {
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sd/model");
+    Model::from_source_on(
+        &embedded_model(),
+        MODEL_NAME,
+        &sd_wgsl::LoadOptions::new().device(sd_wgsl::Device::Cpu),
+        &mut |_| {},
+    )
+    .expect("load the embedded digits model on the CPU")
+}
+
+/// The embedded f16 digits model on the test binary's GPU context.
+pub fn load_gpu_model() -> Model {
     Model::from_source(
         gpu(),
-        &ModelSource::folder(folder),
+        &embedded_model(),
         MODEL_NAME,
         &sd_wgsl::LoadOptions::new(),
     )
-    .expect("load the embedded digits model")
+    .expect("load the embedded digits model on the GPU")
 }
 
 /// The defaults on an ephemeral port, cancelling what runs when the test ends.
@@ -95,8 +117,15 @@ impl Drop for TestServer {
 }
 
 impl TestServer {
+    /// A server with the digits model on the CPU backend.
     pub fn start(config: ServerConfig) -> Self {
         Self::start_with(config, load_model)
+    }
+
+    /// A server with the digits model on the GPU (lavapipe here): for tests that act on a
+    /// running job, which a step of about a second keeps running.
+    pub fn start_on_gpu(config: ServerConfig) -> Self {
+        Self::start_with(config, load_gpu_model)
     }
 
     /// [`TestServer::start`] with the model `model` loads (once the turn is taken).
