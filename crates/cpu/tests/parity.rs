@@ -1,7 +1,8 @@
 //! The CPU backend against diffusers' own numbers for the digits fixture
 //! (`shared/fixtures/tiny-sd-digits-refs`), through the same pipeline the GPU runs: each part
-//! (text encoder, UNet at t=500, VAE decode and encode), a 20-step Euler run, img2img (Euler,
-//! DDIM) and inpainting (4- and 9-channel UNets) from the recorded runs; and what it refuses.
+//! (text encoder, UNet at t=500, VAE decode and encode), text-to-image runs (three samplers,
+//! three prompts), img2img (Euler, DDIM) and inpainting (4- and 9-channel UNets) from the
+//! recorded runs; and what it refuses.
 //!
 //! candle's GEGLU uses the tanh GELU where diffusers uses erf: the UNet output differs by about
 //! 1e-4 (measured and printed here), so the UNet's bound is 2e-4 while the text encoder and the
@@ -18,7 +19,7 @@ use sd_models::plan::PlanError;
 use sd_models::{DeviceKind, Inputs, ModelError, ModelSource, StableDiffusion, UNetInputs};
 
 use common::recorded::{self, params};
-use common::{assert_run_matches, fixtures, max_abs_diff, reference, run, token_ids};
+use common::{fixtures, max_abs_diff, reference, token_ids};
 
 const PART_BOUND: f32 = 1e-4;
 /// candle's tanh GEGLU against diffusers' erf one (see the header).
@@ -105,31 +106,24 @@ fn the_parts_match_diffusers() {
     );
 }
 
-/// `StableDiffusionPipeline` with `EulerDiscreteScheduler`, 20 steps at guidance 5, from the
-/// recorded latents: every step, the final latents and the image (99 % of values within 2/255).
+/// `StableDiffusionPipeline`'s recorded text-to-image runs (see `recorded::text_to_image`):
+/// Euler, DDIM and DPM++ 2M, each for the three prompts.
 #[test]
-fn a_twenty_step_euler_run_matches_diffusers() {
-    let latents = reference("init_latents");
-    let p = params("a red digit seven on a blue background", "euler", 1.0);
-    let (out, steps) = run(
-        digits(),
-        &p,
-        &Inputs {
-            initial_latents: Some(&latents),
-            ..Inputs::default()
-        },
-    );
-    let trajectory = reference("euler_1_trajectory");
-    let want: Vec<&[f32]> = trajectory.chunks(256).collect();
-    assert_eq!(steps.len(), 20);
-    assert_run_matches(
-        "cpu euler_1",
-        &out,
-        &steps,
-        &want,
-        &reference("euler_1_latents"),
-        &reference("euler_1_image"),
-    );
+fn text_to_image_runs_match_diffusers_for_three_samplers_and_prompts() {
+    for sampler in ["euler", "ddim", "dpmpp_2m"] {
+        for n in 1..=3 {
+            recorded::text_to_image(digits(), "cpu", sampler, n);
+        }
+    }
+}
+
+/// The recorded Euler runs with a negative prompt (prompt 1 as the unconditional half of
+/// guidance for prompt 2) and without guidance (1.0: batch 1), every step.
+#[test]
+fn negative_prompt_and_no_guidance_runs_match_diffusers() {
+    let [first, second, _] = recorded::PROMPTS;
+    recorded::euler_steps(digits(), "euler_negative", second, first, 5.0);
+    recorded::euler_steps(digits(), "euler_nocfg", first, "", 1.0);
 }
 
 /// diffusers' recorded img2img and inpainting runs (see `recorded`), through the CPU backend.

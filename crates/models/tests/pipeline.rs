@@ -1,7 +1,8 @@
-//! Whole text-to-image runs against diffusers (`refs.safetensors`): 20 steps, guidance 5, 64x64,
-//! from `init_latents`, for Euler, DDIM and DPM++ 2M and prompts 1..3, f32 weights; and from
-//! `more_refs.safetensors`, Euler with a negative prompt (`euler_negative`) and without
-//! classifier-free guidance (`euler_nocfg`, guidance 1.0), step by step.
+//! Whole text-to-image runs on the WGSL path against diffusers (`refs.safetensors`): 20 steps,
+//! guidance 5, 64x64, from `init_latents`, for Euler, DDIM and DPM++ 2M, f32 weights; and from
+//! `more_refs.safetensors`, Euler without classifier-free guidance (`euler_nocfg`, guidance
+//! 1.0), step by step. The CPU backend replays these and the rest of the recorded runs (every
+//! prompt, the negative prompt) in `crates/cpu/tests/parity.rs`: lavapipe takes about 30 s a run.
 
 mod common;
 
@@ -12,7 +13,8 @@ use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
 use sd_models::{Inputs, ModelSource, StableDiffusion};
 
-use common::{fixtures, max_abs_diff, more_refs, reference, tensor};
+use common::recorded::{self, PROMPTS};
+use common::{fixtures, max_abs_diff, reference};
 
 /// The digits model, shared by every test of this file; the harness runs them on parallel
 /// threads, which `concurrent_generations_agree_with_serial_ones` shows is safe.
@@ -26,161 +28,23 @@ fn model() -> &'static StableDiffusion {
     })
 }
 
-const PROMPTS: [&str; 3] = [
-    "a red digit seven on a blue background",
-    "a white digit three on a black background",
-    "a yellow digit zero on a green background",
-];
-
+/// diffusers' text-to-image runs for Euler, DDIM and DPM++ 2M, prompt 1 (every step, the final
+/// latents and the image). The samplers are host code shared with the CPU backend, whose test
+/// (`crates/cpu/tests/parity.rs`) replays all three prompts; the WGSL text encoder is checked
+/// on every prompt in `parity.rs`.
 #[test]
-fn whole_runs_match_diffusers_for_three_samplers_and_prompts() {
-    let init = reference("init_latents");
+fn text_to_image_runs_match_diffusers_for_three_samplers() {
     for sampler in ["euler", "ddim", "dpmpp_2m"] {
-        for (i, prompt) in PROMPTS.iter().enumerate() {
-            let params = GenerationParams {
-                prompt: prompt.to_string(),
-                steps: 20,
-                guidance_scale: 5.0,
-                sampler: SamplerKind::parse(sampler).expect("known sampler"),
-                width: 64,
-                height: 64,
-                ..GenerationParams::default()
-            };
-            let mut trajectory = Vec::new();
-            let mut on_step = |_: usize, latents: &[f32]| trajectory.extend_from_slice(latents);
-            let out = pollster::block_on(model().generate(
-                &params,
-                &Inputs {
-                    initial_latents: Some(&init),
-                    ..Inputs::default()
-                },
-                &mut |_| {},
-                Some(&mut on_step),
-            ))
-            .expect("generate");
-            let n = i + 1;
-            let err = max_abs_diff(
-                &out.latents[0],
-                &reference(&format!("{sampler}_{n}_latents")),
-            );
-            println!("{sampler} prompt {n}: final latents max abs error {err:e}");
-            assert!(
-                err <= 1e-3,
-                "{sampler} prompt {n}: final latents {err:e} > 1e-3"
-            );
-            if n == 1 {
-                let want = reference(&format!("{sampler}_1_trajectory"));
-                for (step, (got, want)) in trajectory.chunks(256).zip(want.chunks(256)).enumerate()
-                {
-                    let err = max_abs_diff(got, want);
-                    assert!(err <= 1e-3, "{sampler} step {step}: {err:e} > 1e-3");
-                }
-            }
-            let image = reference(&format!("{sampler}_{n}_image"));
-            let close = out.pixels[0]
-                .iter()
-                .zip(&image)
-                .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
-                .count();
-            let share = close as f64 / image.len() as f64;
-            println!(
-                "{sampler} prompt {n}: {:.2} % of image values within 2/255",
-                100.0 * share
-            );
-            assert!(
-                share >= 0.99,
-                "{sampler} prompt {n}: only {:.2} % within 2/255",
-                100.0 * share
-            );
-        }
+        recorded::text_to_image(model(), "gpu", sampler, 1);
     }
 }
 
-/// A 20-step Euler run of `more_refs.json`'s `run` from `init_latents`: every step's output
-/// (`<run>_step_prev_sample`, seen through `on_step`) and the final latents (the last step's
-/// output; diffusers' Euler returns it unchanged) within 1e-3, and the image within 2/255.
-fn euler_run_matches(run: &str, prompt: &str, negative_prompt: &str, guidance_scale: f32) {
-    let params = GenerationParams {
-        prompt: prompt.to_string(),
-        negative_prompt: negative_prompt.to_string(),
-        steps: 20,
-        guidance_scale,
-        sampler: SamplerKind::EULER,
-        width: 64,
-        height: 64,
-        ..GenerationParams::default()
-    };
-    let mut steps: Vec<Vec<f32>> = Vec::new();
-    let mut on_step = |step: usize, latents: &[f32]| {
-        assert_eq!(step, steps.len(), "steps are observed in order");
-        steps.push(latents.to_vec());
-    };
-    let out = pollster::block_on(model().generate(
-        &params,
-        &Inputs {
-            initial_latents: Some(&reference("init_latents")),
-            ..Inputs::default()
-        },
-        &mut |_| {},
-        Some(&mut on_step),
-    ))
-    .expect("generate");
-
-    let want = tensor(more_refs(), &format!("{run}_step_prev_sample"));
-    assert_eq!(
-        want.len(),
-        20 * 256,
-        "{run}: 20 recorded steps of [4, 8, 8]"
-    );
-    assert_eq!(steps.len(), 20, "{run}: 20 steps observed");
-    let mut worst = (0.0f32, 0);
-    for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
-        let err = max_abs_diff(got, want);
-        if err > worst.0 {
-            worst = (err, step);
-        }
-        assert!(err <= 1e-3, "{run} step {step}: prev_sample {err:e} > 1e-3");
-    }
-    println!(
-        "{run}: every step's prev_sample within {:e} (worst at step {})",
-        worst.0, worst.1
-    );
-
-    let final_want = &want[19 * 256..];
-    assert_eq!(
-        out.latents[0], steps[19],
-        "{run}: the final latents are the last step's output"
-    );
-    let err = max_abs_diff(&out.latents[0], final_want);
-    println!("{run}: final latents max abs error {err:e}");
-    assert!(err <= 1e-3, "{run}: final latents {err:e} > 1e-3");
-
-    let image = tensor(more_refs(), &format!("{run}_image"));
-    let close = out.pixels[0]
-        .iter()
-        .zip(&image)
-        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
-        .count();
-    let share = close as f64 / image.len() as f64;
-    println!("{run}: {:.2} % of image values within 2/255", 100.0 * share);
-    assert!(
-        share >= 0.99,
-        "{run}: only {:.2} % within 2/255",
-        100.0 * share
-    );
-}
-
-/// Prompt 2 with prompt 1 as the negative prompt: the negative prompt's hidden states, not the
-/// empty prompt's, are the unconditional half of guidance.
-#[test]
-fn euler_negative() {
-    euler_run_matches("euler_negative", PROMPTS[1], PROMPTS[0], 5.0);
-}
-
-/// Guidance 1.0: diffusers runs no unconditional pass (batch 1, the prediction used as is).
+/// Guidance 1.0: diffusers runs no unconditional pass (batch 1, the prediction used as is),
+/// every step (see [`recorded::euler_steps`]). The negative-prompt run, whose difference is on
+/// the host (which hidden states form the unconditional half), is replayed on the CPU backend.
 #[test]
 fn euler_nocfg() {
-    euler_run_matches("euler_nocfg", PROMPTS[0], "", 1.0);
+    recorded::euler_steps(model(), "euler_nocfg", PROMPTS[0], "", 1.0);
 }
 
 /// Two generations at once on one model (one `GpuContext`) must give what each gives alone:
@@ -198,7 +62,7 @@ fn concurrent_generations_agree_with_serial_ones() {
         .into_iter()
         .map(|(prompt, guidance_scale)| GenerationParams {
             prompt: PROMPTS[prompt].to_string(),
-            steps: 10,
+            steps: 3,
             guidance_scale,
             sampler: SamplerKind::EULER,
             width: 64,

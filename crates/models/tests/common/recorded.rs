@@ -1,9 +1,9 @@
-//! diffusers' recorded img2img and inpainting runs (`more_refs.safetensors`,
-//! `tiny-arch/inpaint9-refs.safetensors`) replayed through a pipeline on any backend: the
-//! recorded start noise goes in as `initial_latents`, and every step, the final latents and the
-//! image are compared.
+//! diffusers' recorded runs replayed through a pipeline on any backend: text-to-image
+//! (`refs.safetensors`), img2img and inpainting (`more_refs.safetensors`,
+//! `tiny-arch/inpaint9-refs.safetensors`). The recorded start noise goes in as
+//! `initial_latents`, and every recorded step, the final latents and the image are compared.
 
-// Only the img2img tests (GPU and CPU) use these; every other binary that includes `common` does not.
+// Only the pipeline tests (GPU and CPU) use these; every other binary that includes `common` does not.
 #![allow(dead_code)]
 
 use image::{GrayImage, Luma};
@@ -12,7 +12,10 @@ use sd_core::sampler::SamplerKind;
 use sd_models::{Inputs, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-use super::{assert_run_matches, fixture_mask, fixtures, input_image, more_refs, run, tensor};
+use super::{
+    assert_run_matches, fixture_mask, fixtures, input_image, max_abs_diff, more_refs, reference,
+    run, tensor,
+};
 
 /// A white square over pixels `from..to` both ways on black, 64x64.
 pub fn square_mask(from: u32, to: u32) -> GrayImage {
@@ -20,6 +23,125 @@ pub fn square_mask(from: u32, to: u32) -> GrayImage {
         let inside = (from..to).contains(&x) && (from..to).contains(&y);
         Luma([if inside { 255 } else { 0 }])
     })
+}
+
+/// The prompts of `refs.safetensors`' text-to-image runs `<sampler>_<n>` (n = 1..3).
+pub const PROMPTS: [&str; 3] = [
+    "a red digit seven on a blue background",
+    "a white digit three on a black background",
+    "a yellow digit zero on a green background",
+];
+
+/// diffusers' text-to-image run `<sampler>_<n>` (20 steps, guidance 5, 64x64, from
+/// `init_latents`): the final latents within 1e-3 and 99 % of the image within 2/255; for
+/// prompt 1, whose trajectory was recorded, every step within 1e-3 too.
+pub fn text_to_image(model: &StableDiffusion, label: &str, sampler: &str, n: usize) {
+    let init = reference("init_latents");
+    let (out, steps) = run(
+        model,
+        &params(PROMPTS[n - 1], sampler, 1.0),
+        &Inputs {
+            initial_latents: Some(&init),
+            ..Inputs::default()
+        },
+    );
+    let trajectory = (n == 1).then(|| reference(&format!("{sampler}_1_trajectory")));
+    let want_steps: Vec<&[f32]> = trajectory.iter().flat_map(|t| t.chunks(256)).collect();
+    if trajectory.is_some() {
+        assert_eq!(
+            steps.len(),
+            want_steps.len(),
+            "{label} {sampler}_{n}: steps"
+        );
+    }
+    assert_run_matches(
+        &format!("{label} {sampler}_{n}"),
+        &out,
+        &steps,
+        &want_steps,
+        &reference(&format!("{sampler}_{n}_latents")),
+        &reference(&format!("{sampler}_{n}_image")),
+    );
+}
+
+/// A 20-step Euler run of `more_refs.json`'s `run` from `init_latents`: every step's output
+/// (`<run>_step_prev_sample`, seen through `on_step`) and the final latents (the last step's
+/// output; diffusers' Euler returns it unchanged) within 1e-3, and the image within 2/255.
+pub fn euler_steps(
+    model: &StableDiffusion,
+    run: &str,
+    prompt: &str,
+    negative_prompt: &str,
+    guidance_scale: f32,
+) {
+    let params = GenerationParams {
+        prompt: prompt.to_string(),
+        negative_prompt: negative_prompt.to_string(),
+        steps: 20,
+        guidance_scale,
+        sampler: SamplerKind::EULER,
+        width: 64,
+        height: 64,
+        ..GenerationParams::default()
+    };
+    let mut steps: Vec<Vec<f32>> = Vec::new();
+    let mut on_step = |step: usize, latents: &[f32]| {
+        assert_eq!(step, steps.len(), "steps are observed in order");
+        steps.push(latents.to_vec());
+    };
+    let out = pollster::block_on(model.generate(
+        &params,
+        &Inputs {
+            initial_latents: Some(&reference("init_latents")),
+            ..Inputs::default()
+        },
+        &mut |_| {},
+        Some(&mut on_step),
+    ))
+    .expect("generate");
+
+    let want = tensor(more_refs(), &format!("{run}_step_prev_sample"));
+    assert_eq!(
+        want.len(),
+        20 * 256,
+        "{run}: 20 recorded steps of [4, 8, 8]"
+    );
+    assert_eq!(steps.len(), 20, "{run}: 20 steps observed");
+    let mut worst = (0.0f32, 0);
+    for (step, (got, want)) in steps.iter().zip(want.chunks(256)).enumerate() {
+        let err = max_abs_diff(got, want);
+        if err > worst.0 {
+            worst = (err, step);
+        }
+        assert!(err <= 1e-3, "{run} step {step}: prev_sample {err:e} > 1e-3");
+    }
+    println!(
+        "{run}: every step's prev_sample within {:e} (worst at step {})",
+        worst.0, worst.1
+    );
+
+    let final_want = &want[19 * 256..];
+    assert_eq!(
+        out.latents[0], steps[19],
+        "{run}: the final latents are the last step's output"
+    );
+    let err = max_abs_diff(&out.latents[0], final_want);
+    println!("{run}: final latents max abs error {err:e}");
+    assert!(err <= 1e-3, "{run}: final latents {err:e} > 1e-3");
+
+    let image = tensor(more_refs(), &format!("{run}_image"));
+    let close = out.pixels[0]
+        .iter()
+        .zip(&image)
+        .filter(|(a, b)| (*a - *b).abs() <= 2.0 / 255.0)
+        .count();
+    let share = close as f64 / image.len() as f64;
+    println!("{run}: {:.2} % of image values within 2/255", 100.0 * share);
+    assert!(
+        share >= 0.99,
+        "{run}: only {:.2} % within 2/255",
+        100.0 * share
+    );
 }
 
 /// 20 steps at guidance 5 and 64x64, as the recorded runs were made.
