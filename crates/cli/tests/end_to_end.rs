@@ -3,7 +3,8 @@
 //! diffusers' `init_latents`), go through `sd_cli::generate::run` exactly as `sd generate` runs
 //! them (embedded f16 model, default sampler `euler_a`, 20 steps, guidance 5.0 as the model was
 //! evaluated). The PNGs are read back from disk and the fixtures' judge reads (digit, fg, bg) off
-//! each: at least 9 of 10 must be right in all three (diffusers measured 96.7 % for the model).
+//! each: on the CPU backend at least 9 of 10 must be right in all three (diffusers measured
+//! 96.7 % for the model); on the WGSL path three of them, all right.
 //! Each PNG carries the `parameters` text chunk with its prompt and seed.
 
 mod support;
@@ -35,24 +36,27 @@ fn prompt(digit: u8, fg: &str, bg: &str) -> String {
     )
 }
 
+/// Three of the ten on the WGSL path, all right: between them every colour is a foreground or a
+/// background. (All ten took 305 s on lavapipe, 10/10 right; the WGSL pipeline's numbers are
+/// proven against diffusers' in `crates/models/tests/pipeline.rs`.)
 #[test]
-fn ten_prompts_come_out_as_asked() {
-    ten_prompts_on(Device::Gpu);
+fn three_prompts_come_out_as_asked() {
+    prompts_on(Device::Gpu, &[CASES[0], CASES[3], CASES[4]], 3);
 }
 
-/// The same ten prompts on the CPU backend (`--device cpu`): candle's networks under the same
-/// pipeline.
+/// The ten prompts on the CPU backend (`--device cpu`): candle's networks under the same
+/// pipeline; at least 9 right.
 #[test]
 fn ten_prompts_come_out_as_asked_on_the_cpu() {
-    ten_prompts_on(Device::Cpu);
+    prompts_on(Device::Cpu, &CASES, 9);
 }
 
-fn ten_prompts_on(device: Device) {
+fn prompts_on(device: Device, cases: &[(u8, &'static str, &'static str, u64)], at_least: usize) {
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut right = 0;
     let mut table = Vec::new();
     let all = Instant::now();
-    for (i, &(digit, fg, bg, seed)) in CASES.iter().enumerate() {
+    for (i, &(digit, fg, bg, seed)) in cases.iter().enumerate() {
         let prompt = prompt(digit, fg, bg);
         let args = GenerateArgs {
             prompt: prompt.clone(),
@@ -114,13 +118,13 @@ fn ten_prompts_on(device: Device) {
     println!("{}", table.join("\n"));
     println!(
         "{device}: {right}/{} right, {:.1} s in all",
-        CASES.len(),
+        cases.len(),
         all.elapsed().as_secs_f64()
     );
     assert!(
-        right >= 9,
-        "only {right}/{} pictures judged right:\n{}",
-        CASES.len(),
+        right >= at_least,
+        "only {right}/{} pictures judged right (at least {at_least} must be):\n{}",
+        cases.len(),
         table.join("\n")
     );
 }
