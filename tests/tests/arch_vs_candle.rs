@@ -17,10 +17,11 @@
 //!   23 layers: the penultimate layer of the 24-layer original), published size, one prompt
 //!   padded with `!` (id 0) as SD 2's tokenizer pads.
 //! - **SD 2.1 UNet**: published size, one item at t = 500, 8x8 latents.
-//! - **SD 2.1 generation**: 3 DDIM steps with v-prediction (the published scheduler config)
-//!   through candle's DDIM and ours, same UNet on both sides. The UNet keeps SD 2.1's block
-//!   structure, head counts, linear projections and 1024-wide cross-attention at **half width**
-//!   (`block_out_channels` 160..640, head size 32 instead of 64), so three UNet calls fit.
+//! - **SD 2.1 DDIM with v-prediction** (the published scheduler config): candle's scheduler and
+//!   ours, 3 steps from the same latents with the same random model outputs. (Until the CI
+//!   budget forced it out, a 3-step generation also ran a half-width SD 2.1 UNet on both sides;
+//!   its parts are the UNet test above and this one, and the whole v-prediction DDIM pipeline is
+//!   checked against diffusers' own run of the tiny SD 2 fixture.)
 //! - **SDXL text encoders**: CLIP-L `hidden_states[-2]` and OpenCLIP-bigG `hidden_states[-2]`
 //!   plus the pooled `text_embeds` through `text_projection`, at their published widths, heads
 //!   and vocabulary, with **fewer layers**: CLIP-L 4 of 12 (its 12 layers are SD 1.5's,
@@ -40,11 +41,11 @@
 //!   diffusers adds it to the time embedding).
 //! - **VAE decoder**: SD 2.1's and SDXL's VAEs are SD 1.5's network (the test asserts it; only
 //!   `sample_size`, `scaling_factor` and `force_upcast` differ), which `sd15_vs_candle.rs`
-//!   decodes; here the SDXL config is decoded once more.
+//!   decodes at its published size, so it is not decoded again here.
 //!
 //! Bounds as in `sd15_vs_candle.rs`: candle's UNet feed-forward uses the tanh GELU where
-//! diffusers and we use the exact one (1e-3 relative to the output's scale for the UNet and the
-//! generation); text encoders and the VAE decoder must agree to 1e-4 relative. candle's own
+//! diffusers and we use the exact one (1e-3 relative to the output's scale for the UNet); text
+//! encoders must agree to 1e-4 relative, the schedulers' f32 arithmetic to 1e-5. candle's own
 //! SD 2 / SDXL CLIP configs use the tanh GELU too (transformers' `gelu` is exact), so the text
 //! encoders are built from candle's `wuerstchen` / `wuerstchen_prior` configs, which are
 //! OpenCLIP-H / bigG's widths with the exact GELU.
@@ -66,7 +67,7 @@ use candle_transformers::models::stable_diffusion::schedulers::{
     TimestepSpacing as CSpacing,
 };
 use candle_transformers::models::stable_diffusion::{
-    StableDiffusionConfig, clip, ddim, embeddings, euler_ancestral_discrete, unet_2d, vae,
+    StableDiffusionConfig, clip, ddim, embeddings, euler_ancestral_discrete, unet_2d,
 };
 use sd_core::config::{
     AutoencoderKLConfig, BetaSchedule, CLIPTextConfig, HiddenAct, OneOrMany, PredictionType,
@@ -74,7 +75,7 @@ use sd_core::config::{
 };
 use sd_core::sampler::SamplerKind;
 use sd_kernels::DType;
-use sd_models::{CLIPTextModel, TextOutput, UNet2DConditionModel, UNetConditioning, VaeDecoder};
+use sd_models::{CLIPTextModel, TextOutput, UNet2DConditionModel, UNetConditioning};
 use sd_tests::{Rng, TensorList, Values, random_safetensors};
 use sd_weights::{Renamer, SafetensorsFile, WeightSource};
 use serde_json::Value;
@@ -99,14 +100,15 @@ const LATENT: usize = 8;
 /// Relative bounds (max abs error / max |reference|), see the header.
 const UNET_BOUND: f32 = 1e-3;
 const TEXT_BOUND: f32 = 1e-4;
-const VAE_BOUND: f32 = 1e-4;
 /// Layers run of the SDXL text encoders (published: 12 and 32), see the header.
 const CLIP_L_LAYERS: usize = 4;
 const BIG_G_LAYERS: usize = 6;
 /// `transformer_layers_per_block` of the SDXL UNet run (published: [1, 2, 10]).
 const SDXL_TRANSFORMER_LAYERS: [usize; 3] = [1, 2, 1];
-/// DDIM steps of the generation.
+/// DDIM steps stepped by both schedulers.
 const STEPS: usize = 3;
+/// The schedulers' arithmetic in f32 on both sides.
+const SCHEDULER_BOUND: f32 = 1e-5;
 
 /// The text of `tests/configs/<model>/<file>`.
 fn config_text(model: &str, file: &str) -> String {
@@ -945,25 +947,12 @@ fn sdxl_unet_with_text_time_matches_candle_at_t500() {
     println!("sdxl UNet test: {:.1?}", total.elapsed());
 }
 
+/// SD 2.1's DDIM with v-prediction (the published scheduler config), stepped by candle and by us
+/// from the same latents with the same model outputs: random `v` tensors stand in for the UNet,
+/// whose output is checked above. (The whole v-prediction DDIM pipeline is checked against
+/// diffusers' own run of the tiny SD 2 fixture in `crates/models/tests/arch.rs`.)
 #[test]
-fn sd21_ddim_v_prediction_generation_matches_candle() {
-    let _serial = serial();
-    let total = Instant::now();
-    // SD 2.1's UNet at half width, see the header.
-    let mut json = config_value("sd21", "unet/config.json");
-    json["block_out_channels"] = vec![160, 320, 640, 640].into();
-    let cfg = unet_config("sd21 unet (half width)", &json);
-    let (candle_cfg, in_ch, out_ch) = candle_unet(&json);
-    let build = |vb: VarBuilder<'_>| {
-        unet_2d::UNet2DConditionModel::new(vb, in_ch, out_ch, false, candle_cfg.clone())
-    };
-    let file = random_file(
-        "sd21 unet (half width)",
-        &candle_tensors(build),
-        never,
-        Values::F32,
-    );
-
+fn sd21_ddim_v_prediction_steps_match_candle() {
     let sched = scheduler_config("sd21");
     assert_eq!(sched.prediction_type, PredictionType::VPrediction);
     let mut candle_sched = candle_ddim(&sched).build(STEPS).expect("candle DDIM");
@@ -972,115 +961,39 @@ fn sd21_ddim_v_prediction_generation_matches_candle() {
     assert_eq!(ours.timesteps(), candle_steps.as_slice(), "DDIM timesteps");
     assert_eq!(ours.init_noise_sigma(), candle_sched.init_noise_sigma());
 
-    let shape = [1, in_ch, LATENT, LATENT];
+    let shape = [1, 4, LATENT, LATENT];
+    let count: usize = shape.iter().product();
     let mut rng = Rng::new(SEED + 4);
-    let noise = sd_core::rng::NoiseRng::new(SEED).normals(shape.iter().product());
-    let context_shape = [1, 77, candle_cfg.cross_attention_dim];
-    let context = rng.uniform(context_shape.iter().product(), 1.0);
     let sigma = ours.init_noise_sigma() as f32;
-    let init: Vec<f32> = noise.iter().map(|x| x * sigma).collect();
+    let init: Vec<f32> = sd_core::rng::NoiseRng::new(SEED)
+        .normals(count)
+        .iter()
+        .map(|x| x * sigma)
+        .collect();
+    let outputs: Vec<Vec<f32>> = (0..STEPS).map(|_| rng.uniform(count, 1.0)).collect();
 
-    let start = Instant::now();
-    let want = {
-        let model = build(candle_vb(&file, never, HashMap::new())).expect("candle model");
-        let dev = &Device::Cpu;
-        let ctx_c = CTensor::from_slice(&context, &context_shape, dev).expect("context");
-        let mut latents = CTensor::from_slice(&init, &shape, dev).expect("latents");
-        for &t in candle_steps.iter() {
-            let t = t as usize;
-            let input = candle_sched
-                .scale_model_input(latents.clone(), t)
-                .expect("scale");
-            let v = model
-                .forward(&input, t as f64, &ctx_c)
-                .expect("candle UNet");
-            latents = candle_sched
-                .step(&v, t, &latents)
-                .expect("candle DDIM step");
-        }
-        candle_out(&latents)
-    };
-    println!("candle CPU, {STEPS} DDIM steps: {:.1?}", start.elapsed());
-
-    let weights = WeightSource::from_file("unet", file).expect("weight source");
-    let model = UNet2DConditionModel::load(&cfg, &params(&weights, DType::F32)).expect("load");
-    assert!(weights.unused().is_empty(), "UNet weights never read");
-    drop(weights);
-    let start = Instant::now();
-    let context_gpu = ctx().upload_f32(&context, &context_shape).expect("upload");
+    let dev = &Device::Cpu;
+    let mut want = CTensor::from_slice(&init, &shape, dev).expect("latents");
+    for (&t, v) in candle_steps.iter().zip(&outputs) {
+        let v = CTensor::from_slice(v, &shape, dev).expect("model output");
+        want = candle_sched
+            .step(&v, t as usize, &want)
+            .expect("candle DDIM step");
+    }
     let mut latents = init;
-    for step in 0..STEPS {
-        let mut input = latents.clone();
-        ours.scale_model_input(&mut input, step).expect("scale");
-        let t = ours.timesteps()[step] as f32;
-        let input_gpu = ctx().upload_f32(&input, &shape).expect("upload");
-        let t_gpu = ctx().upload_f32(&[t], &[1]).expect("upload");
-        let v = gpu_run(|b| {
-            model.forward(
-                b,
-                &input_gpu,
-                &t_gpu,
-                &context_gpu,
-                &UNetConditioning::default(),
-            )
-        });
+    for (step, v) in outputs.iter().enumerate() {
         latents = ours
-            .step(&v, step, &latents, &mut |_| {
+            .step(v, step, &latents, &mut |_| {
                 unreachable!("DDIM with eta 0 draws no noise")
             })
             .expect("DDIM step");
     }
-    println!("GPU, {STEPS} DDIM steps: {:.1?}", start.elapsed());
-    drop(model);
-    ctx().trim_pool();
     report(
-        &format!("sd21 (half width) latents after {STEPS} DDIM v-prediction steps"),
+        &format!("sd21 latents after {STEPS} DDIM v-prediction steps"),
         &latents,
-        &want,
-        UNET_BOUND,
+        &candle_out(&want),
+        SCHEDULER_BOUND,
     );
-    println!("sd21 generation test: {:.1?}", total.elapsed());
-}
-
-#[test]
-fn sdxl_vae_decoder_matches_candle() {
-    let _serial = serial();
-    let total = Instant::now();
-    let cfg = vae_config("sdxl");
-    let (candle_cfg, in_ch, out_ch, _) = oracle::vae(&config_value("sdxl", "vae/config.json"));
-    let build = |vb: VarBuilder<'_>| vae::AutoEncoderKL::new(vb, in_ch, out_ch, candle_cfg.clone());
-    let file = random_file("sdxl vae", &candle_tensors(build), never, Values::F32);
-
-    let z_shape = [1, candle_cfg.latent_channels, LATENT, LATENT];
-    let z = Rng::new(SEED + 2).uniform(z_shape.iter().product(), 1.0);
-    let start = Instant::now();
-    let want = {
-        let model = build(candle_vb(&file, never, HashMap::new())).expect("candle model");
-        let zs = CTensor::from_slice(&z, &z_shape, &Device::Cpu).expect("latents");
-        candle_out(&model.decode(&zs).expect("candle decode"))
-    };
-    println!("candle CPU VAE decode: {:.1?}", start.elapsed());
-
-    let weights = WeightSource::from_file("vae", file).expect("weight source");
-    let model = VaeDecoder::load(&cfg, &params(&weights, DType::F32)).expect("load");
-    let unused: Vec<&str> = weights
-        .unused()
-        .into_iter()
-        .filter(|n| !n.starts_with("encoder.") && !n.starts_with("quant_conv."))
-        .collect();
-    assert!(
-        unused.is_empty(),
-        "VAE decoder weights never read: {unused:?}"
-    );
-    drop(weights);
-    let start = Instant::now();
-    let z_gpu = ctx().upload_f32(&z, &z_shape).expect("upload");
-    let got = gpu_run(|b| model.forward(b, &z_gpu));
-    println!("GPU VAE decode: {:.1?}", start.elapsed());
-    drop(model);
-    ctx().trim_pool();
-    report("sdxl VAE decode [1, 3, 64, 64]", &got, &want, VAE_BOUND);
-    println!("sdxl VAE test: {:.1?}", total.elapsed());
 }
 
 /// The single-file loader's built-in configs (`crates/weights/builtin_configs/`) are the same
