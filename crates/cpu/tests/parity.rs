@@ -1,8 +1,8 @@
 //! The CPU backend against diffusers' own numbers for the digits fixture
 //! (`shared/fixtures/tiny-sd-digits-refs`), through the same pipeline the GPU runs: each part
 //! (text encoder, UNet at t=500, VAE decode and encode), text-to-image runs (three samplers,
-//! three prompts), img2img (Euler, DDIM) and inpainting (4- and 9-channel UNets) from the
-//! recorded runs; and what it refuses.
+//! three prompts), Euler with a negative prompt and without guidance, img2img (Euler, DDIM) and
+//! inpainting (4- and 9-channel UNets) from the recorded runs; and what it refuses.
 //!
 //! candle's GEGLU uses the tanh GELU where diffusers uses erf: the UNet output differs by about
 //! 1e-4 (measured and printed here), so the UNet's bound is 2e-4 while the text encoder and the

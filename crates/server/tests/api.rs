@@ -34,7 +34,7 @@ const PROMPT: &str = "a green digit three on a white background";
 const STATUSES: [&str; 5] = ["pending", "in_progress", "complete", "error", "cancelled"];
 const TERMINAL: [&str; 3] = ["complete", "error", "cancelled"];
 const STAGES: [&str; 3] = ["loading", "diffusion", "decoding"];
-/// Generous bound for a short (1-8 step) 64x64 job on the software renderer.
+/// Generous bound for a short (1-8 step) 64x64 job, on the CPU backend or lavapipe.
 const SHORT_JOB: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------------------------
