@@ -1,8 +1,7 @@
 //! A batch of dispatches: one uniform arena (every dispatch's parameters at aligned offsets of a
 //! single buffer), one command encoder, one compute pass, one submission.
 
-use bytemuck::Pod;
-
+use crate::kernel::{Kernel, Uniform};
 use crate::pipeline::PipelineKey;
 use crate::{GpuContext, KernelError, Result, Tensor};
 
@@ -110,16 +109,23 @@ impl<'c> Batch<'c> {
         Ok(())
     }
 
-    /// Records one dispatch: `params` at binding 0 (uniform), `tensors` at bindings 1.. (storage,
-    /// in the order the shader declares them).
-    pub(crate) fn dispatch<P: Pod>(
+    /// Records one dispatch of `kernel`: `params` at binding 0 (uniform), `tensors` at bindings
+    /// 1.. (storage, in the order of [`Kernel::bindings`]). The call is checked against the
+    /// kernel's table first.
+    pub(crate) fn dispatch<P: Uniform>(
         &mut self,
+        kernel: &'static Kernel,
         key: PipelineKey,
-        source: &'static str,
         params: &P,
         tensors: &[&Tensor],
         workgroups: [u32; 3],
     ) -> Result<()> {
+        kernel
+            .check::<P>(key.entry, key.variant, tensors.len())
+            .map_err(|detail| KernelError::Dispatch {
+                op: key.entry,
+                detail,
+            })?;
         if let Some(&n) = workgroups.iter().find(|&&n| n > MAX_WORKGROUPS_PER_DIM) {
             return Err(KernelError::Dispatch {
                 op: key.entry,
@@ -140,7 +146,7 @@ impl<'c> Batch<'c> {
         self.arena.extend_from_slice(bytes);
         self.commands.push(Command::Dispatch(Dispatch {
             key,
-            source,
+            source: kernel.source,
             uniform_offset,
             uniform_size: bytes.len() as u64,
             bindings,

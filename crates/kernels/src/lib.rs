@@ -11,6 +11,7 @@
 mod batch;
 mod context;
 mod error;
+mod kernel;
 pub mod ops;
 mod pipeline;
 mod pool;

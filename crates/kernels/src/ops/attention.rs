@@ -1,11 +1,9 @@
 //! Multi-head attention, flash-style with an online softmax (shaders/attention.wgsl).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{expect_f32, to_u32};
-use crate::{Batch, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+use crate::kernel::{Binding, Entry, Kernel, Uniform, uniform};
+use crate::{Batch, KernelError, Result, ShaderVariant, Tensor};
 
-const SOURCE: &str = include_str!("../shaders/attention.wgsl");
 const QUERY_ROWS: usize = 64;
 /// Bytes of workgroup memory the two key/value tiles may use: under WebGPU's default 16 KiB.
 const TILE_BUDGET: usize = 12 << 10;
@@ -13,21 +11,63 @@ const TILE_BUDGET: usize = 12 << 10;
 /// single-head mid-block attention over 512 channels.
 pub const MAX_HEAD_DIM: usize = 512;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    heads: u32,
-    q_len: u32,
-    kv_len: u32,
-    q_stride: u32,
-    kv_stride: u32,
-    o_stride: u32,
-    causal: u32,
-    scale: f32,
-    _pad: [u32; 3],
+uniform! {
+    struct Params {
+        batch: u32,
+        heads: u32,
+        q_len: u32,
+        kv_len: u32,
+        q_stride: u32,
+        kv_stride: u32,
+        o_stride: u32,
+        causal: u32,
+        scale: f32,
+        _pad: [u32; 3],
+    }
 }
-const _: () = assert!(size_of::<Params>().is_multiple_of(16));
+
+pub(crate) static ATTENTION: Kernel = Kernel {
+    file: "attention.wgsl",
+    source: include_str!("../shaders/attention.wgsl"),
+    params: Params::FIELDS,
+    params_size: size_of::<Params>(),
+    bindings: &[
+        Binding::read("q"),
+        Binding::read("k"),
+        Binding::read("v"),
+        Binding::write("o"),
+    ],
+    entries: &[Entry {
+        name: "attention",
+        bindings: 4,
+    }],
+    reads_weights: false,
+    consts: checked_consts,
+};
+
+/// The template constants of the kernel for `head_dim`: the head size, its padding to whole
+/// vec4s, and the key/value tile that fits the workgroup memory.
+fn template_consts(head_dim: usize) -> [(&'static str, usize); 3] {
+    [
+        ("HEAD_DIM", head_dim),
+        ("HEAD_VEC", padded_head_dim(head_dim) / 4),
+        ("BLOCK_K", block_k(head_dim)),
+    ]
+}
+
+/// The head sizes the descriptor test composes the kernel with: the smallest, odd ones, SD's
+/// (40..160, 64) and the largest.
+fn checked_consts() -> Vec<std::collections::BTreeMap<&'static str, u32>> {
+    [1, 3, 8, 40, 64, 80, 160, MAX_HEAD_DIM]
+        .into_iter()
+        .map(|head_dim| {
+            template_consts(head_dim)
+                .into_iter()
+                .map(|(name, value)| (name, value as u32))
+                .collect()
+        })
+        .collect()
+}
 
 /// Sizes of one attention call. Tensors are token-major: `q` `[batch, q_len, heads * head_dim]`,
 /// `k` and `v` `[batch, kv_len, heads * head_dim]`, the output like `q`.
@@ -109,16 +149,16 @@ pub fn attention(
         scale,
         _pad: [0; 3],
     };
-    let key = PipelineKey::new("attention.wgsl", "attention", ShaderVariant::NoWeights)
-        .with("HEAD_DIM", to_u32(OP, head_dim)?)
-        .with("HEAD_VEC", to_u32(OP, padded_head_dim(head_dim) / 4)?)
-        .with("BLOCK_K", to_u32(OP, block_k(head_dim))?);
+    let mut key = ATTENTION.key("attention", ShaderVariant::NoWeights);
+    for (name, value) in template_consts(head_dim) {
+        key = key.with(name, to_u32(OP, value)?);
+    }
     let groups = [
         to_u32(OP, q_len.div_ceil(QUERY_ROWS))?,
         params.heads,
         params.batch,
     ];
-    batch.dispatch(key, SOURCE, &params, &[q, k, v, o], groups)
+    batch.dispatch(&ATTENTION, key, &params, &[q, k, v, o], groups)
 }
 
 #[cfg(test)]

@@ -1,34 +1,50 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{expect_f32, to_u32, weight_variant};
-use crate::{Batch, KernelError, PipelineKey, Result, Tensor};
+use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::{Batch, KernelError, Result, Tensor};
 
-const SOURCE: &str = include_str!("../shaders/conv2d.wgsl");
 const TILE: usize = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    batch: u32,
-    in_channels: u32,
-    in_h: u32,
-    in_w: u32,
-    out_channels: u32,
-    out_h: u32,
-    out_w: u32,
-    kernel_h: u32,
-    kernel_w: u32,
-    stride: u32,
-    pad: u32,
-    weight_in_channels: u32,
-    ic_offset: u32,
-    oc_offset: u32,
-    accumulate: u32,
-    has_bias: u32,
+uniform! {
+    struct Params {
+        batch: u32,
+        in_channels: u32,
+        in_h: u32,
+        in_w: u32,
+        out_channels: u32,
+        out_h: u32,
+        out_w: u32,
+        kernel_h: u32,
+        kernel_w: u32,
+        stride: u32,
+        pad: u32,
+        weight_in_channels: u32,
+        ic_offset: u32,
+        oc_offset: u32,
+        accumulate: u32,
+        has_bias: u32,
+    }
 }
-const _: () = assert!(size_of::<Params>().is_multiple_of(16));
+
+pub(crate) static CONV2D: Kernel = Kernel {
+    file: "conv2d.wgsl",
+    source: include_str!("../shaders/conv2d.wgsl"),
+    params: Params::FIELDS,
+    params_size: size_of::<Params>(),
+    bindings: &[
+        Binding::read("x"),
+        Binding::weights(),
+        Binding::read("bias"),
+        Binding::write("y"),
+    ],
+    entries: &[Entry {
+        name: "conv2d",
+        bindings: 4,
+    }],
+    reads_weights: true,
+    consts: no_consts,
+};
 
 /// Stride and zero padding (the kernel size comes from the weight). SD uses 3x3 s1 p1, 3x3 s2 p1
 /// (UNet downsamplers), 1x1 s1 p0, and 3x3 s2 with padding only after (the VAE encoder's
@@ -167,8 +183,8 @@ pub fn conv2d(
         to_u32(OP, n)?,
     ];
     batch.dispatch(
-        PipelineKey::new("conv2d.wgsl", "conv2d", variant),
-        SOURCE,
+        &CONV2D,
+        CONV2D.key("conv2d", variant),
         &params,
         &[x, weight, bias, y],
         groups,

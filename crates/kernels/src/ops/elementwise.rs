@@ -2,49 +2,119 @@
 //! changes (shaders/unary.wgsl, shaders/binary.wgsl), the timestep embedding and the token +
 //! position embedding (shaders/embedding.wgsl).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{expect_f32, to_u32, weight_variant};
 use crate::batch::grid_1d;
-use crate::{Batch, DType, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
-const UNARY: &str = include_str!("../shaders/unary.wgsl");
-const BINARY: &str = include_str!("../shaders/binary.wgsl");
-const EMBEDDING: &str = include_str!("../shaders/embedding.wgsl");
 const WG: u32 = 256;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct UnaryParams {
-    len: u32,
-    dim0: u32,
-    dim1: u32,
-    dim2: u32,
-    dim3: u32,
-    alpha: f32,
-    _pad: [u32; 2],
+uniform! {
+    #[derive(Default)]
+    struct UnaryParams {
+        len: u32,
+        dim0: u32,
+        dim1: u32,
+        dim2: u32,
+        dim3: u32,
+        alpha: f32,
+        _pad: [u32; 2],
+    }
 }
-const _: () = assert!(size_of::<UnaryParams>().is_multiple_of(16));
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-struct BinaryParams {
-    len: u32,
-    dim0: u32,
-    dim1: u32,
-    dim2: u32,
+uniform! {
+    #[derive(Default)]
+    struct BinaryParams {
+        len: u32,
+        dim0: u32,
+        dim1: u32,
+        dim2: u32,
+    }
 }
-const _: () = assert!(size_of::<BinaryParams>().is_multiple_of(16));
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct EmbeddingParams {
-    tokens: u32,
-    seq_len: u32,
-    dim: u32,
-    vocab: u32,
+uniform! {
+    struct EmbeddingParams {
+        tokens: u32,
+        seq_len: u32,
+        dim: u32,
+        vocab: u32,
+    }
 }
-const _: () = assert!(size_of::<EmbeddingParams>().is_multiple_of(16));
+
+/// Entry points that bind every binding of their kernel.
+const fn entries<const N: usize>(names: [&'static str; N], bindings: usize) -> [Entry; N] {
+    let mut out = [Entry { name: "", bindings }; N];
+    let mut i = 0;
+    while i < N {
+        out[i].name = names[i];
+        i += 1;
+    }
+    out
+}
+
+pub(crate) static UNARY: Kernel = Kernel {
+    file: "unary.wgsl",
+    source: include_str!("../shaders/unary.wgsl"),
+    params: UnaryParams::FIELDS,
+    params_size: size_of::<UnaryParams>(),
+    bindings: &[Binding::read("x"), Binding::write("y")],
+    entries: &entries(
+        [
+            "act_silu",
+            "act_gelu",
+            "act_gelu_tanh",
+            "act_quick_gelu",
+            "scale",
+            "residual_add",
+            "geglu",
+            "upsample_nearest",
+            "nchw_to_nlc",
+            "nlc_to_nchw",
+        ],
+        2,
+    ),
+    reads_weights: false,
+    consts: no_consts,
+};
+
+pub(crate) static BINARY: Kernel = Kernel {
+    file: "binary.wgsl",
+    source: include_str!("../shaders/binary.wgsl"),
+    params: BinaryParams::FIELDS,
+    params_size: size_of::<BinaryParams>(),
+    bindings: &[Binding::read("a"), Binding::read("b"), Binding::write("y")],
+    entries: &entries(
+        [
+            "add",
+            "mul",
+            "add_channel_bias",
+            "concat_channels",
+            "timestep_embedding",
+        ],
+        3,
+    ),
+    reads_weights: false,
+    consts: no_consts,
+};
+
+pub(crate) static EMBEDDING: Kernel = Kernel {
+    file: "embedding.wgsl",
+    source: include_str!("../shaders/embedding.wgsl"),
+    params: EmbeddingParams::FIELDS,
+    params_size: size_of::<EmbeddingParams>(),
+    bindings: &[
+        Binding::ids("ids"),
+        Binding::weights(),
+        Binding::read("positions"),
+        Binding::write("y"),
+    ],
+    entries: &[Entry {
+        name: "embedding",
+        bindings: 4,
+    }],
+    reads_weights: true,
+    consts: no_consts,
+};
 
 /// Pointwise activation functions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,8 +148,8 @@ fn unary(
     y: &Tensor,
 ) -> Result<()> {
     batch.dispatch(
-        PipelineKey::new("unary.wgsl", entry, ShaderVariant::NoWeights),
-        UNARY,
+        &UNARY,
+        UNARY.key(entry, ShaderVariant::NoWeights),
         &params,
         &[x, y],
         grid_1d(params.len as usize, WG),
@@ -95,8 +165,8 @@ fn binary(
     y: &Tensor,
 ) -> Result<()> {
     batch.dispatch(
-        PipelineKey::new("binary.wgsl", entry, ShaderVariant::NoWeights),
-        BINARY,
+        &BINARY,
+        BINARY.key(entry, ShaderVariant::NoWeights),
         &params,
         &[a, b, y],
         grid_1d(params.len as usize, WG),
@@ -479,8 +549,8 @@ pub fn embedding(
         vocab: to_u32(OP, vocab)?,
     };
     batch.dispatch(
-        PipelineKey::new("embedding.wgsl", "embedding", variant),
-        EMBEDDING,
+        &EMBEDDING,
+        EMBEDDING.key("embedding", variant),
         &params,
         &[ids, token_table, positions, y],
         grid_1d(b * l * dim, WG),

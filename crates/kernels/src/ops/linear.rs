@@ -1,22 +1,38 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{expect_f32, to_u32, weight_variant};
-use crate::{Batch, KernelError, PipelineKey, Result, Tensor};
+use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::{Batch, KernelError, Result, Tensor};
 
-const SOURCE: &str = include_str!("../shaders/linear.wgsl");
 const TILE: usize = 64;
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct Params {
-    rows: u32,
-    n: u32,
-    k: u32,
-    has_bias: u32,
+uniform! {
+    struct Params {
+        rows: u32,
+        n: u32,
+        k: u32,
+        has_bias: u32,
+    }
 }
-const _: () = assert!(size_of::<Params>().is_multiple_of(16));
+
+pub(crate) static LINEAR: Kernel = Kernel {
+    file: "linear.wgsl",
+    source: include_str!("../shaders/linear.wgsl"),
+    params: Params::FIELDS,
+    params_size: size_of::<Params>(),
+    bindings: &[
+        Binding::read("x"),
+        Binding::weights(),
+        Binding::read("bias"),
+        Binding::write("y"),
+    ],
+    entries: &[Entry {
+        name: "linear",
+        bindings: 4,
+    }],
+    reads_weights: true,
+    consts: no_consts,
+};
 
 /// Records `y = x W^T + b`: `x` is `[..., k]` (f32, leading dimensions flattened into rows),
 /// `weight` is `[n, k]` (f16 or f32), `bias` is `[n]` (f32), `y` is `[..., n]` (f32).
@@ -60,8 +76,8 @@ pub fn linear(
         1,
     ];
     batch.dispatch(
-        PipelineKey::new("linear.wgsl", "linear", variant),
-        SOURCE,
+        &LINEAR,
+        LINEAR.key("linear", variant),
         &params,
         &[x, weight, bias, y],
         groups,

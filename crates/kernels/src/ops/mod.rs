@@ -18,7 +18,21 @@ pub use elementwise::{
 pub use linear::linear;
 pub use norm::{GroupNormShape, group_norm, layer_norm};
 
+use crate::kernel::Kernel;
 use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
+
+/// Every kernel file's table (see [`crate::kernel`]).
+#[cfg_attr(not(test), allow(dead_code))] // read by the descriptor test
+pub(crate) static KERNELS: [&Kernel; 8] = [
+    &linear::LINEAR,
+    &conv2d::CONV2D,
+    &attention::ATTENTION,
+    &elementwise::UNARY,
+    &elementwise::BINARY,
+    &elementwise::EMBEDDING,
+    &norm::GROUP_NORM,
+    &norm::LAYER_NORM,
+];
 
 /// The shader variant that reads `weights` of this tensor's storage type on this device.
 pub(crate) fn weight_variant(

@@ -1,38 +1,78 @@
 //! Group norm with optional fused SiLU (shaders/group_norm.wgsl) and layer norm
 //! (shaders/layer_norm.wgsl).
 
-use bytemuck::{Pod, Zeroable};
-
 use super::{expect_f32, to_u32};
 use crate::batch::grid_1d;
-use crate::{Batch, DType, KernelError, PipelineKey, Result, ShaderVariant, Tensor};
+use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
-const GROUP_NORM: &str = include_str!("../shaders/group_norm.wgsl");
-const LAYER_NORM: &str = include_str!("../shaders/layer_norm.wgsl");
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct GroupNormParams {
-    batch: u32,
-    channels: u32,
-    spatial: u32,
-    groups: u32,
-    eps: f32,
-    silu: u32,
-    c_offset: u32,
-    _pad: u32,
+uniform! {
+    struct GroupNormParams {
+        batch: u32,
+        channels: u32,
+        spatial: u32,
+        groups: u32,
+        eps: f32,
+        silu: u32,
+        c_offset: u32,
+        _pad: u32,
+    }
 }
-const _: () = assert!(size_of::<GroupNormParams>().is_multiple_of(16));
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Pod, Zeroable)]
-struct LayerNormParams {
-    rows: u32,
-    dim: u32,
-    eps: f32,
-    _pad: u32,
+uniform! {
+    struct LayerNormParams {
+        rows: u32,
+        dim: u32,
+        eps: f32,
+        _pad: u32,
+    }
 }
-const _: () = assert!(size_of::<LayerNormParams>().is_multiple_of(16));
+
+pub(crate) static GROUP_NORM: Kernel = Kernel {
+    file: "group_norm.wgsl",
+    source: include_str!("../shaders/group_norm.wgsl"),
+    params: GroupNormParams::FIELDS,
+    params_size: size_of::<GroupNormParams>(),
+    bindings: &[
+        Binding::read("x"),
+        Binding::write("stats"),
+        Binding::read("gamma"),
+        Binding::read("beta"),
+        Binding::write("y"),
+    ],
+    // The statistics pass binds only x and stats.
+    entries: &[
+        Entry {
+            name: "group_norm_stats",
+            bindings: 2,
+        },
+        Entry {
+            name: "group_norm_apply",
+            bindings: 5,
+        },
+    ],
+    reads_weights: false,
+    consts: no_consts,
+};
+
+pub(crate) static LAYER_NORM: Kernel = Kernel {
+    file: "layer_norm.wgsl",
+    source: include_str!("../shaders/layer_norm.wgsl"),
+    params: LayerNormParams::FIELDS,
+    params_size: size_of::<LayerNormParams>(),
+    bindings: &[
+        Binding::read("x"),
+        Binding::read("gamma"),
+        Binding::read("beta"),
+        Binding::write("y"),
+    ],
+    entries: &[Entry {
+        name: "layer_norm",
+        bindings: 4,
+    }],
+    reads_weights: false,
+    consts: no_consts,
+};
 
 /// Group norm settings for one tensor or channel chunk.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -100,23 +140,15 @@ pub fn group_norm(
         _pad: 0,
     };
     batch.dispatch(
-        PipelineKey::new(
-            "group_norm.wgsl",
-            "group_norm_stats",
-            ShaderVariant::NoWeights,
-        ),
-        GROUP_NORM,
+        &GROUP_NORM,
+        GROUP_NORM.key("group_norm_stats", ShaderVariant::NoWeights),
         &params,
         &[x, &stats],
         [params.groups, params.batch, 1],
     )?;
     batch.dispatch(
-        PipelineKey::new(
-            "group_norm.wgsl",
-            "group_norm_apply",
-            ShaderVariant::NoWeights,
-        ),
-        GROUP_NORM,
+        &GROUP_NORM,
+        GROUP_NORM.key("group_norm_apply", ShaderVariant::NoWeights),
         &params,
         &[x, &stats, gamma, beta, y],
         grid_1d(x.len(), 256),
@@ -154,8 +186,8 @@ pub fn layer_norm(
     };
     // One workgroup per row: grid_1d with a "workgroup size" of 1 spreads rows over x and y.
     batch.dispatch(
-        PipelineKey::new("layer_norm.wgsl", "layer_norm", ShaderVariant::NoWeights),
-        LAYER_NORM,
+        &LAYER_NORM,
+        LAYER_NORM.key("layer_norm", ShaderVariant::NoWeights),
         &params,
         &[x, gamma, beta, y],
         grid_1d(rows, 1),
