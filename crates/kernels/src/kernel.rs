@@ -74,6 +74,14 @@ impl Binding {
     }
 }
 
+/// The bindings of the two GEMM kernels, linear and conv2d: input, weights, bias, output.
+pub(crate) const GEMM_BINDINGS: [Binding; 4] = [
+    Binding::read("x"),
+    Binding::weights(),
+    Binding::read("bias"),
+    Binding::write("y"),
+];
+
 /// A field of a uniform struct: its name, byte offset and Rust type, as written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Field {
@@ -412,53 +420,42 @@ mod tests {
         assert!(checked >= crate::ops::KERNELS.len());
     }
 
-    /// The check sees a reordered field: `Params` of linear with two fields swapped in WGSL.
-    #[test]
-    #[should_panic(expected = "Params field (name, offset)")]
-    fn a_reordered_uniform_field_is_caught() {
+    /// Checks linear's table against its source changed by `edit`.
+    fn check_edited_linear(label: &str, edit: impl Fn(&str) -> String) {
         let kernel = crate::ops::KERNELS
             .iter()
             .find(|k| k.file == "linear.wgsl")
             .expect("linear");
-        let source = kernel
-            .source
-            .replacen("    n: u32,", "    SWAPPED", 1)
-            .replacen("    k: u32,", "    n: u32,", 1)
-            .replacen("    SWAPPED", "    k: u32,", 1);
-        assert_ne!(source, kernel.source, "the swap applied");
+        let source = edit(kernel.source);
+        assert_ne!(source, kernel.source, "{label}: the edit applied");
         let code =
             compose_shader(&source, ShaderVariant::WeightsF32, &BTreeMap::new()).expect("composed");
         let module = naga::front::wgsl::parse_str(&code).expect("parses");
-        check_module(
-            kernel,
-            ShaderVariant::WeightsF32,
-            "linear (swapped)",
-            &module,
-        );
+        check_module(kernel, ShaderVariant::WeightsF32, label, &module);
+    }
+
+    /// The check sees a reordered field: `Params` of linear with two fields swapped in WGSL.
+    #[test]
+    #[should_panic(expected = "Params field (name, offset)")]
+    fn a_reordered_uniform_field_is_caught() {
+        check_edited_linear("linear (n and k swapped)", |source| {
+            source
+                .replacen("    n: u32,", "    SWAPPED", 1)
+                .replacen("    k: u32,", "    n: u32,", 1)
+                .replacen("    SWAPPED", "    k: u32,", 1)
+        });
     }
 
     /// The check sees a binding whose access differs: linear's `bias` made read_write.
     #[test]
     #[should_panic(expected = "bias's access")]
     fn a_binding_with_another_access_is_caught() {
-        let kernel = crate::ops::KERNELS
-            .iter()
-            .find(|k| k.file == "linear.wgsl")
-            .expect("linear");
-        let source = kernel.source.replacen(
-            "var<storage, read> bias",
-            "var<storage, read_write> bias",
-            1,
-        );
-        assert_ne!(source, kernel.source, "the change applied");
-        let code =
-            compose_shader(&source, ShaderVariant::WeightsF32, &BTreeMap::new()).expect("composed");
-        let module = naga::front::wgsl::parse_str(&code).expect("parses");
-        check_module(
-            kernel,
-            ShaderVariant::WeightsF32,
-            "linear (bias rw)",
-            &module,
-        );
+        check_edited_linear("linear (bias read_write)", |source| {
+            source.replacen(
+                "var<storage, read> bias",
+                "var<storage, read_write> bias",
+                1,
+            )
+        });
     }
 }

@@ -1,7 +1,7 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
 use super::{expect_f32, to_u32, weight_variant};
-use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
 const TILE: usize = 64;
@@ -32,12 +32,7 @@ pub(crate) static CONV2D: Kernel = Kernel {
     source: include_str!("../shaders/conv2d.wgsl"),
     params: Params::FIELDS,
     params_size: size_of::<Params>(),
-    bindings: &[
-        Binding::read("x"),
-        Binding::weights(),
-        Binding::read("bias"),
-        Binding::write("y"),
-    ],
+    bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "conv2d",
         bindings: 4,

@@ -1,7 +1,7 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
 use super::{expect_f32, to_u32, weight_variant};
-use crate::kernel::{Binding, Entry, Kernel, Uniform, no_consts, uniform};
+use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
 const TILE: usize = 64;
@@ -20,12 +20,7 @@ pub(crate) static LINEAR: Kernel = Kernel {
     source: include_str!("../shaders/linear.wgsl"),
     params: Params::FIELDS,
     params_size: size_of::<Params>(),
-    bindings: &[
-        Binding::read("x"),
-        Binding::weights(),
-        Binding::read("bias"),
-        Binding::write("y"),
-    ],
+    bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "linear",
         bindings: 4,
