@@ -14,9 +14,17 @@ use sd_wgsl::{
     list_models, resolve,
 };
 
+/// The built-in model on the CPU backend: these tests are about the library's API, the same
+/// whatever runs the networks, and the CPU backend runs the digits model ~20x faster than
+/// lavapipe (`crates/cli/tests/end_to_end.rs` runs the same calls on the GPU).
+fn load() -> sd_wgsl::Model {
+    let options = sd_wgsl::LoadOptions::new().device(sd_wgsl::Device::Cpu);
+    sd_wgsl::Model::load_with("digits", &options).expect("the built-in model loads")
+}
+
 fn model() -> &'static sd_wgsl::Model {
     static MODEL: std::sync::OnceLock<sd_wgsl::Model> = std::sync::OnceLock::new();
-    MODEL.get_or_init(|| sd_wgsl::Model::load("digits").expect("the built-in model loads"))
+    MODEL.get_or_init(load)
 }
 
 #[test]
@@ -125,7 +133,7 @@ fn a_cancelled_generation_stops_between_steps() {
 
 #[test]
 fn generations_run_from_other_threads_and_async_code() {
-    let model = Arc::new(sd_wgsl::Model::load("digits").expect("load"));
+    let model = Arc::new(load());
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let images = runtime.block_on(async {
         let worker = Arc::clone(&model);
