@@ -90,11 +90,17 @@ pub(crate) struct Field {
     pub ty: &'static str,
 }
 
+/// The layout of a uniform struct: its fields in declaration order and its size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub fields: &'static [Field],
+    pub size: usize,
+}
+
 /// A kernel's uniform parameters: a `#[repr(C)]` Pod struct whose layout is known by name.
 /// Implemented by [`uniform!`].
 pub(crate) trait Uniform: bytemuck::Pod {
-    /// The fields in declaration order.
-    const FIELDS: &'static [Field];
+    const LAYOUT: Layout;
 }
 
 /// Declares a kernel's uniform struct: `#[repr(C)]`, Pod, a size that is a multiple of 16 (the
@@ -110,13 +116,16 @@ macro_rules! uniform {
         }
         const _: () = assert!(size_of::<$name>().is_multiple_of(16));
         impl $crate::kernel::Uniform for $name {
-            const FIELDS: &'static [$crate::kernel::Field] = &[$(
-                $crate::kernel::Field {
-                    name: stringify!($field),
-                    offset: core::mem::offset_of!($name, $field),
-                    ty: stringify!($ty),
-                },
-            )*];
+            const LAYOUT: $crate::kernel::Layout = $crate::kernel::Layout {
+                fields: &[$(
+                    $crate::kernel::Field {
+                        name: stringify!($field),
+                        offset: core::mem::offset_of!($name, $field),
+                        ty: stringify!($ty),
+                    },
+                )*],
+                size: size_of::<$name>(),
+            };
         }
     };
 }
@@ -137,8 +146,7 @@ pub(crate) struct Kernel {
     pub file: &'static str,
     pub source: &'static str,
     /// The Rust side of `Params`.
-    pub params: &'static [Field],
-    pub params_size: usize,
+    pub params: Layout,
     pub bindings: &'static [Binding],
     pub entries: &'static [Entry],
     /// Whether the kernel reads `weights` (composed once per weight variant).
@@ -183,7 +191,7 @@ impl Kernel {
                 self.file, found.bindings
             ));
         }
-        if P::FIELDS != self.params || size_of::<P>() != self.params_size {
+        if P::LAYOUT != self.params {
             return Err(format!(
                 "{}::{entry}: the launcher's parameters are not the kernel's Params",
                 self.file
@@ -252,9 +260,9 @@ mod tests {
             panic!("{label}: the uniform is not a struct");
         };
         assert_eq!(
-            *span as usize, kernel.params_size,
+            *span as usize, kernel.params.size,
             "{label}: Params is {span} bytes in WGSL, {} in Rust",
-            kernel.params_size
+            kernel.params.size
         );
         let wgsl: Vec<_> = members
             .iter()
@@ -262,6 +270,7 @@ mod tests {
             .collect();
         let rust: Vec<_> = kernel
             .params
+            .fields
             .iter()
             .filter(|f| !f.name.starts_with('_'))
             .collect();

@@ -29,8 +29,7 @@ uniform! {
 pub(crate) static ATTENTION: Kernel = Kernel {
     file: "attention.wgsl",
     source: include_str!("../shaders/attention.wgsl"),
-    params: Params::FIELDS,
-    params_size: size_of::<Params>(),
+    params: Params::LAYOUT,
     bindings: &[
         Binding::read("q"),
         Binding::read("k"),

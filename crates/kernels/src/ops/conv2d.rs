@@ -30,8 +30,7 @@ uniform! {
 pub(crate) static CONV2D: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: include_str!("../shaders/conv2d.wgsl"),
-    params: Params::FIELDS,
-    params_size: size_of::<Params>(),
+    params: Params::LAYOUT,
     bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "conv2d",

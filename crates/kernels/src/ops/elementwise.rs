@@ -55,8 +55,7 @@ const fn entries<const N: usize>(names: [&'static str; N], bindings: usize) -> [
 pub(crate) static UNARY: Kernel = Kernel {
     file: "unary.wgsl",
     source: include_str!("../shaders/unary.wgsl"),
-    params: UnaryParams::FIELDS,
-    params_size: size_of::<UnaryParams>(),
+    params: UnaryParams::LAYOUT,
     bindings: &[Binding::read("x"), Binding::write("y")],
     entries: &entries(
         [
@@ -80,8 +79,7 @@ pub(crate) static UNARY: Kernel = Kernel {
 pub(crate) static BINARY: Kernel = Kernel {
     file: "binary.wgsl",
     source: include_str!("../shaders/binary.wgsl"),
-    params: BinaryParams::FIELDS,
-    params_size: size_of::<BinaryParams>(),
+    params: BinaryParams::LAYOUT,
     bindings: &[Binding::read("a"), Binding::read("b"), Binding::write("y")],
     entries: &entries(
         [
@@ -100,8 +98,7 @@ pub(crate) static BINARY: Kernel = Kernel {
 pub(crate) static EMBEDDING: Kernel = Kernel {
     file: "embedding.wgsl",
     source: include_str!("../shaders/embedding.wgsl"),
-    params: EmbeddingParams::FIELDS,
-    params_size: size_of::<EmbeddingParams>(),
+    params: EmbeddingParams::LAYOUT,
     bindings: &[
         Binding::ids("ids"),
         Binding::weights(),

@@ -18,8 +18,7 @@ uniform! {
 pub(crate) static LINEAR: Kernel = Kernel {
     file: "linear.wgsl",
     source: include_str!("../shaders/linear.wgsl"),
-    params: Params::FIELDS,
-    params_size: size_of::<Params>(),
+    params: Params::LAYOUT,
     bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "linear",

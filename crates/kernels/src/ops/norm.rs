@@ -31,8 +31,7 @@ uniform! {
 pub(crate) static GROUP_NORM: Kernel = Kernel {
     file: "group_norm.wgsl",
     source: include_str!("../shaders/group_norm.wgsl"),
-    params: GroupNormParams::FIELDS,
-    params_size: size_of::<GroupNormParams>(),
+    params: GroupNormParams::LAYOUT,
     bindings: &[
         Binding::read("x"),
         Binding::write("stats"),
@@ -58,8 +57,7 @@ pub(crate) static GROUP_NORM: Kernel = Kernel {
 pub(crate) static LAYER_NORM: Kernel = Kernel {
     file: "layer_norm.wgsl",
     source: include_str!("../shaders/layer_norm.wgsl"),
-    params: LayerNormParams::FIELDS,
-    params_size: size_of::<LayerNormParams>(),
+    params: LayerNormParams::LAYOUT,
     bindings: &[
         Binding::read("x"),
         Binding::read("gamma"),
