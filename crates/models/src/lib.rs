@@ -2,36 +2,33 @@
 //! `UNet2DConditionModel` and `AutoencoderKL`, built from their diffusers `config.json` and
 //! weights loaded by their diffusers names. One file per diffusers module.
 //!
-//! [`plan`] is the memory planner: from the configs and an image size it computes every
-//! buffer the forward passes need and checks them against the device limits, without a GPU.
+//! Each network is written once ([`nets`]) against the [`record::Recorder`] interface and read
+//! three ways: [`gpu::GpuRecorder`] records kernel dispatches (the executor), [`plan`]'s recorder
+//! records every buffer and checks it against the device limits without a GPU (the memory
+//! planner), and [`cost`] counts FLOPs, bytes and dispatches per op.
 //!
 //! The pipeline reaches the networks through [`backend::Networks`]: [`GpuNetworks`] here, or
 //! candle on the CPU (the `sd-cpu` crate).
 
-pub mod attention;
 pub mod backend;
-pub mod chunks;
-pub mod clip;
+pub mod cost;
 pub mod gpu;
 pub mod image_input;
-pub mod layers;
+pub mod nets;
 pub mod pipeline;
 pub mod plan;
 pub mod png;
-pub mod resnet;
+pub mod record;
 pub mod source;
-pub mod transformer;
-pub mod unet;
-pub mod vae;
 
 pub use backend::{DeviceKind, Networks, PromptEmbeddings, UNetInputs};
-pub use clip::{CLIPTextModel, TextEncoding, TextOutput};
-pub use gpu::GpuNetworks;
-pub use layers::Params;
+pub use gpu::{
+    CLIPTextModel, GpuNetworks, Params, TextEncoding, UNet2DConditionModel, UNetConditioning,
+    VaeDecoder, VaeEncoder,
+};
+pub use nets::clip::TextOutput;
 pub use pipeline::{Generated, Inputs, PipelineFiles, StableDiffusion};
 pub use source::ModelSource;
-pub use unet::{UNet2DConditionModel, UNetConditioning};
-pub use vae::{VaeDecoder, VaeEncoder};
 
 /// Everything that can go wrong building or running a model.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +48,13 @@ pub enum ModelError {
     /// The config asks for a module we do not implement.
     #[error("{part}: {what} is not supported")]
     Unsupported { part: &'static str, what: String },
+    /// An op asked for a weight that loading did not upload (the loading walk and the running
+    /// walk disagree: a bug).
+    #[error("the weight `{name}` was not loaded")]
+    NotLoaded { name: String },
+    /// A model part's input was not given (an SDXL UNet without `text_embeds`, ...).
+    #[error("the {part} needs the input `{name}`, which was not given")]
+    MissingInput { part: &'static str, name: String },
     /// A model file that could not be read.
     #[error("cannot read {path}: {reason}")]
     File { path: String, reason: String },

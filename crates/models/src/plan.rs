@@ -2,11 +2,10 @@
 //! step, the VAE decoder and the VAE encoder need, computed from the configs and a resolution
 //! without running anything, and checked against the device's limits.
 //!
-//! The walks mirror diffusers' module structure (`unet::plan_unet` follows
-//! `UNet2DConditionModel.forward` block by block) and record each kernel launch the executors
-//! make, in order, named by its diffusers module path
-//! (`unet.down_blocks.0.attentions.1.transformer_blocks.0.attn1`), with every buffer it
-//! binds. The executors are written against this record, so the two agree by construction:
+//! The planner runs the same network code as the executor (`crate::nets`) with the plan
+//! recorder (`recorder.rs`), which records each op, in order, named by its diffusers module
+//! path (`unet.down_blocks.0.attentions.1.transformer_blocks.0.attn1`), with every buffer it
+//! binds:
 //!
 //! - activations are f32; weight matrices, convolution kernels and embeddings f16, vectors f32;
 //! - NCHW for convolutions and norms, token-major `[n, l, d]` inside transformers (layout
@@ -25,21 +24,96 @@ use std::fmt;
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
 
 pub mod chunk;
-mod clip;
 mod graph;
-mod layers;
-mod unet;
-mod vae;
+mod recorder;
 
+pub use crate::nets::unet::UNetInputs;
 pub use chunk::{ChunkSpec, channel_chunk, chunk_group_size, chunk_layout, row_chunk};
-pub use clip::plan_text_encoder;
+pub(crate) use graph::Graph;
 pub use graph::{
     ACTIVATION_BYTES, Access, Activation, Arg, Buffer, BufferId, Chunk, NamedSize, Op, OpKind,
     Operand, POOL_SIZE_QUANTUM, Padding, PartPlan, PartSummary, Shape, Tensor, TensorId, Weight,
     WeightDtype, WeightId,
 };
-pub use unet::{UNetInputs, plan_unet};
-pub use vae::{plan_vae_decoder, plan_vae_encoder};
+
+use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
+use crate::nets::{unet, vae};
+
+/// Plans one text-encoder call on `batch` prompts of `max_position_embeddings` (77) tokens:
+/// two per image with classifier-free guidance (the negative or empty prompt, and the prompt).
+/// `part` is [`Part::TextEncoder`] or, for SDXL's `CLIPTextModelWithProjection`,
+/// [`Part::TextEncoder2`], which adds the pooled output's `text_projection`.
+///
+/// # Errors
+///
+/// [`PlanError::Limit`] for a buffer that does not fit (at tiny limits: the token embedding).
+pub fn plan_text_encoder(
+    config: &CLIPTextConfig,
+    part: Part,
+    batch: usize,
+    limits: &DeviceLimits,
+) -> Result<PartPlan, PlanError> {
+    let mut g = Graph::new(part, *limits, 0);
+    let end_tokens = vec![config.max_position_embeddings.saturating_sub(1); batch];
+    let request = TextRequest {
+        prompts: batch,
+        output: TextOutput::Last,
+        pooled_at: (part == Part::TextEncoder2).then_some(end_tokens.as_slice()),
+    };
+    clip_text_model(&mut g, config, &request)?;
+    g.finish()
+}
+
+/// Plans one UNet call.
+///
+/// # Errors
+///
+/// [`PlanError::Unsupported`] for UNet features SD pipelines do not use (class embeddings,
+/// dual cross-attention, `scale_shift` ResNets, ...), [`PlanError::Architecture`] for
+/// inconsistent shapes, [`PlanError::Limit`] for a buffer that does not fit.
+pub fn plan_unet(
+    config: &UNet2DConditionConfig,
+    inputs: &UNetInputs,
+    limits: &DeviceLimits,
+) -> Result<PartPlan, PlanError> {
+    unet::check_supported(config)?;
+    let mut g = Graph::new(Part::UNet, *limits, config.norm_num_groups.unwrap_or(0));
+    unet::unet_2d_condition_model(&mut g, config, inputs)?;
+    g.finish()
+}
+
+/// Plans `vae.decode` of one `latent_height` x `latent_width` latent.
+///
+/// # Errors
+///
+/// [`PlanError::Unsupported`] for block types other than SD's, [`PlanError::Limit`] for a
+/// buffer that does not fit even chunked.
+pub fn plan_vae_decoder(
+    config: &AutoencoderKLConfig,
+    latent_height: usize,
+    latent_width: usize,
+    limits: &DeviceLimits,
+) -> Result<PartPlan, PlanError> {
+    let mut g = Graph::new(Part::VaeDecoder, *limits, config.norm_num_groups);
+    vae::decoder(&mut g, config, (latent_height, latent_width))?;
+    g.finish()
+}
+
+/// Plans `vae.encode` of one `height` x `width` image.
+///
+/// # Errors
+///
+/// As [`plan_vae_decoder`].
+pub fn plan_vae_encoder(
+    config: &AutoencoderKLConfig,
+    height: usize,
+    width: usize,
+    limits: &DeviceLimits,
+) -> Result<PartPlan, PlanError> {
+    let mut g = Graph::new(Part::VaeEncoder, *limits, config.norm_num_groups);
+    vae::encoder(&mut g, config, (height, width))?;
+    g.finish()
+}
 
 /// Why a plan could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -236,12 +236,13 @@ fn a_tiny_limit_names_the_op_that_does_not_fit() -> TestResult {
         max_buffer: 8 * MIB,
     };
     plan_vae_decoder(&configs.vae, 64, 64, &limits)?;
-    // At 128x128 latents, attention keys of 16384 tokens x 512 are 32 MiB, and keys cannot be
-    // chunked.
+    // At 128x128 latents, the attention's 16384 tokens x 512 are 32 MiB, and the layout change
+    // to tokens (like the keys after it) cannot be chunked: the first op that cannot split is
+    // named.
     match plan_vae_decoder(&configs.vae, 128, 128, &limits) {
         Err(PlanError::Limit { name, needed, max }) => {
             assert!(
-                name.starts_with("vae.decoder.mid_block.attentions.0: k"),
+                name.starts_with("vae.decoder.mid_block.attentions.0.to_tokens: x"),
                 "{name}"
             );
             assert_eq!((needed, max), (32 * MIB, 8 * MIB));

@@ -235,16 +235,7 @@ impl Padding {
     }
 }
 
-/// An elementwise activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// `x * sigmoid(x)`.
-    Silu,
-    /// Exact (erf) GELU.
-    Gelu,
-    /// `x * sigmoid(1.702 x)` (CLIP).
-    QuickGelu,
-}
+pub use sd_kernels::ops::Activation;
 
 /// What an op computes. Shapes are those of its tensors; only what they do not say is here.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -309,14 +300,17 @@ pub enum OpKind {
         /// Query `i` sees keys `0..=i` only (CLIP).
         causal: bool,
     },
-    /// An activation, in place.
+    /// An activation into a new tensor.
     Activation(Activation),
     /// `y = a * gelu(b)` where `[a, b]` are the two halves of each row of `x` (diffusers'
     /// `GEGLU`).
     Geglu,
-    /// `x += r`, in place, same shapes.
-    ResidualAdd,
-    /// `x[n, c, :, :] += t[n, c]`, in place (a ResNet's time embedding).
+    /// `x = (x + r) * scale`, in place, same shapes.
+    ResidualAdd {
+        /// The factor (1, or `1 / mid_block_scale_factor`).
+        scale: f64,
+    },
+    /// `y[n, c, :, :] = x[n, c, :, :] + t[n, c]` (a ResNet's time embedding).
     AddChannelBias,
     /// Nearest-neighbour resize to the output's size (2x, or the skip's size when a latent
     /// side is not a multiple of 2^upsamplers, as diffusers' `upsample_size`).
@@ -512,6 +506,16 @@ impl Graph {
         }
     }
 
+    /// The planned tensor `t`.
+    pub(crate) fn planned(&self, t: TensorId) -> Option<&Tensor> {
+        self.tensors.get(t.0)
+    }
+
+    /// The limits planned for.
+    pub(crate) fn limits(&self) -> &DeviceLimits {
+        &self.limits
+    }
+
     /// The full op or tensor name for a module path inside the part.
     pub(crate) fn name(&self, path: &str) -> String {
         format!("{}.{path}", self.part.prefix())
@@ -522,30 +526,6 @@ impl Graph {
         self.tensors
             .get(t.0)
             .map_or(Shape::Flat { len: 0 }, |t| t.shape)
-    }
-
-    /// `[n, c, h, w]` of `t`, or an error if it is not NCHW.
-    pub(crate) fn nchw_dims(&self, t: TensorId) -> Result<(usize, usize, usize, usize), PlanError> {
-        match self.shape(t) {
-            Shape::Nchw { n, c, h, w } => Ok((n, c, h, w)),
-            other => Err(self.layout_error(t, "NCHW", other)),
-        }
-    }
-
-    /// `[n, l, d]` of `t`, or an error if it is not token-major.
-    pub(crate) fn token_dims(&self, t: TensorId) -> Result<(usize, usize, usize), PlanError> {
-        match self.shape(t) {
-            Shape::Tokens { n, l, d } => Ok((n, l, d)),
-            other => Err(self.layout_error(t, "token-major", other)),
-        }
-    }
-
-    fn layout_error(&self, t: TensorId, wanted: &str, got: Shape) -> PlanError {
-        let name = self.tensors.get(t.0).map_or("?", |t| t.name.as_str());
-        PlanError::Architecture {
-            part: self.part.prefix(),
-            message: format!("{name} is {got}, expected a {wanted} tensor"),
-        }
     }
 
     /// A new activation tensor produced by the op at `path`, chunked as the limits require.
@@ -590,41 +570,28 @@ impl Graph {
         Ok(id)
     }
 
-    /// Shorthand for an NCHW tensor.
-    pub(crate) fn nchw(
-        &mut self,
-        path: &str,
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-    ) -> Result<TensorId, PlanError> {
-        self.tensor(path, Shape::Nchw { n, c, h, w })
-    }
-
-    /// Shorthand for a token-major tensor.
-    pub(crate) fn tokens(
-        &mut self,
-        path: &str,
-        n: usize,
-        l: usize,
-        d: usize,
-    ) -> Result<TensorId, PlanError> {
-        self.tensor(path, Shape::Tokens { n, l, d })
-    }
-
     /// The weight with key `name` and PyTorch shape `shape` (f16 if 2-D or more, else f32).
     /// A key used twice refers to the same weight.
     pub(crate) fn weight(&mut self, name: String, shape: &[usize]) -> WeightId {
-        if let Some(&id) = self.weight_index.get(&name) {
-            return id;
-        }
-        let id = WeightId(self.weights.len());
         let dtype = if shape.len() >= 2 {
             WeightDtype::F16
         } else {
             WeightDtype::F32
         };
+        self.weight_as(name, shape, dtype)
+    }
+
+    /// The weight with key `name`, stored as `dtype`.
+    pub(crate) fn weight_as(
+        &mut self,
+        name: String,
+        shape: &[usize],
+        dtype: WeightDtype,
+    ) -> WeightId {
+        if let Some(&id) = self.weight_index.get(&name) {
+            return id;
+        }
+        let id = WeightId(self.weights.len());
         self.weight_index.insert(name.clone(), id);
         self.weights.push(Weight {
             name,

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig};
 use sd_kernels::{DType, GpuContext, Tensor, ops};
 
+use super::models::{
+    CLIPTextModel, Params, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder,
+};
 use crate::backend::{
     BoxFuture, DeviceKind, NetworkConfigs, Networks, NoisePredictor, PromptEmbeddings, RunSize,
     TokenIds, UNetInputs,
 };
-use crate::clip::{CLIPTextModel, TextOutput};
-use crate::layers::Params;
-use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, Part, PlanRequest, plan};
+use crate::nets::clip::TextOutput;
+use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, PlanRequest, plan};
 use crate::source::ModelSource;
-use crate::unet::{UNet2DConditionModel, UNetConditioning};
-use crate::vae::{VaeDecoder, VaeEncoder};
 use crate::{ModelError, Result};
 
 /// The activations the UNet may use at once when images are batched (weights not counted):
@@ -179,9 +179,8 @@ impl GpuNetworks {
     }
 
     /// Plans the generation's buffers for this device before any GPU work, so a size that
-    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The
-    /// executors split what the plan splits: VAE decoder tensors into channel chunks, the UNet's
-    /// feed-forward into row chunks.
+    /// cannot run fails at once, naming the buffer that does not fit even in chunks. The GPU
+    /// recorder splits exactly what the plan splits.
     fn plan(&self, width: u32, height: u32, cfg: bool, images: u32) -> Result<MemoryPlan> {
         let limits = self.ctx.limits();
         let device = DeviceLimits {
@@ -270,22 +269,10 @@ impl Networks for GpuNetworks {
         Box::pin(self.encode_image_async(image, height, width))
     }
 
+    /// The plan must fit; the VAE encoder splits its activations as the decoder does, so
+    /// img2img runs at every size text-to-image does.
     fn check_size(&self, size: RunSize) -> Result<()> {
-        let plan = self.plan(size.width, size.height, size.cfg, 1)?;
-        let encoder_splits = plan
-            .part(Part::VaeEncoder)
-            .is_some_and(|p| p.tensors.iter().any(|t| t.chunks.len() > 1));
-        if size.encodes && encoder_splits {
-            return Err(ModelError::Input {
-                field: "init_image",
-                message: format!(
-                    "{}x{} is too large for the VAE encoder on this device: its activations \
-                     exceed one buffer binding and the encoder does not split them yet; use a \
-                     smaller width and height",
-                    size.width, size.height
-                ),
-            });
-        }
+        self.plan(size.width, size.height, size.cfg, 1)?;
         Ok(())
     }
 

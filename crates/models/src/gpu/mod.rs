@@ -1,0 +1,14 @@
+//! The WGSL backend: the networks' walks recorded as kernel dispatches ([`GpuRecorder`]), the
+//! models with their weights on one [`sd_kernels::GpuContext`] (`models.rs`), and
+//! [`GpuNetworks`], the pipeline's view of them.
+
+mod models;
+mod networks;
+mod recorder;
+
+pub use models::{
+    CLIPTextModel, Params, TextEncoding, UNet2DConditionModel, UNetConditioning, VaeDecoder,
+    VaeEncoder,
+};
+pub use networks::{BATCH_ACTIVATION_BUDGET, GpuNetworks};
+pub use recorder::{GpuRecorder, GpuTensor, Issued, Weights};

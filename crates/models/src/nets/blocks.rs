@@ -1,0 +1,185 @@
+//! The blocks the UNet and the VAE share, after diffusers' `models/resnet.py`
+//! (`ResnetBlock2D`, `Downsample2D`, `Upsample2D`), `models/attention_processor.py`
+//! (`Attention` with `AttnProcessor2_0`) and `models/attention.py` (`FeedForward`, `GEGLU`).
+//! Each is its config, and `forward` issues its ops to a [`Recorder`].
+
+use crate::plan::{Padding, PlanError};
+use crate::record::{self, Conv2d, GroupNorm, Heads, Recorder};
+
+/// diffusers' `ResnetBlock2D` (default time-embedding handling): `norm1`+SiLU, `conv1`,
+/// `+ time_emb_proj(silu(temb))` per channel, `norm2`+SiLU, (dropout), `conv2`,
+/// `(conv_shortcut(x) or x + h) / output_scale_factor` (the shortcut is a 1x1 convolution
+/// only when the channel count changes).
+#[derive(Debug, Clone, Copy)]
+pub struct ResnetBlock2D {
+    /// Output channels.
+    pub out_channels: usize,
+    /// Group-norm groups.
+    pub groups: usize,
+    /// Group-norm epsilon.
+    pub eps: f64,
+    /// The sum is divided by this (`mid_block_scale_factor` in the UNet's middle block).
+    pub output_scale_factor: f64,
+}
+
+impl ResnetBlock2D {
+    /// The block on `x`; `temb_silu` is SiLU of the time embedding, `[n, 1, temb]`: every
+    /// ResNet applies the same SiLU to it, so the UNet computes it once. The VAE passes `None`.
+    pub fn forward<R: Recorder>(
+        &self,
+        r: &mut R,
+        path: &str,
+        x: &R::Tensor,
+        temb_silu: Option<&R::Tensor>,
+    ) -> Result<R::Tensor, R::Error> {
+        let (_, in_channels, _, _) = record::nchw(r, path, x)?;
+        let out = self.out_channels;
+        let norm = GroupNorm {
+            groups: self.groups,
+            eps: self.eps,
+            silu: true,
+        };
+        let h = r.group_norm(&format!("{path}.norm1"), x, norm)?;
+        let mut h = r.conv2d(&format!("{path}.conv1"), &h, Conv2d::same(out, 3))?;
+        if let Some(temb) = temb_silu {
+            let t = r.linear(&format!("{path}.time_emb_proj"), temb, out, true)?;
+            h = r.add_channel_bias(&format!("{path}.time_emb_add"), &h, &t)?;
+        }
+        let h = r.group_norm(&format!("{path}.norm2"), &h, norm)?;
+        let h = r.conv2d(&format!("{path}.conv2"), &h, Conv2d::same(out, 3))?;
+        let shortcut = if in_channels == out {
+            x.clone()
+        } else {
+            r.conv2d(&format!("{path}.conv_shortcut"), x, Conv2d::same(out, 1))?
+        };
+        r.residual_add(
+            &format!("{path}.residual"),
+            h,
+            &shortcut,
+            1.0 / self.output_scale_factor,
+        )
+    }
+}
+
+/// diffusers' `Attention` on token-major input: `to_q(x)`, `to_k(c)`, `to_v(c)` with `c` the
+/// context (cross-attention) or `x` (self-attention), the attention kernel, `to_out.0` (with
+/// bias) back to `x`'s width. CLIP's `CLIPAttention` is the same with other names.
+#[derive(Debug, Clone, Copy)]
+pub struct Attention {
+    /// Heads.
+    pub heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Whether the query, key and value projections have biases (VAE, CLIP: yes; UNet: no).
+    pub qkv_bias: bool,
+    /// Causal (CLIP).
+    pub causal: bool,
+    /// The projections' names.
+    pub names: ProjectionNames,
+}
+
+/// The names of an attention's four projections.
+#[derive(Debug, Clone, Copy)]
+pub struct ProjectionNames {
+    /// Query.
+    pub q: &'static str,
+    /// Key.
+    pub k: &'static str,
+    /// Value.
+    pub v: &'static str,
+    /// Output.
+    pub out: &'static str,
+}
+
+impl ProjectionNames {
+    /// diffusers: `to_q`, `to_k`, `to_v`, `to_out.0`.
+    pub const DIFFUSERS: Self = Self {
+        q: "to_q",
+        k: "to_k",
+        v: "to_v",
+        out: "to_out.0",
+    };
+    /// transformers' CLIP: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
+    pub const CLIP: Self = Self {
+        q: "q_proj",
+        k: "k_proj",
+        v: "v_proj",
+        out: "out_proj",
+    };
+}
+
+impl Attention {
+    /// Attention of `x` over `context` (`x` itself when `None`), without residual.
+    pub fn forward<R: Recorder>(
+        &self,
+        r: &mut R,
+        path: &str,
+        x: &R::Tensor,
+        context: Option<&R::Tensor>,
+    ) -> Result<R::Tensor, R::Error> {
+        let (_, _, query_dim) = record::tokens(r, path, x)?;
+        let inner = self.heads * self.head_dim;
+        let source = context.unwrap_or(x);
+        let names = self.names;
+        let q = r.linear(&format!("{path}.{}", names.q), x, inner, self.qkv_bias)?;
+        let k = r.linear(&format!("{path}.{}", names.k), source, inner, self.qkv_bias)?;
+        let v = r.linear(&format!("{path}.{}", names.v), source, inner, self.qkv_bias)?;
+        let heads = Heads {
+            heads: self.heads,
+            head_dim: self.head_dim,
+            causal: self.causal,
+        };
+        let o = r.attention(path, [&q, &k, &v], heads)?;
+        r.linear(&format!("{path}.{}", names.out), &o, query_dim, true)
+    }
+}
+
+/// diffusers' `FeedForward` with `GEGLU` (SD's transformers): `net.0.proj` to `2 * 4 * dim`,
+/// GEGLU to `4 * dim`, `net.2` back to `dim`.
+pub fn feed_forward<R: Recorder>(
+    r: &mut R,
+    path: &str,
+    x: &R::Tensor,
+) -> Result<R::Tensor, R::Error> {
+    let (_, _, dim) = record::tokens(r, path, x)?;
+    let inner = 4 * dim;
+    let projected = r.linear(&format!("{path}.net.0.proj"), x, 2 * inner, true)?;
+    let gated = r.geglu(&format!("{path}.net.0"), &projected)?;
+    r.linear(&format!("{path}.net.2"), &gated, dim, true)
+}
+
+/// diffusers' `Downsample2D` with a convolution: 3x3, stride 2, `padding` (UNet: 1 on every
+/// side; VAE encoder: 0 and diffusers' extra `(0, 1, 0, 1)` pad, i.e. bottom/right only).
+pub fn downsample_2d<R: Recorder>(
+    r: &mut R,
+    path: &str,
+    x: &R::Tensor,
+    padding: Padding,
+) -> Result<R::Tensor, R::Error> {
+    let (_, c, _, _) = record::nchw(r, path, x)?;
+    let conv = Conv2d {
+        out_channels: c,
+        kernel: 3,
+        stride: 2,
+        padding,
+    };
+    r.conv2d(&format!("{path}.conv"), x, conv)
+}
+
+/// diffusers' `Upsample2D` with a convolution: nearest-neighbour resize to `size` (2x, or the
+/// skip connection's size in the UNet), then a 3x3 convolution.
+pub fn upsample_2d<R: Recorder>(
+    r: &mut R,
+    path: &str,
+    x: &R::Tensor,
+    size: (usize, usize),
+) -> Result<R::Tensor, R::Error> {
+    let (_, c, _, _) = record::nchw(r, path, x)?;
+    let up = r.upsample_nearest(path, x, size)?;
+    r.conv2d(&format!("{path}.conv"), &up, Conv2d::same(c, 3))
+}
+
+/// An architecture error in `part`.
+pub fn architecture(part: &'static str, message: String) -> PlanError {
+    PlanError::Architecture { part, message }
+}

@@ -1,0 +1,361 @@
+//! The plan recorder: each op of the networks becomes an [`Op`](super::Op) with the buffers it
+//! binds, as the GPU recorder will bind them (the same chunk layouts, the same in-place
+//! residual adds, the same extra buffers such as group-norm statistics). Ops the GPU recorder
+//! cannot split (layout changes, concatenation, embeddings) require unchunked operands here,
+//! so a plan that passes is one the executor can run.
+
+use super::PlanError;
+use super::graph::{
+    Graph, OpKind, Shape, TensorId, WeightDtype, read, update, weight as weight_arg, write,
+};
+use crate::record::{self, Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
+use sd_kernels::ops::Activation;
+
+impl Recorder for Graph {
+    type Tensor = TensorId;
+    type Error = PlanError;
+
+    fn shape(&self, t: &TensorId) -> Shape {
+        Graph::shape(self, *t)
+    }
+
+    fn input(&mut self, name: &str, shape: Shape) -> Result<TensorId, PlanError> {
+        let t = self.tensor(name, shape)?;
+        self.op(
+            &format!("inputs.{name}"),
+            OpKind::Input,
+            vec![write("input", t)],
+        )?;
+        Ok(t)
+    }
+
+    fn output(&mut self, name: &str, t: &TensorId) -> Result<(), PlanError> {
+        self.op(
+            &format!("outputs.{name}"),
+            OpKind::Output,
+            vec![read("output", *t)],
+        )
+    }
+
+    fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
+        let (_, c, _, _) = record::nchw(self, path, x)?;
+        let y = self.tensor(path, shapes::conv2d(path, self.shape(*x), &conv)?)?;
+        let k = conv.kernel;
+        let w = self.weight(format!("{path}.weight"), &[conv.out_channels, c, k, k]);
+        let bias = self.weight(format!("{path}.bias"), &[conv.out_channels]);
+        let kind = OpKind::Conv2d {
+            kernel: k,
+            stride: conv.stride,
+            padding: conv.padding,
+        };
+        let args = vec![
+            read("x", *x),
+            weight_arg("w", w),
+            weight_arg("bias", bias),
+            write("y", y),
+        ];
+        self.op(path, kind, args)?;
+        Ok(y)
+    }
+
+    fn group_norm(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        norm: GroupNorm,
+    ) -> Result<TensorId, PlanError> {
+        let (n, c, _, _) = record::nchw(self, path, x)?;
+        let GroupNorm { groups, eps, silu } = norm;
+        if groups == 0 || !c.is_multiple_of(groups) {
+            return Err(PlanError::Architecture {
+                part: "group norm",
+                message: format!(
+                    "{}: {groups} groups do not divide {c} channels",
+                    self.name(path)
+                ),
+            });
+        }
+        let stats_path = format!("{path}.stats");
+        let stats = self.tensor(
+            &stats_path,
+            Shape::Flat {
+                len: n * groups * 2,
+            },
+        )?;
+        self.op(
+            &stats_path,
+            OpKind::GroupNormStats { groups, eps },
+            vec![read("x", *x), write("stats", stats)],
+        )?;
+        let gamma = self.weight(format!("{path}.weight"), &[c]);
+        let beta = self.weight(format!("{path}.bias"), &[c]);
+        let y = self.tensor(path, self.shape(*x))?;
+        self.op(
+            path,
+            OpKind::GroupNormApply { groups, eps, silu },
+            vec![
+                read("x", *x),
+                read("stats", stats),
+                weight_arg("gamma", gamma),
+                weight_arg("beta", beta),
+                write("y", y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    fn linear(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<TensorId, PlanError> {
+        let (_, _, d) = record::tokens(self, path, x)?;
+        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
+        let w = self.weight(format!("{path}.weight"), &[out_features, d]);
+        let mut args = vec![read("x", *x), weight_arg("w", w)];
+        if bias {
+            let b = self.weight(format!("{path}.bias"), &[out_features]);
+            args.push(weight_arg("bias", b));
+        }
+        args.push(write("y", y));
+        self.op(path, OpKind::Linear { bias }, args)?;
+        Ok(y)
+    }
+
+    fn layer_norm(&mut self, path: &str, x: &TensorId, eps: f64) -> Result<TensorId, PlanError> {
+        let (_, _, d) = record::tokens(self, path, x)?;
+        let y = self.tensor(path, self.shape(*x))?;
+        let gamma = self.weight(format!("{path}.weight"), &[d]);
+        let beta = self.weight(format!("{path}.bias"), &[d]);
+        self.op(
+            path,
+            OpKind::LayerNorm { eps },
+            vec![
+                read("x", *x),
+                weight_arg("gamma", gamma),
+                weight_arg("beta", beta),
+                write("y", y),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    fn activation(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        f: Activation,
+    ) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, self.shape(*x))?;
+        self.op(
+            path,
+            OpKind::Activation(f),
+            vec![read("x", *x), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn residual_add(
+        &mut self,
+        path: &str,
+        x: TensorId,
+        r: &TensorId,
+        scale: f64,
+    ) -> Result<TensorId, PlanError> {
+        if self.shape(x) != self.shape(*r) {
+            return Err(PlanError::Architecture {
+                part: "residual",
+                message: format!(
+                    "{}: {} and {} differ",
+                    self.name(path),
+                    self.shape(x),
+                    self.shape(*r)
+                ),
+            });
+        }
+        self.op(
+            path,
+            OpKind::ResidualAdd { scale },
+            vec![update("x", x), read("r", *r)],
+        )?;
+        Ok(x)
+    }
+
+    fn add_channel_bias(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        t: &TensorId,
+    ) -> Result<TensorId, PlanError> {
+        self.require_single(path, "x", *x)?;
+        let y = self.tensor(path, self.shape(*x))?;
+        self.op(
+            path,
+            OpKind::AddChannelBias,
+            vec![read("x", *x), read("t", *t), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn to_tokens(&mut self, path: &str, x: &TensorId) -> Result<TensorId, PlanError> {
+        self.require_single(path, "x", *x)?;
+        let y = self.tensor(path, shapes::to_tokens(path, self.shape(*x))?)?;
+        self.require_single(path, "y", y)?;
+        self.op(
+            path,
+            OpKind::NchwToTokens,
+            vec![read("x", *x), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn to_nchw(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        size: (usize, usize),
+    ) -> Result<TensorId, PlanError> {
+        self.require_single(path, "x", *x)?;
+        let y = self.tensor(path, shapes::to_nchw(path, self.shape(*x), size)?)?;
+        self.require_single(path, "y", y)?;
+        self.op(
+            path,
+            OpKind::TokensToNchw,
+            vec![read("x", *x), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn concat(&mut self, path: &str, a: &TensorId, b: &TensorId) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, shapes::concat(path, self.shape(*a), self.shape(*b))?)?;
+        for (role, t) in [("a", *a), ("b", *b), ("y", y)] {
+            self.require_single(path, role, t)?;
+        }
+        self.op(
+            path,
+            OpKind::Concat,
+            vec![read("a", *a), read("b", *b), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn upsample_nearest(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        size: (usize, usize),
+    ) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, shapes::upsample(path, self.shape(*x), size)?)?;
+        self.op(
+            path,
+            OpKind::UpsampleNearest,
+            vec![read("x", *x), write("y", y)],
+        )?;
+        Ok(y)
+    }
+
+    fn attention(
+        &mut self,
+        path: &str,
+        [q, k, v]: [&TensorId; 3],
+        heads: Heads,
+    ) -> Result<TensorId, PlanError> {
+        self.require_whole_items(path, "k", *k)?;
+        self.require_whole_items(path, "v", *v)?;
+        let o = self.tensor(path, self.shape(*q))?;
+        let kind = OpKind::Attention {
+            heads: heads.heads,
+            head_dim: heads.head_dim,
+            causal: heads.causal,
+        };
+        let args = vec![read("q", *q), read("k", *k), read("v", *v), write("o", o)];
+        self.op(path, kind, args)?;
+        Ok(o)
+    }
+
+    fn geglu(&mut self, path: &str, x: &TensorId) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, shapes::geglu(path, self.shape(*x))?)?;
+        self.op(path, OpKind::Geglu, vec![read("x", *x), write("y", y)])?;
+        Ok(y)
+    }
+
+    fn sinusoids(
+        &mut self,
+        path: &str,
+        t: &TensorId,
+        spec: Sinusoids,
+    ) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, shapes::sinusoids(path, self.shape(*t), &spec)?)?;
+        self.require_single(path, "y", y)?;
+        let kind = OpKind::TimestepEmbedding {
+            dim: spec.dim,
+            flip_sin_to_cos: spec.flip_sin_to_cos,
+            freq_shift: spec.freq_shift,
+        };
+        self.op(path, kind, vec![read("t", *t), write("y", y)])?;
+        Ok(y)
+    }
+
+    fn embedding(
+        &mut self,
+        path: &str,
+        ids: &TensorId,
+        vocab: usize,
+        len: usize,
+        dim: usize,
+    ) -> Result<TensorId, PlanError> {
+        let y = self.tensor(path, shapes::embedding(path, self.shape(*ids), len, dim)?)?;
+        self.require_single(path, "y", y)?;
+        let table = self.weight(format!("{path}.token_embedding.weight"), &[vocab, dim]);
+        // Positions are added in f32, as transformers does.
+        let positions = self.weight_as(
+            format!("{path}.position_embedding.weight"),
+            &[len, dim],
+            WeightDtype::F32,
+        );
+        let args = vec![
+            read("ids", *ids),
+            weight_arg("table", table),
+            weight_arg("positions", positions),
+            write("y", y),
+        ];
+        self.op(path, OpKind::Embedding, args)?;
+        Ok(y)
+    }
+
+    fn gather_rows(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        rows: &[usize],
+    ) -> Result<TensorId, PlanError> {
+        self.require_single(path, "hidden", *x)?;
+        let y = self.tensor(path, shapes::gather_rows(path, self.shape(*x), rows)?)?;
+        self.op(
+            path,
+            OpKind::GatherRows,
+            vec![read("hidden", *x), write("y", y)],
+        )?;
+        Ok(y)
+    }
+}
+
+impl Graph {
+    /// Checks that `t` is one buffer: `path` is an op the executor runs on whole tensors only.
+    fn require_single(&self, path: &str, role: &str, t: TensorId) -> Result<(), PlanError> {
+        match self.planned(t) {
+            Some(tensor) if tensor.chunks.len() > 1 => Err(PlanError::Limit {
+                name: format!(
+                    "{}: {role} `{}` (this op does not split)",
+                    self.name(path),
+                    tensor.name
+                ),
+                needed: tensor.shape.bytes(),
+                max: self.limits().max_storage_binding,
+            }),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! The recorder interface: the operations a network block issues, each named by its diffusers
+//! module path. The networks (`nets`) are written once against it and read three ways:
+//!
+//! - [`crate::gpu::GpuRecorder`] records the kernel dispatches into a [`sd_kernels::Batch`]
+//!   (the executor);
+//! - [`crate::plan::Graph`] records buffers, lifetimes and chunks and checks them against the
+//!   device limits (the memory planner);
+//! - [`crate::cost::CostRecorder`] records each op's FLOPs, bytes and dispatches.
+//!
+//! Paths are relative to the model part (`down_blocks.0.resnets.1.conv1`); a layer with weights
+//! finds them at `<path>.weight` and `<path>.bias`. Every op returns a new tensor except
+//! [`Recorder::residual_add`], which updates its first operand in place (the only in-place
+//! kernel), so the plan's liveness is the executor's.
+
+use sd_kernels::ops::Activation;
+
+use crate::plan::{Padding, PlanError, Shape};
+
+/// `nn.Conv2d(in, out, kernel, stride, padding)` with bias; the input channels come from the
+/// input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv2d {
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel height and width.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding.
+    pub padding: Padding,
+}
+
+impl Conv2d {
+    /// A stride-1 convolution padded to keep the size (`kernel / 2` on every side).
+    pub fn same(out_channels: usize, kernel: usize) -> Self {
+        Self {
+            out_channels,
+            kernel,
+            stride: 1,
+            padding: Padding::same(kernel / 2),
+        }
+    }
+
+    /// The output side for an input side: `(side + before + after - kernel) / stride + 1`.
+    pub fn out_side(&self, side: usize) -> usize {
+        (side + self.padding.before + self.padding.after).saturating_sub(self.kernel)
+            / self.stride.max(1)
+            + 1
+    }
+}
+
+/// `nn.GroupNorm(groups, channels, eps)` (affine), optionally followed by SiLU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupNorm {
+    /// Groups.
+    pub groups: usize,
+    /// Epsilon.
+    pub eps: f64,
+    /// Whether SiLU follows in the same pass.
+    pub silu: bool,
+}
+
+/// diffusers' `Timesteps`: the sinusoidal embedding of each value into `dim` features (max
+/// period 10000), `per_row` values side by side in one output row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sinusoids {
+    /// Features per value.
+    pub dim: usize,
+    /// Cosines first.
+    pub flip_sin_to_cos: bool,
+    /// `downscale_freq_shift`.
+    pub freq_shift: f64,
+    /// Values per output row (1 for the timestep; 6 for SDXL's time ids).
+    pub per_row: usize,
+}
+
+/// Multi-head scaled dot-product attention, flash-style (no score matrix).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads {
+    /// Heads.
+    pub heads: usize,
+    /// Features per head.
+    pub head_dim: usize,
+    /// Query `i` sees keys `0..=i` only (CLIP).
+    pub causal: bool,
+}
+
+/// The operations a block issues. `Error` is what the recorder fails with; the networks' own
+/// errors are [`PlanError`]s (an unsupported config, shapes that do not fit together).
+pub trait Recorder {
+    /// A tensor as this recorder sees it: GPU buffers, a planned tensor, or a shape.
+    type Tensor: Clone;
+    /// What a recorder fails with.
+    type Error: From<PlanError>;
+
+    /// The logical shape of `t`.
+    fn shape(&self, t: &Self::Tensor) -> Shape;
+    /// The part's input `name` (uploaded by the caller).
+    fn input(&mut self, name: &str, shape: Shape) -> Result<Self::Tensor, Self::Error>;
+    /// The part's result `name` (read back by the caller).
+    fn output(&mut self, name: &str, t: &Self::Tensor) -> Result<(), Self::Error>;
+
+    /// `nn.Conv2d` on NCHW `x`.
+    fn conv2d(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        conv: Conv2d,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
+    fn group_norm(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        norm: GroupNorm,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.
+    fn linear(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `nn.LayerNorm` over each token of `x`.
+    fn layer_norm(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        eps: f64,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// An activation of `x`.
+    fn activation(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        f: Activation,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `x = (x + r) * scale`, in place in `x` (same shapes); returns `x`.
+    fn residual_add(
+        &mut self,
+        path: &str,
+        x: Self::Tensor,
+        r: &Self::Tensor,
+        scale: f64,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `x[n, c, :, :] + t[n, c]` (a ResNet's time embedding), `t` being `[n, 1, c]`.
+    fn add_channel_bias(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        t: &Self::Tensor,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `[n, c, h, w]` to token-major `[n, h*w, c]`.
+    fn to_tokens(&mut self, path: &str, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Token-major `[n, h*w, c]` to `[n, c, h, w]`.
+    fn to_nchw(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        size: (usize, usize),
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `torch.cat([a, b], dim=1)` of NCHW tensors, or along the features of token-major ones.
+    fn concat(
+        &mut self,
+        path: &str,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// Nearest-neighbour resize of NCHW `x` to `size`.
+    fn upsample_nearest(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        size: (usize, usize),
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `softmax(q k^T / sqrt(head_dim)) v` per head, token-major.
+    fn attention(
+        &mut self,
+        path: &str,
+        qkv: [&Self::Tensor; 3],
+        heads: Heads,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// `a * gelu(b)` where `[a, b]` are the halves of each row (diffusers' `GEGLU`).
+    fn geglu(&mut self, path: &str, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    /// Sinusoids of each value of flat `t`: `[len / per_row, 1, per_row * dim]`.
+    fn sinusoids(
+        &mut self,
+        path: &str,
+        t: &Self::Tensor,
+        spec: Sinusoids,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// CLIP's embeddings: `table[ids] + positions` (`<path>.token_embedding.weight`
+    /// `[vocab, dim]`, `<path>.position_embedding.weight` `[len, dim]`), ids flat `[n * len]`.
+    fn embedding(
+        &mut self,
+        path: &str,
+        ids: &Self::Tensor,
+        vocab: usize,
+        len: usize,
+        dim: usize,
+    ) -> Result<Self::Tensor, Self::Error>;
+    /// Row `rows[i]` of item `i` of token-major `x`, as `[n, 1, d]` (a pooled text output).
+    fn gather_rows(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        rows: &[usize],
+    ) -> Result<Self::Tensor, Self::Error>;
+}
+
+/// `[n, c, h, w]` of an NCHW tensor, or an architecture error naming `path`.
+pub fn nchw<R: Recorder>(
+    r: &R,
+    path: &str,
+    t: &R::Tensor,
+) -> Result<(usize, usize, usize, usize), PlanError> {
+    match r.shape(t) {
+        Shape::Nchw { n, c, h, w } => Ok((n, c, h, w)),
+        other => Err(layout_error(path, "NCHW", other)),
+    }
+}
+
+/// `[n, l, d]` of a token-major tensor, or an architecture error naming `path`.
+pub fn tokens<R: Recorder>(
+    r: &R,
+    path: &str,
+    t: &R::Tensor,
+) -> Result<(usize, usize, usize), PlanError> {
+    match r.shape(t) {
+        Shape::Tokens { n, l, d } => Ok((n, l, d)),
+        other => Err(layout_error(path, "token-major", other)),
+    }
+}
+
+fn layout_error(path: &str, wanted: &str, got: Shape) -> PlanError {
+    PlanError::Architecture {
+        part: "layout",
+        message: format!("the input of {path} is {got}, expected a {wanted} tensor"),
+    }
+}
+
+/// The output shape of each op, shared by every recorder.
+pub mod shapes {
+    use super::{Conv2d, PlanError, Shape, Sinusoids};
+
+    /// A convolution's output.
+    pub fn conv2d(path: &str, x: Shape, conv: &Conv2d) -> Result<Shape, PlanError> {
+        let Shape::Nchw { n, h, w, .. } = x else {
+            return Err(super::layout_error(path, "NCHW", x));
+        };
+        Ok(Shape::Nchw {
+            n,
+            c: conv.out_channels,
+            h: conv.out_side(h),
+            w: conv.out_side(w),
+        })
+    }
+
+    /// A linear layer's output.
+    pub fn linear(path: &str, x: Shape, out: usize) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, .. } = x else {
+            return Err(super::layout_error(path, "token-major", x));
+        };
+        Ok(Shape::Tokens { n, l, d: out })
+    }
+
+    /// `[n, c, h, w]` as tokens.
+    pub fn to_tokens(path: &str, x: Shape) -> Result<Shape, PlanError> {
+        let Shape::Nchw { n, c, h, w } = x else {
+            return Err(super::layout_error(path, "NCHW", x));
+        };
+        Ok(Shape::Tokens { n, l: h * w, d: c })
+    }
+
+    /// Tokens as `[n, c, h, w]`.
+    pub fn to_nchw(path: &str, x: Shape, (h, w): (usize, usize)) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, d } = x else {
+            return Err(super::layout_error(path, "token-major", x));
+        };
+        if l != h * w {
+            return Err(PlanError::Architecture {
+                part: "layout",
+                message: format!("{path}: {l} tokens are not {h}x{w}"),
+            });
+        }
+        Ok(Shape::Nchw { n, c: d, h, w })
+    }
+
+    /// Two tensors side by side along channels (NCHW) or features (tokens).
+    pub fn concat(path: &str, a: Shape, b: Shape) -> Result<Shape, PlanError> {
+        match (a, b) {
+            (
+                Shape::Nchw { n, c, h, w },
+                Shape::Nchw {
+                    n: nb,
+                    c: cb,
+                    h: hb,
+                    w: wb,
+                },
+            ) if (n, h, w) == (nb, hb, wb) => Ok(Shape::Nchw { n, c: c + cb, h, w }),
+            (
+                Shape::Tokens { n, l, d },
+                Shape::Tokens {
+                    n: nb,
+                    l: lb,
+                    d: db,
+                },
+            ) if (n, l) == (nb, lb) => Ok(Shape::Tokens { n, l, d: d + db }),
+            _ => Err(PlanError::Architecture {
+                part: "concat",
+                message: format!("{path}: {a} and {b} differ in batch or size"),
+            }),
+        }
+    }
+
+    /// An NCHW tensor resized.
+    pub fn upsample(path: &str, x: Shape, (h, w): (usize, usize)) -> Result<Shape, PlanError> {
+        let Shape::Nchw { n, c, .. } = x else {
+            return Err(super::layout_error(path, "NCHW", x));
+        };
+        Ok(Shape::Nchw { n, c, h, w })
+    }
+
+    /// GEGLU halves the features.
+    pub fn geglu(path: &str, x: Shape) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, d } = x else {
+            return Err(super::layout_error(path, "token-major", x));
+        };
+        Ok(Shape::Tokens { n, l, d: d / 2 })
+    }
+
+    /// Sinusoids of a flat tensor.
+    pub fn sinusoids(path: &str, t: Shape, spec: &Sinusoids) -> Result<Shape, PlanError> {
+        let Shape::Flat { len } = t else {
+            return Err(super::layout_error(path, "flat", t));
+        };
+        if spec.per_row == 0 || !len.is_multiple_of(spec.per_row) {
+            return Err(PlanError::Architecture {
+                part: "layout",
+                message: format!("{path}: {len} values are not rows of {}", spec.per_row),
+            });
+        }
+        Ok(Shape::Tokens {
+            n: len / spec.per_row,
+            l: 1,
+            d: spec.per_row * spec.dim,
+        })
+    }
+
+    /// CLIP's embedding of flat ids.
+    pub fn embedding(path: &str, ids: Shape, len: usize, dim: usize) -> Result<Shape, PlanError> {
+        let Shape::Flat { len: total } = ids else {
+            return Err(super::layout_error(path, "flat", ids));
+        };
+        if len == 0 || !total.is_multiple_of(len) {
+            return Err(PlanError::Architecture {
+                part: "layout",
+                message: format!("{path}: {total} ids are not rows of {len}"),
+            });
+        }
+        Ok(Shape::Tokens {
+            n: total / len,
+            l: len,
+            d: dim,
+        })
+    }
+
+    /// One row per item.
+    pub fn gather_rows(path: &str, x: Shape, rows: &[usize]) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, d } = x else {
+            return Err(super::layout_error(path, "token-major", x));
+        };
+        if rows.len() != n || rows.iter().any(|&r| r >= l) {
+            return Err(PlanError::Architecture {
+                part: "layout",
+                message: format!("{path}: rows {rows:?} do not fit {n} items of {l} tokens"),
+            });
+        }
+        Ok(Shape::Tokens { n, l: 1, d })
+    }
+}
