@@ -36,6 +36,9 @@ commands:
   bench web         the 20-step generation in headless Chromium vs natively in the same run,
                     and the browser's cold and cached model loads
   bench kernels     GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
+  cost --model DIR [--size N] [--no-cfg]
+                    FLOPs, bytes moved, dispatches and peak memory per part, and the top ops by
+                    FLOPs, from a model's configs alone (e.g. --model tests/configs/sd21)
   info              the adapter the kernels run on";
 
 fn main() -> Result<()> {
@@ -81,6 +84,7 @@ fn main() -> Result<()> {
             .run()?)
         }),
         ["info"] => Ok(cmd!(sh, "cargo run --quiet -p sd-cli -- info").run()?),
+        ["cost", rest @ ..] => Ok(cmd!(sh, "cargo run --quiet -p sd-cli -- cost {rest...}").run()?),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown command: {}", args.join(" "))

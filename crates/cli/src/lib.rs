@@ -2,6 +2,7 @@
 //! tests run exactly the CLI's code path).
 
 pub mod bench;
+pub mod cost;
 pub mod download;
 pub mod generate;
 pub mod serve;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use sd_cli::{bench, generate, serve};
+use sd_cli::{bench, cost, generate, serve};
 use sd_kernels::{ContextOptions, GpuContext};
 
 #[derive(Debug, Parser)]
@@ -59,6 +59,9 @@ enum Command {
     /// SD_EXPECT_BACKEND makes this fail on any other backend; SD_F16=packed forces the
     /// packed f16 path.
     Info,
+    /// What one generation costs, from a model's configs alone: per part FLOPs, bytes moved,
+    /// dispatches and peak memory, and the ops with the most FLOPs.
+    Cost(cost::CostArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Info => info(),
+        Command::Cost(args) => cost::run(&args),
         Command::Models {
             action: None | Some(ModelsCommand::List),
         } => {

@@ -79,6 +79,11 @@ pub struct TextEncoding {
 }
 
 impl CLIPTextModel {
+    /// The weights on the GPU, by key.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     /// Builds the encoder from its config and weights.
     pub fn load(config: &CLIPTextConfig, p: &Params<'_>) -> Result<Self> {
         // transformers saves `CLIPTextModelWithProjection`'s projection beside `text_model.`
@@ -190,6 +195,11 @@ pub struct UNet2DConditionModel {
 }
 
 impl UNet2DConditionModel {
+    /// The weights on the GPU, by key.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     /// Builds the UNet from its config, loading every weight by its diffusers name.
     pub fn load(config: &UNet2DConditionConfig, p: &Params<'_>) -> Result<Self> {
         let groups = config.norm_num_groups.unwrap_or(0);
@@ -271,6 +281,11 @@ pub struct VaeDecoder {
 }
 
 impl VaeEncoder {
+    /// The weights on the GPU, by key.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     /// Loads `encoder.*` and `quant_conv` from the VAE's weights.
     pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
         let mut walk = Graph::new(Part::VaeEncoder, NO_LIMITS, config.norm_num_groups);
@@ -299,6 +314,11 @@ impl VaeEncoder {
 }
 
 impl VaeDecoder {
+    /// The weights on the GPU, by key.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
     /// Loads `decoder.*` and `post_quant_conv` from the VAE's weights.
     pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
         let mut walk = Graph::new(Part::VaeDecoder, NO_LIMITS, config.norm_num_groups);

@@ -326,6 +326,34 @@ pub enum OpKind {
     TokensToNchw,
 }
 
+impl OpKind {
+    /// The op's name, as the cost model ([`crate::cost::OpCost::kind`]) names it; group-norm
+    /// statistics are part of `group_norm`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Input => "input",
+            Self::Output => "output",
+            Self::Embedding => "embedding",
+            Self::TimestepEmbedding { .. } => "sinusoids",
+            Self::Linear { .. } => "linear",
+            Self::Conv2d { .. } => "conv2d",
+            Self::GroupNormStats { .. } => "group_norm_stats",
+            Self::GroupNormApply { .. } => "group_norm",
+            Self::LayerNorm { .. } => "layer_norm",
+            Self::Attention { .. } => "attention",
+            Self::Activation(_) => "activation",
+            Self::Geglu => "geglu",
+            Self::ResidualAdd { .. } => "residual_add",
+            Self::AddChannelBias => "add_channel_bias",
+            Self::UpsampleNearest => "upsample_nearest",
+            Self::Concat => "concat",
+            Self::GatherRows => "gather_rows",
+            Self::NchwToTokens => "to_tokens",
+            Self::TokensToNchw => "to_nchw",
+        }
+    }
+}
+
 /// One kernel launch (or a few: one per chunk) in execution order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Op {

@@ -1,0 +1,175 @@
+//! The trace test: for the digits model and every tiny-architecture fixture, the commands the
+//! GPU recorder issues per op (recorded into a batch, not submitted) are the ops and dispatch
+//! counts the cost model (and so the planner, `cost.rs`) counts, path by path.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
+use sd_models::cost::{CostRecorder, OpCost};
+use sd_models::gpu::{GpuRecorder, Issued};
+use sd_models::nets::clip::{TextOutput, TextRequest, clip_text_model};
+use sd_models::nets::unet::{UNetInputs, unet_2d_condition_model};
+use sd_models::nets::vae;
+use sd_models::{
+    CLIPTextModel, ModelSource, Params, PipelineFiles, UNet2DConditionModel, VaeDecoder, VaeEncoder,
+};
+
+fn ctx() -> &'static GpuContext {
+    static CTX: OnceLock<GpuContext> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let options = ContextOptions::for_tests().expect("valid environment");
+        pollster::block_on(GpuContext::new(options)).expect("a GPU adapter")
+    })
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+}
+
+fn zeros(shape: &[usize]) -> Tensor {
+    let len = shape.iter().product();
+    ctx().upload_f32(&vec![0.0; len], shape).expect("upload")
+}
+
+/// Checks that the GPU recorder issued, op by op, the commands the cost model counts.
+fn same_trace(label: &str, issued: &[Issued], cost: &CostRecorder) {
+    let issued: Vec<(&str, usize)> = issued
+        .iter()
+        .map(|Issued { path, commands }| (path.as_str(), *commands))
+        .collect();
+    let counted: Vec<(&str, usize)> = cost
+        .ops()
+        .iter()
+        .map(
+            |OpCost {
+                 path, dispatches, ..
+             }| (path.as_str(), *dispatches),
+        )
+        .collect();
+    assert!(!issued.is_empty(), "{label}: nothing issued");
+    assert_eq!(issued, counted, "{label}");
+    println!("{label}: {} ops", issued.len());
+}
+
+fn params(source: &ModelSource, component: &str, f: impl FnOnce(&Params<'_>)) {
+    let weights = source.weights(component).expect("weights");
+    f(&Params {
+        ctx: ctx(),
+        scope: weights.root(),
+        matrices: DType::F16,
+    });
+}
+
+fn trace_model(name: &str, folder: &Path) {
+    let source = ModelSource::folder(folder);
+    let files = PipelineFiles::read(&source).expect("configs");
+    let (batch_size, latent) = (2, 8);
+
+    // Text encoder(s): the last hidden state, and the pooled output where there is one.
+    for (component, config) in [
+        ("text_encoder", Some(&files.text_encoder)),
+        ("text_encoder_2", files.text_encoder_2.as_ref()),
+    ] {
+        let Some(config) = config else { continue };
+        params(&source, component, |p| {
+            let model = CLIPTextModel::load(config, p).expect("load");
+            let len = config.max_position_embeddings;
+            let ids = vec![1u32; batch_size * len];
+            let ids_gpu = ctx().upload_u32(&ids, &[batch_size, len]).expect("upload");
+            let pooled = p.scope.contains("text_projection.weight");
+            let eos = vec![len - 1; batch_size];
+            let request = TextRequest {
+                prompts: batch_size,
+                output: TextOutput::Last,
+                pooled_at: pooled.then_some(eos.as_slice()),
+            };
+            let mut batch = ctx().batch();
+            let mut r = GpuRecorder::new(&mut batch, model.weights(), "text_encoder", 0)
+                .with_input("input_ids", ids_gpu)
+                .with_host_ids(&ids);
+            clip_text_model(&mut r, config, &request).expect("record");
+            let mut cost = CostRecorder::default();
+            clip_text_model(&mut cost, config, &request).expect("cost");
+            same_trace(&format!("{name} {component}"), r.issued(), &cost);
+        });
+    }
+
+    // One UNet call with every conditioning its config asks for.
+    params(&source, "unet", |p| {
+        let config = &files.unet;
+        let model = UNet2DConditionModel::load(config, p).expect("load");
+        let text_len = files.text_encoder.max_position_embeddings;
+        let cross = config.cross_attention_dim_per_block()[0];
+        let inputs = UNetInputs {
+            batch: batch_size,
+            height: latent,
+            width: latent,
+            text_len,
+        };
+        let mut batch = ctx().batch();
+        let groups = config.norm_num_groups.unwrap_or(0);
+        let mut r = GpuRecorder::new(&mut batch, model.weights(), "unet", groups)
+            .with_input(
+                "sample",
+                zeros(&[batch_size, config.in_channels, latent, latent]),
+            )
+            .with_input("timestep", zeros(&[batch_size]))
+            .with_input(
+                "encoder_hidden_states",
+                zeros(&[batch_size, text_len, cross]),
+            );
+        if let Some(dim) = config.time_cond_proj_dim {
+            r = r.with_input("timestep_cond", zeros(&[batch_size, dim]));
+        }
+        if let (Some(total), Some(dim)) = (
+            config.projection_class_embeddings_input_dim,
+            config.addition_time_embed_dim,
+        ) {
+            r = r
+                .with_input("text_embeds", zeros(&[batch_size, total - 6 * dim]))
+                .with_input("time_ids", zeros(&[batch_size, 6]));
+        }
+        unet_2d_condition_model(&mut r, config, &inputs).expect("record");
+        let mut cost = CostRecorder::default();
+        unet_2d_condition_model(&mut cost, config, &inputs).expect("cost");
+        same_trace(&format!("{name} unet"), r.issued(), &cost);
+    });
+
+    // The VAE both ways.
+    params(&source, "vae", |p| {
+        let config = &files.vae;
+        let decoder = VaeDecoder::load(config, p).expect("load");
+        let mut batch = ctx().batch();
+        let mut r = GpuRecorder::new(&mut batch, decoder.weights(), "vae", config.norm_num_groups)
+            .with_input(
+                "latents",
+                zeros(&[1, config.latent_channels, latent, latent]),
+            );
+        vae::decoder(&mut r, config, (latent, latent)).expect("record");
+        let mut cost = CostRecorder::default();
+        vae::decoder(&mut cost, config, (latent, latent)).expect("cost");
+        same_trace(&format!("{name} vae decoder"), r.issued(), &cost);
+        drop(r);
+        // A batch holds the context's recording lock until it is dropped.
+        drop(batch);
+
+        let encoder = VaeEncoder::load(config, p).expect("load");
+        let size = latent * config.scale_factor();
+        let mut batch = ctx().batch();
+        let mut r = GpuRecorder::new(&mut batch, encoder.weights(), "vae", config.norm_num_groups)
+            .with_input("sample", zeros(&[1, config.in_channels, size, size]));
+        vae::encoder(&mut r, config, (size, size)).expect("record");
+        let mut cost = CostRecorder::default();
+        vae::encoder(&mut cost, config, (size, size)).expect("cost");
+        same_trace(&format!("{name} vae encoder"), r.issued(), &cost);
+    });
+}
+
+#[test]
+fn the_gpu_recorder_issues_what_the_cost_model_counts() {
+    trace_model("digits", &fixtures().join("tiny-sd-digits"));
+    for tiny in ["sd2-v", "turbo", "sdxl", "lcm", "inpaint9"] {
+        trace_model(tiny, &fixtures().join("tiny-arch").join(tiny));
+    }
+}
