@@ -47,9 +47,7 @@
 //! tests/browser` and Debian's chromium (`apt-get install -y chromium`); `cargo xtask test` sees
 //! to all three. A missing one fails the test with the command that provides it.
 
-#[path = "../../crates/cli/tests/support/judge.rs"]
-#[allow(dead_code)]
-mod judge;
+use sd_test_support::judge;
 #[path = "../common/native.rs"]
 mod native;
 
@@ -213,7 +211,7 @@ fn demo_and_package_in_headless_chromium() {
     }
     std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
 
-    let fixtures = judge::fixtures();
+    let fixtures = sd_test_support::fixtures();
     let arch_dir = out.join("arch");
     write_arch_cases(&fixtures, &arch_dir);
     let mut routes = static_server::demo_routes(&root);

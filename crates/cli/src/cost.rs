@@ -6,10 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
-use sd_models::ModelSource;
 use sd_models::cost::{CostReport, cost};
-use sd_models::plan::{DeviceLimits, ModelConfigs, PlanRequest, plan};
+use sd_models::plan::{DeviceLimits, PlanRequest, plan};
+use sd_models::{ModelSource, NetworkConfigFiles};
 
 /// `sd cost` options.
 #[derive(Debug, Args)]
@@ -37,32 +36,9 @@ pub struct CostArgs {
 ///
 /// A config that cannot be read or parsed, an unsupported architecture or size.
 pub fn run(args: &CostArgs) -> Result<()> {
-    let source = ModelSource::folder(&args.model);
-    let read = |path: &str| {
-        source
-            .read_text(path)
-            .with_context(|| format!("reading {}", args.model.join(path).display()))
-    };
-    let text_encoder = CLIPTextConfig::from_json(
-        "text_encoder/config.json",
-        &read("text_encoder/config.json")?,
-    )?;
-    let text_encoder_2 = if source.has("text_encoder_2/config.json") {
-        Some(CLIPTextConfig::from_json(
-            "text_encoder_2/config.json",
-            &read("text_encoder_2/config.json")?,
-        )?)
-    } else {
-        None
-    };
-    let unet = UNet2DConditionConfig::from_json("unet/config.json", &read("unet/config.json")?)?;
-    let vae = AutoencoderKLConfig::from_json("vae/config.json", &read("vae/config.json")?)?;
-    let configs = ModelConfigs {
-        text_encoder: &text_encoder,
-        text_encoder_2: text_encoder_2.as_ref(),
-        unet: &unet,
-        vae: &vae,
-    };
+    let files = NetworkConfigFiles::read(&ModelSource::folder(&args.model))
+        .with_context(|| format!("reading the configs of {}", args.model.display()))?;
+    let configs = files.configs();
     let request = PlanRequest {
         width: args.size,
         height: args.size,

@@ -6,16 +6,13 @@
 //! generates. Each refusal's time is printed; parameter checks do not wait for the slow parts
 //! (diffusion), and file checks happen before the model is loaded where they can.
 
+use sd_test_support::fixtures;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use sd_cli::generate::{GenerateArgs, run};
 use sd_wgsl::Device;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
 
 /// The CLI's defaults (`sd generate` with no options), writing into `dir`, with a fixed seed.
 fn defaults(dir: &Path) -> GenerateArgs {

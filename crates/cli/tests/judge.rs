@@ -7,7 +7,8 @@
 
 mod support;
 
-use support::judge::{Judged, fixtures, judge_png, judge_rgb, read_png_rgb};
+use sd_test_support::fixtures;
+use support::judge::{Judged, judge_png, judge_rgb, read_png_rgb};
 
 fn expected(prompt: usize) -> Judged {
     match prompt {

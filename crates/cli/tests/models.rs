@@ -3,9 +3,7 @@
 //! --model NAME` looks in the first, then the second, and refuses names that leave them; a hub
 //! preset downloads from `$HF_ENDPOINT` into `$HF_HOME` (a stand-in hub here), once.
 
-#[path = "../../sd/tests/support/hub_mirror.rs"]
-#[allow(dead_code)]
-mod hub_mirror;
+use sd_test_support::hub_mirror;
 mod support;
 
 use std::path::Path;

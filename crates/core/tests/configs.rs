@@ -2,6 +2,7 @@
 //! SD 1.5's configs and the tiny random-weight architectures) and checks the values that the
 //! models depend on, plus the errors for missing and wrongly typed keys.
 
+use sd_test_support::fixtures;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,10 +12,6 @@ use sd_core::config::{
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
 
 fn read(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
     fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())

@@ -8,6 +8,7 @@
 //! and LCM. (DPM++ 2S ancestral and DPM++ 2M v2 have no diffusers class and so no reference
 //! here; `sampler_rules.rs` and `sampler_convergence.rs` check them.)
 
+use sd_test_support::fixtures;
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,10 +19,6 @@ use sd_core::sampler::{Algorithm, Sampler, SamplerKind};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 type AnyError = Box<dyn std::error::Error>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
 
 fn refs_dir() -> PathBuf {
     fixtures().join("tiny-sd-digits-refs")

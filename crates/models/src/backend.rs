@@ -93,13 +93,74 @@ impl UNetInputs {
     }
 }
 
-/// The configs of the model's networks.
+/// The configs of the model's networks: what the backends build, the planner plans and the
+/// cost model counts.
 #[derive(Debug, Clone, Copy)]
 pub struct NetworkConfigs<'a> {
+    /// `text_encoder/config.json`.
     pub text_encoder: &'a CLIPTextConfig,
+    /// `text_encoder_2/config.json` (SDXL).
     pub text_encoder_2: Option<&'a CLIPTextConfig>,
+    /// `unet/config.json`.
     pub unet: &'a UNet2DConditionConfig,
+    /// `vae/config.json`.
     pub vae: &'a AutoencoderKLConfig,
+}
+
+/// The network configs of a model folder, owned; read without tokenizers or weights, for the
+/// planner and the cost model (`sd cost`).
+#[derive(Debug, Clone)]
+pub struct NetworkConfigFiles {
+    /// `text_encoder/config.json`.
+    pub text_encoder: CLIPTextConfig,
+    /// `text_encoder_2/config.json` (SDXL).
+    pub text_encoder_2: Option<CLIPTextConfig>,
+    /// `unet/config.json`.
+    pub unet: UNet2DConditionConfig,
+    /// `vae/config.json`.
+    pub vae: AutoencoderKLConfig,
+}
+
+impl NetworkConfigFiles {
+    /// Reads the `*/config.json` of `source`'s text encoder(s), UNet and VAE.
+    ///
+    /// # Errors
+    ///
+    /// A file that is missing or not a valid config.
+    pub fn read(source: &crate::ModelSource) -> crate::Result<Self> {
+        let second = "text_encoder_2/config.json";
+        Ok(Self {
+            text_encoder: CLIPTextConfig::from_json(
+                "text_encoder/config.json",
+                &source.read_text("text_encoder/config.json")?,
+            )?,
+            text_encoder_2: match source.has(second) {
+                true => Some(CLIPTextConfig::from_json(
+                    second,
+                    &source.read_text(second)?,
+                )?),
+                false => None,
+            },
+            unet: UNet2DConditionConfig::from_json(
+                "unet/config.json",
+                &source.read_text("unet/config.json")?,
+            )?,
+            vae: AutoencoderKLConfig::from_json(
+                "vae/config.json",
+                &source.read_text("vae/config.json")?,
+            )?,
+        })
+    }
+
+    /// The configs by reference.
+    pub fn configs(&self) -> NetworkConfigs<'_> {
+        NetworkConfigs {
+            text_encoder: &self.text_encoder,
+            text_encoder_2: self.text_encoder_2.as_ref(),
+            unet: &self.unet,
+            vae: &self.vae,
+        }
+    }
 }
 
 /// A generation's size, for the checks a backend makes before it starts.

@@ -13,10 +13,11 @@ use std::fmt;
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
 use sd_kernels::ops::Activation;
 
-use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
+use crate::backend::NetworkConfigs;
+use crate::nets::clip::clip_text_model;
 use crate::nets::unet::{UNetInputs, unet_2d_condition_model};
 use crate::nets::vae;
-use crate::plan::{ModelConfigs, Part, PlanError, PlanRequest, Shape};
+use crate::plan::{Part, PlanError, PlanRequest, Shape, counted_text_call};
 use crate::record::{Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
 
 /// The cost of one op.
@@ -298,7 +299,10 @@ impl PartCost {
 /// # Errors
 ///
 /// The walks' [`PlanError`]s (an unsupported config, a bad size).
-pub fn cost(configs: &ModelConfigs<'_>, request: &PlanRequest) -> Result<Vec<PartCost>, PlanError> {
+pub fn cost(
+    configs: &NetworkConfigs<'_>,
+    request: &PlanRequest,
+) -> Result<Vec<PartCost>, PlanError> {
     let factor = configs.vae.scale_factor().max(1);
     let (w, h) = (request.width as usize, request.height as usize);
     if w == 0 || h == 0 || !w.is_multiple_of(factor) || !h.is_multiple_of(factor) {
@@ -333,13 +337,9 @@ pub fn cost(configs: &ModelConfigs<'_>, request: &PlanRequest) -> Result<Vec<Par
 
 fn text_cost(config: &CLIPTextConfig, part: Part, batch: usize) -> Result<PartCost, PlanError> {
     let mut r = CostRecorder::default();
-    let end_tokens = vec![config.max_position_embeddings.saturating_sub(1); batch];
-    let request = TextRequest {
-        prompts: batch,
-        output: TextOutput::Last,
-        pooled_at: (part == Part::TextEncoder2).then_some(end_tokens.as_slice()),
-    };
-    clip_text_model(&mut r, config, &request)?;
+    counted_text_call(config, part, batch, |request| {
+        clip_text_model(&mut r, config, request)
+    })?;
     Ok(part_cost(part, r))
 }
 
@@ -416,7 +416,7 @@ impl fmt::Display for CostReport<'_> {
             .iter()
             .flat_map(|p| p.ops.iter().map(move |o| (p, o)))
             .collect();
-        all.sort_by(|a, b| b.1.flops.cmp(&a.1.flops));
+        all.sort_by_key(|(_, op)| std::cmp::Reverse(op.flops));
         writeln!(f, "top {} ops by FLOPs:", self.top)?;
         for (p, op) in all.iter().take(self.top) {
             writeln!(

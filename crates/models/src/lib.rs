@@ -21,7 +21,9 @@ pub mod png;
 pub mod record;
 pub mod source;
 
-pub use backend::{DeviceKind, Networks, PromptEmbeddings, UNetInputs};
+pub use backend::{
+    DeviceKind, NetworkConfigFiles, NetworkConfigs, Networks, PromptEmbeddings, UNetInputs,
+};
 pub use gpu::{
     CLIPTextModel, GpuNetworks, Params, TextEncoding, UNet2DConditionModel, UNetConditioning,
     VaeDecoder, VaeEncoder,
@@ -67,9 +69,27 @@ pub enum ModelError {
     /// The sampler could not be built or stepped.
     #[error(transparent)]
     Sampler(#[from] sd_core::sampler::SamplerError),
-    /// Tensors that do not fit together (a bug or a bad input).
-    #[error("shape mismatch: {0}")]
-    Shape(String),
+    /// An op or a part was given tensors that do not fit it (a caller's bug), naming it.
+    #[error("{op}: {message}")]
+    Mismatch {
+        /// The op (`unet.conv_in`), the part or the call.
+        op: String,
+        /// What does not fit.
+        message: String,
+    },
+    /// A model lacks a module its use needs (SDXL's pooled output without `text_projection`).
+    #[error("the {part} has no `{module}`, which {purpose} needs")]
+    MissingModule {
+        /// `text_encoder_2`.
+        part: &'static str,
+        /// The module.
+        module: &'static str,
+        /// What needs it.
+        purpose: &'static str,
+    },
+    /// The request asked for no image.
+    #[error("no image was generated: the request asked for none")]
+    NoImages,
     /// An input image or mask that cannot be used.
     #[error("{field}: {message}")]
     Input {

@@ -27,6 +27,7 @@ pub mod chunk;
 mod graph;
 mod recorder;
 
+pub use crate::backend::NetworkConfigs;
 pub use crate::nets::unet::UNetInputs;
 pub use chunk::{ChunkSpec, channel_chunk, chunk_group_size, chunk_layout, row_chunk};
 pub(crate) use graph::Graph;
@@ -54,14 +55,27 @@ pub fn plan_text_encoder(
     limits: &DeviceLimits,
 ) -> Result<PartPlan, PlanError> {
     let mut g = Graph::new(part, *limits, 0);
+    counted_text_call(config, part, batch, |request| {
+        clip_text_model(&mut g, config, request)
+    })?;
+    g.finish()
+}
+
+/// Calls `walk` with the text-encoder call that the planner and the cost model count:
+/// `batch` prompts' last hidden state, and for SDXL's second encoder the pooled output (read
+/// at the last token).
+pub(crate) fn counted_text_call<T>(
+    config: &CLIPTextConfig,
+    part: Part,
+    batch: usize,
+    walk: impl FnOnce(&TextRequest<'_>) -> T,
+) -> T {
     let end_tokens = vec![config.max_position_embeddings.saturating_sub(1); batch];
-    let request = TextRequest {
+    walk(&TextRequest {
         prompts: batch,
         output: TextOutput::Last,
         pooled_at: (part == Part::TextEncoder2).then_some(end_tokens.as_slice()),
-    };
-    clip_text_model(&mut g, config, &request)?;
-    g.finish()
+    })
 }
 
 /// Plans one UNet call.
@@ -94,9 +108,10 @@ pub fn plan_vae_decoder(
     latent_width: usize,
     limits: &DeviceLimits,
 ) -> Result<PartPlan, PlanError> {
-    let mut g = Graph::new(Part::VaeDecoder, *limits, config.norm_num_groups);
-    vae::decoder(&mut g, config, (latent_height, latent_width))?;
-    g.finish()
+    let latent = (latent_height, latent_width);
+    plan_vae(Part::VaeDecoder, config, limits, |g| {
+        vae::decoder(g, config, latent)
+    })
 }
 
 /// Plans `vae.encode` of one `height` x `width` image.
@@ -110,8 +125,19 @@ pub fn plan_vae_encoder(
     width: usize,
     limits: &DeviceLimits,
 ) -> Result<PartPlan, PlanError> {
-    let mut g = Graph::new(Part::VaeEncoder, *limits, config.norm_num_groups);
-    vae::encoder(&mut g, config, (height, width))?;
+    plan_vae(Part::VaeEncoder, config, limits, |g| {
+        vae::encoder(g, config, (height, width))
+    })
+}
+
+fn plan_vae(
+    part: Part,
+    config: &AutoencoderKLConfig,
+    limits: &DeviceLimits,
+    walk: impl FnOnce(&mut Graph) -> Result<(), PlanError>,
+) -> Result<PartPlan, PlanError> {
+    let mut g = Graph::new(part, *limits, config.norm_num_groups);
+    walk(&mut g)?;
     g.finish()
 }
 
@@ -262,19 +288,6 @@ impl PlanRequest {
     }
 }
 
-/// The configs of the three models of a pipeline.
-#[derive(Debug, Clone, Copy)]
-pub struct ModelConfigs<'a> {
-    /// `text_encoder/config.json`.
-    pub text_encoder: &'a CLIPTextConfig,
-    /// `text_encoder_2/config.json` (SDXL).
-    pub text_encoder_2: Option<&'a CLIPTextConfig>,
-    /// `unet/config.json`.
-    pub unet: &'a UNet2DConditionConfig,
-    /// `vae/config.json`.
-    pub vae: &'a AutoencoderKLConfig,
-}
-
 /// The plan of a whole generation: every part, and the figures that decide whether it fits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryPlan {
@@ -311,7 +324,7 @@ impl MemoryPlan {
 /// scale factor (8), [`PlanError::Batch`] for zero images, [`PlanError::Limit`] naming the op
 /// whose binding or buffer does not fit, and the errors of the part planners.
 pub fn plan(
-    configs: &ModelConfigs<'_>,
+    configs: &NetworkConfigs<'_>,
     request: &PlanRequest,
     limits: &DeviceLimits,
 ) -> Result<MemoryPlan, PlanError> {

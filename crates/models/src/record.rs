@@ -85,6 +85,9 @@ pub struct Heads {
     pub causal: bool,
 }
 
+/// What an op returns: the recorder's tensor or its error.
+pub type Out<R> = Result<<R as Recorder>::Tensor, <R as Recorder>::Error>;
+
 /// The operations a block issues. `Error` is what the recorder fails with; the networks' own
 /// errors are [`PlanError`]s (an unsupported config, shapes that do not fit together).
 pub trait Recorder {
@@ -96,24 +99,14 @@ pub trait Recorder {
     /// The logical shape of `t`.
     fn shape(&self, t: &Self::Tensor) -> Shape;
     /// The part's input `name` (uploaded by the caller).
-    fn input(&mut self, name: &str, shape: Shape) -> Result<Self::Tensor, Self::Error>;
+    fn input(&mut self, name: &str, shape: Shape) -> Out<Self>;
     /// The part's result `name` (read back by the caller).
     fn output(&mut self, name: &str, t: &Self::Tensor) -> Result<(), Self::Error>;
 
     /// `nn.Conv2d` on NCHW `x`.
-    fn conv2d(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        conv: Conv2d,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn conv2d(&mut self, path: &str, x: &Self::Tensor, conv: Conv2d) -> Out<Self>;
     /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
-    fn group_norm(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        norm: GroupNorm,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn group_norm(&mut self, path: &str, x: &Self::Tensor, norm: GroupNorm) -> Out<Self>;
     /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.
     fn linear(
         &mut self,
@@ -121,21 +114,11 @@ pub trait Recorder {
         x: &Self::Tensor,
         out_features: usize,
         bias: bool,
-    ) -> Result<Self::Tensor, Self::Error>;
+    ) -> Out<Self>;
     /// `nn.LayerNorm` over each token of `x`.
-    fn layer_norm(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        eps: f64,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn layer_norm(&mut self, path: &str, x: &Self::Tensor, eps: f64) -> Out<Self>;
     /// An activation of `x`.
-    fn activation(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        f: Activation,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn activation(&mut self, path: &str, x: &Self::Tensor, f: Activation) -> Out<Self>;
     /// `x = (x + r) * scale`, in place in `x` (same shapes); returns `x`.
     fn residual_add(
         &mut self,
@@ -143,53 +126,24 @@ pub trait Recorder {
         x: Self::Tensor,
         r: &Self::Tensor,
         scale: f64,
-    ) -> Result<Self::Tensor, Self::Error>;
+    ) -> Out<Self>;
     /// `x[n, c, :, :] + t[n, c]` (a ResNet's time embedding), `t` being `[n, 1, c]`.
-    fn add_channel_bias(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        t: &Self::Tensor,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn add_channel_bias(&mut self, path: &str, x: &Self::Tensor, t: &Self::Tensor) -> Out<Self>;
     /// `[n, c, h, w]` to token-major `[n, h*w, c]`.
-    fn to_tokens(&mut self, path: &str, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    fn to_tokens(&mut self, path: &str, x: &Self::Tensor) -> Out<Self>;
     /// Token-major `[n, h*w, c]` to `[n, c, h, w]`.
-    fn to_nchw(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        size: (usize, usize),
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn to_nchw(&mut self, path: &str, x: &Self::Tensor, size: (usize, usize)) -> Out<Self>;
     /// `torch.cat([a, b], dim=1)` of NCHW tensors, or along the features of token-major ones.
-    fn concat(
-        &mut self,
-        path: &str,
-        a: &Self::Tensor,
-        b: &Self::Tensor,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn concat(&mut self, path: &str, a: &Self::Tensor, b: &Self::Tensor) -> Out<Self>;
     /// Nearest-neighbour resize of NCHW `x` to `size`.
-    fn upsample_nearest(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        size: (usize, usize),
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn upsample_nearest(&mut self, path: &str, x: &Self::Tensor, size: (usize, usize))
+    -> Out<Self>;
     /// `softmax(q k^T / sqrt(head_dim)) v` per head, token-major.
-    fn attention(
-        &mut self,
-        path: &str,
-        qkv: [&Self::Tensor; 3],
-        heads: Heads,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn attention(&mut self, path: &str, qkv: [&Self::Tensor; 3], heads: Heads) -> Out<Self>;
     /// `a * gelu(b)` where `[a, b]` are the halves of each row (diffusers' `GEGLU`).
-    fn geglu(&mut self, path: &str, x: &Self::Tensor) -> Result<Self::Tensor, Self::Error>;
+    fn geglu(&mut self, path: &str, x: &Self::Tensor) -> Out<Self>;
     /// Sinusoids of each value of flat `t`: `[len / per_row, 1, per_row * dim]`.
-    fn sinusoids(
-        &mut self,
-        path: &str,
-        t: &Self::Tensor,
-        spec: Sinusoids,
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn sinusoids(&mut self, path: &str, t: &Self::Tensor, spec: Sinusoids) -> Out<Self>;
     /// CLIP's embeddings: `table[ids] + positions` (`<path>.token_embedding.weight`
     /// `[vocab, dim]`, `<path>.position_embedding.weight` `[len, dim]`), ids flat `[n * len]`.
     fn embedding(
@@ -199,14 +153,9 @@ pub trait Recorder {
         vocab: usize,
         len: usize,
         dim: usize,
-    ) -> Result<Self::Tensor, Self::Error>;
+    ) -> Out<Self>;
     /// Row `rows[i]` of item `i` of token-major `x`, as `[n, 1, d]` (a pooled text output).
-    fn gather_rows(
-        &mut self,
-        path: &str,
-        x: &Self::Tensor,
-        rows: &[usize],
-    ) -> Result<Self::Tensor, Self::Error>;
+    fn gather_rows(&mut self, path: &str, x: &Self::Tensor, rows: &[usize]) -> Out<Self>;
 }
 
 /// `[n, c, h, w]` of an NCHW tensor, or an architecture error naming `path`.

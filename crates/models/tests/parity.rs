@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
 use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
@@ -20,11 +19,7 @@ fn model_dir() -> PathBuf {
 }
 
 fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        pollster::block_on(GpuContext::new(options)).expect("a GPU adapter on the expected backend")
-    })
+    sd_test_support::gpu_context()
 }
 
 fn component(name: &str) -> Component {

@@ -21,10 +21,9 @@ use common::{fixtures, max_abs_diff, reference};
 fn model() -> &'static StableDiffusion {
     static MODEL: OnceLock<StableDiffusion> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
         let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
-        StableDiffusion::load(ctx, &source, DType::F32).expect("load the digits model")
+        StableDiffusion::load(common::context(), &source, DType::F32)
+            .expect("load the digits model")
     })
 }
 

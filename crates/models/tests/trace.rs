@@ -2,29 +2,23 @@
 //! GPU recorder issues per op (recorded into a batch, not submitted) are the ops and dispatch
 //! counts the cost model (and so the planner, `cost.rs`) counts, path by path.
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use sd_test_support::fixtures;
+use std::path::Path;
 
-use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
+use sd_core::config::AutoencoderKLConfig;
+use sd_kernels::{DType, GpuContext, Tensor};
 use sd_models::cost::{CostRecorder, OpCost};
-use sd_models::gpu::{GpuRecorder, Issued};
+use sd_models::gpu::{GpuRecorder, Issued, Weights};
 use sd_models::nets::clip::{TextOutput, TextRequest, clip_text_model};
 use sd_models::nets::unet::{UNetInputs, unet_2d_condition_model};
 use sd_models::nets::vae;
+use sd_models::plan::PlanError;
 use sd_models::{
     CLIPTextModel, ModelSource, Params, PipelineFiles, UNet2DConditionModel, VaeDecoder, VaeEncoder,
 };
 
 fn ctx() -> &'static GpuContext {
-    static CTX: OnceLock<GpuContext> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        pollster::block_on(GpuContext::new(options)).expect("a GPU adapter")
-    })
-}
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
+    sd_test_support::gpu_context()
 }
 
 fn zeros(shape: &[usize]) -> Tensor {
@@ -68,8 +62,8 @@ fn trace_model(name: &str, folder: &Path) {
 
     // Text encoder(s): the last hidden state, and the pooled output where there is one.
     for (component, config) in [
-        ("text_encoder", Some(&files.text_encoder)),
-        ("text_encoder_2", files.text_encoder_2.as_ref()),
+        ("text_encoder", Some(&files.networks.text_encoder)),
+        ("text_encoder_2", files.networks.text_encoder_2.as_ref()),
     ] {
         let Some(config) = config else { continue };
         params(&source, component, |p| {
@@ -97,9 +91,9 @@ fn trace_model(name: &str, folder: &Path) {
 
     // One UNet call with every conditioning its config asks for.
     params(&source, "unet", |p| {
-        let config = &files.unet;
+        let config = &files.networks.unet;
         let model = UNet2DConditionModel::load(config, p).expect("load");
-        let text_len = files.text_encoder.max_position_embeddings;
+        let text_len = files.networks.text_encoder.max_position_embeddings;
         let cross = config.cross_attention_dim_per_block()[0];
         let inputs = UNetInputs {
             batch: batch_size,
@@ -138,32 +132,42 @@ fn trace_model(name: &str, folder: &Path) {
 
     // The VAE both ways.
     params(&source, "vae", |p| {
-        let config = &files.vae;
+        let config = &files.networks.vae;
         let decoder = VaeDecoder::load(config, p).expect("load");
-        let mut batch = ctx().batch();
-        let mut r = GpuRecorder::new(&mut batch, decoder.weights(), "vae", config.norm_num_groups)
-            .with_input(
-                "latents",
-                zeros(&[1, config.latent_channels, latent, latent]),
-            );
-        vae::decoder(&mut r, config, (latent, latent)).expect("record");
-        let mut cost = CostRecorder::default();
-        vae::decoder(&mut cost, config, (latent, latent)).expect("cost");
-        same_trace(&format!("{name} vae decoder"), r.issued(), &cost);
-        drop(r);
-        // A batch holds the context's recording lock until it is dropped.
-        drop(batch);
-
+        let latents = zeros(&[1, config.latent_channels, latent, latent]);
+        let size = (latent, latent);
+        trace_vae(
+            &format!("{name} vae decoder"),
+            (decoder.weights(), config, ("latents", latents)),
+            |r| vae::decoder(r, config, size),
+            |r| vae::decoder(r, config, size),
+        );
         let encoder = VaeEncoder::load(config, p).expect("load");
-        let size = latent * config.scale_factor();
-        let mut batch = ctx().batch();
-        let mut r = GpuRecorder::new(&mut batch, encoder.weights(), "vae", config.norm_num_groups)
-            .with_input("sample", zeros(&[1, config.in_channels, size, size]));
-        vae::encoder(&mut r, config, (size, size)).expect("record");
-        let mut cost = CostRecorder::default();
-        vae::encoder(&mut cost, config, (size, size)).expect("cost");
-        same_trace(&format!("{name} vae encoder"), r.issued(), &cost);
+        let side = latent * config.scale_factor();
+        let image = zeros(&[1, config.in_channels, side, side]);
+        trace_vae(
+            &format!("{name} vae encoder"),
+            (encoder.weights(), config, ("sample", image)),
+            |r| vae::encoder(r, config, (side, side)),
+            |r| vae::encoder(r, config, (side, side)),
+        );
     });
+}
+
+/// One VAE half, both ways.
+fn trace_vae(
+    label: &str,
+    (weights, config, (input, t)): (&Weights, &AutoencoderKLConfig, (&'static str, Tensor)),
+    gpu_walk: impl FnOnce(&mut GpuRecorder<'_, '_>) -> sd_models::Result<()>,
+    cost_walk: impl FnOnce(&mut CostRecorder) -> Result<(), PlanError>,
+) {
+    let mut batch = ctx().batch();
+    let mut r =
+        GpuRecorder::new(&mut batch, weights, "vae", config.norm_num_groups).with_input(input, t);
+    gpu_walk(&mut r).expect("record");
+    let mut cost = CostRecorder::default();
+    cost_walk(&mut cost).expect("cost");
+    same_trace(label, r.issued(), &cost);
 }
 
 #[test]

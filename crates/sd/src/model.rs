@@ -462,9 +462,10 @@ impl Model {
             .into_iter()
             .map(|rgb| {
                 RgbImage::from_raw(width, height, rgb).ok_or_else(|| {
-                    Error::Generation(Box::new(sd_models::ModelError::Shape(
-                        "the decoder's image has the wrong size".into(),
-                    )))
+                    Error::Generation(Box::new(sd_models::ModelError::Mismatch {
+                        op: "vae.decode".into(),
+                        message: format!("the image is not {width}x{height} RGB"),
+                    }))
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -3,18 +3,15 @@
 //! no request, offline mode names what the cache lacks, and a download cut short is resumed
 //! with the right bytes.
 
-#[path = "support/hub_mirror.rs"]
-#[allow(dead_code)]
-mod hub_mirror;
-#[path = "../../cli/tests/support/judge.rs"]
-#[allow(dead_code)]
-mod judge;
+use sd_test_support::hub_mirror;
+use sd_test_support::judge;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hub_mirror::{COMMIT, Mirror};
-use judge::{Judged, fixtures, judge_rgb};
+use judge::{Judged, judge_rgb};
+use sd_test_support::fixtures;
 use sd_wgsl::models::ModelSource;
 use sd_wgsl::{
     DownloadProgress, Error, HubConfig, LoadOptions, Model, ModelPaths, Options, PRESETS, Preset,

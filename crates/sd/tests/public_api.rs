@@ -1,14 +1,13 @@
 //! The library as a user's crate calls it: only `sd_wgsl`'s public API (and `image`), judged for
 //! meaning with the fixtures' judge.
 
-#[path = "../../cli/tests/support/judge.rs"]
-#[allow(dead_code)]
-mod judge;
+use sd_test_support::judge;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use judge::{Judged, fixtures, judge_rgb};
+use judge::{Judged, judge_rgb};
+use sd_test_support::fixtures;
 use sd_wgsl::{
     CancelToken, Error, ImageFormat, ModelLocation, ModelPaths, Options, Progress, Stage,
     list_models, resolve,

@@ -3,6 +3,7 @@
 //! reference token ids; plus variants, shards, truncated files and the f16 converter on copies
 //! in temporary folders.
 
+use sd_test_support::fixtures;
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -14,10 +15,6 @@ use sd_weights::{
 };
 
 type TestResult = Result<(), Box<dyn Error>>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
 
 fn digits() -> PathBuf {
     fixtures().join("tiny-sd-digits")

@@ -2,8 +2,9 @@
 //! read back give every tensor of the diffusers folder unchanged, the architecture is detected,
 //! and the configs' shape-derived values match the fixtures' own configs.
 
+use sd_test_support::fixtures;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use sd_weights::single_file::{detect_architecture, open_single_file};
@@ -12,10 +13,6 @@ use sd_weights::{
     find_component_files, read_component_files, read_single_file, write_single_file,
 };
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
 
 /// A component's tensors by normalised name (`text_model.` dropped, `position_ids` left out):
 /// (dtype, shape, bytes).

@@ -3,7 +3,8 @@
 
 use std::path::PathBuf;
 
-use super::judge::{fixtures, read_png_rgb};
+use super::judge::read_png_rgb;
+use sd_test_support::fixtures;
 
 /// The input picture of diffusers' img2img and inpainting references: a red 7 on blue, 64x64.
 pub fn input_png() -> PathBuf {

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 pub mod inputs;
-pub mod judge;
+pub use sd_test_support::judge;
 
 /// The PNG's `parameters` text chunk.
 pub fn parameters_chunk(path: &std::path::Path) -> String {

@@ -13,6 +13,7 @@ use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
 use crate::nets::unet::{UNetInputs, unet_2d_condition_model};
 use crate::nets::vae;
 use crate::plan::{DeviceLimits, Graph, Part, PlanError, WeightDtype};
+use crate::record::Recorder;
 use crate::{ModelError, Result};
 
 /// Where a model's weights come from: a scoped weight source, the context they are uploaded
@@ -143,10 +144,10 @@ impl CLIPTextModel {
         eos: Option<&[usize]>,
     ) -> Result<TextEncoding> {
         let [prompts, _] = *ids.shape() else {
-            return Err(ModelError::Shape(format!(
-                "token ids must be [B, L], are {:?}",
-                ids.shape()
-            )));
+            return Err(ModelError::Mismatch {
+                op: "text_encoder".into(),
+                message: format!("token ids must be [B, L], are {:?}", ids.shape()),
+            });
         };
         let pooled_at = eos.filter(|_| self.projection);
         let mut r = GpuRecorder::new(batch, &self.weights, "text_encoder", 0)
@@ -234,11 +235,14 @@ impl UNet2DConditionModel {
         cond: &UNetConditioning<'_>,
     ) -> Result<Tensor> {
         let (&[n, _, height, width], &[_, text_len, _]) = (sample.shape(), context.shape()) else {
-            return Err(ModelError::Shape(format!(
-                "sample must be NCHW and context [B, L, D], are {:?} and {:?}",
-                sample.shape(),
-                context.shape()
-            )));
+            return Err(ModelError::Mismatch {
+                op: "unet".into(),
+                message: format!(
+                    "sample must be NCHW and context [B, L, D], are {:?} and {:?}",
+                    sample.shape(),
+                    context.shape()
+                ),
+            });
         };
         let groups = self.config.norm_num_groups.unwrap_or(0);
         let mut r = GpuRecorder::new(batch, &self.weights, "unet", groups)
@@ -281,19 +285,15 @@ pub struct VaeDecoder {
 }
 
 impl VaeEncoder {
+    /// Loads `encoder.*` and `quant_conv` from the VAE's weights.
+    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
+        let (config, weights) = load_vae(config, p, Part::VaeEncoder, vae::encoder, 64)?;
+        Ok(Self { config, weights })
+    }
+
     /// The weights on the GPU, by key.
     pub fn weights(&self) -> &Weights {
         &self.weights
-    }
-
-    /// Loads `encoder.*` and `quant_conv` from the VAE's weights.
-    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
-        let mut walk = Graph::new(Part::VaeEncoder, NO_LIMITS, config.norm_num_groups);
-        vae::encoder(&mut walk, config, (64, 64))?;
-        Ok(Self {
-            config: config.clone(),
-            weights: p.load(walk)?,
-        })
     }
 
     /// Latent channels (the moments have twice as many: mean, then log-variance).
@@ -305,40 +305,69 @@ impl VaeEncoder {
     /// (mean channels first, then the unclamped log-variance). Activations larger than one
     /// binding are split into channel chunks, as the plan says.
     pub fn forward(&self, batch: &mut Batch<'_>, image: &Tensor) -> Result<Tensor> {
-        let size = image_size(image)?;
-        let mut r = GpuRecorder::new(batch, &self.weights, "vae", self.config.norm_num_groups)
-            .with_input("sample", image.clone());
-        vae::encoder(&mut r, &self.config, size)?;
-        r.take_output("moments")
+        let io = ("sample", image, "moments");
+        run_vae(batch, &self.config, &self.weights, io, |r, c, s| {
+            vae::encoder(r, c, s)
+        })
     }
 }
 
 impl VaeDecoder {
+    /// Loads `decoder.*` and `post_quant_conv` from the VAE's weights.
+    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
+        let (config, weights) = load_vae(config, p, Part::VaeDecoder, vae::decoder, 8)?;
+        Ok(Self { config, weights })
+    }
+
     /// The weights on the GPU, by key.
     pub fn weights(&self) -> &Weights {
         &self.weights
-    }
-
-    /// Loads `decoder.*` and `post_quant_conv` from the VAE's weights.
-    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
-        let mut walk = Graph::new(Part::VaeDecoder, NO_LIMITS, config.norm_num_groups);
-        vae::decoder(&mut walk, config, (8, 8))?;
-        Ok(Self {
-            config: config.clone(),
-            weights: p.load(walk)?,
-        })
     }
 
     /// Records the decoder on `latents` `[1, L, h, w]` (divided by the scaling factor already).
     /// Activations larger than one binding (SD 1.5 at 512x512 and beyond) are split into
     /// channel chunks, as the plan says; below that everything is one buffer.
     pub fn forward(&self, batch: &mut Batch<'_>, latents: &Tensor) -> Result<Tensor> {
-        let size = image_size(latents)?;
-        let mut r = GpuRecorder::new(batch, &self.weights, "vae", self.config.norm_num_groups)
-            .with_input("latents", latents.clone());
-        vae::decoder(&mut r, &self.config, size)?;
-        r.take_output("sample")
+        let io = ("latents", latents, "sample");
+        run_vae(batch, &self.config, &self.weights, io, |r, c, s| {
+            vae::decoder(r, c, s)
+        })
     }
+}
+
+/// The walk of a VAE half.
+type VaeWalk<R> = fn(
+    &mut R,
+    &AutoencoderKLConfig,
+    (usize, usize),
+) -> std::result::Result<(), <R as Recorder>::Error>;
+
+/// Lists a VAE half's weights with a walk at `side` x `side` and uploads them.
+fn load_vae(
+    config: &AutoencoderKLConfig,
+    p: &Params<'_>,
+    part: Part,
+    walk: VaeWalk<Graph>,
+    side: usize,
+) -> Result<(AutoencoderKLConfig, Weights)> {
+    let mut g = Graph::new(part, NO_LIMITS, config.norm_num_groups);
+    walk(&mut g, config, (side, side))?;
+    Ok((config.clone(), p.load(g)?))
+}
+
+/// Records a VAE half on its one `[1, C, h, w]` input; returns its one output.
+fn run_vae<'c>(
+    batch: &mut Batch<'c>,
+    config: &AutoencoderKLConfig,
+    weights: &Weights,
+    (input, t, output): (&'static str, &Tensor, &str),
+    walk: impl FnOnce(&mut GpuRecorder<'_, 'c>, &AutoencoderKLConfig, (usize, usize)) -> Result<()>,
+) -> Result<Tensor> {
+    let size = image_size(t)?;
+    let mut r = GpuRecorder::new(batch, weights, "vae", config.norm_num_groups)
+        .with_input(input, t.clone());
+    walk(&mut r, config, size)?;
+    r.take_output(output)
 }
 
 /// `(h, w)` of a `[1, C, h, w]` tensor.

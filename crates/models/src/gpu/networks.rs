@@ -15,7 +15,7 @@ use crate::backend::{
     TokenIds, UNetInputs,
 };
 use crate::nets::clip::TextOutput;
-use crate::plan::{DeviceLimits, MemoryPlan, ModelConfigs, PlanRequest, plan};
+use crate::plan::{DeviceLimits, MemoryPlan, PlanRequest, plan};
 use crate::source::ModelSource;
 use crate::{ModelError, Result};
 
@@ -133,8 +133,10 @@ impl GpuNetworks {
             penultimate,
             second.eos,
         )?;
-        let pooled = encoded_2.pooled.ok_or_else(|| {
-            ModelError::Shape("text_encoder_2 has no text_projection (pooled output)".into())
+        let pooled = encoded_2.pooled.ok_or(ModelError::MissingModule {
+            part: "text_encoder_2",
+            module: "text_projection",
+            purpose: "SDXL's pooled text embedding",
         })?;
         let (rows, d1, d2) = (
             first.prompts * first.len,
@@ -187,19 +189,13 @@ impl GpuNetworks {
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer: limits.max_buffer_size,
         };
-        let configs = ModelConfigs {
-            text_encoder: self.text_encoder.config(),
-            text_encoder_2: self.text_encoder_2.as_ref().map(CLIPTextModel::config),
-            unet: self.unet.config(),
-            vae: &self.vae_config,
-        };
         let request = PlanRequest {
             width,
             height,
             images,
             classifier_free_guidance: cfg,
         };
-        Ok(plan(&configs, &request, &device)?)
+        Ok(plan(&self.configs(), &request, &device)?)
     }
 }
 
@@ -331,10 +327,9 @@ impl NoisePredictor for GpuUNetCall<'_> {
 }
 
 fn shape3(shape: &[usize]) -> Result<[usize; 3]> {
-    <[usize; 3]>::try_from(shape).map_err(|_| {
-        ModelError::Shape(format!(
-            "text hidden states must be [B, L, D], are {shape:?}"
-        ))
+    <[usize; 3]>::try_from(shape).map_err(|_| ModelError::Mismatch {
+        op: "text_encoder".into(),
+        message: format!("hidden states must be [B, L, D], are {shape:?}"),
     })
 }
 

@@ -125,7 +125,7 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
     pub fn take_output(&mut self, name: &str) -> Result<Tensor> {
         self.outputs
             .remove(name)
-            .ok_or_else(|| ModelError::Shape(format!("the {} has no output `{name}`", self.part)))
+            .ok_or_else(|| mismatch(self.part, format!("no output `{name}`")))
     }
 
     /// What each op issued, in order.
@@ -261,7 +261,9 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
                     && spec.start <= piece.start
                     && piece.end <= spec.end
             })
-            .ok_or_else(|| ModelError::Shape(format!("no chunk holds {piece:?} of {}", t.shape)))?;
+            .ok_or_else(|| {
+                mismatch("chunks", format!("no chunk holds {piece:?} of {}", t.shape))
+            })?;
         let offset = match chunk_spec.item {
             None => (item * axis_len(t.shape) + piece.start) * unit,
             Some(_) => (piece.start - chunk_spec.start) * unit,
@@ -326,11 +328,10 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
             })?;
         let dims = piece_dims(shape, whole_spec(shape));
         let t = t.reshape(&dims).map_err(|_| {
-            ModelError::Shape(format!(
-                "the {} input `{name}` is {:?}, expected {shape}",
+            mismatch(
                 self.part,
-                t.shape()
-            ))
+                format!("the input `{name}` is {:?}, expected {shape}", t.shape()),
+            )
         })?;
         let layout = chunk_layout(name, &shape, self.norm_groups, self.max_binding)?;
         if layout.len() > 1 {
@@ -424,9 +425,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
             }
             r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, piece| {
                 if (piece.end - piece.start) % group_size != 0 {
-                    return Err(ModelError::Shape(format!(
-                        "{path}: a chunk of {piece:?} holds part of a group"
-                    )));
+                    return Err(mismatch(path, format!("{piece:?} holds part of a group")));
                 }
                 let shape = GroupNormShape {
                     groups: (piece.end - piece.start) / group_size,
@@ -495,10 +494,10 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
     ) -> Result<GpuTensor> {
         self.traced(path, |rec| {
             if x.shape != r.shape {
-                return Err(ModelError::Shape(format!(
-                    "{path}: {} and {} differ",
-                    x.shape, r.shape
-                )));
+                return Err(mismatch(
+                    path,
+                    format!("{} and {} differ", x.shape, r.shape),
+                ));
             }
             rec.per_piece(&[(&x, Use::Update), (r, Use::Read)], |batch, t, _| {
                 Ok(ops::residual_add(batch, &t[1], &t[0], scale as f32)?)
@@ -529,7 +528,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         self.traced(path, |r| {
             let y = r.alloc(path, shapes::to_nchw(path, x.shape, size)?)?;
             let Shape::Nchw { n, c, h, w } = y.shape else {
-                return Err(ModelError::Shape(format!("{path}: not NCHW")));
+                return Err(mismatch(path, "the output is not NCHW".into()));
             };
             let flat = y.single(path)?.reshape(&[n, c, h * w])?;
             ops::layout_nlc_to_nchw(r.batch, x.single(path)?, &flat)?;
@@ -605,9 +604,10 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 let v_item = r.item_pieces(v, item, true)?;
                 let ([(_, k_item, _)], [(_, v_item, _)]) = (k_item.as_slice(), v_item.as_slice())
                 else {
-                    return Err(ModelError::Shape(format!(
-                        "{path}: keys and values must be whole per item"
-                    )));
+                    return Err(mismatch(
+                        path,
+                        "keys and values must be whole per item".into(),
+                    ));
                 };
                 keys.push((k_item.clone(), v_item.clone()));
             }
@@ -687,7 +687,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         self.traced(path, |r| {
             let y = r.alloc(path, shapes::gather_rows(path, x.shape, rows)?)?;
             let Shape::Tokens { l, d, .. } = x.shape else {
-                return Err(ModelError::Shape(format!("{path}: not token-major")));
+                return Err(mismatch(path, "the input is not token-major".into()));
             };
             let (src, dst) = (x.single(path)?, y.single(path)?);
             for (item, &row) in rows.iter().enumerate() {
@@ -696,6 +696,14 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
             }
             Ok(y)
         })
+    }
+}
+
+/// Tensors that do not fit `op`.
+fn mismatch(op: &str, message: String) -> ModelError {
+    ModelError::Mismatch {
+        op: op.to_owned(),
+        message,
     }
 }
 

@@ -4,7 +4,7 @@
 //! Each is its config, and `forward` issues its ops to a [`Recorder`].
 
 use crate::plan::{Padding, PlanError};
-use crate::record::{self, Conv2d, GroupNorm, Heads, Recorder};
+use crate::record::{self, Conv2d, GroupNorm, Heads, Out, Recorder};
 
 /// diffusers' `ResnetBlock2D` (default time-embedding handling): `norm1`+SiLU, `conv1`,
 /// `+ time_emb_proj(silu(temb))` per channel, `norm2`+SiLU, (dropout), `conv2`,
@@ -31,7 +31,7 @@ impl ResnetBlock2D {
         path: &str,
         x: &R::Tensor,
         temb_silu: Option<&R::Tensor>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let (_, in_channels, _, _) = record::nchw(r, path, x)?;
         let out = self.out_channels;
         let norm = GroupNorm {
@@ -116,7 +116,7 @@ impl Attention {
         path: &str,
         x: &R::Tensor,
         context: Option<&R::Tensor>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let (_, _, query_dim) = record::tokens(r, path, x)?;
         let inner = self.heads * self.head_dim;
         let source = context.unwrap_or(x);
@@ -136,11 +136,7 @@ impl Attention {
 
 /// diffusers' `FeedForward` with `GEGLU` (SD's transformers): `net.0.proj` to `2 * 4 * dim`,
 /// GEGLU to `4 * dim`, `net.2` back to `dim`.
-pub fn feed_forward<R: Recorder>(
-    r: &mut R,
-    path: &str,
-    x: &R::Tensor,
-) -> Result<R::Tensor, R::Error> {
+pub fn feed_forward<R: Recorder>(r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
     let (_, _, dim) = record::tokens(r, path, x)?;
     let inner = 4 * dim;
     let projected = r.linear(&format!("{path}.net.0.proj"), x, 2 * inner, true)?;
@@ -155,7 +151,7 @@ pub fn downsample_2d<R: Recorder>(
     path: &str,
     x: &R::Tensor,
     padding: Padding,
-) -> Result<R::Tensor, R::Error> {
+) -> Out<R> {
     let (_, c, _, _) = record::nchw(r, path, x)?;
     let conv = Conv2d {
         out_channels: c,
@@ -173,7 +169,7 @@ pub fn upsample_2d<R: Recorder>(
     path: &str,
     x: &R::Tensor,
     size: (usize, usize),
-) -> Result<R::Tensor, R::Error> {
+) -> Out<R> {
     let (_, c, _, _) = record::nchw(r, path, x)?;
     let up = r.upsample_nearest(path, x, size)?;
     r.conv2d(&format!("{path}.conv"), &up, Conv2d::same(c, 3))

@@ -9,7 +9,7 @@ use sd_kernels::ops::Activation;
 
 use super::blocks::{Attention, ProjectionNames, architecture};
 use crate::plan::Shape;
-use crate::record::Recorder;
+use crate::record::{Out, Recorder};
 
 /// Which hidden state the text encoder returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +117,7 @@ fn clip_encoder_layer<R: Recorder>(
     config: &CLIPTextConfig,
     path: &str,
     x: &R::Tensor,
-) -> Result<R::Tensor, R::Error> {
+) -> Out<R> {
     let eps = config.layer_norm_eps;
     let attention = Attention {
         heads: config.num_attention_heads,
@@ -135,12 +135,7 @@ fn clip_encoder_layer<R: Recorder>(
 }
 
 /// `CLIPMLP`: `fc1`, the activation, `fc2`.
-fn clip_mlp<R: Recorder>(
-    r: &mut R,
-    config: &CLIPTextConfig,
-    path: &str,
-    x: &R::Tensor,
-) -> Result<R::Tensor, R::Error> {
+fn clip_mlp<R: Recorder>(r: &mut R, config: &CLIPTextConfig, path: &str, x: &R::Tensor) -> Out<R> {
     let h = r.linear(&format!("{path}.fc1"), x, config.intermediate_size, true)?;
     let act = match config.hidden_act {
         HiddenAct::QuickGelu => Activation::QuickGelu,

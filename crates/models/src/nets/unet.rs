@@ -14,7 +14,7 @@ use super::blocks::{
     upsample_2d,
 };
 use crate::plan::{Padding, PlanError, Shape};
-use crate::record::{self, Conv2d, GroupNorm, Recorder, Sinusoids};
+use crate::record::{self, Conv2d, GroupNorm, Out, Recorder, Sinusoids};
 
 /// Epsilon of `Transformer2DModel`'s group norm (fixed in diffusers).
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -200,7 +200,7 @@ fn time_embedding<R: Recorder>(
     config: &UNet2DConditionConfig,
     n: usize,
     timesteps: &R::Tensor,
-) -> Result<R::Tensor, R::Error> {
+) -> Out<R> {
     let c0 = config.block_out_channels[0];
     let temb_dim = config.time_embed_dim();
     let sinusoids = |dim, per_row| Sinusoids {
@@ -287,7 +287,7 @@ impl DownBlock2D {
         x: &R::Tensor,
         skips: &mut Vec<R::Tensor>,
         attention: Option<(&Transformer2D, usize)>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let resnet = resnet(shared.config, self.out_channels, 1.0);
         let mut x = x.clone();
         for j in 0..self.layers {
@@ -331,7 +331,7 @@ impl CrossAttnDownBlock2D {
         path: &str,
         x: &R::Tensor,
         skips: &mut Vec<R::Tensor>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let attention = Some((&self.transformer, self.depth));
         self.block.forward(r, shared, path, x, skips, attention)
     }
@@ -354,7 +354,7 @@ impl UNetMidBlock2DCrossAttn {
         shared: &Shared<'_, R::Tensor>,
         path: &str,
         x: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let (_, channels, _, _) = record::nchw(r, path, x)?;
         let resnet = resnet(
             shared.config,
@@ -392,7 +392,7 @@ impl UpBlock2D {
         x: &R::Tensor,
         skips: &mut Vec<R::Tensor>,
         attention: Option<(&Transformer2D, &[usize])>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let resnet = resnet(shared.config, self.out_channels, 1.0);
         let mut x = x.clone();
         for j in 0..self.layers {
@@ -450,7 +450,7 @@ impl CrossAttnUpBlock2D {
         path: &str,
         x: &R::Tensor,
         skips: &mut Vec<R::Tensor>,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let attention = Some((&self.transformer, self.depths.as_slice()));
         self.block.forward(r, shared, path, x, skips, attention)
     }
@@ -482,7 +482,7 @@ impl Transformer2D {
         path: &str,
         x: &R::Tensor,
         depth: usize,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let config = shared.config;
         let (_, channels, h, w) = record::nchw(r, path, x)?;
         let head_dim = channels / self.heads.max(1);
@@ -543,7 +543,7 @@ impl BasicTransformerBlock {
         path: &str,
         x: &R::Tensor,
         context: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
+    ) -> Out<R> {
         let eps = TRANSFORMER_LAYER_NORM_EPS;
         let n1 = r.layer_norm(&format!("{path}.norm1"), x, eps)?;
         let first_context = self.only_cross_attention.then_some(context);
@@ -641,6 +641,13 @@ pub fn check_supported(config: &UNet2DConditionConfig) -> Result<(), PlanError> 
     ];
     if let Some((_, what)) = flags.iter().find(|(set, _)| *set) {
         return unsupported((*what).into());
+    }
+    // The pipelines: latents, or latents plus mask and masked-image latents (inpainting).
+    if config.in_channels != 4 && config.in_channels != 9 {
+        return unsupported(format!(
+            "`in_channels` {} (4, or 9 for inpainting models)",
+            config.in_channels
+        ));
     }
     for kernel in [config.conv_in_kernel, config.conv_out_kernel] {
         if kernel != 1 && kernel != 3 {

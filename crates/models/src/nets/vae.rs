@@ -9,7 +9,7 @@ use super::blocks::{
     Attention, ProjectionNames, ResnetBlock2D, architecture, downsample_2d, upsample_2d,
 };
 use crate::plan::{Padding, PlanError, Shape};
-use crate::record::{self, Conv2d, GroupNorm, Recorder};
+use crate::record::{self, Conv2d, GroupNorm, Out, Recorder};
 
 /// Epsilon of every group norm in the VAE (fixed in diffusers' `Encoder`/`Decoder`).
 const VAE_NORM_EPS: f64 = 1e-6;
@@ -133,27 +133,32 @@ pub struct DownEncoderBlock2D {
 }
 
 impl DownEncoderBlock2D {
-    fn forward<R: Recorder>(
-        &self,
-        r: &mut R,
-        path: &str,
-        x: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
-        let mut x = x.clone();
-        for j in 0..self.layers {
-            x = self
-                .resnet
-                .forward(r, &format!("{path}.resnets.{j}"), &x, None)?;
+    fn forward<R: Recorder>(&self, r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
+        let x = resnets(r, path, x, self.resnet, self.layers)?;
+        if !self.add_downsample {
+            return Ok(x);
         }
-        if self.add_downsample {
-            let padding = Padding {
-                before: 0,
-                after: 1,
-            };
-            x = downsample_2d(r, &format!("{path}.downsamplers.0"), &x, padding)?;
-        }
-        Ok(x)
+        let padding = Padding {
+            before: 0,
+            after: 1,
+        };
+        downsample_2d(r, &format!("{path}.downsamplers.0"), &x, padding)
     }
+}
+
+/// `layers` ResNets one after the other (`<path>.resnets.<j>`).
+fn resnets<R: Recorder>(
+    r: &mut R,
+    path: &str,
+    x: &R::Tensor,
+    resnet: ResnetBlock2D,
+    layers: usize,
+) -> Out<R> {
+    let mut x = x.clone();
+    for j in 0..layers {
+        x = resnet.forward(r, &format!("{path}.resnets.{j}"), &x, None)?;
+    }
+    Ok(x)
 }
 
 /// `UpDecoderBlock2D`: `layers` ResNets, then a 2x upsampler unless it is the last block.
@@ -168,23 +173,13 @@ pub struct UpDecoderBlock2D {
 }
 
 impl UpDecoderBlock2D {
-    fn forward<R: Recorder>(
-        &self,
-        r: &mut R,
-        path: &str,
-        x: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
-        let mut x = x.clone();
-        for j in 0..self.layers {
-            x = self
-                .resnet
-                .forward(r, &format!("{path}.resnets.{j}"), &x, None)?;
+    fn forward<R: Recorder>(&self, r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
+        let x = resnets(r, path, x, self.resnet, self.layers)?;
+        if !self.add_upsample {
+            return Ok(x);
         }
-        if self.add_upsample {
-            let (_, _, h, w) = record::nchw(r, path, &x)?;
-            x = upsample_2d(r, &format!("{path}.upsamplers.0"), &x, (2 * h, 2 * w))?;
-        }
-        Ok(x)
+        let (_, _, h, w) = record::nchw(r, path, &x)?;
+        upsample_2d(r, &format!("{path}.upsamplers.0"), &x, (2 * h, 2 * w))
     }
 }
 
@@ -206,12 +201,7 @@ impl UNetMidBlock2D {
         }
     }
 
-    fn forward<R: Recorder>(
-        &self,
-        r: &mut R,
-        path: &str,
-        x: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
+    fn forward<R: Recorder>(&self, r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
         let (_, channels, _, _) = record::nchw(r, path, x)?;
         let resnet = ResnetBlock2D {
             out_channels: channels,
@@ -229,12 +219,7 @@ impl UNetMidBlock2D {
     /// diffusers' `Attention` on a 4-D input as the VAE builds it (`heads = 1`,
     /// `dim_head = channels`, group norm, biases on `to_q/k/v`, residual connection): group
     /// norm, to tokens, attention, back to NCHW, plus the input.
-    fn spatial_attention<R: Recorder>(
-        &self,
-        r: &mut R,
-        path: &str,
-        x: &R::Tensor,
-    ) -> Result<R::Tensor, R::Error> {
+    fn spatial_attention<R: Recorder>(&self, r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
         let (_, channels, h, w) = record::nchw(r, path, x)?;
         let norm = GroupNorm {
             groups: self.groups,

@@ -3,18 +3,14 @@
 
 pub mod recorded;
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use sd_core::params::GenerationParams;
-use sd_kernels::{ContextOptions, GpuContext};
+use sd_kernels::GpuContext;
 use sd_models::{Generated, Inputs, StableDiffusion};
 use sd_weights::SafetensorsFile;
 
-/// `shared/fixtures`, beside the repository.
-pub fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
+pub use sd_test_support::fixtures;
 
 fn load(file: &str) -> SafetensorsFile {
     SafetensorsFile::read(&fixtures().join("tiny-sd-digits-refs").join(file))
@@ -24,12 +20,7 @@ fn load(file: &str) -> SafetensorsFile {
 /// One GPU context for the tests of a binary (the adapter the test environment asks for).
 #[allow(dead_code)] // parity.rs keeps a plain reference
 pub fn context() -> Arc<GpuContext> {
-    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        let options = ContextOptions::for_tests().expect("valid environment");
-        Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"))
-    })
-    .clone()
+    sd_test_support::gpu_context().clone()
 }
 
 /// `refs.safetensors`.

@@ -16,8 +16,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
-#[path = "../../../cli/tests/support/judge.rs"]
-pub mod judge;
+pub use sd_test_support::judge;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -263,7 +262,8 @@ pub fn png_rgb(bytes: &[u8]) -> (Vec<u8>, usize, usize) {
 
 /// The input of the img2img and inpainting tests: a red 7 on blue, 64x64 PNG.
 pub fn input_png() -> Vec<u8> {
-    let path = judge::fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
+    let path =
+        sd_test_support::fixtures().join("tiny-sd-digits-refs/more_refs_png/img2img_input.png");
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 

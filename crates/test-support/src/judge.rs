@@ -11,8 +11,10 @@
 //!    one when all three differ.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
+
+use crate::fixtures;
 
 /// The palette, in the judge's order (the order breaks ties).
 pub const PALETTE: [(&str, [f64; 3]); 6] = [
@@ -41,16 +43,6 @@ impl fmt::Display for Judged {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}/{}", self.digit, self.fg, self.bg)
     }
-}
-
-/// The fixtures folder: `shared/fixtures` beside the repository. This file is also compiled
-/// into sd-tests (`tests/`, one level above `crates/cli`), so it is looked for upwards.
-pub fn fixtures() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
-    here.ancestors()
-        .map(|dir| dir.join("shared/fixtures"))
-        .find(|dir| dir.is_dir())
-        .unwrap_or_else(|| here.join("../../../shared/fixtures"))
 }
 
 /// One labelled 8x8 digit (values 0..16).

@@ -6,53 +6,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
+use sd_test_support::fixtures;
+
 use sd_models::cost::{OpCost, cost};
-use sd_models::plan::{DeviceLimits, ModelConfigs, OpKind, Part, PlanRequest, plan};
+use sd_models::plan::{DeviceLimits, OpKind, Part, PlanRequest, plan};
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
+use super::{TestResult, load_configs};
 
 fn published() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/configs")
-}
-
-struct Configs {
-    text_encoder: CLIPTextConfig,
-    text_encoder_2: Option<CLIPTextConfig>,
-    unet: UNet2DConditionConfig,
-    vae: AutoencoderKLConfig,
-}
-
-impl Configs {
-    fn load(folder: &Path) -> Result<Self, Box<dyn std::error::Error>> {
-        let read = |name: &str| -> Result<String, Box<dyn std::error::Error>> {
-            std::fs::read_to_string(folder.join(name))
-                .map_err(|e| format!("{}: {e}", folder.join(name).display()).into())
-        };
-        let second = "text_encoder_2/config.json";
-        Ok(Self {
-            text_encoder: CLIPTextConfig::from_json("te", &read("text_encoder/config.json")?)?,
-            text_encoder_2: match folder.join(second).is_file() {
-                true => Some(CLIPTextConfig::from_json("te2", &read(second)?)?),
-                false => None,
-            },
-            unet: UNet2DConditionConfig::from_json("unet", &read("unet/config.json")?)?,
-            vae: AutoencoderKLConfig::from_json("vae", &read("vae/config.json")?)?,
-        })
-    }
-
-    fn models(&self) -> ModelConfigs<'_> {
-        ModelConfigs {
-            text_encoder: &self.text_encoder,
-            text_encoder_2: self.text_encoder_2.as_ref(),
-            unet: &self.unet,
-            vae: &self.vae,
-        }
-    }
 }
 
 fn part_flops(ops: &[OpCost]) -> f64 {
@@ -61,8 +23,8 @@ fn part_flops(ops: &[OpCost]) -> f64 {
 
 #[test]
 fn sd15_at_512_with_cfg_costs_the_independent_counts() -> TestResult {
-    let configs = Configs::load(&fixtures().join("configs/sd15"))?;
-    let parts = cost(&configs.models(), &PlanRequest::new(512, 512))?;
+    let configs = load_configs(&fixtures().join("configs/sd15"))?;
+    let parts = cost(&configs.configs(), &PlanRequest::new(512, 512))?;
     let flops = |part: Part| -> Result<f64, String> {
         parts
             .iter()
@@ -144,10 +106,10 @@ fn plan_and_cost_record_the_same_ops_for_every_model() -> TestResult {
         models.insert(name.into(), (published().join(name), 1024));
     }
     for (name, (folder, size)) in &models {
-        let configs = Configs::load(folder)?;
+        let configs = load_configs(folder)?;
         let request = PlanRequest::new(*size, *size);
-        let memory = plan(&configs.models(), &request, &no_limits)?;
-        let parts = cost(&configs.models(), &request)?;
+        let memory = plan(&configs.configs(), &request, &no_limits)?;
+        let parts = cost(&configs.configs(), &request)?;
         assert_eq!(memory.parts.len(), parts.len(), "{name}");
         for part in &parts {
             let costed: Vec<(String, &'static str)> =

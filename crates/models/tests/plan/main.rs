@@ -4,72 +4,37 @@
 //!
 //! Run with `--nocapture` to see the figures.
 
+/// The cost model, in this binary to save a link.
+mod cost;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
+use sd_core::config::CLIPTextConfig;
 use sd_models::plan::{
-    DeviceLimits, MemoryPlan, ModelConfigs, Part, PartPlan, PlanError, PlanRequest, Shape,
-    UNetInputs, plan, plan_unet, plan_vae_decoder,
+    DeviceLimits, MemoryPlan, Part, PartPlan, PlanError, PlanRequest, Shape, UNetInputs, plan,
+    plan_unet, plan_vae_decoder,
 };
+use sd_models::{ModelSource, NetworkConfigFiles};
+use sd_test_support::fixtures;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const MIB: u64 = 1 << 20;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures")
-}
-
 fn read(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
     fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()).into())
 }
 
-/// The configs of a pipeline folder.
-struct Configs {
-    text_encoder: CLIPTextConfig,
-    /// SDXL's second text encoder.
-    text_encoder_2: Option<CLIPTextConfig>,
-    unet: UNet2DConditionConfig,
-    vae: AutoencoderKLConfig,
+/// The network configs of a model folder.
+fn load_configs(folder: &Path) -> Result<NetworkConfigFiles, Box<dyn std::error::Error>> {
+    Ok(NetworkConfigFiles::read(&ModelSource::folder(folder))?)
 }
 
-impl Configs {
-    fn load(folder: &Path) -> Result<Self, Box<dyn std::error::Error>> {
-        let file =
-            |name: &str| -> Result<String, Box<dyn std::error::Error>> { read(&folder.join(name)) };
-        Ok(Self {
-            text_encoder: CLIPTextConfig::from_json(
-                "text_encoder/config.json",
-                &file("text_encoder/config.json")?,
-            )?,
-            text_encoder_2: if folder.join("text_encoder_2/config.json").is_file() {
-                Some(CLIPTextConfig::from_json(
-                    "text_encoder_2/config.json",
-                    &file("text_encoder_2/config.json")?,
-                )?)
-            } else {
-                None
-            },
-            unet: UNet2DConditionConfig::from_json("unet/config.json", &file("unet/config.json")?)?,
-            vae: AutoencoderKLConfig::from_json("vae/config.json", &file("vae/config.json")?)?,
-        })
-    }
-
-    fn models(&self) -> ModelConfigs<'_> {
-        ModelConfigs {
-            text_encoder: &self.text_encoder,
-            text_encoder_2: self.text_encoder_2.as_ref(),
-            unet: &self.unet,
-            vae: &self.vae,
-        }
-    }
-}
-
-fn sd15() -> Result<Configs, Box<dyn std::error::Error>> {
-    Configs::load(&fixtures().join("configs/sd15"))
+fn sd15() -> Result<NetworkConfigFiles, Box<dyn std::error::Error>> {
+    load_configs(&fixtures().join("configs/sd15"))
 }
 
 fn part(plan: &MemoryPlan, part: Part) -> Result<&PartPlan, String> {
@@ -81,7 +46,7 @@ fn part(plan: &MemoryPlan, part: Part) -> Result<&PartPlan, String> {
 fn sd15_fits(size: u32) -> Result<MemoryPlan, Box<dyn std::error::Error>> {
     let configs = sd15()?;
     let limits = DeviceLimits::WEBGPU_DEFAULT;
-    let plan = plan(&configs.models(), &PlanRequest::new(size, size), &limits)?;
+    let plan = plan(&configs.configs(), &PlanRequest::new(size, size), &limits)?;
     println!("SD 1.5 at {size}x{size}:\n{plan}");
     for p in &plan.parts {
         let s = &p.summary;
@@ -175,7 +140,7 @@ fn sd15_768_fits_webgpu_default_limits() -> TestResult {
 fn hand_computed_sizes_and_sd15_parameter_counts() -> TestResult {
     let configs = sd15()?;
     let plan = plan(
-        &configs.models(),
+        &configs.configs(),
         &PlanRequest::new(512, 512),
         &DeviceLimits::WEBGPU_DEFAULT,
     )?;
@@ -218,7 +183,7 @@ fn a_tiny_limit_names_the_op_that_does_not_fit() -> TestResult {
         max_storage_binding: MIB,
         max_buffer: 2 * MIB,
     };
-    match plan(&configs.models(), &PlanRequest::new(512, 512), &limits) {
+    match plan(&configs.configs(), &PlanRequest::new(512, 512), &limits) {
         Err(PlanError::Limit { name, needed, max }) => {
             assert_eq!(max, MIB);
             assert!(needed > MIB);
@@ -276,7 +241,7 @@ fn bad_requests_are_errors() -> TestResult {
     let configs = sd15()?;
     let limits = DeviceLimits::WEBGPU_DEFAULT;
     for (w, h) in [(513, 512), (512, 0), (0, 0), (500, 512)] {
-        let result = plan(&configs.models(), &PlanRequest::new(w, h), &limits);
+        let result = plan(&configs.configs(), &PlanRequest::new(w, h), &limits);
         assert!(
             matches!(result, Err(PlanError::Resolution { width, height, multiple: 8 }) if (width, height) == (w, h)),
             "{w}x{h}: {result:?}"
@@ -287,7 +252,7 @@ fn bad_requests_are_errors() -> TestResult {
         ..PlanRequest::new(512, 512)
     };
     assert!(matches!(
-        plan(&configs.models(), &request, &limits),
+        plan(&configs.configs(), &request, &limits),
         Err(PlanError::Batch { images: 0 })
     ));
     let mut unsupported = configs.unet.clone();
@@ -310,7 +275,7 @@ fn odd_latent_sizes_upsample_to_the_skip_size() -> TestResult {
     // 520x520 images: latents 65 -> 33 -> 17 -> 9 down, and back up to the skips' sizes.
     let configs = sd15()?;
     let plan = plan(
-        &configs.models(),
+        &configs.configs(),
         &PlanRequest::new(520, 520),
         &DeviceLimits::WEBGPU_DEFAULT,
     )?;
@@ -342,9 +307,9 @@ fn odd_latent_sizes_upsample_to_the_skip_size() -> TestResult {
 
 #[test]
 fn the_digits_plan_is_small() -> TestResult {
-    let configs = Configs::load(&fixtures().join("tiny-sd-digits"))?;
+    let configs = load_configs(&fixtures().join("tiny-sd-digits"))?;
     let plan = plan(
-        &configs.models(),
+        &configs.configs(),
         &PlanRequest::new(64, 64),
         &DeviceLimits::WEBGPU_DEFAULT,
     )?;
@@ -430,13 +395,13 @@ fn planned_weights_match_every_fixture_checkpoint() -> TestResult {
     }
     for folder in folders {
         let label = folder.display().to_string();
-        let configs = Configs::load(&folder)?;
+        let configs = load_configs(&folder)?;
         let cfg = !matches!(label.rsplit('/').next(), Some("lcm" | "turbo"));
         let request = PlanRequest {
             classifier_free_guidance: cfg,
             ..PlanRequest::new(64, 64)
         };
-        let plan = plan(&configs.models(), &request, &DeviceLimits::WEBGPU_DEFAULT)
+        let plan = plan(&configs.configs(), &request, &DeviceLimits::WEBGPU_DEFAULT)
             .map_err(|e| format!("{label}: {e}"))?;
         let unet = part(&plan, Part::UNet)?;
         let file = safetensors_shapes(&folder.join("unet/diffusion_pytorch_model.safetensors"))?;
@@ -474,8 +439,8 @@ fn planned_weights_match_every_fixture_checkpoint() -> TestResult {
 
 /// The published configs of SD 2.1, SD-Turbo, SDXL and SDXL-Turbo (`tests/configs/`, checked
 /// against candle's in `tests/tests/arch_vs_candle.rs`).
-fn published(name: &str) -> Result<Configs, Box<dyn std::error::Error>> {
-    Configs::load(
+fn published(name: &str) -> Result<NetworkConfigFiles, Box<dyn std::error::Error>> {
+    load_configs(
         &Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/configs")
             .join(name),
@@ -508,7 +473,7 @@ fn published_fits(
     name: &str,
     size: u32,
     cfg: bool,
-) -> Result<(Configs, MemoryPlan), Box<dyn std::error::Error>> {
+) -> Result<(NetworkConfigFiles, MemoryPlan), Box<dyn std::error::Error>> {
     let configs = published(name)?;
     let native = configs
         .unet
@@ -526,7 +491,7 @@ fn published_fits(
         classifier_free_guidance: cfg,
         ..PlanRequest::new(size, size)
     };
-    let plan = plan(&configs.models(), &request, &limits).map_err(|e| format!("{name}: {e}"))?;
+    let plan = plan(&configs.configs(), &request, &limits).map_err(|e| format!("{name}: {e}"))?;
     println!("{name} at {size}x{size}:\n{plan}");
     for p in &plan.parts {
         let s = &p.summary;

@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex};
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// A running mirror; it serves until the test process ends.
+#[derive(Debug)]
 pub struct Mirror {
     /// `http://127.0.0.1:PORT`: the `HF_ENDPOINT`.
     pub url: String,
     state: Arc<State>,
 }
 
+#[derive(Debug)]
 struct State {
     repo: String,
     folder: PathBuf,
