@@ -9,7 +9,7 @@ use candle_core::{DType as CDType, Device, Shape, Tensor as CTensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
-use sd_models::Params;
+use sd_models::WeightLoader;
 use sd_tests::{Comparison, TensorList};
 use sd_weights::WeightSource;
 
@@ -91,8 +91,8 @@ pub fn gpu_run(
     pollster::block_on(ctx().read_f32(&out)).expect("read back")
 }
 
-pub fn params(weights: &WeightSource, matrices: DType) -> Params<'_> {
-    Params {
+pub fn params(weights: &WeightSource, matrices: DType) -> WeightLoader<'_> {
+    WeightLoader {
         ctx: ctx(),
         scope: weights.root(),
         matrices,

@@ -15,7 +15,7 @@ use sd_kernels::ops::Activation;
 
 use crate::backend::NetworkConfigs;
 use crate::nets::clip::clip_text_model;
-use crate::nets::unet::{UNetInputs, unet_2d_condition_model};
+use crate::nets::unet::{UNetSize, unet_2d_condition_model};
 use crate::nets::vae;
 use crate::plan::{Part, PlanError, PlanRequest, Shape, counted_text_call};
 use crate::record::{Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
@@ -318,7 +318,7 @@ pub fn cost(
         parts.push(text_cost(second, Part::TextEncoder2, batch)?);
     }
     let mut r = CostRecorder::default();
-    let inputs = UNetInputs {
+    let inputs = UNetSize {
         batch,
         height: h / factor,
         width: w / factor,
@@ -358,7 +358,7 @@ fn part_cost(part: Part, r: CostRecorder) -> PartCost {
 /// The walk's errors.
 pub fn unet_cost(
     config: &UNet2DConditionConfig,
-    inputs: &UNetInputs,
+    inputs: &UNetSize,
 ) -> Result<Vec<OpCost>, PlanError> {
     let mut r = CostRecorder::default();
     unet_2d_condition_model(&mut r, config, inputs)?;

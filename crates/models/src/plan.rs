@@ -28,13 +28,13 @@ mod graph;
 mod recorder;
 
 pub use crate::backend::NetworkConfigs;
-pub use crate::nets::unet::UNetInputs;
+pub use crate::nets::unet::UNetSize;
 pub use chunk::{ChunkSpec, channel_chunk, chunk_group_size, chunk_layout, row_chunk};
 pub(crate) use graph::Graph;
 pub use graph::{
     ACTIVATION_BYTES, Access, Activation, Arg, Buffer, BufferId, Chunk, NamedSize, Op, OpKind,
-    Operand, POOL_SIZE_QUANTUM, Padding, PartPlan, PartSummary, Shape, Tensor, TensorId, Weight,
-    WeightDtype, WeightId,
+    Operand, POOL_SIZE_QUANTUM, Padding, PartPlan, PartSummary, PlannedTensor, Shape, TensorId,
+    Weight, WeightDtype, WeightId,
 };
 
 use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
@@ -87,7 +87,7 @@ pub(crate) fn counted_text_call<T>(
 /// inconsistent shapes, [`PlanError::Limit`] for a buffer that does not fit.
 pub fn plan_unet(
     config: &UNet2DConditionConfig,
-    inputs: &UNetInputs,
+    inputs: &UNetSize,
     limits: &DeviceLimits,
 ) -> Result<PartPlan, PlanError> {
     unet::check_supported(config)?;
@@ -368,7 +368,7 @@ pub fn plan(
     parts.extend([
         plan_unet(
             configs.unet,
-            &UNetInputs {
+            &UNetSize {
                 batch,
                 height: latent_h,
                 width: latent_w,

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
 use sd_kernels::{ContextOptions, DType, GpuContext, Tensor};
-use sd_models::{CLIPTextModel, Params, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder};
+use sd_models::{
+    CLIPTextModel, TextOutput, UNet2DConditionModel, VaeDecoder, VaeEncoder, WeightLoader,
+};
 use sd_weights::{Component, open_component};
 
 use common::{fixtures, max_abs_diff, reference, token_ids};
@@ -53,7 +55,7 @@ fn text_encoder_matches_diffusers() {
     .expect("config");
     let weights = component("text_encoder");
     for (dtype, bound) in STORAGES {
-        let p = Params {
+        let p = WeightLoader {
             ctx: ctx(),
             scope: weights.source.root(),
             matrices: dtype,
@@ -79,7 +81,7 @@ fn unet_matches_diffusers_at_t500() {
         .expect("config");
     let weights = component("unet");
     for (dtype, bound) in STORAGES {
-        let p = Params {
+        let p = WeightLoader {
             ctx: ctx(),
             scope: weights.source.root(),
             matrices: dtype,
@@ -107,7 +109,7 @@ fn vae_decoder_matches_diffusers() {
         .expect("config");
     let weights = component("vae");
     for (dtype, bound) in STORAGES {
-        let p = Params {
+        let p = WeightLoader {
             ctx: ctx(),
             scope: weights.source.root(),
             matrices: dtype,
@@ -131,7 +133,7 @@ fn vae_encoder_matches_diffusers() {
         .expect("config");
     let weights = component("vae");
     for (dtype, bound) in STORAGES {
-        let p = Params {
+        let p = WeightLoader {
             ctx: ctx(),
             scope: weights.source.root(),
             matrices: dtype,
@@ -169,7 +171,7 @@ fn vae_decoder_in_channel_chunks_matches_diffusers() {
     let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
         .expect("config");
     let weights = component("vae");
-    let p = Params {
+    let p = WeightLoader {
         ctx,
         scope: weights.source.root(),
         matrices: DType::F32,
@@ -194,6 +196,56 @@ fn vae_decoder_in_channel_chunks_matches_diffusers() {
     assert!(err <= 1e-4, "vae_decode in chunks: {err:e}");
 }
 
+/// With a 256 KiB chunk budget the encoder's full-resolution tensors (64 channels at 64x64, 1
+/// MiB) are split into channel chunks as the decoder's are, so img2img runs at every size the
+/// planner accepts; the moments must still be diffusers' encode.
+#[test]
+fn vae_encoder_in_channel_chunks_matches_diffusers() {
+    let ctx = &chunking_ctx(256 << 10);
+    let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
+        .expect("config");
+    let weights = component("vae");
+    let p = WeightLoader {
+        ctx,
+        scope: weights.source.root(),
+        matrices: DType::F32,
+    };
+    let model = VaeEncoder::load(&cfg, &p).expect("load");
+    let image = ctx
+        .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
+        .expect("upload");
+    let mut batch = ctx.batch();
+    let out = model.forward(&mut batch, &image).expect("record");
+    // The same encoder unchunked records fewer commands: the split really happened.
+    let unchunked = {
+        let shared: &GpuContext = sd_test_support::gpu_context();
+        let p = WeightLoader { ctx: shared, ..p };
+        let whole = VaeEncoder::load(&cfg, &p).expect("load");
+        let image = shared
+            .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
+            .expect("upload");
+        let mut batch = shared.batch();
+        whole.forward(&mut batch, &image).expect("record");
+        batch.len()
+    };
+    assert!(
+        batch.len() > unchunked,
+        "chunking multiplies the dispatches: {} vs {unchunked}",
+        batch.len()
+    );
+    pollster::block_on(batch.submit()).expect("submit");
+    let moments = pollster::block_on(ctx.read_f32(&out)).expect("read back");
+    let (mean, logvar) = moments.split_at(moments.len() / 2);
+    let logvar: Vec<f32> = logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect();
+    let err_mean = max_abs_diff(mean, &reference("vae_encode_mean"));
+    let err_logvar = max_abs_diff(&logvar, &reference("vae_encode_logvar"));
+    println!("vae_encode in chunks: mean {err_mean:e}, logvar {err_logvar:e}");
+    assert!(
+        err_mean <= 1e-4 && err_logvar <= 1e-4,
+        "vae_encode in chunks: {err_mean:e}, {err_logvar:e}"
+    );
+}
+
 /// With a 32 KiB budget the UNet's feed-forward hidden states (64 tokens x 512 x 4 bytes) go
 /// through in row chunks of 16 tokens; the result must still be diffusers' UNet output.
 #[test]
@@ -202,7 +254,7 @@ fn unet_with_row_chunked_feed_forward_matches_diffusers() {
     let cfg = UNet2DConditionConfig::from_json("unet/config.json", &config("unet/config.json"))
         .expect("config");
     let weights = component("unet");
-    let p = Params {
+    let p = WeightLoader {
         ctx,
         scope: weights.source.root(),
         matrices: DType::F32,

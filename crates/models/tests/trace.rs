@@ -10,11 +10,12 @@ use sd_kernels::{DType, GpuContext, Tensor};
 use sd_models::cost::{CostRecorder, OpCost};
 use sd_models::gpu::{GpuRecorder, Issued, Weights};
 use sd_models::nets::clip::{TextOutput, TextRequest, clip_text_model};
-use sd_models::nets::unet::{UNetInputs, unet_2d_condition_model};
+use sd_models::nets::unet::{UNetSize, unet_2d_condition_model};
 use sd_models::nets::vae;
 use sd_models::plan::PlanError;
 use sd_models::{
-    CLIPTextModel, ModelSource, Params, PipelineFiles, UNet2DConditionModel, VaeDecoder, VaeEncoder,
+    CLIPTextModel, ModelSource, PipelineFiles, UNet2DConditionModel, VaeDecoder, VaeEncoder,
+    WeightLoader,
 };
 
 fn ctx() -> &'static GpuContext {
@@ -46,9 +47,9 @@ fn same_trace(label: &str, issued: &[Issued], cost: &CostRecorder) {
     println!("{label}: {} ops", issued.len());
 }
 
-fn params(source: &ModelSource, component: &str, f: impl FnOnce(&Params<'_>)) {
+fn params(source: &ModelSource, component: &str, f: impl FnOnce(&WeightLoader<'_>)) {
     let weights = source.weights(component).expect("weights");
-    f(&Params {
+    f(&WeightLoader {
         ctx: ctx(),
         scope: weights.root(),
         matrices: DType::F16,
@@ -95,7 +96,7 @@ fn trace_model(name: &str, folder: &Path) {
         let model = UNet2DConditionModel::load(config, p).expect("load");
         let text_len = files.networks.text_encoder.max_position_embeddings;
         let cross = config.cross_attention_dim_per_block()[0];
-        let inputs = UNetInputs {
+        let inputs = UNetSize {
             batch: batch_size,
             height: latent,
             width: latent,

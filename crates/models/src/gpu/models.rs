@@ -10,7 +10,7 @@ use sd_weights::Scope;
 
 use super::recorder::{GpuRecorder, Weights};
 use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
-use crate::nets::unet::{UNetInputs, unet_2d_condition_model};
+use crate::nets::unet::{UNetSize, unet_2d_condition_model};
 use crate::nets::vae;
 use crate::plan::{DeviceLimits, Graph, Part, PlanError, WeightDtype};
 use crate::record::Recorder;
@@ -19,15 +19,20 @@ use crate::{ModelError, Result};
 /// Where a model's weights come from: a scoped weight source, the context they are uploaded
 /// to, and the storage of weight matrices (f16 by default, f32 for parity tests).
 #[derive(Clone)]
-pub struct Params<'a> {
+pub struct WeightLoader<'a> {
     pub ctx: &'a GpuContext,
     pub scope: Scope<'a>,
     pub matrices: DType,
 }
 
-impl std::fmt::Debug for Params<'_> {
+impl std::fmt::Debug for WeightLoader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Params({}, {:?})", self.scope.prefix(), self.matrices)
+        write!(
+            f,
+            "WeightLoader({}, {:?})",
+            self.scope.prefix(),
+            self.matrices
+        )
     }
 }
 
@@ -37,7 +42,7 @@ const NO_LIMITS: DeviceLimits = DeviceLimits {
     max_buffer: u64::MAX,
 };
 
-impl Params<'_> {
+impl WeightLoader<'_> {
     /// Uploads the weights a planned walk uses: matrices in the chosen storage, vectors (and
     /// what the walk keeps in f32, such as CLIP's positions) as f32.
     fn load(&self, walk: Graph) -> Result<Weights> {
@@ -86,7 +91,7 @@ impl CLIPTextModel {
     }
 
     /// Builds the encoder from its config and weights.
-    pub fn load(config: &CLIPTextConfig, p: &Params<'_>) -> Result<Self> {
+    pub fn load(config: &CLIPTextConfig, p: &WeightLoader<'_>) -> Result<Self> {
         // transformers saves `CLIPTextModelWithProjection`'s projection beside `text_model.`
         // (the weight source strips that prefix, so it is a sibling here).
         let projection = p.scope.contains("text_projection.weight");
@@ -202,10 +207,10 @@ impl UNet2DConditionModel {
     }
 
     /// Builds the UNet from its config, loading every weight by its diffusers name.
-    pub fn load(config: &UNet2DConditionConfig, p: &Params<'_>) -> Result<Self> {
+    pub fn load(config: &UNet2DConditionConfig, p: &WeightLoader<'_>) -> Result<Self> {
         let groups = config.norm_num_groups.unwrap_or(0);
         let mut walk = Graph::new(Part::UNet, NO_LIMITS, groups);
-        let inputs = UNetInputs {
+        let inputs = UNetSize {
             batch: 1,
             height: 8,
             width: 8,
@@ -258,7 +263,7 @@ impl UNet2DConditionModel {
                 r = r.with_input(name, t.clone());
             }
         }
-        let inputs = UNetInputs {
+        let inputs = UNetSize {
             batch: n,
             height,
             width,
@@ -286,7 +291,7 @@ pub struct VaeDecoder {
 
 impl VaeEncoder {
     /// Loads `encoder.*` and `quant_conv` from the VAE's weights.
-    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
+    pub fn load(config: &AutoencoderKLConfig, p: &WeightLoader<'_>) -> Result<Self> {
         let (config, weights) = load_vae(config, p, Part::VaeEncoder, vae::encoder, 64)?;
         Ok(Self { config, weights })
     }
@@ -314,7 +319,7 @@ impl VaeEncoder {
 
 impl VaeDecoder {
     /// Loads `decoder.*` and `post_quant_conv` from the VAE's weights.
-    pub fn load(config: &AutoencoderKLConfig, p: &Params<'_>) -> Result<Self> {
+    pub fn load(config: &AutoencoderKLConfig, p: &WeightLoader<'_>) -> Result<Self> {
         let (config, weights) = load_vae(config, p, Part::VaeDecoder, vae::decoder, 8)?;
         Ok(Self { config, weights })
     }
@@ -345,7 +350,7 @@ type VaeWalk<R> = fn(
 /// Lists a VAE half's weights with a walk at `side` x `side` and uploads them.
 fn load_vae(
     config: &AutoencoderKLConfig,
-    p: &Params<'_>,
+    p: &WeightLoader<'_>,
     part: Part,
     walk: VaeWalk<Graph>,
     side: usize,

@@ -8,7 +8,7 @@ use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig};
 use sd_kernels::{DType, GpuContext, Tensor, ops};
 
 use super::models::{
-    CLIPTextModel, Params, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder,
+    CLIPTextModel, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder, WeightLoader,
 };
 use crate::backend::{
     BoxFuture, DeviceKind, NetworkConfigs, Networks, NoisePredictor, PromptEmbeddings, RunSize,
@@ -67,7 +67,7 @@ impl GpuNetworks {
         let weights = source.weights("unet")?;
         let unet = UNet2DConditionModel::load(
             configs.unet,
-            &Params {
+            &WeightLoader {
                 ctx: &ctx,
                 scope: weights.root(),
                 matrices,
@@ -75,7 +75,7 @@ impl GpuNetworks {
         )?;
         on_component("vae");
         let weights = source.weights("vae")?;
-        let vae_params = Params {
+        let vae_params = WeightLoader {
             ctx: &ctx,
             scope: weights.root(),
             matrices,
@@ -344,7 +344,7 @@ fn load_text_encoder(
     let weights = source.weights(component)?;
     CLIPTextModel::load(
         config,
-        &Params {
+        &WeightLoader {
             ctx,
             scope: weights.root(),
             matrices,

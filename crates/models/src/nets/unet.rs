@@ -25,7 +25,7 @@ const TIME_IDS: usize = 6;
 
 /// The sizes of one UNet call's inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UNetInputs {
+pub struct UNetSize {
     /// Batch size of the call: 2 per image with classifier-free guidance (the unconditional
     /// and the conditional prediction), 1 without.
     pub batch: usize,
@@ -58,7 +58,7 @@ struct Shared<'a, T> {
 pub fn unet_2d_condition_model<R: Recorder>(
     r: &mut R,
     config: &UNet2DConditionConfig,
-    inputs: &UNetInputs,
+    inputs: &UNetSize,
 ) -> Result<(), R::Error> {
     check_supported(config)?;
     let n = inputs.batch;

@@ -102,7 +102,7 @@ pub(crate) fn product(dims: &[usize]) -> u64 {
 
 /// An activation tensor and the buffers that hold it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
+pub struct PlannedTensor {
     /// Diffusers-style name: the op that produces it, e.g.
     /// `unet.down_blocks.0.resnets.0.conv1`.
     pub name: String,
@@ -415,7 +415,7 @@ pub struct PartPlan {
     /// Which part.
     pub part: Part,
     /// Activation tensors.
-    pub tensors: Vec<Tensor>,
+    pub tensors: Vec<PlannedTensor>,
     /// Their buffers (one per chunk).
     pub buffers: Vec<Buffer>,
     /// Weights.
@@ -430,7 +430,7 @@ pub struct PartPlan {
 
 impl PartPlan {
     /// The tensor named `name`, if any.
-    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+    pub fn tensor(&self, name: &str) -> Option<&PlannedTensor> {
         self.tensors.iter().find(|t| t.name == name)
     }
 
@@ -477,7 +477,7 @@ pub(crate) struct Graph {
     limits: DeviceLimits,
     /// Group count used to choose channel-chunk granularity (`norm_num_groups`).
     norm_groups: usize,
-    tensors: Vec<Tensor>,
+    tensors: Vec<PlannedTensor>,
     buffers: Vec<Buffer>,
     weights: Vec<Weight>,
     weight_index: HashMap<String, WeightId>,
@@ -535,7 +535,7 @@ impl Graph {
     }
 
     /// The planned tensor `t`.
-    pub(crate) fn planned(&self, t: TensorId) -> Option<&Tensor> {
+    pub(crate) fn planned(&self, t: TensorId) -> Option<&PlannedTensor> {
         self.tensors.get(t.0)
     }
 
@@ -590,7 +590,7 @@ impl Graph {
             });
             chunks.push(Chunk { buffer, spec });
         }
-        self.tensors.push(Tensor {
+        self.tensors.push(PlannedTensor {
             name,
             shape,
             chunks,

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use sd_core::config::CLIPTextConfig;
 use sd_models::plan::{
-    DeviceLimits, MemoryPlan, Part, PartPlan, PlanError, PlanRequest, Shape, UNetInputs, plan,
+    DeviceLimits, MemoryPlan, Part, PartPlan, PlanError, PlanRequest, Shape, UNetSize, plan,
     plan_unet, plan_vae_decoder,
 };
 use sd_models::{ModelSource, NetworkConfigFiles};
@@ -257,7 +257,7 @@ fn bad_requests_are_errors() -> TestResult {
     ));
     let mut unsupported = configs.unet.clone();
     unsupported.class_embed_type = Some("timestep".into());
-    let inputs = UNetInputs {
+    let inputs = UNetSize {
         batch: 2,
         height: 64,
         width: 64,
