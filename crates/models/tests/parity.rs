@@ -143,16 +143,21 @@ fn vae_encoder_matches_diffusers() {
             .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
             .expect("upload");
         let moments = run(|b| model.forward(b, &image));
-        let (mean, logvar) = moments.split_at(moments.len() / 2);
-        let logvar: Vec<f32> = logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect();
-        let err_mean = max_abs_diff(mean, &reference("vae_encode_mean"));
-        let err_logvar = max_abs_diff(&logvar, &reference("vae_encode_logvar"));
-        println!("vae_encode {dtype:?}: mean {err_mean:e}, logvar {err_logvar:e}");
-        assert!(
-            err_mean <= bound && err_logvar <= bound,
-            "vae_encode {dtype:?}: {err_mean:e}, {err_logvar:e} > {bound:e}"
-        );
+        assert_moments(&format!("vae_encode {dtype:?}"), &moments, bound);
     }
+}
+
+/// The encoder's moments against diffusers' mean and (clamped) log-variance.
+fn assert_moments(label: &str, moments: &[f32], bound: f32) {
+    let (mean, logvar) = moments.split_at(moments.len() / 2);
+    let logvar: Vec<f32> = logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect();
+    let err_mean = max_abs_diff(mean, &reference("vae_encode_mean"));
+    let err_logvar = max_abs_diff(&logvar, &reference("vae_encode_logvar"));
+    println!("{label}: mean {err_mean:e}, logvar {err_logvar:e}");
+    assert!(
+        err_mean <= bound && err_logvar <= bound,
+        "{label}: {err_mean:e}, {err_logvar:e} > {bound:e}"
+    );
 }
 
 /// A context that splits tensors as if bindings held at most `budget` bytes.
@@ -167,7 +172,35 @@ fn chunking_ctx(budget: u64) -> GpuContext {
 /// the result must still be diffusers' decode.
 #[test]
 fn vae_decoder_in_channel_chunks_matches_diffusers() {
-    let ctx = &chunking_ctx(256 << 10);
+    with_chunked_vae(256 << 10, |ctx, cfg, p| {
+        let model = VaeDecoder::load(cfg, p).expect("load");
+        let latents: Vec<f32> = reference("init_latents")
+            .iter()
+            .map(|v| v / cfg.scaling_factor as f32)
+            .collect();
+        let z = ctx.upload_f32(&latents, &[1, 4, 8, 8]).expect("upload");
+        let mut batch = ctx.batch();
+        let out = model.forward(&mut batch, &z).expect("record");
+        assert!(
+            batch.len() > 150,
+            "chunking multiplies the dispatches: {}",
+            batch.len()
+        );
+        pollster::block_on(batch.submit()).expect("submit");
+        let got = pollster::block_on(ctx.read_f32(&out)).expect("read back");
+        let err = max_abs_diff(&got, &reference("vae_decode"));
+        println!("vae_decode in chunks: max abs error {err:e}");
+        assert!(err <= 1e-4, "vae_decode in chunks: {err:e}");
+    });
+}
+
+/// Runs `f` with the digits VAE's config and f32 weights on a context that splits tensors as
+/// if bindings held at most `budget` bytes.
+fn with_chunked_vae(
+    budget: u64,
+    f: impl FnOnce(&GpuContext, &AutoencoderKLConfig, &WeightLoader<'_>),
+) {
+    let ctx = &chunking_ctx(budget);
     let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
         .expect("config");
     let weights = component("vae");
@@ -176,24 +209,7 @@ fn vae_decoder_in_channel_chunks_matches_diffusers() {
         scope: weights.source.root(),
         matrices: DType::F32,
     };
-    let model = VaeDecoder::load(&cfg, &p).expect("load");
-    let latents: Vec<f32> = reference("init_latents")
-        .iter()
-        .map(|v| v / cfg.scaling_factor as f32)
-        .collect();
-    let z = ctx.upload_f32(&latents, &[1, 4, 8, 8]).expect("upload");
-    let mut batch = ctx.batch();
-    let out = model.forward(&mut batch, &z).expect("record");
-    assert!(
-        batch.len() > 150,
-        "chunking multiplies the dispatches: {}",
-        batch.len()
-    );
-    pollster::block_on(batch.submit()).expect("submit");
-    let got = pollster::block_on(ctx.read_f32(&out)).expect("read back");
-    let err = max_abs_diff(&got, &reference("vae_decode"));
-    println!("vae_decode in chunks: max abs error {err:e}");
-    assert!(err <= 1e-4, "vae_decode in chunks: {err:e}");
+    f(ctx, &cfg, &p);
 }
 
 /// With a 256 KiB chunk budget the encoder's full-resolution tensors (64 channels at 64x64, 1
@@ -201,49 +217,37 @@ fn vae_decoder_in_channel_chunks_matches_diffusers() {
 /// planner accepts; the moments must still be diffusers' encode.
 #[test]
 fn vae_encoder_in_channel_chunks_matches_diffusers() {
-    let ctx = &chunking_ctx(256 << 10);
-    let cfg = AutoencoderKLConfig::from_json("vae/config.json", &config("vae/config.json"))
-        .expect("config");
-    let weights = component("vae");
-    let p = WeightLoader {
-        ctx,
-        scope: weights.source.root(),
-        matrices: DType::F32,
-    };
-    let model = VaeEncoder::load(&cfg, &p).expect("load");
-    let image = ctx
-        .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
-        .expect("upload");
-    let mut batch = ctx.batch();
-    let out = model.forward(&mut batch, &image).expect("record");
-    // The same encoder unchunked records fewer commands: the split really happened.
-    let unchunked = {
-        let shared: &GpuContext = sd_test_support::gpu_context();
-        let p = WeightLoader { ctx: shared, ..p };
-        let whole = VaeEncoder::load(&cfg, &p).expect("load");
-        let image = shared
+    with_chunked_vae(256 << 10, |ctx, cfg, p| {
+        let model = VaeEncoder::load(cfg, p).expect("load");
+        let image = ctx
             .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
             .expect("upload");
-        let mut batch = shared.batch();
-        whole.forward(&mut batch, &image).expect("record");
-        batch.len()
-    };
-    assert!(
-        batch.len() > unchunked,
-        "chunking multiplies the dispatches: {} vs {unchunked}",
-        batch.len()
-    );
-    pollster::block_on(batch.submit()).expect("submit");
-    let moments = pollster::block_on(ctx.read_f32(&out)).expect("read back");
-    let (mean, logvar) = moments.split_at(moments.len() / 2);
-    let logvar: Vec<f32> = logvar.iter().map(|v| v.clamp(-30.0, 20.0)).collect();
-    let err_mean = max_abs_diff(mean, &reference("vae_encode_mean"));
-    let err_logvar = max_abs_diff(&logvar, &reference("vae_encode_logvar"));
-    println!("vae_encode in chunks: mean {err_mean:e}, logvar {err_logvar:e}");
-    assert!(
-        err_mean <= 1e-4 && err_logvar <= 1e-4,
-        "vae_encode in chunks: {err_mean:e}, {err_logvar:e}"
-    );
+        let mut batch = ctx.batch();
+        let out = model.forward(&mut batch, &image).expect("record");
+        // The same encoder unchunked records fewer commands: the split really happened.
+        let unchunked = {
+            let shared: &GpuContext = sd_test_support::gpu_context();
+            let p = WeightLoader {
+                ctx: shared,
+                ..p.clone()
+            };
+            let whole = VaeEncoder::load(cfg, &p).expect("load");
+            let image = shared
+                .upload_f32(&reference("vae_encode_input"), &[1, 3, 64, 64])
+                .expect("upload");
+            let mut batch = shared.batch();
+            whole.forward(&mut batch, &image).expect("record");
+            batch.len()
+        };
+        assert!(
+            batch.len() > unchunked,
+            "chunking multiplies the dispatches: {} vs {unchunked}",
+            batch.len()
+        );
+        pollster::block_on(batch.submit()).expect("submit");
+        let moments = pollster::block_on(ctx.read_f32(&out)).expect("read back");
+        assert_moments("vae_encode in chunks", &moments, 1e-4);
+    });
 }
 
 /// With a 32 KiB budget the UNet's feed-forward hidden states (64 tokens x 512 x 4 bytes) go

@@ -80,13 +80,15 @@ fn trace_model(name: &str, folder: &Path) {
                 pooled_at: pooled.then_some(eos.as_slice()),
             };
             let mut batch = ctx().batch();
-            let mut r = GpuRecorder::new(&mut batch, model.weights(), "text_encoder", 0)
+            let r = GpuRecorder::new(&mut batch, model.weights(), "text_encoder", 0)
                 .with_input("input_ids", ids_gpu)
                 .with_host_ids(&ids);
-            clip_text_model(&mut r, config, &request).expect("record");
-            let mut cost = CostRecorder::default();
-            clip_text_model(&mut cost, config, &request).expect("cost");
-            same_trace(&format!("{name} {component}"), r.issued(), &cost);
+            compare(
+                &format!("{name} {component}"),
+                r,
+                |r| clip_text_model(r, config, &request),
+                |r| clip_text_model(r, config, &request),
+            );
         });
     }
 
@@ -125,10 +127,12 @@ fn trace_model(name: &str, folder: &Path) {
                 .with_input("text_embeds", zeros(&[batch_size, total - 6 * dim]))
                 .with_input("time_ids", zeros(&[batch_size, 6]));
         }
-        unet_2d_condition_model(&mut r, config, &inputs).expect("record");
-        let mut cost = CostRecorder::default();
-        unet_2d_condition_model(&mut cost, config, &inputs).expect("cost");
-        same_trace(&format!("{name} unet"), r.issued(), &cost);
+        compare(
+            &format!("{name} unet"),
+            r,
+            |r| unet_2d_condition_model(r, config, &inputs),
+            |r| unet_2d_condition_model(r, config, &inputs),
+        );
     });
 
     // The VAE both ways.
@@ -163,11 +167,22 @@ fn trace_vae(
     cost_walk: impl FnOnce(&mut CostRecorder) -> Result<(), PlanError>,
 ) {
     let mut batch = ctx().batch();
-    let mut r =
+    let r =
         GpuRecorder::new(&mut batch, weights, "vae", config.norm_num_groups).with_input(input, t);
-    gpu_walk(&mut r).expect("record");
+    compare(label, r, gpu_walk, cost_walk);
+}
+
+/// Runs a walk with the GPU recorder `r` (its batch never submitted) and with the cost
+/// recorder, and compares what each op issued with what the cost model counts.
+fn compare(
+    label: &str,
+    mut r: GpuRecorder<'_, '_>,
+    gpu_walk: impl FnOnce(&mut GpuRecorder<'_, '_>) -> sd_models::Result<()>,
+    cost_walk: impl FnOnce(&mut CostRecorder) -> Result<(), PlanError>,
+) {
+    gpu_walk(&mut r).unwrap_or_else(|e| panic!("{label}: {e}"));
     let mut cost = CostRecorder::default();
-    cost_walk(&mut cost).expect("cost");
+    cost_walk(&mut cost).unwrap_or_else(|e| panic!("{label}: {e}"));
     same_trace(label, r.issued(), &cost);
 }
 

@@ -274,31 +274,57 @@ impl UNet2DConditionModel {
     }
 }
 
-/// The VAE encoder plus `quant_conv`: image `[1, 3, H, W]` in [-1, 1] to the latent moments.
+/// One half of `AutoencoderKL`: its config and its weights on the GPU.
 #[derive(Debug)]
-pub struct VaeEncoder {
+pub struct Vae<Half> {
     config: AutoencoderKLConfig,
     weights: Weights,
+    half: std::marker::PhantomData<Half>,
 }
+
+/// The encoder half (`encoder.*`, `quant_conv`).
+#[derive(Debug)]
+pub enum Encoder {}
+
+/// The decoder half (`decoder.*`, `post_quant_conv`).
+#[derive(Debug)]
+pub enum Decoder {}
+
+/// The VAE encoder plus `quant_conv`: image `[1, 3, H, W]` in [-1, 1] to the latent moments.
+pub type VaeEncoder = Vae<Encoder>;
 
 /// The VAE decoder plus `post_quant_conv`: latents (already divided by the scaling factor) to
 /// an image `[1, 3, H, W]` in about [-1, 1].
-#[derive(Debug)]
-pub struct VaeDecoder {
-    config: AutoencoderKLConfig,
-    weights: Weights,
+pub type VaeDecoder = Vae<Decoder>;
+
+impl<Half> Vae<Half> {
+    /// The weights on the GPU, by key.
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// Lists the half's weights with `walk` at `side` x `side` and uploads them.
+    fn load_with(
+        config: &AutoencoderKLConfig,
+        p: &WeightLoader<'_>,
+        part: Part,
+        walk: VaeWalk<Graph>,
+        side: usize,
+    ) -> Result<Self> {
+        let mut g = Graph::new(part, NO_LIMITS, config.norm_num_groups);
+        walk(&mut g, config, (side, side))?;
+        Ok(Self {
+            config: config.clone(),
+            weights: p.load(g)?,
+            half: std::marker::PhantomData,
+        })
+    }
 }
 
 impl VaeEncoder {
     /// Loads `encoder.*` and `quant_conv` from the VAE's weights.
     pub fn load(config: &AutoencoderKLConfig, p: &WeightLoader<'_>) -> Result<Self> {
-        let (config, weights) = load_vae(config, p, Part::VaeEncoder, vae::encoder, 64)?;
-        Ok(Self { config, weights })
-    }
-
-    /// The weights on the GPU, by key.
-    pub fn weights(&self) -> &Weights {
-        &self.weights
+        Self::load_with(config, p, Part::VaeEncoder, vae::encoder, 64)
     }
 
     /// Latent channels (the moments have twice as many: mean, then log-variance).
@@ -320,13 +346,7 @@ impl VaeEncoder {
 impl VaeDecoder {
     /// Loads `decoder.*` and `post_quant_conv` from the VAE's weights.
     pub fn load(config: &AutoencoderKLConfig, p: &WeightLoader<'_>) -> Result<Self> {
-        let (config, weights) = load_vae(config, p, Part::VaeDecoder, vae::decoder, 8)?;
-        Ok(Self { config, weights })
-    }
-
-    /// The weights on the GPU, by key.
-    pub fn weights(&self) -> &Weights {
-        &self.weights
+        Self::load_with(config, p, Part::VaeDecoder, vae::decoder, 8)
     }
 
     /// Records the decoder on `latents` `[1, L, h, w]` (divided by the scaling factor already).
@@ -346,19 +366,6 @@ type VaeWalk<R> = fn(
     &AutoencoderKLConfig,
     (usize, usize),
 ) -> std::result::Result<(), <R as Recorder>::Error>;
-
-/// Lists a VAE half's weights with a walk at `side` x `side` and uploads them.
-fn load_vae(
-    config: &AutoencoderKLConfig,
-    p: &WeightLoader<'_>,
-    part: Part,
-    walk: VaeWalk<Graph>,
-    side: usize,
-) -> Result<(AutoencoderKLConfig, Weights)> {
-    let mut g = Graph::new(part, NO_LIMITS, config.norm_num_groups);
-    walk(&mut g, config, (side, side))?;
-    Ok((config.clone(), p.load(g)?))
-}
 
 /// Records a VAE half on its one `[1, C, h, w]` input; returns its one output.
 fn run_vae<'c>(
