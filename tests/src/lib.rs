@@ -142,14 +142,39 @@ pub enum Values {
 /// so the same list and seed always give the same bytes. The data is written in place: the
 /// file is the only copy of the weights.
 pub fn random_safetensors(tensors: &[(String, Vec<usize>)], seed: u64, values: Values) -> Vec<u8> {
+    write_random(tensors, seed, ("F32", 4), |v, dst| {
+        let v = if values == Values::F16Exact {
+            half::f16::from_f32(v).to_f32()
+        } else {
+            v
+        };
+        dst.copy_from_slice(&v.to_le_bytes());
+    })
+}
+
+/// [`random_safetensors`] stored as f16, as SD checkpoints ship (half the bytes: SD 1.5's
+/// UNet is 1.7 GB so).
+pub fn random_safetensors_f16(tensors: &[(String, Vec<usize>)], seed: u64) -> Vec<u8> {
+    write_random(tensors, seed, ("F16", 2), |v, dst| {
+        dst.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    })
+}
+
+/// The safetensors layout of [`random_safetensors`], each value stored by `store`.
+fn write_random(
+    tensors: &[(String, Vec<usize>)],
+    seed: u64,
+    (dtype, width): (&str, usize),
+    store: impl Fn(f32, &mut [u8]),
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in tensors {
-        let bytes = shape.iter().product::<usize>() * 4;
+        let bytes = shape.iter().product::<usize>() * width;
         header.insert(
             name.clone(),
             serde_json::json!({
-                "dtype": "F32",
+                "dtype": dtype,
                 "shape": shape,
                 "data_offsets": [offset, offset + bytes],
             }),
@@ -171,18 +196,13 @@ pub fn random_safetensors(tensors: &[(String, Vec<usize>)], seed: u64, values: V
     let mut scratch = Vec::new();
     for (name, shape) in tensors {
         let n: usize = shape.iter().product();
-        let (bytes, tail) = rest.split_at_mut(n * 4);
+        let (bytes, tail) = rest.split_at_mut(n * width);
         rest = tail;
         let init = Init::for_tensor(name, shape);
         scratch.resize(n, 0.0);
         Rng::for_name(seed, name).fill_uniform(&mut scratch, init.mean, init.std);
-        if values == Values::F16Exact {
-            for v in &mut scratch {
-                *v = half::f16::from_f32(*v).to_f32();
-            }
-        }
-        for (dst, v) in bytes.chunks_exact_mut(4).zip(&scratch) {
-            dst.copy_from_slice(&v.to_le_bytes());
+        for (dst, &v) in bytes.chunks_exact_mut(width).zip(&scratch) {
+            store(v, dst);
         }
     }
     out
@@ -304,6 +324,18 @@ mod tests {
         for word in exact[8 + header_len..].chunks_exact(4) {
             let v = f32::from_le_bytes(word.try_into().expect("4 bytes"));
             assert_eq!(half::f16::from_f32(v).to_f32(), v);
+        }
+        // The f16 file holds the same values, rounded, in half the bytes.
+        let f16 = random_safetensors_f16(&list, 7);
+        let f16_header = u64::from_le_bytes(f16[..8].try_into().expect("8 bytes")) as usize;
+        assert_eq!(f16.len(), 8 + f16_header + 9 * 2);
+        let halves = f16[8 + f16_header..].chunks_exact(2);
+        for (half, word) in halves.zip(exact[8 + header_len..].chunks_exact(4)) {
+            let h = half::f16::from_le_bytes(half.try_into().expect("2 bytes"));
+            assert_eq!(
+                h.to_f32(),
+                f32::from_le_bytes(word.try_into().expect("4 bytes"))
+            );
         }
     }
 }

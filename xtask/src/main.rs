@@ -2,6 +2,7 @@
 //! tests included; `build-wasm` makes the npm package, `convert` the web model, `serve` the demo;
 //! `bench` and `bench web` / `bench kernels` measure.
 
+mod bench;
 mod setup;
 mod wasm;
 mod web;
@@ -36,6 +37,11 @@ commands:
   bench web         the 20-step generation in headless Chromium vs natively in the same run,
                     and the browser's cold and cached model loads
   bench kernels     GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
+  bench sd15 [--against REV] [--size N] [--steps N] [--reps N] [--json PATH]
+                    SD 1.5 (random f16 weights): per part, op family and block, GPU time,
+                    TFLOP/s, GB/s and dispatches; a whole generation's per-step work; the
+                    projected 20-step 512x512 time. --against REV: REV's build too, in the same
+                    invocation, and the speed-ups
   cost --model DIR [--size N] [--no-cfg]
                     FLOPs, bytes moved, dispatches and peak memory per part, and the top ops by
                     FLOPs, from a model's configs alone (e.g. --model tests/configs/sd21)
@@ -76,6 +82,7 @@ fn main() -> Result<()> {
             .run()?)
         }),
         ["bench", "web", rest @ ..] => web::bench(&sh, &root, rest),
+        ["bench", "sd15", rest @ ..] => bench::sd15(&sh, &root, rest),
         ["bench", rest @ ..] => stage("bench pipeline (release)", || {
             Ok(cmd!(
                 sh,

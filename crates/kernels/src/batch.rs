@@ -163,26 +163,10 @@ impl<'c> Batch<'c> {
         if self.commands.is_empty() {
             return Ok(());
         }
-        let mut pipelines = Vec::with_capacity(self.commands.len());
-        for command in &self.commands {
-            if let Command::Dispatch(d) = command {
-                let pipeline = match ctx.pipelines.get(&d.key) {
-                    Some(p) => p,
-                    None => ctx.pipelines.compile(&ctx.device, &d.key, d.source).await?,
-                };
-                pipelines.push(pipeline);
-            }
-        }
-
+        let pipelines = self.pipelines().await?;
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let arena = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("uniform arena"),
-            size: self.arena.len().div_ceil(4) as u64 * 4,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        crate::pool::write_padded(&ctx.queue, &arena, &self.arena);
+        let arena = self.upload_arena();
         let mut encoder = ctx
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -193,15 +177,7 @@ impl<'c> Batch<'c> {
         let mut commands = self.commands.iter().peekable();
         while let Some(command) = commands.next() {
             match command {
-                Command::Copy(c) => {
-                    encoder.copy_buffer_to_buffer(
-                        &c.src,
-                        c.src_offset,
-                        &c.dst,
-                        c.dst_offset,
-                        c.bytes,
-                    );
-                }
+                Command::Copy(c) => c.encode(&mut encoder),
                 Command::Dispatch(first) => {
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("batch"),
@@ -225,14 +201,253 @@ impl<'c> Batch<'c> {
             }
         }
         ctx.queue.submit([encoder.finish()]);
-        if let Some(error) = out_of_memory.pop().await {
-            return Err(KernelError::OutOfMemory(error.to_string()));
-        }
-        if let Some(error) = validation.pop().await {
-            return Err(KernelError::Validation(error.to_string()));
-        }
+        ctx.counters.submitted(1, self.dispatches());
+        pop_errors(out_of_memory, validation).await?;
         ctx.check_health()
     }
+
+    fn dispatches(&self) -> u64 {
+        self.commands
+            .iter()
+            .filter(|c| matches!(c, Command::Dispatch(_)))
+            .count() as u64
+    }
+
+    /// Submits the batch and measures how long each command took on the GPU: with timestamp
+    /// queries where the device has them (each dispatch in its own compute pass, copies not
+    /// timed), otherwise as the wall time of one submission per command, waited for. Pipelines
+    /// are compiled before any timing starts. For benchmarks: the per-command passes and waits
+    /// make the whole slower than [`Batch::submit`].
+    pub async fn submit_profiled(self) -> Result<Profile> {
+        let ctx = self.ctx;
+        ctx.check_health()?;
+        let pipelines = self.pipelines().await?;
+        let arena = self.upload_arena();
+        if ctx
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            self.time_with_timestamps(&arena, &pipelines).await
+        } else {
+            self.time_with_submissions(&arena, &pipelines).await
+        }
+    }
+
+    async fn time_with_timestamps(
+        &self,
+        arena: &wgpu::Buffer,
+        pipelines: &[wgpu::ComputePipeline],
+    ) -> Result<Profile> {
+        let ctx = self.ctx;
+        let dispatches = pipelines.len();
+        let queries = (2 * dispatches).max(2);
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let sets: Vec<wgpu::QuerySet> = (0..queries.div_ceil(QUERIES_PER_SET))
+            .map(|i| {
+                let count = (queries - i * QUERIES_PER_SET).min(QUERIES_PER_SET);
+                ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: count as u32,
+                })
+            })
+            .collect();
+        let resolved = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile resolve"),
+            size: queries as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut encoder = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("profiled batch"),
+            });
+        let mut pipelines = pipelines.iter();
+        let mut query = 0usize;
+        for command in &self.commands {
+            match command {
+                Command::Copy(c) => c.encode(&mut encoder),
+                Command::Dispatch(d) => {
+                    let set = &sets[query / QUERIES_PER_SET];
+                    let first = (query % QUERIES_PER_SET) as u32;
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.key.entry),
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: set,
+                            beginning_of_pass_write_index: Some(first),
+                            end_of_pass_write_index: Some(first + 1),
+                        }),
+                    });
+                    let pipeline = pipelines.next().ok_or_else(|| {
+                        KernelError::Validation("a dispatch has no pipeline".into())
+                    })?;
+                    encode_dispatch(ctx, &mut pass, arena, d, pipeline);
+                    query += 2;
+                }
+            }
+        }
+        for (i, set) in sets.iter().enumerate() {
+            let count = (queries - i * QUERIES_PER_SET).min(QUERIES_PER_SET) as u32;
+            encoder.resolve_query_set(set, 0..count, &resolved, (i * QUERIES_PER_SET * 8) as u64);
+        }
+        ctx.queue.submit([encoder.finish()]);
+        ctx.counters.submitted(1, self.dispatches());
+        pop_errors(out_of_memory, validation).await?;
+        let ticks: Vec<u64> =
+            bytemuck::pod_collect_to_vec(&ctx.read_buffer(&resolved, queries as u64 * 8).await?);
+        let period = f64::from(ctx.queue.get_timestamp_period()) * 1e-9;
+        let mut ticks = ticks.chunks_exact(2);
+        let seconds = self
+            .commands
+            .iter()
+            .map(|command| match command {
+                Command::Copy(_) => 0.0,
+                Command::Dispatch(_) => ticks
+                    .next()
+                    .map_or(0.0, |t| t[1].saturating_sub(t[0]) as f64 * period),
+            })
+            .collect();
+        Ok(Profile {
+            seconds,
+            timing: Timing::Timestamps,
+        })
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    async fn time_with_submissions(
+        &self,
+        arena: &wgpu::Buffer,
+        pipelines: &[wgpu::ComputePipeline],
+    ) -> Result<Profile> {
+        let ctx = self.ctx;
+        ctx.finish().await?;
+        let mut pipelines = pipelines.iter();
+        let mut seconds = Vec::with_capacity(self.commands.len());
+        for command in &self.commands {
+            let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+            let out_of_memory = ctx.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+            let mut encoder = ctx
+                .device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("profiled command"),
+                });
+            match command {
+                Command::Copy(c) => c.encode(&mut encoder),
+                Command::Dispatch(d) => {
+                    let pipeline = pipelines.next().ok_or_else(|| {
+                        KernelError::Validation("a dispatch has no pipeline".into())
+                    })?;
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: Some(d.key.entry),
+                        timestamp_writes: None,
+                    });
+                    encode_dispatch(ctx, &mut pass, arena, d, pipeline);
+                }
+            }
+            let start = std::time::Instant::now();
+            ctx.queue.submit([encoder.finish()]);
+            ctx.counters
+                .submitted(1, u64::from(matches!(command, Command::Dispatch(_))));
+            ctx.finish().await?;
+            seconds.push(start.elapsed().as_secs_f64());
+            pop_errors(out_of_memory, validation).await?;
+        }
+        Ok(Profile {
+            seconds,
+            timing: Timing::SeparateSubmissions,
+        })
+    }
+
+    /// The browser has no monotonic clock here: profiling needs timestamp queries.
+    #[cfg(target_arch = "wasm32")]
+    async fn time_with_submissions(
+        &self,
+        _: &wgpu::Buffer,
+        _: &[wgpu::ComputePipeline],
+    ) -> Result<Profile> {
+        Err(KernelError::Dispatch {
+            op: "submit_profiled",
+            detail: "the adapter has no timestamp queries".into(),
+        })
+    }
+
+    /// Each dispatch's pipeline, in order, compiling those not cached yet.
+    async fn pipelines(&self) -> Result<Vec<wgpu::ComputePipeline>> {
+        let ctx = self.ctx;
+        let mut pipelines = Vec::with_capacity(self.commands.len());
+        for command in &self.commands {
+            if let Command::Dispatch(d) = command {
+                let pipeline = match ctx.pipelines.get(&d.key) {
+                    Some(p) => p,
+                    None => ctx.pipelines.compile(&ctx.device, &d.key, d.source).await?,
+                };
+                pipelines.push(pipeline);
+            }
+        }
+        Ok(pipelines)
+    }
+
+    /// The uniform arena on the GPU.
+    fn upload_arena(&self) -> wgpu::Buffer {
+        let arena = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("uniform arena"),
+            size: (self.arena.len().div_ceil(4) as u64 * 4).max(4),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        crate::pool::write_padded(&self.ctx.queue, &arena, &self.arena);
+        arena
+    }
+}
+
+/// Timestamp queries per query set (wgpu allows at most 4096).
+const QUERIES_PER_SET: usize = 4096;
+
+/// GPU time per command of a batch, from [`Batch::submit_profiled`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Seconds per recorded command, in recording order (a copy is 0 with timestamps).
+    pub seconds: Vec<f64>,
+    /// How the times were measured.
+    pub timing: Timing,
+}
+
+/// How a [`Profile`] was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timing {
+    /// GPU timestamp queries around each dispatch.
+    Timestamps,
+    /// Wall time from submitting each command alone until the GPU reports it done.
+    SeparateSubmissions,
+}
+
+impl Copy {
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.copy_buffer_to_buffer(
+            &self.src,
+            self.src_offset,
+            &self.dst,
+            self.dst_offset,
+            self.bytes,
+        );
+    }
+}
+
+/// Pops the two error scopes pushed before a submission: out of memory first, then validation.
+async fn pop_errors(
+    out_of_memory: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+) -> Result<()> {
+    if let Some(error) = out_of_memory.pop().await {
+        return Err(KernelError::OutOfMemory(error.to_string()));
+    }
+    if let Some(error) = validation.pop().await {
+        return Err(KernelError::Validation(error.to_string()));
+    }
+    Ok(())
 }
 
 fn encode_dispatch(

@@ -1,6 +1,7 @@
 //! The GPU context: adapter choice, device creation with the limits the model needs, error and
 //! device-loss capture, the pipeline cache, the buffer pool, uploads and the readback path.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::pipeline::PipelineCache;
@@ -174,6 +175,45 @@ pub struct GpuContext {
     pub(crate) recording: Mutex<()>,
     health: Arc<Mutex<DeviceHealth>>,
     placeholder: Tensor,
+    pub(crate) counters: WorkCounters,
+}
+
+/// What the context has sent to the GPU and read back, counted since it was created.
+#[derive(Debug, Default)]
+pub(crate) struct WorkCounters {
+    pub(crate) submissions: AtomicU64,
+    pub(crate) dispatches: AtomicU64,
+    pub(crate) readbacks: AtomicU64,
+}
+
+/// A snapshot of [`GpuContext::work`]: subtract two to count what happened between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkCount {
+    /// Queue submissions.
+    pub submissions: u64,
+    /// Compute dispatches submitted.
+    pub dispatches: u64,
+    /// Buffers read back to the CPU (each one blocking wait natively).
+    pub readbacks: u64,
+}
+
+impl std::ops::Sub for WorkCount {
+    type Output = Self;
+
+    fn sub(self, earlier: Self) -> Self {
+        Self {
+            submissions: self.submissions - earlier.submissions,
+            dispatches: self.dispatches - earlier.dispatches,
+            readbacks: self.readbacks - earlier.readbacks,
+        }
+    }
+}
+
+impl WorkCounters {
+    pub(crate) fn submitted(&self, submissions: u64, dispatches: u64) {
+        self.submissions.fetch_add(submissions, Ordering::Relaxed);
+        self.dispatches.fetch_add(dispatches, Ordering::Relaxed);
+    }
 }
 
 impl GpuContext {
@@ -198,11 +238,13 @@ impl GpuContext {
         let limits = required_limits(&adapter.limits(), options.needed)?;
         let native_f16 =
             options.f16 == F16Mode::Auto && adapter.features().contains(wgpu::Features::SHADER_F16);
-        let required_features = if native_f16 {
+        let mut required_features = if native_f16 {
             wgpu::Features::SHADER_F16
         } else {
             wgpu::Features::empty()
         };
+        // Timestamps cost nothing unless a profiled batch asks for them (benchmarks).
+        required_features |= adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("sd-kernels"),
@@ -253,6 +295,7 @@ impl GpuContext {
             limits,
             native_f16,
             health,
+            counters: WorkCounters::default(),
         })
     }
 
@@ -312,6 +355,16 @@ impl GpuContext {
         }
         self.pool.trim();
         self.device.destroy();
+    }
+
+    /// What this context has submitted and read back so far (benchmarks count per step with it).
+    pub fn work(&self) -> WorkCount {
+        let c = &self.counters;
+        WorkCount {
+            submissions: c.submissions.load(Ordering::Relaxed),
+            dispatches: c.dispatches.load(Ordering::Relaxed),
+            readbacks: c.readbacks.load(Ordering::Relaxed),
+        }
     }
 
     /// Starts recording a batch of dispatches (one uniform arena, one command buffer).
@@ -472,7 +525,11 @@ impl GpuContext {
     }
 
     async fn read_bytes(&self, tensor: &Tensor) -> Result<Vec<u8>> {
-        let size = tensor.byte_len();
+        self.read_buffer(tensor.buffer(), tensor.byte_len()).await
+    }
+
+    /// Reads the first `size` bytes of a `COPY_SRC` buffer back to the CPU.
+    pub(crate) async fn read_buffer(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
         let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("readback"),
             size,
@@ -484,8 +541,9 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("readback"),
             });
-        encoder.copy_buffer_to_buffer(tensor.buffer(), 0, &staging, 0, size);
+        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
         self.queue.submit([encoder.finish()]);
+        self.counters.readbacks.fetch_add(1, Ordering::Relaxed);
 
         let (sender, receiver) = futures_channel::oneshot::channel();
         let slice = staging.slice(..);

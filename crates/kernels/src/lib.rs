@@ -19,8 +19,8 @@ pub mod reference;
 mod shader;
 mod tensor;
 
-pub use batch::Batch;
-pub use context::{ContextOptions, F16Mode, GpuContext, NeededLimits};
+pub use batch::{Batch, Profile, Timing};
+pub use context::{ContextOptions, F16Mode, GpuContext, NeededLimits, WorkCount};
 pub use error::KernelError;
 pub use pipeline::PipelineKey;
 pub use pool::PoolStats;
