@@ -70,7 +70,11 @@ struct Args {
     json: Option<PathBuf>,
     baseline: Option<PathBuf>,
     model_dir: PathBuf,
+    parts: Vec<String>,
 }
+
+/// What `--parts` may name.
+const PARTS: [&str; 4] = ["text", "unet", "vae", "generation"];
 
 fn args() -> Result<Args> {
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
@@ -84,6 +88,7 @@ fn args() -> Result<Args> {
         json: None,
         baseline: None,
         model_dir: target.join("bench-sd15/model"),
+        parts: PARTS.map(String::from).to_vec(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -107,11 +112,17 @@ fn args() -> Result<Args> {
             "--json" => out.json = Some(value()?.into()),
             "--baseline" => out.baseline = Some(value()?.into()),
             "--model-dir" => out.model_dir = value()?.into(),
+            "--parts" => {
+                out.parts = value()?.split(',').map(String::from).collect();
+                if let Some(bad) = out.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+                    return Err(format!("--parts: `{bad}` is not one of {PARTS:?}").into());
+                }
+            }
             "-h" | "--help" => {
                 println!(
                     "bench_sd15 [--size N (512 on a GPU, 128 on a software adapter)] \
                      [--steps N (20; 2 on a software adapter)] [--reps N (3)] [--json PATH] \
-                     [--baseline PATH] [--model-dir DIR]"
+                     [--baseline PATH] [--model-dir DIR] [--parts text,unet,vae,generation]"
                 );
                 std::process::exit(0);
             }
@@ -449,10 +460,11 @@ fn main() -> Result<()> {
         Ok((source.weights(component)?, DType::F16))
     };
 
+    let wants = |part: &str| args.parts.iter().any(|p| p == part);
     let mut parts = Vec::new();
-    let timing;
+    let mut timing = None;
     // The text encoder on the CFG pair.
-    {
+    if wants("text") {
         let (weights, matrices) = loader("text_encoder")?;
         let p = WeightLoader {
             ctx: &ctx,
@@ -491,10 +503,10 @@ fn main() -> Result<()> {
             args.reps,
         )?;
         parts.push((t, ops_of(&target_costs, Part::TextEncoder)?));
-        timing = how;
+        timing = Some(how);
     }
     // One UNet call with CFG (batch 2).
-    {
+    if wants("unet") {
         let (weights, matrices) = loader("unet")?;
         let p = WeightLoader {
             ctx: &ctx,
@@ -523,7 +535,7 @@ fn main() -> Result<()> {
             unet_2d_condition_model(&mut r, configs.unet, &inputs)?;
             Ok(r.issued().to_vec())
         };
-        let (t, _) = time_part(
+        let (t, how) = time_part(
             &ctx,
             "UNet call (CFG)",
             &record,
@@ -531,9 +543,10 @@ fn main() -> Result<()> {
             args.reps,
         )?;
         parts.push((t, ops_of(&target_costs, Part::UNet)?));
+        timing = Some(how);
     }
     // The VAE decode.
-    {
+    if wants("vae") {
         let (weights, matrices) = loader("vae")?;
         let p = WeightLoader {
             ctx: &ctx,
@@ -549,7 +562,7 @@ fn main() -> Result<()> {
             vae::decoder(&mut r, configs.vae, (latent, latent))?;
             Ok(r.issued().to_vec())
         };
-        let (t, _) = time_part(
+        let (t, how) = time_part(
             &ctx,
             "VAE decode",
             &record,
@@ -557,46 +570,20 @@ fn main() -> Result<()> {
             args.reps,
         )?;
         parts.push((t, ops_of(&target_costs, Part::VaeDecoder)?));
+        timing = Some(how);
     }
     let timing_label = match timing {
-        Timing::Timestamps => "GPU timestamps around each dispatch",
-        Timing::SeparateSubmissions => {
+        Some(Timing::Timestamps) => "GPU timestamps around each dispatch",
+        Some(Timing::SeparateSubmissions) => {
             "no timestamp queries: wall time of one submission per command"
         }
+        None => "no part profiled",
     };
-
-    // A whole generation through the pipeline.
-    let sd = StableDiffusion::load(Arc::clone(&ctx), &source, DType::F16)?;
-    let params = GenerationParams {
-        prompt: "a photograph of an astronaut riding a horse".into(),
-        negative_prompt: String::new(),
-        steps,
-        guidance_scale: 7.5,
-        seed: 42,
-        sampler: SamplerKind::EULER,
-        width: size,
-        height: size,
-        count: 1,
-        strength: GenerationParams::default().strength,
-        sample_init_latents: false,
-        latents_len: None,
+    let generation = if wants("generation") {
+        Some(generate(&ctx, &source, size, steps)?)
+    } else {
+        None
     };
-    let mut marks: Vec<(Instant, WorkCount)> = Vec::new();
-    let mut on_stage = |stage: Stage| {
-        if matches!(stage, Stage::Diffusion { .. } | Stage::Decode) {
-            marks.push((Instant::now(), ctx.work()));
-        }
-    };
-    let start = Instant::now();
-    pollster::block_on(sd.generate(&params, &Inputs::default(), &mut on_stage, None))?;
-    let generation_ms = start.elapsed().as_secs_f64() * 1e3;
-    // Marks: before step 1, after each step, then the decode's start.
-    let step_marks = &marks[..marks.len().min(steps + 1)];
-    let (first, last) = (step_marks[0], step_marks[step_marks.len() - 1]);
-    let denoise_steps = (step_marks.len() - 1).max(1) as f64;
-    let step_ms = last.0.duration_since(first.0).as_secs_f64() * 1e3 / denoise_steps;
-    let work = last.1 - first.1;
-    let per_step = |n: u64| n as f64 / denoise_steps;
 
     // Report.
     println!("\ntiming: {timing_label}");
@@ -637,47 +624,58 @@ fn main() -> Result<()> {
     let unet_ms = parts
         .iter()
         .find(|(p, _)| p.name == "UNet call (CFG)")
-        .map_or(0.0, |(p, _)| p.wall_ms);
-    let overhead_ms = (step_ms - unet_ms).max(0.0);
-    println!(
-        "\nwhole generation: {generation_ms:.1} ms for {steps} steps at {size}x{size}; per step {step_ms:.1} ms \
-         ({overhead_ms:.1} ms beyond the UNet call), {:.0} dispatches, {:.1} submissions, {:.1} readbacks",
-        per_step(work.dispatches),
-        per_step(work.submissions),
-        per_step(work.readbacks)
-    );
-    let scale = |name: &str| {
-        let wall = parts
-            .iter()
-            .find(|(p, _)| p.name == name)
-            .map_or(1.0, |(p, _)| p.wall_ms / p.profiled_ms().max(1e-9));
-        projected.get(name).copied().unwrap_or(0.0) * 1e3 * wall
-    };
-    let projected_image_ms = scale("text encoder")
-        + TARGET_STEPS as f64 * (scale("UNet call (CFG)") + overhead_ms)
-        + scale("VAE decode");
-    println!(
-        "projected 20-step 512x512 image: {:.0} ms (each op's throughput here, scaled by the cost model's work at 512; one-submission/profiled ratio per part; {:.1} ms per-step overhead)",
-        projected_image_ms, overhead_ms
-    );
-
-    let report = json!({
+        .map(|(p, _)| p.wall_ms);
+    let mut report = json!({
         "adapter": ctx.describe(),
         "timing": timing_label,
         "size": size,
         "steps": steps,
         "parts": parts_json,
-        "generation": {
-            "wall_ms": generation_ms,
-            "step_ms": step_ms,
-            "per_step": {
-                "dispatches": per_step(work.dispatches),
-                "submissions": per_step(work.submissions),
-                "readbacks": per_step(work.readbacks),
-            },
-        },
-        "projected_20_steps_512_ms": projected_image_ms,
     });
+    if let Some(g) = &generation {
+        let per_step = |n: u64| n as f64 / g.steps;
+        let overhead = unet_ms.map(|unet| (g.step_ms - unet).max(0.0));
+        println!(
+            "\nwhole generation: {:.1} ms for {steps} steps at {size}x{size}; per step {:.1} ms{}, \
+             {:.0} dispatches, {:.1} submissions, {:.1} readbacks",
+            g.wall_ms,
+            g.step_ms,
+            overhead.map_or(String::new(), |o| format!(
+                " ({o:.1} ms beyond the UNet call)"
+            )),
+            per_step(g.work.dispatches),
+            per_step(g.work.submissions),
+            per_step(g.work.readbacks)
+        );
+        report["generation"] = json!({
+            "wall_ms": g.wall_ms,
+            "step_ms": g.step_ms,
+            "per_step": {
+                "dispatches": per_step(g.work.dispatches),
+                "submissions": per_step(g.work.submissions),
+                "readbacks": per_step(g.work.readbacks),
+            },
+        });
+        // The projection needs every part and the per-step overhead.
+        if let (Some(overhead), 3) = (overhead, parts.len()) {
+            let scaled = |name: &str| {
+                let wall = parts
+                    .iter()
+                    .find(|(p, _)| p.name == name)
+                    .map_or(1.0, |(p, _)| p.wall_ms / p.profiled_ms().max(1e-9));
+                projected.get(name).copied().unwrap_or(0.0) * 1e3 * wall
+            };
+            let image_ms = scaled("text encoder")
+                + TARGET_STEPS as f64 * (scaled("UNet call (CFG)") + overhead)
+                + scaled("VAE decode");
+            println!(
+                "projected 20-step 512x512 image: {image_ms:.0} ms (each op's throughput here, scaled \
+                 by the cost model's work at 512 and by each part's one-submission/profiled ratio; \
+                 {overhead:.1} ms per-step overhead)"
+            );
+            report["projected_20_steps_512_ms"] = json!(image_ms);
+        }
+    }
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
         println!("wrote {}", path.display());
@@ -686,6 +684,57 @@ fn main() -> Result<()> {
         compare(&report, path)?;
     }
     Ok(())
+}
+
+/// What a whole generation measured.
+struct GenerationTimes {
+    wall_ms: f64,
+    step_ms: f64,
+    steps: f64,
+    work: WorkCount,
+}
+
+/// One whole generation through `StableDiffusion::generate`, timed per denoising step.
+fn generate(
+    ctx: &Arc<GpuContext>,
+    source: &ModelSource,
+    size: u32,
+    steps: usize,
+) -> Result<GenerationTimes> {
+    let sd = StableDiffusion::load(Arc::clone(ctx), source, DType::F16)?;
+    let params = GenerationParams {
+        prompt: "a photograph of an astronaut riding a horse".into(),
+        negative_prompt: String::new(),
+        steps,
+        guidance_scale: 7.5,
+        seed: 42,
+        sampler: SamplerKind::EULER,
+        width: size,
+        height: size,
+        count: 1,
+        strength: GenerationParams::default().strength,
+        sample_init_latents: false,
+        latents_len: None,
+    };
+    let mut marks: Vec<(Instant, WorkCount)> = Vec::new();
+    let mut on_stage = |stage: Stage| {
+        if matches!(stage, Stage::Diffusion { .. } | Stage::Decode) {
+            marks.push((Instant::now(), ctx.work()));
+        }
+    };
+    let start = Instant::now();
+    pollster::block_on(sd.generate(&params, &Inputs::default(), &mut on_stage, None))?;
+    let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+    // Marks: before step 1, after each step, then the decode's start.
+    let step_marks = &marks[..marks.len().min(steps + 1)];
+    let (first, last) = (step_marks[0], step_marks[step_marks.len() - 1]);
+    let denoise_steps = (step_marks.len() - 1).max(1) as f64;
+    Ok(GenerationTimes {
+        wall_ms,
+        step_ms: last.0.duration_since(first.0).as_secs_f64() * 1e3 / denoise_steps,
+        steps: denoise_steps,
+        work: last.1 - first.1,
+    })
 }
 
 /// Prints this run against another run's JSON: per part and op family, baseline / this.

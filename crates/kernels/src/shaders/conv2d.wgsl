@@ -1,9 +1,12 @@
 // conv2d.wgsl: 2-D convolution, NCHW, as an implicit GEMM: rows are output channels, columns are
-// output pixels, depth is in_channels * kernel_h * kernel_w (the weight's own memory order).
+// output pixels, depth is kernel taps x input channels.
 //
-// A workgroup of 16x16 threads computes 64 output channels x 64 output pixels of one batch item;
-// each thread a 4x4 block in registers. The input is gathered (im2col) into shared memory 16
-// depth steps at a time, never materialised.
+// A workgroup of 8x8 threads computes 64 output channels x 64 output pixels of one batch item;
+// each thread an 8x8 block in registers (four FMAs per shared-memory read). The input is gathered (im2col) into shared memory 16
+// input channels at a time, never materialised. The depth loop runs tap by tap, channels inside:
+// a thread's pixel, and per tap its input row and column, are worked out once, so each gathered
+// element costs an add and a compare, not the divisions of a flat depth index (which dominated
+// on CPU adapters).
 //
 // Channel chunking: a tensor too large for one binding is split by channels into several
 // buffers. `ic_offset` selects which input channels of the weight this input chunk holds, and
@@ -36,89 +39,112 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [batch, out_channels, out_h, out_w]
 
 const TILE: u32 = 64u;
-const TILE_K: u32 = 16u;
+const TILE_K: u32 = 32u;
 
-var<workgroup> w_tile: array<vec4<f32>, 256>; // [k][oc / 4]
-var<workgroup> x_tile: array<vec4<f32>, 256>; // [k][pixel / 4]
+var<workgroup> w_tile: array<vec4<f32>, 512>; // [k][oc / 4]
+var<workgroup> x_tile: array<vec4<f32>, 512>; // [k][pixel / 4]
 
-fn load_input(n: u32, k: u32, pixel: u32) -> f32 {
-    let taps = p.kernel_h * p.kernel_w;
-    if (k >= p.in_channels * taps || pixel >= p.out_h * p.out_w) {
-        return 0.0;
-    }
-    let ic = k / taps;
-    let tap = k % taps;
-    let iy = i32((pixel / p.out_w) * p.stride + tap / p.kernel_w) - i32(p.pad);
-    let ix = i32((pixel % p.out_w) * p.stride + tap % p.kernel_w) - i32(p.pad);
-    if (iy < 0 || ix < 0 || iy >= i32(p.in_h) || ix >= i32(p.in_w)) {
-        return 0.0;
-    }
-    return x[((n * p.in_channels + ic) * p.in_h + u32(iy)) * p.in_w + u32(ix)];
-}
-
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(workgroup_id) wid: vec3<u32>) {
     let pixel0 = wid.x * TILE;
     let oc0 = wid.y * TILE;
     let n = wid.z;
-    let tid = lid.y * 16u + lid.x;
-    let depth = p.in_channels * p.kernel_h * p.kernel_w;
-    let weight_row = p.weight_in_channels * p.kernel_h * p.kernel_w;
-    let weight_col0 = p.ic_offset * p.kernel_h * p.kernel_w;
+    let tid = lid.y * 8u + lid.x;
+    let taps = p.kernel_h * p.kernel_w;
+    let plane = p.in_h * p.in_w;
+    let pixels = p.out_h * p.out_w;
 
-    // Weight loader: output channel tid / 4, depth quad tid % 4.
-    let w_oc = tid / 4u;
-    let w_k = (tid % 4u) * 4u;
-    // Input loader: pixel tid % 64, depth quad tid / 64.
-    let x_pixel = tid % TILE;
-    let x_k = (tid / TILE) * 4u;
+    // Loaders: thread tid brings output channel tid's weights and pixel tid's inputs for the
+    // step's 16 input channels.
+    let oc = oc0 + tid;
+    let w_row = ((p.oc_offset + oc) * p.weight_in_channels + p.ic_offset) * taps;
+    let pixel = pixel0 + tid;
+    let oy = i32((pixel / p.out_w) * p.stride) - i32(p.pad);
+    let ox = i32((pixel % p.out_w) * p.stride) - i32(p.pad);
+    let x_batch = n * p.in_channels * plane;
 
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: channel lid.y*4+i, pixel lid.x*4+j
-    for (var k0 = 0u; k0 < depth; k0 += TILE_K) {
-        let oc = oc0 + w_oc;
-        for (var i = 0u; i < 4u; i++) {
-            let k = k0 + w_k + i;
-            var w = 0.0;
-            if (oc < p.out_channels && k < depth) {
-                w = load_weight((p.oc_offset + oc) * weight_row + weight_col0 + k);
+    // The 8x8 block in registers, named so that no compiler has to index an array: c{i}{h} holds
+    // channel lid.y * 8 + i, pixels lid.x * 8 + 4 h .. +4.
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    for (var tap = 0u; tap < taps; tap++) {
+        let ky = tap / p.kernel_w;
+        let iy = oy + i32(ky);
+        let ix = ox + i32(tap - ky * p.kernel_w);
+        let inside = pixel < pixels && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
+        let x_at = x_batch + u32(max(iy, 0)) * p.in_w + u32(max(ix, 0));
+        for (var c0 = 0u; c0 < p.in_channels; c0 += TILE_K) {
+            for (var i = 0u; i < TILE_K; i++) {
+                let c = c0 + i;
+                var w = 0.0;
+                if (oc < p.out_channels && c < p.in_channels) {
+                    w = load_weight(w_row + c * taps + tap);
+                }
+                w_tile[i * 16u + tid / 4u][tid % 4u] = w;
+                var xv = 0.0;
+                if (inside && c < p.in_channels) {
+                    xv = x[x_at + c * plane];
+                }
+                x_tile[i * 16u + tid / 4u][tid % 4u] = xv;
             }
-            w_tile[(w_k + i) * 16u + w_oc / 4u][w_oc % 4u] = w;
-            x_tile[(x_k + i) * 16u + x_pixel / 4u][x_pixel % 4u] =
-                load_input(n, k0 + x_k + i, pixel0 + x_pixel);
+            workgroupBarrier();
+            for (var kk = 0u; kk < TILE_K; kk++) {
+                let a0 = w_tile[kk * 16u + lid.y * 2u];
+                let a1 = w_tile[kk * 16u + lid.y * 2u + 1u];
+                let b0 = x_tile[kk * 16u + lid.x * 2u];
+                let b1 = x_tile[kk * 16u + lid.x * 2u + 1u];
+                c00 += a0.x * b0; c01 += a0.x * b1;
+                c10 += a0.y * b0; c11 += a0.y * b1;
+                c20 += a0.z * b0; c21 += a0.z * b1;
+                c30 += a0.w * b0; c31 += a0.w * b1;
+                c40 += a1.x * b0; c41 += a1.x * b1;
+                c50 += a1.y * b0; c51 += a1.y * b1;
+                c60 += a1.z * b0; c61 += a1.z * b1;
+                c70 += a1.w * b0; c71 += a1.w * b1;
+            }
+            workgroupBarrier();
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = w_tile[kk * 16u + lid.y];
-            let b = x_tile[kk * 16u + lid.x];
-            acc[0] += a[0] * b;
-            acc[1] += a[1] * b;
-            acc[2] += a[2] * b;
-            acc[3] += a[3] * b;
-        }
-        workgroupBarrier();
     }
 
+    let row = oc0 + lid.y * 8u;
+    let col = pixel0 + lid.x * 8u;
+    store_row(n, row, col, c00, c01);
+    store_row(n, row + 1u, col, c10, c11);
+    store_row(n, row + 2u, col, c20, c21);
+    store_row(n, row + 3u, col, c30, c31);
+    store_row(n, row + 4u, col, c40, c41);
+    store_row(n, row + 5u, col, c50, c51);
+    store_row(n, row + 6u, col, c60, c61);
+    store_row(n, row + 7u, col, c70, c71);
+}
+
+// Writes eight consecutive pixels of output channel `oc`: bias (or what a previous channel
+// chunk left) plus the sums, skipping what lies outside the tensor.
+fn store_row(n: u32, oc: u32, pixel: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (oc >= p.out_channels) {
+        return;
+    }
     let pixels = p.out_h * p.out_w;
-    for (var i = 0u; i < 4u; i++) {
-        let oc = oc0 + lid.y * 4u + i;
-        if (oc >= p.out_channels) {
-            break;
-        }
-        var start = 0.0;
-        if (p.has_bias != 0u) {
-            start = bias[p.oc_offset + oc];
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let pixel = pixel0 + lid.x * 4u + j;
-            if (pixel < pixels) {
-                let index = (n * p.out_channels + oc) * pixels + pixel;
-                var base = start;
-                if (p.accumulate != 0u) {
-                    base = y[index];
-                }
-                y[index] = base + acc[i][j];
+    var start = 0.0;
+    if (p.has_bias != 0u) {
+        start = bias[p.oc_offset + oc];
+    }
+    let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+    for (var j = 0u; j < 8u; j++) {
+        if (pixel + j < pixels) {
+            let index = (n * p.out_channels + oc) * pixels + pixel + j;
+            var base = start;
+            if (p.accumulate != 0u) {
+                base = y[index];
             }
+            y[index] = base + sums[j];
         }
     }
 }

@@ -1,8 +1,9 @@
 // linear.wgsl: y = x W^T + b, the projection of every Linear layer (and 1x1 work on tokens).
 //
-// A workgroup of 16x16 threads computes a 64x64 tile of y; each thread a 4x4 block held in
-// registers. K is walked in steps of 16 through shared memory. Each thread loads four
-// consecutive k of one row of x and of W per step (vectorisable, coalesced along k).
+// A workgroup of 8x8 threads computes a 64x64 tile of y; each thread an 8x8 block held in
+// named registers (four FMAs per shared-memory read; arrays indexed in loops end up in memory
+// on some compilers). K is walked in steps of 32 through shared memory. Each thread loads four
+// consecutive k of one row of x and of W at a time (vectorisable, coalesced along k).
 
 struct Params {
     rows: u32,     // rows of x and y (batch dimensions flattened)
@@ -18,11 +19,11 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [rows, n]
 
 const TILE: u32 = 64u;   // rows and columns of the output tile
-const TILE_K: u32 = 16u; // depth of one shared-memory step
+const TILE_K: u32 = 32u; // depth of one shared-memory step
 
 // Transposed tiles, [k][row / 4] as vec4, so the inner loop reads 4 rows or columns at once.
-var<workgroup> x_tile: array<vec4<f32>, 256>; // TILE_K * TILE / 4
-var<workgroup> w_tile: array<vec4<f32>, 256>;
+var<workgroup> x_tile: array<vec4<f32>, 512>; // TILE_K * TILE / 4
+var<workgroup> w_tile: array<vec4<f32>, 512>;
 
 fn load_x4(row: u32, k0: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
@@ -50,50 +51,75 @@ fn load_w4(col: u32, k0: u32) -> vec4<f32> {
     return v;
 }
 
-@compute @workgroup_size(16, 16)
+@compute @workgroup_size(8, 8)
 fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(workgroup_id) wid: vec3<u32>) {
     let row0 = wid.y * TILE;
     let col0 = wid.x * TILE;
-    let tid = lid.y * 16u + lid.x;
-    // Loader role: row (or column) tid / 4 of the tile, k quad tid % 4.
-    let load_r = tid / 4u;
-    let load_k = (tid % 4u) * 4u;
+    let tid = lid.y * 8u + lid.x;
 
-    var acc: array<vec4<f32>, 4>; // acc[i][j]: row lid.y*4+i, column lid.x*4+j
+    // c{i}{h}: row lid.y * 8 + i, columns lid.x * 8 + 4 h .. +4.
+    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
+    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
+    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
+    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
+    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
+    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
+    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
-        let xv = load_x4(row0 + load_r, k0 + load_k);
-        let wv = load_w4(col0 + load_r, k0 + load_k);
-        for (var i = 0u; i < 4u; i++) {
-            x_tile[(load_k + i) * 16u + load_r / 4u][load_r % 4u] = xv[i];
-            w_tile[(load_k + i) * 16u + load_r / 4u][load_r % 4u] = wv[i];
+        // Loaders: thread tid brings row tid of x and column tid of W (row tid of the weight).
+        for (var q = 0u; q < TILE_K; q += 4u) {
+            let xv = load_x4(row0 + tid, k0 + q);
+            let wv = load_w4(col0 + tid, k0 + q);
+            for (var i = 0u; i < 4u; i++) {
+                x_tile[(q + i) * 16u + tid / 4u][tid % 4u] = xv[i];
+                w_tile[(q + i) * 16u + tid / 4u][tid % 4u] = wv[i];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < TILE_K; kk++) {
-            let a = x_tile[kk * 16u + lid.y];
-            let b = w_tile[kk * 16u + lid.x];
-            acc[0] += a[0] * b;
-            acc[1] += a[1] * b;
-            acc[2] += a[2] * b;
-            acc[3] += a[3] * b;
+            let a0 = x_tile[kk * 16u + lid.y * 2u];
+            let a1 = x_tile[kk * 16u + lid.y * 2u + 1u];
+            let b0 = w_tile[kk * 16u + lid.x * 2u];
+            let b1 = w_tile[kk * 16u + lid.x * 2u + 1u];
+            c00 += a0.x * b0; c01 += a0.x * b1;
+            c10 += a0.y * b0; c11 += a0.y * b1;
+            c20 += a0.z * b0; c21 += a0.z * b1;
+            c30 += a0.w * b0; c31 += a0.w * b1;
+            c40 += a1.x * b0; c41 += a1.x * b1;
+            c50 += a1.y * b0; c51 += a1.y * b1;
+            c60 += a1.z * b0; c61 += a1.z * b1;
+            c70 += a1.w * b0; c71 += a1.w * b1;
         }
         workgroupBarrier();
     }
 
-    for (var i = 0u; i < 4u; i++) {
-        let row = row0 + lid.y * 4u + i;
-        if (row >= p.rows) {
-            break;
-        }
-        for (var j = 0u; j < 4u; j++) {
-            let col = col0 + lid.x * 4u + j;
-            if (col < p.n) {
-                var v = acc[i][j];
-                if (p.has_bias != 0u) {
-                    v += bias[col];
-                }
-                y[row * p.n + col] = v;
+    let row = row0 + lid.y * 8u;
+    let col = col0 + lid.x * 8u;
+    store_row(row, col, c00, c01);
+    store_row(row + 1u, col, c10, c11);
+    store_row(row + 2u, col, c20, c21);
+    store_row(row + 3u, col, c30, c31);
+    store_row(row + 4u, col, c40, c41);
+    store_row(row + 5u, col, c50, c51);
+    store_row(row + 6u, col, c60, c61);
+    store_row(row + 7u, col, c70, c71);
+}
+
+// Writes eight consecutive columns of `row` plus the bias, skipping what lies outside y.
+fn store_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if (row >= p.rows) {
+        return;
+    }
+    let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+    for (var j = 0u; j < 8u; j++) {
+        if (col + j < p.n) {
+            var v = sums[j];
+            if (p.has_bias != 0u) {
+                v += bias[col + j];
             }
+            y[row * p.n + col + j] = v;
         }
     }
 }
