@@ -171,10 +171,12 @@ pub fn conv2d(
         has_bias: u32::from(bias.is_some() && !chunk.accumulate),
     };
     let bias = bias.unwrap_or(batch.context().placeholder());
+    // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
+    // smaller levels) fill more of a tile.
     let groups = [
-        to_u32(OP, (oh * ow).div_ceil(TILE))?,
+        to_u32(OP, (n * oh * ow).div_ceil(TILE))?,
         to_u32(OP, cout.div_ceil(TILE))?,
-        to_u32(OP, n)?,
+        1,
     ];
     batch.dispatch(
         &CONV2D,

@@ -1,12 +1,13 @@
 // conv2d.wgsl: 2-D convolution, NCHW, as an implicit GEMM: rows are output channels, columns are
-// output pixels, depth is kernel taps x input channels.
+// the batch's output pixels (batch item, then pixel, so small latents fill more of a tile),
+// depth is kernel taps x input channels.
 //
-// A workgroup of 8x8 threads computes 64 output channels x 64 output pixels of one batch item;
-// each thread an 8x8 block in registers (four FMAs per shared-memory read). The input is gathered (im2col) into shared memory 16
-// input channels at a time, never materialised. The depth loop runs tap by tap, channels inside:
-// a thread's pixel, and per tap its input row and column, are worked out once, so each gathered
-// element costs an add and a compare, not the divisions of a flat depth index (which dominated
-// on CPU adapters).
+// A workgroup of 8x8 threads computes 64 output channels x 64 columns; each thread an 8x8 block
+// in named registers (four FMAs per shared-memory read; an array indexed in a loop ends up in
+// memory on some compilers). The input is gathered (im2col) into shared memory 32 input
+// channels at a time, never materialised. The depth loop runs tap by tap, channels inside: a
+// thread's column, and per tap its input row and column, are worked out once, so a gathered
+// element costs an add and a compare, not the divisions of a flat depth index.
 //
 // Channel chunking: a tensor too large for one binding is split by channels into several
 // buffers. `ic_offset` selects which input channels of the weight this input chunk holds, and
@@ -47,19 +48,20 @@ var<workgroup> x_tile: array<vec4<f32>, 512>; // [k][pixel / 4]
 @compute @workgroup_size(8, 8)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(workgroup_id) wid: vec3<u32>) {
-    let pixel0 = wid.x * TILE;
+    let col0 = wid.x * TILE;
     let oc0 = wid.y * TILE;
-    let n = wid.z;
     let tid = lid.y * 8u + lid.x;
     let taps = p.kernel_h * p.kernel_w;
     let plane = p.in_h * p.in_w;
     let pixels = p.out_h * p.out_w;
 
-    // Loaders: thread tid brings output channel tid's weights and pixel tid's inputs for the
-    // step's 16 input channels.
+    // Loaders: thread tid brings output channel tid's weights and column tid's inputs for the
+    // step's 32 input channels.
     let oc = oc0 + tid;
     let w_row = ((p.oc_offset + oc) * p.weight_in_channels + p.ic_offset) * taps;
-    let pixel = pixel0 + tid;
+    let column = col0 + tid;
+    let n = column / pixels;
+    let pixel = column % pixels;
     let oy = i32((pixel / p.out_w) * p.stride) - i32(p.pad);
     let ox = i32((pixel % p.out_w) * p.stride) - i32(p.pad);
     let x_batch = n * p.in_channels * plane;
@@ -78,7 +80,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
         let ky = tap / p.kernel_w;
         let iy = oy + i32(ky);
         let ix = ox + i32(tap - ky * p.kernel_w);
-        let inside = pixel < pixels && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
+        let inside = n < p.batch && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
         let x_at = x_batch + u32(max(iy, 0)) * p.in_w + u32(max(ix, 0));
         for (var c0 = 0u; c0 < p.in_channels; c0 += TILE_K) {
             for (var i = 0u; i < TILE_K; i++) {
@@ -114,20 +116,20 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
     }
 
     let row = oc0 + lid.y * 8u;
-    let col = pixel0 + lid.x * 8u;
-    store_row(n, row, col, c00, c01);
-    store_row(n, row + 1u, col, c10, c11);
-    store_row(n, row + 2u, col, c20, c21);
-    store_row(n, row + 3u, col, c30, c31);
-    store_row(n, row + 4u, col, c40, c41);
-    store_row(n, row + 5u, col, c50, c51);
-    store_row(n, row + 6u, col, c60, c61);
-    store_row(n, row + 7u, col, c70, c71);
+    let col = col0 + lid.x * 8u;
+    store_row(row, col, c00, c01);
+    store_row(row + 1u, col, c10, c11);
+    store_row(row + 2u, col, c20, c21);
+    store_row(row + 3u, col, c30, c31);
+    store_row(row + 4u, col, c40, c41);
+    store_row(row + 5u, col, c50, c51);
+    store_row(row + 6u, col, c60, c61);
+    store_row(row + 7u, col, c70, c71);
 }
 
-// Writes eight consecutive pixels of output channel `oc`: bias (or what a previous channel
-// chunk left) plus the sums, skipping what lies outside the tensor.
-fn store_row(n: u32, oc: u32, pixel: u32, lo: vec4<f32>, hi: vec4<f32>) {
+// Writes eight consecutive columns (batch item, pixel) of output channel `oc`: bias (or what a
+// previous channel chunk left) plus the sums, skipping what lies outside the tensor.
+fn store_row(oc: u32, column: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (oc >= p.out_channels) {
         return;
     }
@@ -138,8 +140,9 @@ fn store_row(n: u32, oc: u32, pixel: u32, lo: vec4<f32>, hi: vec4<f32>) {
     }
     let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
     for (var j = 0u; j < 8u; j++) {
-        if (pixel + j < pixels) {
-            let index = (n * p.out_channels + oc) * pixels + pixel + j;
+        let n = (column + j) / pixels;
+        if (n < p.batch) {
+            let index = (n * p.out_channels + oc) * pixels + (column + j) % pixels;
             var base = start;
             if (p.accumulate != 0u) {
                 base = y[index];
