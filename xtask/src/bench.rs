@@ -3,10 +3,11 @@
 //! so that a change is judged as a ratio measured on one machine, one after the other.
 //!
 //! The other revision is checked out as a git worktree under `target/bench-against/`, with
-//! `shared/` linked beside it as in a clone, and built into the same target folder (its crates
-//! live at another path, so Cargo keeps them apart and only they are rebuilt; the two builds
-//! run one after the other). Both runs use the same random model folder. The revision must
-//! have the benchmark (it landed with issue 17's first commit, 84ac947).
+//! `shared/` linked beside it as in a clone, and built into a target folder of its own: in a
+//! shared one both builds' example binaries are uplifted to the same path, and a build that is
+//! already fresh does not copy its binary back, so `cargo run` would run the other revision's.
+//! Both runs use the same random model folder. The revision must have the benchmark (it landed
+//! with issue 17's first commit, 84ac947).
 
 use std::path::Path;
 
@@ -64,7 +65,7 @@ pub fn sd15(sh: &Shell, root: &Path, args: &[&str]) -> Result<()> {
     let baseline_arg = baseline.to_string_lossy().into_owned();
     stage(&format!("bench sd15 at {rev} (release)"), || {
         let _dir = sh.push_dir(&tree);
-        let _target = sh.push_env("CARGO_TARGET_DIR", &target);
+        let _target = sh.push_env("CARGO_TARGET_DIR", worktrees.join("target"));
         Ok(cmd!(
             sh,
             "cargo run --release --quiet -p sd-tests --example bench_sd15 -- --model-dir {model_arg} --json {baseline_arg} {rest...}"

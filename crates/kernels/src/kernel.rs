@@ -74,12 +74,14 @@ impl Binding {
     }
 }
 
-/// The bindings of the two GEMM kernels, linear and conv2d: input, weights, bias, output.
-pub(crate) const GEMM_BINDINGS: [Binding; 4] = [
+/// The bindings of the two GEMM kernels, linear and conv2d: input, weights, bias, output, and
+/// the residual their epilogue may add.
+pub(crate) const GEMM_BINDINGS: [Binding; 5] = [
     Binding::read("x"),
     Binding::weights(),
     Binding::read("bias"),
     Binding::write("y"),
+    Binding::read("residual"),
 ];
 
 /// A field of a uniform struct: its name, byte offset and Rust type, as written.

@@ -44,6 +44,46 @@ pub struct CostRecorder {
 }
 
 impl CostRecorder {
+    /// `nn.Conv2d`; a fused residual connection reads the output's size once more.
+    fn conv2d_with(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        conv: Conv2d,
+        residual: bool,
+    ) -> Result<Shape, PlanError> {
+        let y = shapes::conv2d(path, *x, &conv)?;
+        let (Shape::Nchw { c, .. }, Shape::Nchw { n, c: oc, h, w }) = (*x, y) else {
+            return Ok(y);
+        };
+        let k = conv.kernel;
+        let flops = 2 * mul(&[n, oc, h, w, c, k, k]);
+        let weights = matrix(&[oc, c, k, k]) + vector(oc);
+        let read = x.bytes() + weights + if residual { y.bytes() } else { 0 };
+        self.push(path, "conv2d", flops, (read, y.bytes()), 1);
+        Ok(y)
+    }
+
+    /// `nn.Linear`; a fused residual connection reads the output's size once more.
+    fn linear_with(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        out_features: usize,
+        bias: bool,
+        residual: bool,
+    ) -> Result<Shape, PlanError> {
+        let y = shapes::linear(path, *x, out_features)?;
+        let Shape::Tokens { n, l, d } = *x else {
+            return Ok(y);
+        };
+        let flops = 2 * mul(&[n, l, d, out_features]);
+        let weights = matrix(&[out_features, d]) + if bias { vector(out_features) } else { 0 };
+        let read = x.bytes() + weights + if residual { y.bytes() } else { 0 };
+        self.push(path, "linear", flops, (read, y.bytes()), 1);
+        Ok(y)
+    }
+
     /// The ops recorded, in order.
     pub fn ops(&self) -> &[OpCost] {
         &self.ops
@@ -101,15 +141,39 @@ impl Recorder for CostRecorder {
     }
 
     fn conv2d(&mut self, path: &str, x: &Shape, conv: Conv2d) -> Result<Shape, PlanError> {
-        let y = shapes::conv2d(path, *x, &conv)?;
-        let (Shape::Nchw { c, .. }, Shape::Nchw { n, c: oc, h, w }) = (*x, y) else {
-            return Ok(y);
-        };
-        let k = conv.kernel;
-        let flops = 2 * mul(&[n, oc, h, w, c, k, k]);
-        let weights = matrix(&[oc, c, k, k]) + vector(oc);
-        self.push(path, "conv2d", flops, (x.bytes() + weights, y.bytes()), 1);
-        Ok(y)
+        self.conv2d_with(path, x, conv, false)
+    }
+
+    fn conv2d_residual(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        conv: Conv2d,
+        _r: &Shape,
+        _scale: f64,
+    ) -> Result<Shape, PlanError> {
+        self.conv2d_with(path, x, conv, true)
+    }
+
+    fn linear(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<Shape, PlanError> {
+        self.linear_with(path, x, out_features, bias, false)
+    }
+
+    fn linear_residual(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        out_features: usize,
+        bias: bool,
+        _residual: (&Shape, f64),
+    ) -> Result<Shape, PlanError> {
+        self.linear_with(path, x, out_features, bias, true)
     }
 
     fn group_norm(&mut self, path: &str, x: &Shape, _norm: GroupNorm) -> Result<Shape, PlanError> {
@@ -120,23 +184,6 @@ impl Recorder for CostRecorder {
         let read = 2 * x.bytes() + 2 * vector(c);
         self.push(path, "group_norm", 0, (read, x.bytes()), 2);
         Ok(*x)
-    }
-
-    fn linear(
-        &mut self,
-        path: &str,
-        x: &Shape,
-        out_features: usize,
-        bias: bool,
-    ) -> Result<Shape, PlanError> {
-        let y = shapes::linear(path, *x, out_features)?;
-        let Shape::Tokens { n, l, d } = *x else {
-            return Ok(y);
-        };
-        let flops = 2 * mul(&[n, l, d, out_features]);
-        let weights = matrix(&[out_features, d]) + if bias { vector(out_features) } else { 0 };
-        self.push(path, "linear", flops, (x.bytes() + weights, y.bytes()), 1);
-        Ok(y)
     }
 
     fn layer_norm(&mut self, path: &str, x: &Shape, _eps: f64) -> Result<Shape, PlanError> {

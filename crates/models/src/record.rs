@@ -105,6 +105,16 @@ pub trait Recorder {
 
     /// `nn.Conv2d` on NCHW `x`.
     fn conv2d(&mut self, path: &str, x: &Self::Tensor, conv: Conv2d) -> Out<Self>;
+    /// [`Recorder::conv2d`] followed by the residual connection `(y + r) * scale` (`r` shaped
+    /// as the output), one op: the GEMM adds `r` as it writes `y`.
+    fn conv2d_residual(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        conv: Conv2d,
+        r: &Self::Tensor,
+        scale: f64,
+    ) -> Out<Self>;
     /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
     fn group_norm(&mut self, path: &str, x: &Self::Tensor, norm: GroupNorm) -> Out<Self>;
     /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.
@@ -114,6 +124,16 @@ pub trait Recorder {
         x: &Self::Tensor,
         out_features: usize,
         bias: bool,
+    ) -> Out<Self>;
+    /// [`Recorder::linear`] followed by the residual connection `(y + r) * scale` (`residual` is
+    /// `(r, scale)`), one op.
+    fn linear_residual(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        out_features: usize,
+        bias: bool,
+        residual: (&Self::Tensor, f64),
     ) -> Out<Self>;
     /// `nn.LayerNorm` over each token of `x`.
     fn layer_norm(&mut self, path: &str, x: &Self::Tensor, eps: f64) -> Out<Self>;

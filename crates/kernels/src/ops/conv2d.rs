@@ -1,6 +1,6 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
-use super::{expect_f32, to_u32, weight_variant};
+use super::{Residual, expect_f32, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
@@ -24,6 +24,10 @@ uniform! {
         oc_offset: u32,
         accumulate: u32,
         has_bias: u32,
+        has_residual: u32,
+        residual_factor: f32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -34,7 +38,7 @@ pub(crate) static CONV2D: Kernel = Kernel {
     bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "conv2d",
-        bindings: 4,
+        bindings: 5,
     }],
     reads_weights: true,
     consts: no_consts,
@@ -101,6 +105,22 @@ pub fn conv2d(
     shape: Conv2dShape,
     chunk: Conv2dChunk,
 ) -> Result<()> {
+    conv2d_with_residual(batch, x, weight, bias, y, shape, chunk, None)
+}
+
+/// [`conv2d`], then `y = (y + residual) * factor` in the same pass: a ResNet's skip connection.
+/// `residual` has `y`'s shape; with input chunks, pass it to the last chunk's call only.
+#[allow(clippy::too_many_arguments)] // conv2d's seven, plus the epilogue
+pub fn conv2d_with_residual(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    chunk: Conv2dChunk,
+    residual: Option<Residual<'_>>,
+) -> Result<()> {
     const OP: &str = "conv2d";
     let [oc_total, ic_total, kh, kw] = *weight.shape() else {
         return Err(KernelError::shape(
@@ -148,6 +168,9 @@ pub fn conv2d(
     }
     expect_f32(OP, "x", x, n * cin * h * w)?;
     expect_f32(OP, "y", y, n * cout * oh * ow)?;
+    if let Some(r) = &residual {
+        expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?;
+    }
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, oc_total)?;
     }
@@ -169,8 +192,14 @@ pub fn conv2d(
         oc_offset: to_u32(OP, chunk.oc_offset)?,
         accumulate: u32::from(chunk.accumulate),
         has_bias: u32::from(bias.is_some() && !chunk.accumulate),
+        has_residual: u32::from(residual.is_some()),
+        residual_factor: residual.map_or(1.0, |r| r.factor),
+        _pad0: 0,
+        _pad1: 0,
     };
-    let bias = bias.unwrap_or(batch.context().placeholder());
+    let placeholder = batch.context().placeholder();
+    let bias = bias.unwrap_or(placeholder);
+    let residual = residual.map_or(placeholder, |r| r.tensor);
     // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
     // smaller levels) fill more of a tile.
     let groups = [
@@ -182,7 +211,7 @@ pub fn conv2d(
         &CONV2D,
         CONV2D.key("conv2d", variant),
         &params,
-        &[x, weight, bias, y],
+        &[x, weight, bias, y, residual],
         groups,
     )
 }

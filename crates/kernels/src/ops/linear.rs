@@ -1,6 +1,6 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
-use super::{expect_f32, to_u32, weight_variant};
+use super::{Residual, expect_f32, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
@@ -12,6 +12,10 @@ uniform! {
         n: u32,
         k: u32,
         has_bias: u32,
+        has_residual: u32,
+        residual_factor: f32,
+        _pad0: u32,
+        _pad1: u32,
     }
 }
 
@@ -22,7 +26,7 @@ pub(crate) static LINEAR: Kernel = Kernel {
     bindings: &GEMM_BINDINGS,
     entries: &[Entry {
         name: "linear",
-        bindings: 4,
+        bindings: 5,
     }],
     reads_weights: true,
     consts: no_consts,
@@ -36,6 +40,19 @@ pub fn linear(
     weight: &Tensor,
     bias: Option<&Tensor>,
     y: &Tensor,
+) -> Result<()> {
+    linear_with_residual(batch, x, weight, bias, y, None)
+}
+
+/// [`linear`], then `y = (y + residual) * factor` in the same pass: the residual connection
+/// after a block's output projection. `residual` has `y`'s shape.
+pub fn linear_with_residual(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    residual: Option<Residual<'_>>,
 ) -> Result<()> {
     const OP: &str = "linear";
     let [n, k] = *weight.shape() else {
@@ -56,14 +73,23 @@ pub fn linear(
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
     }
+    if let Some(r) = &residual {
+        expect_f32(OP, "residual", r.tensor, rows * n)?;
+    }
     let variant = weight_variant(batch, OP, weight)?;
     let params = Params {
         rows: to_u32(OP, rows)?,
         n: to_u32(OP, n)?,
         k: to_u32(OP, k)?,
         has_bias: u32::from(bias.is_some()),
+        has_residual: u32::from(residual.is_some()),
+        residual_factor: residual.map_or(1.0, |r| r.factor),
+        _pad0: 0,
+        _pad1: 0,
     };
-    let bias = bias.unwrap_or(batch.context().placeholder());
+    let placeholder = batch.context().placeholder();
+    let bias = bias.unwrap_or(placeholder);
+    let residual = residual.map_or(placeholder, |r| r.tensor);
     let groups = [
         to_u32(OP, n.div_ceil(TILE))?,
         to_u32(OP, rows.div_ceil(TILE))?,
@@ -73,7 +99,7 @@ pub fn linear(
         &LINEAR,
         LINEAR.key("linear", variant),
         &params,
-        &[x, weight, bias, y],
+        &[x, weight, bias, y, residual],
         groups,
     )
 }

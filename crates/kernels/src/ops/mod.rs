@@ -9,16 +9,26 @@ mod linear;
 mod norm;
 
 pub use attention::{AttentionShape, attention};
-pub use conv2d::{Conv2dChunk, Conv2dShape, conv2d};
+pub use conv2d::{Conv2dChunk, Conv2dShape, conv2d, conv2d_with_residual};
 pub use elementwise::{
     Activation, activation, add, add_channel_bias, concat_channels, embedding, geglu,
     layout_nchw_to_nlc, layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding,
     timestep_frequencies, upsample_nearest,
 };
-pub use linear::linear;
+pub use linear::{linear, linear_with_residual};
 pub use norm::{GroupNormShape, group_norm, layer_norm};
 
 use crate::kernel::Kernel;
+
+/// A residual connection a GEMM's epilogue adds: `y = (y + tensor) * factor` (`factor` is
+/// `1 / output_scale_factor`, usually 1), instead of a `residual_add` pass of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct Residual<'t> {
+    /// The skip connection's tensor, shaped as the output.
+    pub tensor: &'t Tensor,
+    /// What the sum is multiplied by.
+    pub factor: f32,
+}
 use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
 /// Every kernel file's table (see [`crate::kernel`]).

@@ -31,6 +31,10 @@ struct Params {
     oc_offset: u32,          // first weight output channel of this output chunk
     accumulate: u32,         // 1: y += conv; 0: y = bias + conv
     has_bias: u32,
+    has_residual: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only)
+    residual_factor: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -38,6 +42,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weights: array<WEIGHT_STORE>; // [OC, weight_in_channels, kernel_h, kernel_w]
 @group(0) @binding(3) var<storage, read> bias: array<f32>;             // [OC]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [batch, out_channels, out_h, out_w]
+@group(0) @binding(5) var<storage, read> residual: array<f32>;         // as y
 
 const TILE: u32 = 64u;
 const TILE_K: u32 = 32u;
@@ -128,7 +133,8 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
 }
 
 // Writes eight consecutive columns (batch item, pixel) of output channel `oc`: bias (or what a
-// previous channel chunk left) plus the sums, skipping what lies outside the tensor.
+// previous channel chunk left) plus the sums, then the residual connection where there is one
+// (fused here instead of a pass of its own), skipping what lies outside the tensor.
 fn store_row(oc: u32, column: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (oc >= p.out_channels) {
         return;
@@ -147,7 +153,11 @@ fn store_row(oc: u32, column: u32, lo: vec4<f32>, hi: vec4<f32>) {
             if (p.accumulate != 0u) {
                 base = y[index];
             }
-            y[index] = base + sums[j];
+            var v = base + sums[j];
+            if (p.has_residual != 0u) {
+                v = (v + residual[index]) * p.residual_factor;
+            }
+            y[index] = v;
         }
     }
 }

@@ -6,10 +6,14 @@
 // consecutive k of one row of x and of W at a time (vectorisable, coalesced along k).
 
 struct Params {
-    rows: u32,     // rows of x and y (batch dimensions flattened)
-    n: u32,        // output features
-    k: u32,        // input features
-    has_bias: u32, // 0: bias is ignored
+    rows: u32,            // rows of x and y (batch dimensions flattened)
+    n: u32,               // output features
+    k: u32,               // input features
+    has_bias: u32,        // 0: bias is ignored
+    has_residual: u32,    // 1: y = (x W^T + b + residual) * residual_factor
+    residual_factor: f32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -17,6 +21,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> weights: array<WEIGHT_STORE>; // [n, k]
 @group(0) @binding(3) var<storage, read> bias: array<f32>;             // [n]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [rows, n]
+@group(0) @binding(5) var<storage, read> residual: array<f32>;         // [rows, n]
 
 const TILE: u32 = 64u;   // rows and columns of the output tile
 const TILE_K: u32 = 32u; // depth of one shared-memory step
@@ -107,7 +112,8 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
     store_row(row + 7u, col, c70, c71);
 }
 
-// Writes eight consecutive columns of `row` plus the bias, skipping what lies outside y.
+// Writes eight consecutive columns of `row` plus the bias (and the residual connection, fused
+// here instead of a pass of its own), skipping what lies outside y.
 fn store_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (row >= p.rows) {
         return;
@@ -115,11 +121,15 @@ fn store_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
     let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
     for (var j = 0u; j < 8u; j++) {
         if (col + j < p.n) {
+            let index = row * p.n + col + j;
             var v = sums[j];
             if (p.has_bias != 0u) {
                 v += bias[col + j];
             }
-            y[row * p.n + col + j] = v;
+            if (p.has_residual != 0u) {
+                v = (v + residual[index]) * p.residual_factor;
+            }
+            y[index] = v;
         }
     }
 }

@@ -1,4 +1,4 @@
-use sd_kernels::ops::{self, Conv2dChunk, Conv2dShape};
+use sd_kernels::ops::{self, Conv2dChunk, Conv2dShape, Residual};
 use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
@@ -60,7 +60,8 @@ fn conv2d_matches_reference_for_every_weight_variant() {
 
 /// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
 /// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
-/// select their channels.
+/// select their channels, and the residual connection given to the last input chunk's call is
+/// added once, after the whole sum: `(conv + b + r) * factor`.
 /// The VAE encoder's downsampler: stride 2, no padding before, one row and column after.
 #[test]
 fn conv2d_with_padding_only_after() {
@@ -98,7 +99,12 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
     let x = random(&mut rng, n * ic * h * w, 1.0);
     let wt = random(&mut rng, oc * ic * 9, 0.3);
     let b = random(&mut rng, oc, 1.0);
-    let want = reference::conv2d(&x, [n, ic, h, w], &wt, [oc, 3, 3], Some(&b), 1, (1, 1));
+    let r = random(&mut rng, n * oc * h * w, 1.0);
+    let want: Vec<f32> = reference::conv2d(&x, [n, ic, h, w], &wt, [oc, 3, 3], Some(&b), 1, (1, 1))
+        .iter()
+        .zip(&r)
+        .map(|(v, r)| (v + r) * 0.5)
+        .collect();
     let (w_gpu, _) = weight(ctx, Weights::F32, &wt, &[oc, ic, 3, 3]);
     let b_gpu = upload(ctx, &b, &[oc]);
     // Input channels 0..5 and 5..12; output channels 0..4 and 4..10.
@@ -112,8 +118,14 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
         (5, upload(ctx, &split_in(5, 12), &[n, 7, h, w])),
     ];
     let shape = Conv2dShape::symmetric(1, 1);
+    let out_chunk = |values: &[f32], lo: usize, hi: usize| -> Vec<f32> {
+        (0..n)
+            .flat_map(|i| values[(i * oc + lo) * h * w..(i * oc + hi) * h * w].to_vec())
+            .collect()
+    };
     for (oc_lo, oc_hi) in [(0, 4), (4, 10)] {
         let y = poisoned(ctx, &[n, oc_hi - oc_lo, h, w]);
+        let r_gpu = upload(ctx, &out_chunk(&r, oc_lo, oc_hi), &[n, oc_hi - oc_lo, h, w]);
         let got = run(ctx, &y, |batch| {
             for (i, (ic_offset, xc)) in x_chunks.iter().enumerate() {
                 let chunk = Conv2dChunk {
@@ -121,12 +133,24 @@ fn conv2d_over_channel_chunks_equals_the_whole() {
                     oc_offset: oc_lo,
                     accumulate: i > 0,
                 };
-                ops::conv2d(batch, xc, &w_gpu, Some(&b_gpu), &y, shape, chunk).expect("record");
+                let residual = (i + 1 == x_chunks.len()).then_some(Residual {
+                    tensor: &r_gpu,
+                    factor: 0.5,
+                });
+                ops::conv2d_with_residual(
+                    batch,
+                    xc,
+                    &w_gpu,
+                    Some(&b_gpu),
+                    &y,
+                    shape,
+                    chunk,
+                    residual,
+                )
+                .expect("record");
             }
         });
-        let want_chunk: Vec<f32> = (0..n)
-            .flat_map(|i| want[(i * oc + oc_lo) * h * w..(i * oc + oc_hi) * h * w].to_vec())
-            .collect();
+        let want_chunk = out_chunk(&want, oc_lo, oc_hi);
         assert_close(
             &format!("conv2d chunk out {oc_lo}..{oc_hi}"),
             &got,

@@ -1,4 +1,4 @@
-use sd_kernels::ops;
+use sd_kernels::ops::{self, Residual};
 use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
@@ -48,6 +48,44 @@ fn linear_matches_reference_for_every_weight_variant() {
             }
         }
     }
+}
+
+/// The residual connection fused into the epilogue equals `linear` then `residual_add`:
+/// `(x W^T + b + r) * factor`, on sizes off the tiles.
+#[test]
+fn linear_adds_a_residual_in_its_epilogue() {
+    let ctx = context_for(Weights::F16Native);
+    let mut rng = rng(150);
+    let (rows, n, k) = (70, 45, 37);
+    let x = random(&mut rng, rows * k, 1.0);
+    let w = random(&mut rng, n * k, 0.5);
+    let b = random(&mut rng, n, 1.0);
+    let r = random(&mut rng, rows * n, 1.0);
+    let (w_gpu, w_seen) = weight(ctx, Weights::F16Native, &w, &[n, k]);
+    let (x_gpu, b_gpu, r_gpu) = (
+        upload(ctx, &x, &[rows, k]),
+        upload(ctx, &b, &[n]),
+        upload(ctx, &r, &[rows, n]),
+    );
+    let y = poisoned(ctx, &[rows, n]);
+    let residual = Residual {
+        tensor: &r_gpu,
+        factor: 0.5,
+    };
+    let got = run(ctx, &y, |batch| {
+        ops::linear_with_residual(batch, &x_gpu, &w_gpu, Some(&b_gpu), &y, Some(residual))
+            .expect("record")
+    });
+    let want: Vec<f32> = reference::linear(&x, &w_seen, Some(&b), rows, n, k)
+        .iter()
+        .zip(&r)
+        .map(|(v, r)| (v + r) * 0.5)
+        .collect();
+    let tol = Tolerance {
+        abs: 2e-5,
+        rel: 1e-5,
+    };
+    assert_close("linear with residual", &got, &want, tol);
 }
 
 #[test]

@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 
-use sd_kernels::ops::{self, Activation, AttentionShape, Conv2dChunk, Conv2dShape, GroupNormShape};
+use sd_kernels::ops::{
+    self, Activation, AttentionShape, Conv2dChunk, Conv2dShape, GroupNormShape, Residual,
+};
 use sd_kernels::{Batch, DType, Tensor};
 
 use crate::plan::{ChunkSpec, PlanError, Shape, chunk_group_size, chunk_layout};
@@ -87,6 +89,121 @@ struct Piece {
 }
 
 impl<'b, 'c> GpuRecorder<'b, 'c> {
+    /// `nn.Conv2d`, with the residual connection fused into the GEMM where every tensor is one
+    /// buffer.
+    fn conv2d_with(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        conv: Conv2d,
+        residual: Option<(&GpuTensor, f64)>,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let y = r.alloc(path, shapes::conv2d(path, x.shape, &conv)?)?;
+            let w = r.weight(format!("{path}.weight"))?;
+            let bias = r.weight(format!("{path}.bias"))?;
+            let shape = Conv2dShape {
+                stride: conv.stride,
+                pad_begin: conv.padding.before,
+                pad_end: conv.padding.after,
+            };
+            if let (Ok(xs), Ok(ys)) = (x.single(path), y.single(path)) {
+                let fused = match residual {
+                    Some((res, scale)) => match res.single(path) {
+                        Ok(t) => Some(Some(Residual {
+                            tensor: t,
+                            factor: scale as f32,
+                        })),
+                        Err(_) => None,
+                    },
+                    None => Some(None),
+                };
+                if let Some(fused) = fused {
+                    let whole = Conv2dChunk::WHOLE;
+                    ops::conv2d_with_residual(r.batch, xs, w, Some(bias), ys, shape, whole, fused)?;
+                    return Ok(y);
+                }
+            }
+            for item in 0..x.shape.batch() {
+                let inputs = r.item_pieces(x, item, true)?;
+                for (oc_offset, out, exact) in r.item_pieces(&y, item, false)? {
+                    for (i, (ic_offset, input, _)) in inputs.iter().enumerate() {
+                        let chunk = Conv2dChunk {
+                            ic_offset: *ic_offset,
+                            oc_offset,
+                            accumulate: i > 0,
+                        };
+                        ops::conv2d(r.batch, input, w, Some(bias), &out, shape, chunk)?;
+                    }
+                    if !exact {
+                        let piece = Piece {
+                            item: Some(item),
+                            start: 0,
+                            end: axis_len(y.shape),
+                        };
+                        r.copy(&y, piece, &out, false)?;
+                    }
+                }
+            }
+            // Split tensors: the residual connection as a pass of its own, piece by piece.
+            if let Some((res, scale)) = residual {
+                r.per_piece(&[(&y, Use::Update), (res, Use::Read)], |batch, t, _| {
+                    Ok(ops::residual_add(batch, &t[1], &t[0], scale as f32)?)
+                })?;
+            }
+            Ok(y)
+        })
+    }
+
+    /// `nn.Linear`, with the residual connection fused into the GEMM.
+    fn linear_with(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        out_features: usize,
+        bias: bool,
+        residual: Option<(&GpuTensor, f64)>,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
+            let w = r.weight(format!("{path}.weight"))?;
+            let b = if bias {
+                Some(r.weight(format!("{path}.bias"))?)
+            } else {
+                None
+            };
+            match residual {
+                None => r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
+                    Ok(ops::linear(batch, &t[0], w, b, &t[1])?)
+                })?,
+                Some((res, scale)) => {
+                    if res.shape != y.shape {
+                        return Err(mismatch(
+                            path,
+                            format!("{} and {} differ", y.shape, res.shape),
+                        ));
+                    }
+                    let operands = [(x, Use::Read), (&y, Use::Write), (res, Use::Read)];
+                    r.per_piece(&operands, |batch, t, _| {
+                        let residual = Residual {
+                            tensor: &t[2],
+                            factor: scale as f32,
+                        };
+                        Ok(ops::linear_with_residual(
+                            batch,
+                            &t[0],
+                            w,
+                            b,
+                            &t[1],
+                            Some(residual),
+                        )?)
+                    })?;
+                }
+            }
+            Ok(y)
+        })
+    }
+
     /// A recorder for `part` (`unet`, `vae`, `text_encoder`) with its weights, splitting
     /// tensors as the planner does for `norm_groups` and this context's chunk budget.
     pub fn new(
@@ -371,42 +488,39 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
     }
 
     fn conv2d(&mut self, path: &str, x: &GpuTensor, conv: Conv2d) -> Result<GpuTensor> {
-        self.traced(path, |r| {
-            let y = r.alloc(path, shapes::conv2d(path, x.shape, &conv)?)?;
-            let w = r.weight(format!("{path}.weight"))?;
-            let bias = r.weight(format!("{path}.bias"))?;
-            let shape = Conv2dShape {
-                stride: conv.stride,
-                pad_begin: conv.padding.before,
-                pad_end: conv.padding.after,
-            };
-            if let (Ok(xs), Ok(ys)) = (x.single(path), y.single(path)) {
-                ops::conv2d(r.batch, xs, w, Some(bias), ys, shape, Conv2dChunk::WHOLE)?;
-                return Ok(y);
-            }
-            for item in 0..x.shape.batch() {
-                let inputs = r.item_pieces(x, item, true)?;
-                for (oc_offset, out, exact) in r.item_pieces(&y, item, false)? {
-                    for (i, (ic_offset, input, _)) in inputs.iter().enumerate() {
-                        let chunk = Conv2dChunk {
-                            ic_offset: *ic_offset,
-                            oc_offset,
-                            accumulate: i > 0,
-                        };
-                        ops::conv2d(r.batch, input, w, Some(bias), &out, shape, chunk)?;
-                    }
-                    if !exact {
-                        let piece = Piece {
-                            item: Some(item),
-                            start: 0,
-                            end: axis_len(y.shape),
-                        };
-                        r.copy(&y, piece, &out, false)?;
-                    }
-                }
-            }
-            Ok(y)
-        })
+        self.conv2d_with(path, x, conv, None)
+    }
+
+    fn conv2d_residual(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        conv: Conv2d,
+        r: &GpuTensor,
+        scale: f64,
+    ) -> Result<GpuTensor> {
+        self.conv2d_with(path, x, conv, Some((r, scale)))
+    }
+
+    fn linear(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<GpuTensor> {
+        self.linear_with(path, x, out_features, bias, None)
+    }
+
+    fn linear_residual(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        out_features: usize,
+        bias: bool,
+        residual: (&GpuTensor, f64),
+    ) -> Result<GpuTensor> {
+        self.linear_with(path, x, out_features, bias, Some(residual))
     }
 
     fn group_norm(&mut self, path: &str, x: &GpuTensor, norm: GroupNorm) -> Result<GpuTensor> {
@@ -434,28 +548,6 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                     c_offset: piece.start,
                 };
                 Ok(ops::group_norm(batch, &t[0], gamma, beta, &t[1], shape)?)
-            })?;
-            Ok(y)
-        })
-    }
-
-    fn linear(
-        &mut self,
-        path: &str,
-        x: &GpuTensor,
-        out_features: usize,
-        bias: bool,
-    ) -> Result<GpuTensor> {
-        self.traced(path, |r| {
-            let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
-            let w = r.weight(format!("{path}.weight"))?;
-            let b = if bias {
-                Some(r.weight(format!("{path}.bias"))?)
-            } else {
-                None
-            };
-            r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
-                Ok(ops::linear(batch, &t[0], w, b, &t[1])?)
             })?;
             Ok(y)
         })

@@ -46,15 +46,16 @@ impl ResnetBlock2D {
             h = r.add_channel_bias(&format!("{path}.time_emb_add"), &h, &t)?;
         }
         let h = r.group_norm(&format!("{path}.norm2"), &h, norm)?;
-        let h = r.conv2d(&format!("{path}.conv2"), &h, Conv2d::same(out, 3))?;
         let shortcut = if in_channels == out {
             x.clone()
         } else {
             r.conv2d(&format!("{path}.conv_shortcut"), x, Conv2d::same(out, 1))?
         };
-        r.residual_add(
-            &format!("{path}.residual"),
-            h,
+        // `(shortcut + conv2(h)) / output_scale_factor`, added as conv2 writes its output.
+        r.conv2d_residual(
+            &format!("{path}.conv2"),
+            &h,
+            Conv2d::same(out, 3),
             &shortcut,
             1.0 / self.output_scale_factor,
         )
@@ -109,13 +110,15 @@ impl ProjectionNames {
 }
 
 impl Attention {
-    /// Attention of `x` over `context` (`x` itself when `None`), without residual.
+    /// Attention of `x` over `context` (`x` itself when `None`); with `residual`, the output
+    /// projection adds it as it writes (`to_out(o) + residual`, one op).
     pub fn forward<R: Recorder>(
         &self,
         r: &mut R,
         path: &str,
         x: &R::Tensor,
         context: Option<&R::Tensor>,
+        residual: Option<&R::Tensor>,
     ) -> Out<R> {
         let (_, _, query_dim) = record::tokens(r, path, x)?;
         let inner = self.heads * self.head_dim;
@@ -130,18 +133,27 @@ impl Attention {
             causal: self.causal,
         };
         let o = r.attention(path, [&q, &k, &v], heads)?;
-        r.linear(&format!("{path}.{}", names.out), &o, query_dim, true)
+        let out = format!("{path}.{}", names.out);
+        match residual {
+            Some(res) => r.linear_residual(&out, &o, query_dim, true, (res, 1.0)),
+            None => r.linear(&out, &o, query_dim, true),
+        }
     }
 }
 
 /// diffusers' `FeedForward` with `GEGLU` (SD's transformers): `net.0.proj` to `2 * 4 * dim`,
-/// GEGLU to `4 * dim`, `net.2` back to `dim`.
-pub fn feed_forward<R: Recorder>(r: &mut R, path: &str, x: &R::Tensor) -> Out<R> {
+/// GEGLU to `4 * dim`, `net.2` back to `dim`, adding `residual` as it writes.
+pub fn feed_forward<R: Recorder>(
+    r: &mut R,
+    path: &str,
+    x: &R::Tensor,
+    residual: &R::Tensor,
+) -> Out<R> {
     let (_, _, dim) = record::tokens(r, path, x)?;
     let inner = 4 * dim;
     let projected = r.linear(&format!("{path}.net.0.proj"), x, 2 * inner, true)?;
     let gated = r.geglu(&format!("{path}.net.0"), &projected)?;
-    r.linear(&format!("{path}.net.2"), &gated, dim, true)
+    r.linear_residual(&format!("{path}.net.2"), &gated, dim, true, (residual, 1.0))
 }
 
 /// diffusers' `Downsample2D` with a convolution: 3x3, stride 2, `padding` (UNet: 1 on every

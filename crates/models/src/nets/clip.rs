@@ -127,20 +127,26 @@ fn clip_encoder_layer<R: Recorder>(
         names: ProjectionNames::CLIP,
     };
     let n1 = r.layer_norm(&format!("{path}.layer_norm1"), x, eps)?;
-    let a = attention.forward(r, &format!("{path}.self_attn"), &n1, None)?;
-    let a = r.residual_add(&format!("{path}.self_attn.residual"), a, x, 1.0)?;
+    // Each residual is added by the projection that ends its branch.
+    let a = attention.forward(r, &format!("{path}.self_attn"), &n1, None, Some(x))?;
     let n2 = r.layer_norm(&format!("{path}.layer_norm2"), &a, eps)?;
-    let m = clip_mlp(r, config, &format!("{path}.mlp"), &n2)?;
-    r.residual_add(&format!("{path}.mlp.residual"), m, &a, 1.0)
+    clip_mlp(r, config, &format!("{path}.mlp"), &n2, &a)
 }
 
-/// `CLIPMLP`: `fc1`, the activation, `fc2`.
-fn clip_mlp<R: Recorder>(r: &mut R, config: &CLIPTextConfig, path: &str, x: &R::Tensor) -> Out<R> {
+/// `CLIPMLP`: `fc1`, the activation, `fc2`, which adds `residual` as it writes.
+fn clip_mlp<R: Recorder>(
+    r: &mut R,
+    config: &CLIPTextConfig,
+    path: &str,
+    x: &R::Tensor,
+    residual: &R::Tensor,
+) -> Out<R> {
     let h = r.linear(&format!("{path}.fc1"), x, config.intermediate_size, true)?;
     let act = match config.hidden_act {
         HiddenAct::QuickGelu => Activation::QuickGelu,
         HiddenAct::Gelu => Activation::Gelu,
     };
     let h = r.activation(&format!("{path}.activation_fn"), &h, act)?;
-    r.linear(&format!("{path}.fc2"), &h, config.hidden_size, true)
+    let size = config.hidden_size;
+    r.linear_residual(&format!("{path}.fc2"), &h, size, true, (residual, 1.0))
 }

@@ -514,14 +514,16 @@ impl Transformer2D {
             let p = format!("{path}.transformer_blocks.{d}");
             tokens = block.forward(r, &p, &tokens, &shared.context)?;
         }
-        let out = if config.use_linear_projection {
+        if config.use_linear_projection {
             let p = r.linear(&format!("{path}.proj_out"), &tokens, channels, true)?;
-            r.to_nchw(&format!("{path}.to_nchw"), &p, (h, w))?
+            let out = r.to_nchw(&format!("{path}.to_nchw"), &p, (h, w))?;
+            r.residual_add(&format!("{path}.residual"), out, x, 1.0)
         } else {
+            // The 1x1 projection adds the residual as it writes.
             let t = r.to_nchw(&format!("{path}.to_nchw"), &tokens, (h, w))?;
-            r.conv2d(&format!("{path}.proj_out"), &t, Conv2d::same(channels, 1))?
-        };
-        r.residual_add(&format!("{path}.residual"), out, x, 1.0)
+            let proj_out = Conv2d::same(channels, 1);
+            r.conv2d_residual(&format!("{path}.proj_out"), &t, proj_out, x, 1.0)
+        }
     }
 }
 
@@ -547,18 +549,16 @@ impl BasicTransformerBlock {
         let eps = TRANSFORMER_LAYER_NORM_EPS;
         let n1 = r.layer_norm(&format!("{path}.norm1"), x, eps)?;
         let first_context = self.only_cross_attention.then_some(context);
-        let a1 = self
-            .attention
-            .forward(r, &format!("{path}.attn1"), &n1, first_context)?;
-        let a1 = r.residual_add(&format!("{path}.attn1.residual"), a1, x, 1.0)?;
+        // Each residual is added by the projection that ends its branch.
+        let a1 =
+            self.attention
+                .forward(r, &format!("{path}.attn1"), &n1, first_context, Some(x))?;
         let n2 = r.layer_norm(&format!("{path}.norm2"), &a1, eps)?;
-        let a2 = self
-            .attention
-            .forward(r, &format!("{path}.attn2"), &n2, Some(context))?;
-        let a2 = r.residual_add(&format!("{path}.attn2.residual"), a2, &a1, 1.0)?;
+        let a2 =
+            self.attention
+                .forward(r, &format!("{path}.attn2"), &n2, Some(context), Some(&a1))?;
         let n3 = r.layer_norm(&format!("{path}.norm3"), &a2, eps)?;
-        let f = feed_forward(r, &format!("{path}.ff"), &n3)?;
-        r.residual_add(&format!("{path}.ff.residual"), f, &a2, 1.0)
+        feed_forward(r, &format!("{path}.ff"), &n3, &a2)
     }
 }
 

@@ -235,7 +235,7 @@ impl UNetMidBlock2D {
             causal: false,
             names: ProjectionNames::DIFFUSERS,
         };
-        let out = attention.forward(r, path, &tokens, None)?;
+        let out = attention.forward(r, path, &tokens, None, None)?;
         let out = r.to_nchw(&format!("{path}.to_nchw"), &out, (h, w))?;
         r.residual_add(&format!("{path}.residual"), out, x, 1.0)
     }

@@ -260,6 +260,8 @@ pub enum OpKind {
     Linear {
         /// Whether the layer has a bias.
         bias: bool,
+        /// `y = (y + r) * scale` in the same pass: a residual connection fused in.
+        residual: Option<f64>,
     },
     /// 2-D convolution with a square `kernel`, accumulating over input-channel chunks.
     Conv2d {
@@ -269,6 +271,8 @@ pub enum OpKind {
         stride: usize,
         /// Padding.
         padding: Padding,
+        /// `y = (y + r) * scale` after the last input chunk: a residual connection fused in.
+        residual: Option<f64>,
     },
     /// Group-norm statistics: mean and 1/std per (item, group).
     GroupNormStats {

@@ -38,24 +38,39 @@ impl Recorder for Graph {
     }
 
     fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
-        let (_, c, _, _) = record::nchw(self, path, x)?;
-        let y = self.tensor(path, shapes::conv2d(path, self.shape(*x), &conv)?)?;
-        let k = conv.kernel;
-        let w = self.weight(format!("{path}.weight"), &[conv.out_channels, c, k, k]);
-        let bias = self.weight(format!("{path}.bias"), &[conv.out_channels]);
-        let kind = OpKind::Conv2d {
-            kernel: k,
-            stride: conv.stride,
-            padding: conv.padding,
-        };
-        let args = vec![
-            read("x", *x),
-            weight_arg("w", w),
-            weight_arg("bias", bias),
-            write("y", y),
-        ];
-        self.op(path, kind, args)?;
-        Ok(y)
+        self.conv2d_with(path, x, conv, None)
+    }
+
+    fn conv2d_residual(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        conv: Conv2d,
+        r: &TensorId,
+        scale: f64,
+    ) -> Result<TensorId, PlanError> {
+        self.conv2d_with(path, x, conv, Some((*r, scale)))
+    }
+
+    fn linear(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+        bias: bool,
+    ) -> Result<TensorId, PlanError> {
+        self.linear_with(path, x, out_features, bias, None)
+    }
+
+    fn linear_residual(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+        bias: bool,
+        (r, scale): (&TensorId, f64),
+    ) -> Result<TensorId, PlanError> {
+        self.linear_with(path, x, out_features, bias, Some((*r, scale)))
     }
 
     fn group_norm(
@@ -104,26 +119,6 @@ impl Recorder for Graph {
         Ok(y)
     }
 
-    fn linear(
-        &mut self,
-        path: &str,
-        x: &TensorId,
-        out_features: usize,
-        bias: bool,
-    ) -> Result<TensorId, PlanError> {
-        let (_, _, d) = record::tokens(self, path, x)?;
-        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
-        let w = self.weight(format!("{path}.weight"), &[out_features, d]);
-        let mut args = vec![read("x", *x), weight_arg("w", w)];
-        if bias {
-            let b = self.weight(format!("{path}.bias"), &[out_features]);
-            args.push(weight_arg("bias", b));
-        }
-        args.push(write("y", y));
-        self.op(path, OpKind::Linear { bias }, args)?;
-        Ok(y)
-    }
-
     fn layer_norm(&mut self, path: &str, x: &TensorId, eps: f64) -> Result<TensorId, PlanError> {
         let (_, _, d) = record::tokens(self, path, x)?;
         let y = self.tensor(path, self.shape(*x))?;
@@ -164,17 +159,7 @@ impl Recorder for Graph {
         r: &TensorId,
         scale: f64,
     ) -> Result<TensorId, PlanError> {
-        if self.shape(x) != self.shape(*r) {
-            return Err(PlanError::Architecture {
-                part: "residual",
-                message: format!(
-                    "{}: {} and {} differ",
-                    self.name(path),
-                    self.shape(x),
-                    self.shape(*r)
-                ),
-            });
-        }
+        self.same_shape(path, x, *r)?;
         self.op(
             path,
             OpKind::ResidualAdd { scale },
@@ -343,6 +328,66 @@ impl Recorder for Graph {
 }
 
 impl Graph {
+    /// `nn.Conv2d`, with a fused residual connection where `residual` says.
+    fn conv2d_with(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        conv: Conv2d,
+        residual: Option<(TensorId, f64)>,
+    ) -> Result<TensorId, PlanError> {
+        let (_, c, _, _) = record::nchw(self, path, x)?;
+        let y = self.tensor(path, shapes::conv2d(path, self.shape(*x), &conv)?)?;
+        let k = conv.kernel;
+        let w = self.weight(format!("{path}.weight"), &[conv.out_channels, c, k, k]);
+        let bias = self.weight(format!("{path}.bias"), &[conv.out_channels]);
+        let kind = OpKind::Conv2d {
+            kernel: k,
+            stride: conv.stride,
+            padding: conv.padding,
+            residual: residual.map(|(_, scale)| scale),
+        };
+        let mut args = vec![
+            read("x", *x),
+            weight_arg("w", w),
+            weight_arg("bias", bias),
+            write("y", y),
+        ];
+        if let Some((r, _)) = residual {
+            self.same_shape(path, y, r)?;
+            args.push(read("r", r));
+        }
+        self.op(path, kind, args)?;
+        Ok(y)
+    }
+
+    /// `nn.Linear`, with a fused residual connection where `residual` says.
+    fn linear_with(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+        bias: bool,
+        residual: Option<(TensorId, f64)>,
+    ) -> Result<TensorId, PlanError> {
+        let (_, _, d) = record::tokens(self, path, x)?;
+        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
+        let w = self.weight(format!("{path}.weight"), &[out_features, d]);
+        let mut args = vec![read("x", *x), weight_arg("w", w)];
+        if bias {
+            let b = self.weight(format!("{path}.bias"), &[out_features]);
+            args.push(weight_arg("bias", b));
+        }
+        args.push(write("y", y));
+        if let Some((r, _)) = residual {
+            self.same_shape(path, y, r)?;
+            args.push(read("r", r));
+        }
+        let residual = residual.map(|(_, scale)| scale);
+        self.op(path, OpKind::Linear { bias, residual }, args)?;
+        Ok(y)
+    }
+
     /// Checks that `t` is one buffer: `path` is an op the executor runs on whole tensors only.
     fn require_single(&self, path: &str, role: &str, t: TensorId) -> Result<(), PlanError> {
         match self.planned(t) {
@@ -357,5 +402,21 @@ impl Graph {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// Fails unless `a` and `b` have the same shape (a residual connection's two sides).
+    fn same_shape(&self, path: &str, a: TensorId, b: TensorId) -> Result<(), PlanError> {
+        if self.shape(a) == self.shape(b) {
+            return Ok(());
+        }
+        Err(PlanError::Architecture {
+            part: "residual",
+            message: format!(
+                "{}: {} and {} differ",
+                self.name(path),
+                self.shape(a),
+                self.shape(b)
+            ),
+        })
     }
 }
