@@ -74,3 +74,46 @@ fn workgroup_sum(lid: u32, v: f32) -> f32 {
     workgroupBarrier();
     return total;
 }
+
+// One thread's 8x8 block of a GEMM's output (linear, conv2d): rows r0..r7, each two vec4 of
+// columns. Named fields, not an array: an array indexed in a loop was kept in memory by
+// lavapipe's compiler, and these are the hottest values of the model.
+struct Block8x8 {
+    r0: vec4<f32>, r0b: vec4<f32>,
+    r1: vec4<f32>, r1b: vec4<f32>,
+    r2: vec4<f32>, r2b: vec4<f32>,
+    r3: vec4<f32>, r3b: vec4<f32>,
+    r4: vec4<f32>, r4b: vec4<f32>,
+    r5: vec4<f32>, r5b: vec4<f32>,
+    r6: vec4<f32>, r6b: vec4<f32>,
+    r7: vec4<f32>, r7b: vec4<f32>,
+}
+
+// acc += outer product of one depth step: rows a0 (rows 0..4) and a1 (4..8), columns b0 and b1.
+fn block_fma(acc: ptr<function, Block8x8>, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>,
+             b1: vec4<f32>) {
+    (*acc).r0 += a0.x * b0; (*acc).r0b += a0.x * b1;
+    (*acc).r1 += a0.y * b0; (*acc).r1b += a0.y * b1;
+    (*acc).r2 += a0.z * b0; (*acc).r2b += a0.z * b1;
+    (*acc).r3 += a0.w * b0; (*acc).r3b += a0.w * b1;
+    (*acc).r4 += a1.x * b0; (*acc).r4b += a1.x * b1;
+    (*acc).r5 += a1.y * b0; (*acc).r5b += a1.y * b1;
+    (*acc).r6 += a1.z * b0; (*acc).r6b += a1.z * b1;
+    (*acc).r7 += a1.w * b0; (*acc).r7b += a1.w * b1;
+}
+
+// Row `i` of the block as eight values.
+fn block_row(acc: Block8x8, i: u32) -> array<f32, 8> {
+    var lo = acc.r0; var hi = acc.r0b;
+    switch i {
+        case 1u: { lo = acc.r1; hi = acc.r1b; }
+        case 2u: { lo = acc.r2; hi = acc.r2b; }
+        case 3u: { lo = acc.r3; hi = acc.r3b; }
+        case 4u: { lo = acc.r4; hi = acc.r4b; }
+        case 5u: { lo = acc.r5; hi = acc.r5b; }
+        case 6u: { lo = acc.r6; hi = acc.r6b; }
+        case 7u: { lo = acc.r7; hi = acc.r7b; }
+        default: {}
+    }
+    return array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+}

@@ -3,9 +3,8 @@
 // depth is kernel taps x input channels.
 //
 // A workgroup of 8x8 threads computes 64 output channels x 64 columns; each thread an 8x8 block
-// in named registers (four FMAs per shared-memory read; an array indexed in a loop ends up in
-// memory on some compilers). The input is gathered (im2col) into shared memory 32 input
-// channels at a time, never materialised. The depth loop runs tap by tap, channels inside: a
+// in registers (`Block8x8`, common.wgsl: four FMAs per shared-memory read). The input is
+// gathered (im2col) into shared memory 32 input channels at a time, never materialised. The depth loop runs tap by tap, channels inside: a
 // thread's column, and per tap its input row and column, are worked out once, so a gathered
 // element costs an add and a compare, not the divisions of a flat depth index.
 //
@@ -71,16 +70,8 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
     let ox = i32((pixel % p.out_w) * p.stride) - i32(p.pad);
     let x_batch = n * p.in_channels * plane;
 
-    // The 8x8 block in registers, named so that no compiler has to index an array: c{i}{h} holds
-    // channel lid.y * 8 + i, pixels lid.x * 8 + 4 h .. +4.
-    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    // Row i of acc: output channel lid.y * 8 + i, columns lid.x * 8 .. +8.
+    var acc: Block8x8;
     for (var tap = 0u; tap < taps; tap++) {
         let ky = tap / p.kernel_w;
         let iy = oy + i32(ky);
@@ -107,35 +98,21 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
                 let a1 = w_tile[kk * 16u + lid.y * 2u + 1u];
                 let b0 = x_tile[kk * 16u + lid.x * 2u];
                 let b1 = x_tile[kk * 16u + lid.x * 2u + 1u];
-                c00 += a0.x * b0; c01 += a0.x * b1;
-                c10 += a0.y * b0; c11 += a0.y * b1;
-                c20 += a0.z * b0; c21 += a0.z * b1;
-                c30 += a0.w * b0; c31 += a0.w * b1;
-                c40 += a1.x * b0; c41 += a1.x * b1;
-                c50 += a1.y * b0; c51 += a1.y * b1;
-                c60 += a1.z * b0; c61 += a1.z * b1;
-                c70 += a1.w * b0; c71 += a1.w * b1;
+                block_fma(&acc, a0, a1, b0, b1);
             }
             workgroupBarrier();
         }
     }
 
-    let row = oc0 + lid.y * 8u;
-    let col = col0 + lid.x * 8u;
-    store_row(row, col, c00, c01);
-    store_row(row + 1u, col, c10, c11);
-    store_row(row + 2u, col, c20, c21);
-    store_row(row + 3u, col, c30, c31);
-    store_row(row + 4u, col, c40, c41);
-    store_row(row + 5u, col, c50, c51);
-    store_row(row + 6u, col, c60, c61);
-    store_row(row + 7u, col, c70, c71);
+    for (var i = 0u; i < 8u; i++) {
+        store_row(oc0 + lid.y * 8u + i, col0 + lid.x * 8u, block_row(acc, i));
+    }
 }
 
 // Writes eight consecutive columns (batch item, pixel) of output channel `oc`: bias (or what a
 // previous channel chunk left) plus the sums, then the residual connection where there is one
 // (fused here instead of a pass of its own), skipping what lies outside the tensor.
-fn store_row(oc: u32, column: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn store_row(oc: u32, column: u32, sums: array<f32, 8>) {
     if (oc >= p.out_channels) {
         return;
     }
@@ -144,7 +121,6 @@ fn store_row(oc: u32, column: u32, lo: vec4<f32>, hi: vec4<f32>) {
     if (p.has_bias != 0u) {
         start = bias[p.oc_offset + oc];
     }
-    let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
     for (var j = 0u; j < 8u; j++) {
         let n = (column + j) / pixels;
         if (n < p.batch) {

@@ -1,9 +1,9 @@
 // linear.wgsl: y = x W^T + b, the projection of every Linear layer (and 1x1 work on tokens).
 //
 // A workgroup of 8x8 threads computes a 64x64 tile of y; each thread an 8x8 block held in
-// named registers (four FMAs per shared-memory read; arrays indexed in loops end up in memory
-// on some compilers). K is walked in steps of 32 through shared memory. Each thread loads four
-// consecutive k of one row of x and of W at a time (vectorisable, coalesced along k).
+// registers (`Block8x8`, common.wgsl: four FMAs per shared-memory read). K is walked in steps
+// of 32 through shared memory. Each thread loads four consecutive k of one row of x and of W at
+// a time (vectorisable, coalesced along k).
 
 struct Params {
     rows: u32,            // rows of x and y (batch dimensions flattened)
@@ -63,15 +63,8 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
     let col0 = wid.x * TILE;
     let tid = lid.y * 8u + lid.x;
 
-    // c{i}{h}: row lid.y * 8 + i, columns lid.x * 8 + 4 h .. +4.
-    var c00 = vec4<f32>(0.0); var c01 = vec4<f32>(0.0);
-    var c10 = vec4<f32>(0.0); var c11 = vec4<f32>(0.0);
-    var c20 = vec4<f32>(0.0); var c21 = vec4<f32>(0.0);
-    var c30 = vec4<f32>(0.0); var c31 = vec4<f32>(0.0);
-    var c40 = vec4<f32>(0.0); var c41 = vec4<f32>(0.0);
-    var c50 = vec4<f32>(0.0); var c51 = vec4<f32>(0.0);
-    var c60 = vec4<f32>(0.0); var c61 = vec4<f32>(0.0);
-    var c70 = vec4<f32>(0.0); var c71 = vec4<f32>(0.0);
+    // Row i of acc: y row lid.y * 8 + i, columns lid.x * 8 .. +8.
+    var acc: Block8x8;
     for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
         // Loaders: thread tid brings row tid of x and column tid of W (row tid of the weight).
         for (var q = 0u; q < TILE_K; q += 4u) {
@@ -88,37 +81,22 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
             let a1 = x_tile[kk * 16u + lid.y * 2u + 1u];
             let b0 = w_tile[kk * 16u + lid.x * 2u];
             let b1 = w_tile[kk * 16u + lid.x * 2u + 1u];
-            c00 += a0.x * b0; c01 += a0.x * b1;
-            c10 += a0.y * b0; c11 += a0.y * b1;
-            c20 += a0.z * b0; c21 += a0.z * b1;
-            c30 += a0.w * b0; c31 += a0.w * b1;
-            c40 += a1.x * b0; c41 += a1.x * b1;
-            c50 += a1.y * b0; c51 += a1.y * b1;
-            c60 += a1.z * b0; c61 += a1.z * b1;
-            c70 += a1.w * b0; c71 += a1.w * b1;
+            block_fma(&acc, a0, a1, b0, b1);
         }
         workgroupBarrier();
     }
 
-    let row = row0 + lid.y * 8u;
-    let col = col0 + lid.x * 8u;
-    store_row(row, col, c00, c01);
-    store_row(row + 1u, col, c10, c11);
-    store_row(row + 2u, col, c20, c21);
-    store_row(row + 3u, col, c30, c31);
-    store_row(row + 4u, col, c40, c41);
-    store_row(row + 5u, col, c50, c51);
-    store_row(row + 6u, col, c60, c61);
-    store_row(row + 7u, col, c70, c71);
+    for (var i = 0u; i < 8u; i++) {
+        store_row(row0 + lid.y * 8u + i, col0 + lid.x * 8u, block_row(acc, i));
+    }
 }
 
 // Writes eight consecutive columns of `row` plus the bias (and the residual connection, fused
 // here instead of a pass of its own), skipping what lies outside y.
-fn store_row(row: u32, col: u32, lo: vec4<f32>, hi: vec4<f32>) {
+fn store_row(row: u32, col: u32, sums: array<f32, 8>) {
     if (row >= p.rows) {
         return;
     }
-    let sums = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
     for (var j = 0u; j < 8u; j++) {
         if (col + j < p.n) {
             let index = row * p.n + col + j;
