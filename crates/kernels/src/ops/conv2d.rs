@@ -1,10 +1,8 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
-use super::{Residual, expect_f32, to_u32, weight_variant};
+use super::{GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
-
-const TILE: usize = 64;
 
 uniform! {
     struct Params {
@@ -175,6 +173,9 @@ pub fn conv2d_with_residual(
         expect_f32(OP, "bias", b, oc_total)?;
     }
     let variant = weight_variant(batch, OP, weight)?;
+    let has_bias = u32::from(bias.is_some() && !chunk.accumulate);
+    let ((has_residual, residual_factor), [bias, residual]) =
+        gemm_epilogue(batch.context(), bias, residual);
     let params = Params {
         batch: to_u32(OP, n)?,
         in_channels: to_u32(OP, cin)?,
@@ -191,20 +192,17 @@ pub fn conv2d_with_residual(
         ic_offset: to_u32(OP, chunk.ic_offset)?,
         oc_offset: to_u32(OP, chunk.oc_offset)?,
         accumulate: u32::from(chunk.accumulate),
-        has_bias: u32::from(bias.is_some() && !chunk.accumulate),
-        has_residual: u32::from(residual.is_some()),
-        residual_factor: residual.map_or(1.0, |r| r.factor),
+        has_bias,
+        has_residual,
+        residual_factor,
         _pad0: 0,
         _pad1: 0,
     };
-    let placeholder = batch.context().placeholder();
-    let bias = bias.unwrap_or(placeholder);
-    let residual = residual.map_or(placeholder, |r| r.tensor);
     // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
     // smaller levels) fill more of a tile.
     let groups = [
-        to_u32(OP, (n * oh * ow).div_ceil(TILE))?,
-        to_u32(OP, cout.div_ceil(TILE))?,
+        to_u32(OP, (n * oh * ow).div_ceil(GEMM_TILE))?,
+        to_u32(OP, cout.div_ceil(GEMM_TILE))?,
         1,
     ];
     batch.dispatch(

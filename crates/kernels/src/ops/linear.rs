@@ -1,10 +1,8 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
-use super::{Residual, expect_f32, to_u32, weight_variant};
+use super::{GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
-
-const TILE: usize = 64;
 
 uniform! {
     struct Params {
@@ -77,22 +75,22 @@ pub fn linear_with_residual(
         expect_f32(OP, "residual", r.tensor, rows * n)?;
     }
     let variant = weight_variant(batch, OP, weight)?;
+    let has_bias = u32::from(bias.is_some());
+    let ((has_residual, residual_factor), [bias, residual]) =
+        gemm_epilogue(batch.context(), bias, residual);
     let params = Params {
         rows: to_u32(OP, rows)?,
         n: to_u32(OP, n)?,
         k: to_u32(OP, k)?,
-        has_bias: u32::from(bias.is_some()),
-        has_residual: u32::from(residual.is_some()),
-        residual_factor: residual.map_or(1.0, |r| r.factor),
+        has_bias,
+        has_residual,
+        residual_factor,
         _pad0: 0,
         _pad1: 0,
     };
-    let placeholder = batch.context().placeholder();
-    let bias = bias.unwrap_or(placeholder);
-    let residual = residual.map_or(placeholder, |r| r.tensor);
     let groups = [
-        to_u32(OP, n.div_ceil(TILE))?,
-        to_u32(OP, rows.div_ceil(TILE))?,
+        to_u32(OP, n.div_ceil(GEMM_TILE))?,
+        to_u32(OP, rows.div_ceil(GEMM_TILE))?,
         1,
     ];
     batch.dispatch(

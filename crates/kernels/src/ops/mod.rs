@@ -29,6 +29,29 @@ pub struct Residual<'t> {
     /// What the sum is multiplied by.
     pub factor: f32,
 }
+
+/// Rows and columns of the GEMM kernels' output tiles (`GEMM_TILE` in common.wgsl).
+pub(crate) const GEMM_TILE: usize = 64;
+
+/// A GEMM's epilogue: `has_residual` and `residual_factor` for its uniforms, and its bias and
+/// residual bindings (the context's placeholder where there is none).
+pub(crate) fn gemm_epilogue<'t>(
+    ctx: &'t crate::GpuContext,
+    bias: Option<&'t Tensor>,
+    residual: Option<Residual<'t>>,
+) -> ((u32, f32), [&'t Tensor; 2]) {
+    let placeholder = ctx.placeholder();
+    (
+        (
+            u32::from(residual.is_some()),
+            residual.map_or(1.0, |r| r.factor),
+        ),
+        [
+            bias.unwrap_or(placeholder),
+            residual.map_or(placeholder, |r| r.tensor),
+        ],
+    )
+}
 use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
 /// Every kernel file's table (see [`crate::kernel`]).

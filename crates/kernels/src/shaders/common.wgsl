@@ -117,3 +117,28 @@ fn block_row(acc: Block8x8, i: u32) -> array<f32, 8> {
     }
     return array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
 }
+
+// The shared-memory tiles of the GEMM kernels (linear, conv2d), 64 output rows and 64 output
+// columns by GEMM_K depth, transposed ([k][row / 4] as vec4) so that a thread reads four rows or
+// columns at once. Only the kernels that use them allocate them.
+const GEMM_TILE: u32 = 64u;
+const GEMM_K: u32 = 32u;
+var<workgroup> gemm_rows: array<vec4<f32>, 512>; // GEMM_K * GEMM_TILE / 4
+var<workgroup> gemm_cols: array<vec4<f32>, 512>;
+
+// Thread `tid` (of 64) puts depth `k` of its output row and of its output column.
+fn gemm_put(k: u32, tid: u32, row_value: f32, col_value: f32) {
+    gemm_rows[k * 16u + tid / 4u][tid % 4u] = row_value;
+    gemm_cols[k * 16u + tid / 4u][tid % 4u] = col_value;
+}
+
+// One depth step over the tiles: the thread at `lid` (of 8x8) adds to its 8x8 block.
+fn gemm_step(acc: ptr<function, Block8x8>, lid: vec3<u32>) {
+    for (var kk = 0u; kk < GEMM_K; kk++) {
+        let a0 = gemm_rows[kk * 16u + lid.y * 2u];
+        let a1 = gemm_rows[kk * 16u + lid.y * 2u + 1u];
+        let b0 = gemm_cols[kk * 16u + lid.x * 2u];
+        let b1 = gemm_cols[kk * 16u + lid.x * 2u + 1u];
+        block_fma(acc, a0, a1, b0, b1);
+    }
+}

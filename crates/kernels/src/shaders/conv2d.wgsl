@@ -43,17 +43,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [batch, out_channels, out_h, out_w]
 @group(0) @binding(5) var<storage, read> residual: array<f32>;         // as y
 
-const TILE: u32 = 64u;
-const TILE_K: u32 = 32u;
-
-var<workgroup> w_tile: array<vec4<f32>, 512>; // [k][oc / 4]
-var<workgroup> x_tile: array<vec4<f32>, 512>; // [k][pixel / 4]
+// The tiles (common.wgsl): rows are output channels (weights), columns the gathered inputs.
 
 @compute @workgroup_size(8, 8)
 fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(workgroup_id) wid: vec3<u32>) {
-    let col0 = wid.x * TILE;
-    let oc0 = wid.y * TILE;
+    let col0 = wid.x * GEMM_TILE;
+    let oc0 = wid.y * GEMM_TILE;
     let tid = lid.y * 8u + lid.x;
     let taps = p.kernel_h * p.kernel_w;
     let plane = p.in_h * p.in_w;
@@ -78,28 +74,21 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
         let ix = ox + i32(tap - ky * p.kernel_w);
         let inside = n < p.batch && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
         let x_at = x_batch + u32(max(iy, 0)) * p.in_w + u32(max(ix, 0));
-        for (var c0 = 0u; c0 < p.in_channels; c0 += TILE_K) {
-            for (var i = 0u; i < TILE_K; i++) {
+        for (var c0 = 0u; c0 < p.in_channels; c0 += GEMM_K) {
+            for (var i = 0u; i < GEMM_K; i++) {
                 let c = c0 + i;
                 var w = 0.0;
                 if (oc < p.out_channels && c < p.in_channels) {
                     w = load_weight(w_row + c * taps + tap);
                 }
-                w_tile[i * 16u + tid / 4u][tid % 4u] = w;
                 var xv = 0.0;
                 if (inside && c < p.in_channels) {
                     xv = x[x_at + c * plane];
                 }
-                x_tile[i * 16u + tid / 4u][tid % 4u] = xv;
+                gemm_put(i, tid, w, xv);
             }
             workgroupBarrier();
-            for (var kk = 0u; kk < TILE_K; kk++) {
-                let a0 = w_tile[kk * 16u + lid.y * 2u];
-                let a1 = w_tile[kk * 16u + lid.y * 2u + 1u];
-                let b0 = x_tile[kk * 16u + lid.x * 2u];
-                let b1 = x_tile[kk * 16u + lid.x * 2u + 1u];
-                block_fma(&acc, a0, a1, b0, b1);
-            }
+            gemm_step(&acc, lid);
             workgroupBarrier();
         }
     }

@@ -23,12 +23,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [rows, n]
 @group(0) @binding(5) var<storage, read> residual: array<f32>;         // [rows, n]
 
-const TILE: u32 = 64u;   // rows and columns of the output tile
-const TILE_K: u32 = 32u; // depth of one shared-memory step
-
-// Transposed tiles, [k][row / 4] as vec4, so the inner loop reads 4 rows or columns at once.
-var<workgroup> x_tile: array<vec4<f32>, 512>; // TILE_K * TILE / 4
-var<workgroup> w_tile: array<vec4<f32>, 512>;
+// The tiles (common.wgsl): rows are rows of x, columns rows of W.
 
 fn load_x4(row: u32, k0: u32) -> vec4<f32> {
     var v = vec4<f32>(0.0);
@@ -59,30 +54,23 @@ fn load_w4(col: u32, k0: u32) -> vec4<f32> {
 @compute @workgroup_size(8, 8)
 fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
           @builtin(workgroup_id) wid: vec3<u32>) {
-    let row0 = wid.y * TILE;
-    let col0 = wid.x * TILE;
+    let row0 = wid.y * GEMM_TILE;
+    let col0 = wid.x * GEMM_TILE;
     let tid = lid.y * 8u + lid.x;
 
     // Row i of acc: y row lid.y * 8 + i, columns lid.x * 8 .. +8.
     var acc: Block8x8;
-    for (var k0 = 0u; k0 < p.k; k0 += TILE_K) {
+    for (var k0 = 0u; k0 < p.k; k0 += GEMM_K) {
         // Loaders: thread tid brings row tid of x and column tid of W (row tid of the weight).
-        for (var q = 0u; q < TILE_K; q += 4u) {
+        for (var q = 0u; q < GEMM_K; q += 4u) {
             let xv = load_x4(row0 + tid, k0 + q);
             let wv = load_w4(col0 + tid, k0 + q);
             for (var i = 0u; i < 4u; i++) {
-                x_tile[(q + i) * 16u + tid / 4u][tid % 4u] = xv[i];
-                w_tile[(q + i) * 16u + tid / 4u][tid % 4u] = wv[i];
+                gemm_put(q + i, tid, xv[i], wv[i]);
             }
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < TILE_K; kk++) {
-            let a0 = x_tile[kk * 16u + lid.y * 2u];
-            let a1 = x_tile[kk * 16u + lid.y * 2u + 1u];
-            let b0 = w_tile[kk * 16u + lid.x * 2u];
-            let b1 = w_tile[kk * 16u + lid.x * 2u + 1u];
-            block_fma(&acc, a0, a1, b0, b1);
-        }
+        gemm_step(&acc, lid);
         workgroupBarrier();
     }
 
