@@ -122,3 +122,44 @@ fn copies_between_dispatches_keep_their_order() {
     let got = pollster::block_on(ctx.read_f32(&z)).expect("read");
     assert_eq!(got, [40.0, 60.0, 80.0, 10.0]);
 }
+
+/// A profiled batch computes what `submit` would, gives every command a time (0 for a copy
+/// under timestamps), and `work()` counts its submission and dispatches.
+#[test]
+fn a_profiled_batch_times_every_command_and_is_counted() {
+    // A context of its own: the other tests' work would show in the counts.
+    let ctx = pollster::block_on(sd_kernels::GpuContext::new(
+        sd_kernels::ContextOptions::for_tests().expect("valid environment"),
+    ))
+    .expect("adapter");
+    let x = ctx.upload_f32(&[1.0, 2.0, 3.0, 4.0], &[4]).expect("upload");
+    let doubled = poisoned(&ctx, &[4]);
+    let copied = poisoned(&ctx, &[4]);
+    let z = poisoned(&ctx, &[4]);
+    let before = ctx.work();
+    let mut batch = ctx.batch();
+    sd_kernels::ops::scale(&mut batch, &x, 2.0, &doubled).expect("record");
+    batch.copy_f32(&doubled, 0, &copied, 0, 4).expect("in range");
+    sd_kernels::ops::scale(&mut batch, &copied, 10.0, &z).expect("record");
+    let profile = pollster::block_on(batch.submit_profiled()).expect("profiled submit");
+    let work = ctx.work() - before;
+    assert_eq!(profile.seconds.len(), 3, "one time per command");
+    assert!(
+        profile.seconds.iter().all(|s| s.is_finite() && *s >= 0.0),
+        "{profile:?}"
+    );
+    match profile.timing {
+        sd_kernels::Timing::Timestamps => {
+            assert_eq!(profile.seconds[1], 0.0, "a copy is not timed");
+            assert_eq!((work.submissions, work.dispatches), (1, 2), "{work:?}");
+        }
+        sd_kernels::Timing::SeparateSubmissions => {
+            assert_eq!((work.submissions, work.dispatches), (3, 2), "{work:?}");
+        }
+    }
+    let got = pollster::block_on(ctx.read_f32(&z)).expect("read");
+    assert_eq!(got, [20.0, 40.0, 60.0, 80.0]);
+    // z, and the resolved timestamps where there are any.
+    let readbacks = 1 + u64::from(profile.timing == sd_kernels::Timing::Timestamps);
+    assert_eq!((ctx.work() - before).readbacks, readbacks);
+}
