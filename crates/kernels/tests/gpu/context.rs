@@ -139,7 +139,9 @@ fn a_profiled_batch_times_every_command_and_is_counted() {
     let before = ctx.work();
     let mut batch = ctx.batch();
     sd_kernels::ops::scale(&mut batch, &x, 2.0, &doubled).expect("record");
-    batch.copy_f32(&doubled, 0, &copied, 0, 4).expect("in range");
+    batch
+        .copy_f32(&doubled, 0, &copied, 0, 4)
+        .expect("in range");
     sd_kernels::ops::scale(&mut batch, &copied, 10.0, &z).expect("record");
     let profile = pollster::block_on(batch.submit_profiled()).expect("profiled submit");
     let work = ctx.work() - before;
