@@ -216,6 +216,15 @@ fn random_model(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Loads weights from `weights` with f16 matrices, as the pipeline does.
+fn f16_loader<'a>(ctx: &'a GpuContext, weights: &'a sd_weights::WeightSource) -> WeightLoader<'a> {
+    WeightLoader {
+        ctx,
+        scope: weights.root(),
+        matrices: DType::F16,
+    }
+}
+
 /// The measured time of one op.
 struct OpTime {
     cost: OpCost,
@@ -456,27 +465,21 @@ fn main() -> Result<()> {
             .map(|p| p.ops.clone())
             .ok_or_else(|| format!("no cost for {part:?}"))
     };
-    let loader = |component: &str| -> Result<(sd_weights::WeightSource, DType)> {
-        Ok((source.weights(component)?, DType::F16))
-    };
 
     let wants = |part: &str| args.parts.iter().any(|p| p == part);
     let mut parts = Vec::new();
     let mut timing = None;
+    // Times one part and keeps its ops' costs at the target size beside it.
+    let mut measure = |name: &'static str, part: Part, record: &RecordPart<'_>| -> Result<()> {
+        let (t, how) = time_part(&ctx, name, record, ops_of(&costs, part)?, args.reps)?;
+        parts.push((t, ops_of(&target_costs, part)?));
+        timing = Some(how);
+        Ok(())
+    };
     // The text encoder on the CFG pair.
     if wants("text") {
-        let (weights, matrices) = loader("text_encoder")?;
-        let p = WeightLoader {
-            ctx: &ctx,
-            scope: weights.root(),
-            matrices,
-        };
-        let load = Instant::now();
-        let model = CLIPTextModel::load(configs.text_encoder, &p)?;
-        println!(
-            "text encoder loaded in {:.1} s",
-            load.elapsed().as_secs_f64()
-        );
+        let weights = source.weights("text_encoder")?;
+        let model = CLIPTextModel::load(configs.text_encoder, &f16_loader(&ctx, &weights))?;
         let mut ids = vec![EOS; 2 * text_len];
         for row in ids.chunks_mut(text_len) {
             row[0] = BOS;
@@ -495,27 +498,12 @@ fn main() -> Result<()> {
             clip_text_model(&mut r, configs.text_encoder, &request)?;
             Ok(r.issued().to_vec())
         };
-        let (t, how) = time_part(
-            &ctx,
-            "text encoder",
-            &record,
-            ops_of(&costs, Part::TextEncoder)?,
-            args.reps,
-        )?;
-        parts.push((t, ops_of(&target_costs, Part::TextEncoder)?));
-        timing = Some(how);
+        measure("text encoder", Part::TextEncoder, &record)?;
     }
     // One UNet call with CFG (batch 2).
     if wants("unet") {
-        let (weights, matrices) = loader("unet")?;
-        let p = WeightLoader {
-            ctx: &ctx,
-            scope: weights.root(),
-            matrices,
-        };
-        let load = Instant::now();
-        let model = UNet2DConditionModel::load(configs.unet, &p)?;
-        println!("UNet loaded in {:.1} s", load.elapsed().as_secs_f64());
+        let weights = source.weights("unet")?;
+        let model = UNet2DConditionModel::load(configs.unet, &f16_loader(&ctx, &weights))?;
         let cross = configs.unet.cross_attention_dim_per_block()[0];
         let sample = random_tensor(&ctx, &[2, 4, latent, latent], 1)?;
         let timestep = ctx.upload_f32(&[500.0, 500.0], &[2])?;
@@ -535,25 +523,12 @@ fn main() -> Result<()> {
             unet_2d_condition_model(&mut r, configs.unet, &inputs)?;
             Ok(r.issued().to_vec())
         };
-        let (t, how) = time_part(
-            &ctx,
-            "UNet call (CFG)",
-            &record,
-            ops_of(&costs, Part::UNet)?,
-            args.reps,
-        )?;
-        parts.push((t, ops_of(&target_costs, Part::UNet)?));
-        timing = Some(how);
+        measure("UNet call (CFG)", Part::UNet, &record)?;
     }
     // The VAE decode.
     if wants("vae") {
-        let (weights, matrices) = loader("vae")?;
-        let p = WeightLoader {
-            ctx: &ctx,
-            scope: weights.root(),
-            matrices,
-        };
-        let model = VaeDecoder::load(configs.vae, &p)?;
+        let weights = source.weights("vae")?;
+        let model = VaeDecoder::load(configs.vae, &f16_loader(&ctx, &weights))?;
         let latents = random_tensor(&ctx, &[1, 4, latent, latent], 3)?;
         let record = |batch: &mut Batch<'_>| -> Result<Vec<Issued>> {
             let mut r =
@@ -562,15 +537,7 @@ fn main() -> Result<()> {
             vae::decoder(&mut r, configs.vae, (latent, latent))?;
             Ok(r.issued().to_vec())
         };
-        let (t, how) = time_part(
-            &ctx,
-            "VAE decode",
-            &record,
-            ops_of(&costs, Part::VaeDecoder)?,
-            args.reps,
-        )?;
-        parts.push((t, ops_of(&target_costs, Part::VaeDecoder)?));
-        timing = Some(how);
+        measure("VAE decode", Part::VaeDecoder, &record)?;
     }
     let timing_label = match timing {
         Some(Timing::Timestamps) => "GPU timestamps around each dispatch",
