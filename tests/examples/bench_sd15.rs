@@ -229,6 +229,9 @@ fn f16_loader<'a>(ctx: &'a GpuContext, weights: &'a sd_weights::WeightSource) ->
 struct OpTime {
     cost: OpCost,
     seconds: f64,
+    /// Commands the GPU recorder issued for it (more than the cost model's unsplit count where
+    /// tensors are split into chunks).
+    commands: usize,
 }
 
 /// One part's measurements.
@@ -290,7 +293,11 @@ fn time_part(
             .into());
         }
         let s = seconds.by_ref().take(op.commands).sum();
-        ops.push(OpTime { cost, seconds: s });
+        ops.push(OpTime {
+            cost,
+            seconds: s,
+            commands: op.commands,
+        });
     }
     Ok((
         PartTimes {
@@ -336,7 +343,7 @@ fn block(path: &str) -> String {
     }
 }
 
-/// Per group: milliseconds, FLOPs, bytes, dispatches.
+/// Per group: milliseconds, FLOPs, bytes, commands issued (dispatches and copies).
 #[derive(Default, Clone, Copy)]
 struct Sum {
     ms: f64,
@@ -357,7 +364,7 @@ fn group<'a>(ops: &'a [OpTime], key: impl Fn(&'a OpTime) -> String) -> Vec<(Stri
         sum.ms += op.seconds * 1e3;
         sum.flops += op.cost.flops;
         sum.bytes += op.cost.bytes_read + op.cost.bytes_written;
-        sum.dispatches += op.cost.dispatches;
+        sum.dispatches += op.commands;
     }
     order.into_iter().map(|k| (k.clone(), sums[&k])).collect()
 }
@@ -558,7 +565,7 @@ fn main() -> Result<()> {
     let mut projected = BTreeMap::new();
     for (part, at_target) in &parts {
         let flops: u64 = part.ops.iter().map(|o| o.cost.flops).sum();
-        let dispatches: usize = part.ops.iter().map(|o| o.cost.dispatches).sum();
+        let dispatches: usize = part.ops.iter().map(|o| o.commands).sum();
         println!(
             "\n{}: {:.1} ms as one submission (median of {}), {:.1} ms profiled; {:.1} GFLOP, {:.4} TFLOP/s, {} dispatches",
             part.name,

@@ -27,6 +27,14 @@ pub fn sd15(sh: &Shell, root: &Path, args: &[&str]) -> Result<()> {
     if rest.contains(&"--against") {
         bail!("--against REV must come first");
     }
+    if against.is_some()
+        && let Some(flag) = rest.iter().find(|a| ["--json", "--baseline"].contains(a))
+    {
+        bail!(
+            "{flag} cannot be given with --against, which writes both runs' JSON itself \
+             (target/bench-sd15-<commit>.json and target/bench-sd15-this.json)"
+        );
+    }
     let Some(rev) = against else {
         return stage("bench sd15 (release)", || {
             Ok(cmd!(

@@ -37,7 +37,7 @@ commands:
   bench web         the 20-step generation in headless Chromium vs natively in the same run,
                     and the browser's cold and cached model loads
   bench kernels     GFLOP/s of matmul, conv and attention at SD 1.5 shapes, with the CPU reference
-  bench sd15 [--against REV] [--size N] [--steps N] [--reps N] [--json PATH]
+  bench sd15 [--against REV] [--size N] [--steps N] [--reps N] [--json PATH (not with --against)]
                     SD 1.5 (random f16 weights): per part, op family and block, GPU time,
                     TFLOP/s, GB/s and dispatches; a whole generation's per-step work; the
                     projected 20-step 512x512 time. --against REV: REV's build too, in the same

@@ -223,10 +223,12 @@ impl<'c> Batch<'c> {
         ctx.check_health()?;
         let pipelines = self.pipelines().await?;
         let arena = self.upload_arena();
-        if ctx
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        // Timestamps need a dispatch to write them: a batch of copies only is timed by the clock.
+        if !pipelines.is_empty()
+            && ctx
+                .device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY)
         {
             self.time_with_timestamps(&arena, &pipelines).await
         } else {

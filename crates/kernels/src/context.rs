@@ -189,7 +189,7 @@ pub(crate) struct WorkCounters {
 /// A snapshot of [`GpuContext::work`]: subtract two to count what happened between them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkCount {
-    /// Queue submissions.
+    /// Batches submitted (a readback's own copy is counted under `readbacks`).
     pub submissions: u64,
     /// Compute dispatches submitted.
     pub dispatches: u64,

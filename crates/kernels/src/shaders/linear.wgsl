@@ -2,8 +2,9 @@
 //
 // A workgroup of 8x8 threads computes a 64x64 tile of y; each thread an 8x8 block held in
 // registers (`Block8x8`, common.wgsl: four FMAs per shared-memory read). K is walked in steps
-// of 32 through shared memory. Each thread loads four consecutive k of one row of x and of W at
-// a time (vectorisable, coalesced along k).
+// of 32 through shared memory. Each thread loads four consecutive k of its own row of x and of W
+// at a time (vectorisable; neighbouring threads read rows k apart, so the loads are not
+// coalesced: a cost on real GPUs not measured yet).
 
 struct Params {
     rows: u32,            // rows of x and y (batch dimensions flattened)

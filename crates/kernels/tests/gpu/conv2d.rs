@@ -58,10 +58,6 @@ fn conv2d_matches_reference_for_every_weight_variant() {
     }
 }
 
-/// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
-/// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
-/// select their channels, and the residual connection given to the last input chunk's call is
-/// added once, after the whole sum: `(conv + b + r) * factor`.
 /// The VAE encoder's downsampler: stride 2, no padding before, one row and column after.
 #[test]
 fn conv2d_with_padding_only_after() {
@@ -91,6 +87,10 @@ fn conv2d_with_padding_only_after() {
     }
 }
 
+/// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
+/// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
+/// select their channels, and the residual connection given to the last input chunk's call is
+/// added once, after the whole sum: `(conv + b + r) * factor`.
 #[test]
 fn conv2d_over_channel_chunks_equals_the_whole() {
     let ctx = native();

@@ -107,6 +107,14 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
                 pad_begin: conv.padding.before,
                 pad_end: conv.padding.after,
             };
+            if let Some((res, _)) = residual
+                && res.shape != y.shape
+            {
+                return Err(mismatch(
+                    path,
+                    format!("{} and {} differ", y.shape, res.shape),
+                ));
+            }
             if let (Ok(xs), Ok(ys)) = (x.single(path), y.single(path)) {
                 let fused = match residual {
                     Some((res, scale)) => match res.single(path) {
