@@ -11,7 +11,7 @@
 use std::fmt;
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
-use sd_kernels::ops::Activation;
+use sd_kernels::ops::{self, Activation};
 
 use crate::backend::NetworkConfigs;
 use crate::nets::clip::clip_text_model;
@@ -45,12 +45,13 @@ pub struct CostRecorder {
 
 impl CostRecorder {
     /// `nn.Conv2d`; a fused residual connection reads the output's size once more.
+    /// `nn.Conv2d`; a fused epilogue reads `epilogue` (a residual, a channel bias) once more.
     fn conv2d_with(
         &mut self,
         path: &str,
         x: &Shape,
         conv: Conv2d,
-        residual: bool,
+        epilogue: Option<&Shape>,
     ) -> Result<Shape, PlanError> {
         let y = shapes::conv2d(path, *x, &conv)?;
         let (Shape::Nchw { c, .. }, Shape::Nchw { n, c: oc, h, w }) = (*x, y) else {
@@ -59,7 +60,7 @@ impl CostRecorder {
         let k = conv.kernel;
         let flops = 2 * mul(&[n, oc, h, w, c, k, k]);
         let weights = matrix(&[oc, c, k, k]) + vector(oc);
-        let read = x.bytes() + weights + if residual { y.bytes() } else { 0 };
+        let read = x.bytes() + weights + epilogue.map_or(0, |e| e.bytes());
         self.push(path, "conv2d", flops, (read, y.bytes()), 1);
         Ok(y)
     }
@@ -141,7 +142,7 @@ impl Recorder for CostRecorder {
     }
 
     fn conv2d(&mut self, path: &str, x: &Shape, conv: Conv2d) -> Result<Shape, PlanError> {
-        self.conv2d_with(path, x, conv, false)
+        self.conv2d_with(path, x, conv, None)
     }
 
     fn conv2d_residual(
@@ -149,10 +150,20 @@ impl Recorder for CostRecorder {
         path: &str,
         x: &Shape,
         conv: Conv2d,
-        _r: &Shape,
+        r: &Shape,
         _scale: f64,
     ) -> Result<Shape, PlanError> {
-        self.conv2d_with(path, x, conv, true)
+        self.conv2d_with(path, x, conv, Some(r))
+    }
+
+    fn conv2d_channel_bias(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        conv: Conv2d,
+        t: &Shape,
+    ) -> Result<Shape, PlanError> {
+        self.conv2d_with(path, x, conv, Some(t))
     }
 
     fn linear(
@@ -176,13 +187,15 @@ impl Recorder for CostRecorder {
         self.linear_with(path, x, out_features, bias, true)
     }
 
-    fn group_norm(&mut self, path: &str, x: &Shape, _norm: GroupNorm) -> Result<Shape, PlanError> {
-        let Shape::Nchw { c, .. } = *x else {
+    fn group_norm(&mut self, path: &str, x: &Shape, norm: GroupNorm) -> Result<Shape, PlanError> {
+        let Shape::Nchw { c, h, w, .. } = *x else {
             return Ok(*x);
         };
-        // Statistics, then the affine: the input is read twice.
-        let read = 2 * x.bytes() + 2 * vector(c);
-        self.push(path, "group_norm", 0, (read, x.bytes()), 2);
+        // The mean, the squared deviations, then the affine: the input is read three times,
+        // in one dispatch for short groups.
+        let read = 3 * x.bytes() + 2 * vector(c);
+        let dispatches = ops::group_norm_dispatches(c / norm.groups.max(1) * h * w);
+        self.push(path, "group_norm", 0, (read, x.bytes()), dispatches);
         Ok(*x)
     }
 
@@ -214,17 +227,6 @@ impl Recorder for CostRecorder {
     ) -> Result<Shape, PlanError> {
         self.push(path, "residual_add", 0, (2 * x.bytes(), x.bytes()), 1);
         Ok(x)
-    }
-
-    fn add_channel_bias(&mut self, path: &str, x: &Shape, t: &Shape) -> Result<Shape, PlanError> {
-        self.push(
-            path,
-            "add_channel_bias",
-            0,
-            (x.bytes() + t.bytes(), x.bytes()),
-            1,
-        );
-        Ok(*x)
     }
 
     fn to_tokens(&mut self, path: &str, x: &Shape) -> Result<Shape, PlanError> {

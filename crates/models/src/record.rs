@@ -115,6 +115,15 @@ pub trait Recorder {
         r: &Self::Tensor,
         scale: f64,
     ) -> Out<Self>;
+    /// [`Recorder::conv2d`] plus `t[n, c]` on every pixel of channel `c` of item `n` (a
+    /// ResNet's time embedding, `t` being `[n, 1, c]`), one op: the GEMM adds it as it writes.
+    fn conv2d_channel_bias(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        conv: Conv2d,
+        t: &Self::Tensor,
+    ) -> Out<Self>;
     /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
     fn group_norm(&mut self, path: &str, x: &Self::Tensor, norm: GroupNorm) -> Out<Self>;
     /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.
@@ -147,8 +156,6 @@ pub trait Recorder {
         r: &Self::Tensor,
         scale: f64,
     ) -> Out<Self>;
-    /// `x[n, c, :, :] + t[n, c]` (a ResNet's time embedding), `t` being `[n, 1, c]`.
-    fn add_channel_bias(&mut self, path: &str, x: &Self::Tensor, t: &Self::Tensor) -> Out<Self>;
     /// `[n, c, h, w]` to token-major `[n, h*w, c]`.
     fn to_tokens(&mut self, path: &str, x: &Self::Tensor) -> Out<Self>;
     /// Token-major `[n, h*w, c]` to `[n, c, h, w]`.

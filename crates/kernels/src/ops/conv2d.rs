@@ -1,6 +1,6 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
-use super::{GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
+use super::{Epilogue, GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
@@ -119,6 +119,46 @@ pub fn conv2d_with_residual(
     chunk: Conv2dChunk,
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
+    let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
+    conv2d_with_epilogue(batch, x, weight, bias, y, shape, chunk, epilogue)
+}
+
+/// [`conv2d`] of a whole tensor plus `channel_bias[n, c]` on every pixel of channel `c` of item
+/// `n`, in the same pass: a ResNet's time embedding (`channel_bias` is `[N, Cout]`), instead of
+/// an `add_channel_bias` pass of its own.
+pub fn conv2d_with_channel_bias(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    channel_bias: &Tensor,
+) -> Result<()> {
+    let epilogue = Epilogue::ChannelBias(channel_bias);
+    conv2d_with_epilogue(
+        batch,
+        x,
+        weight,
+        bias,
+        y,
+        shape,
+        Conv2dChunk::WHOLE,
+        epilogue,
+    )
+}
+
+#[allow(clippy::too_many_arguments)] // conv2d's seven, plus the epilogue
+fn conv2d_with_epilogue(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    chunk: Conv2dChunk,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
     const OP: &str = "conv2d";
     let [oc_total, ic_total, kh, kw] = *weight.shape() else {
         return Err(KernelError::shape(
@@ -166,8 +206,10 @@ pub fn conv2d_with_residual(
     }
     expect_f32(OP, "x", x, n * cin * h * w)?;
     expect_f32(OP, "y", y, n * cout * oh * ow)?;
-    if let Some(r) = &residual {
-        expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?;
+    match epilogue {
+        Epilogue::None => {}
+        Epilogue::Residual(r) => expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?,
+        Epilogue::ChannelBias(t) => expect_f32(OP, "channel_bias", t, n * cout)?,
     }
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, oc_total)?;
@@ -175,7 +217,7 @@ pub fn conv2d_with_residual(
     let variant = weight_variant(batch, OP, weight)?;
     let has_bias = u32::from(bias.is_some() && !chunk.accumulate);
     let ((has_residual, residual_factor), [bias, residual]) =
-        gemm_epilogue(batch.context(), bias, residual);
+        gemm_epilogue(batch.context(), bias, epilogue);
     let params = Params {
         batch: to_u32(OP, n)?,
         in_channels: to_u32(OP, cin)?,

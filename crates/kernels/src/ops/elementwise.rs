@@ -81,16 +81,7 @@ pub(crate) static BINARY: Kernel = Kernel {
     source: include_str!("../shaders/binary.wgsl"),
     params: BinaryParams::LAYOUT,
     bindings: &[Binding::read("a"), Binding::read("b"), Binding::write("y")],
-    entries: &entries(
-        [
-            "add",
-            "mul",
-            "add_channel_bias",
-            "concat_channels",
-            "timestep_embedding",
-        ],
-        3,
-    ),
+    entries: &entries(["add", "mul", "concat_channels", "timestep_embedding"], 3),
     reads_weights: false,
     consts: no_consts,
 };
@@ -353,42 +344,6 @@ pub fn mul(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<
         BinaryParams {
             len,
             ..Default::default()
-        },
-        a,
-        b,
-        y,
-    )
-}
-
-/// Records `y = a + b[:, :, None, None]`: `a` `[N, C, ...]`, `b` `[N, C]`.
-pub fn add_channel_bias(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) -> Result<()> {
-    const OP: &str = "add_channel_bias";
-    let (n, c) = match *a.shape() {
-        [n, c, ..] => (n, c),
-        _ => {
-            return Err(KernelError::shape(
-                OP,
-                format!("a must be [N, C, ...], is {:?}", a.shape()),
-            ));
-        }
-    };
-    if b.shape() != [n, c] {
-        return Err(KernelError::shape(
-            OP,
-            format!("b is {:?}, expected [{n}, {c}]", b.shape()),
-        ));
-    }
-    let len = same_len(OP, a, y)?;
-    expect_f32(OP, "b", b, n * c)?;
-    let spatial = a.len().checked_div(n * c).unwrap_or(0);
-    binary(
-        batch,
-        OP,
-        BinaryParams {
-            len,
-            dim0: to_u32(OP, c)?,
-            dim1: to_u32(OP, spatial)?,
-            dim2: 0,
         },
         a,
         b,

@@ -1,6 +1,6 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
-use super::{GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
+use super::{Epilogue, GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
 use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
@@ -76,8 +76,11 @@ pub fn linear_with_residual(
     }
     let variant = weight_variant(batch, OP, weight)?;
     let has_bias = u32::from(bias.is_some());
-    let ((has_residual, residual_factor), [bias, residual]) =
-        gemm_epilogue(batch.context(), bias, residual);
+    let ((has_residual, residual_factor), [bias, residual]) = gemm_epilogue(
+        batch.context(),
+        bias,
+        residual.map_or(Epilogue::None, Epilogue::Residual),
+    );
     let params = Params {
         rows: to_u32(OP, rows)?,
         n: to_u32(OP, n)?,

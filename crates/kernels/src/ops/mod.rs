@@ -9,14 +9,18 @@ mod linear;
 mod norm;
 
 pub use attention::{AttentionShape, attention};
-pub use conv2d::{Conv2dChunk, Conv2dShape, conv2d, conv2d_with_residual};
+pub use conv2d::{
+    Conv2dChunk, Conv2dShape, conv2d, conv2d_with_channel_bias, conv2d_with_residual,
+};
 pub use elementwise::{
-    Activation, activation, add, add_channel_bias, concat_channels, embedding, geglu,
-    layout_nchw_to_nlc, layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding,
-    timestep_frequencies, upsample_nearest,
+    Activation, activation, add, concat_channels, embedding, geglu, layout_nchw_to_nlc,
+    layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding, timestep_frequencies,
+    upsample_nearest,
 };
 pub use linear::{linear, linear_with_residual};
-pub use norm::{GroupNormShape, group_norm, layer_norm};
+pub use norm::{
+    FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, layer_norm,
+};
 
 use crate::kernel::Kernel;
 
@@ -33,24 +37,31 @@ pub struct Residual<'t> {
 /// Rows and columns of the GEMM kernels' output tiles (`GEMM_TILE` in common.wgsl).
 pub(crate) const GEMM_TILE: usize = 64;
 
+/// What a GEMM adds to its output as it writes it, beyond the bias.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Epilogue<'t> {
+    /// Nothing.
+    None,
+    /// A residual connection, `has_residual = 1`.
+    Residual(Residual<'t>),
+    /// `y[n, c, ..] += t[n, c]`, `has_residual = 2` (conv2d only).
+    ChannelBias(&'t Tensor),
+}
+
 /// A GEMM's epilogue: `has_residual` and `residual_factor` for its uniforms, and its bias and
 /// residual bindings (the context's placeholder where there is none).
 pub(crate) fn gemm_epilogue<'t>(
     ctx: &'t crate::GpuContext,
     bias: Option<&'t Tensor>,
-    residual: Option<Residual<'t>>,
+    epilogue: Epilogue<'t>,
 ) -> ((u32, f32), [&'t Tensor; 2]) {
     let placeholder = ctx.placeholder();
-    (
-        (
-            u32::from(residual.is_some()),
-            residual.map_or(1.0, |r| r.factor),
-        ),
-        [
-            bias.unwrap_or(placeholder),
-            residual.map_or(placeholder, |r| r.tensor),
-        ],
-    )
+    let (mode, factor, tensor) = match epilogue {
+        Epilogue::None => (0, 1.0, placeholder),
+        Epilogue::Residual(r) => (1, r.factor, r.tensor),
+        Epilogue::ChannelBias(t) => (2, 1.0, t),
+    };
+    ((mode, factor), [bias.unwrap_or(placeholder), tensor])
 }
 use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 

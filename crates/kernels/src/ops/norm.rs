@@ -49,6 +49,10 @@ pub(crate) static GROUP_NORM: Kernel = Kernel {
             name: "group_norm_apply",
             bindings: 5,
         },
+        Entry {
+            name: "group_norm_fused",
+            bindings: 5,
+        },
     ],
     reads_weights: false,
     consts: no_consts,
@@ -84,8 +88,24 @@ pub struct GroupNormShape {
     pub c_offset: usize,
 }
 
+/// The longest group (channels per group times H*W) that one workgroup normalizes alone, in
+/// one dispatch; longer groups take a statistics pass and a parallel apply. Every group of
+/// SD 1.5's UNet at 512x512 is at most 40 960 elements; the VAE's full-resolution levels are
+/// longer (up to 1 M).
+pub const FUSED_GROUP_NORM_MAX: usize = 1 << 18;
+
+/// The dispatches [`group_norm`] records for groups of `group_len` elements.
+pub fn group_norm_dispatches(group_len: usize) -> usize {
+    if group_len <= FUSED_GROUP_NORM_MAX {
+        1
+    } else {
+        2
+    }
+}
+
 /// Records group norm of `x` `[N, C, H, W]` (or `[N, C, L]`) into `y` of the same shape:
 /// statistics per (item, group), then the affine with `gamma`, `beta` (`[C_total]`, f32).
+/// One dispatch for groups of up to [`FUSED_GROUP_NORM_MAX`] elements, two beyond.
 pub fn group_norm(
     batch: &mut Batch<'_>,
     x: &Tensor,
@@ -137,6 +157,15 @@ pub fn group_norm(
         c_offset: to_u32(OP, shape.c_offset)?,
         _pad: 0,
     };
+    if group_norm_dispatches(c / shape.groups * spatial) == 1 {
+        return batch.dispatch(
+            &GROUP_NORM,
+            GROUP_NORM.key("group_norm_fused", ShaderVariant::NoWeights),
+            &params,
+            &[x, &stats, gamma, beta, y],
+            [params.groups, params.batch, 1],
+        );
+    }
     batch.dispatch(
         &GROUP_NORM,
         GROUP_NORM.key("group_norm_stats", ShaderVariant::NoWeights),

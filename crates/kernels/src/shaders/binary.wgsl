@@ -26,14 +26,6 @@ fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if (i < p.len) { y[i] = a[i] * b[i]; }
 }
 
-// a [N, dim0 = C, dim1 = L], b [N, C] -> y = a + b broadcast over L (the time embedding added
-// to a ResNet's hidden states).
-@compute @workgroup_size(256)
-fn add_channel_bias(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
-    let i = linear_index(gid, ng, WG);
-    if (i < p.len) { y[i] = a[i] + b[i / p.dim1]; }
-}
-
 // a [N, dim0 = Ca, dim2 = L], b [N, dim1 = Cb, L] -> y [N, Ca + Cb, L] (skip connections).
 @compute @workgroup_size(256)
 fn concat_channels(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {

@@ -30,7 +30,8 @@ struct Params {
     oc_offset: u32,          // first weight output channel of this output chunk
     accumulate: u32,         // 1: y += conv; 0: y = bias + conv
     has_bias: u32,
-    has_residual: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only)
+    has_residual: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only);
+                             // 2: y += residual[n, oc] (a time embedding, whole tensors only)
     residual_factor: f32,
     _pad0: u32,
     _pad1: u32,
@@ -119,8 +120,10 @@ fn store_row(oc: u32, column: u32, sums: array<f32, 8>) {
                 base = y[index];
             }
             var v = base + sums[j];
-            if (p.has_residual != 0u) {
+            if (p.has_residual == 1u) {
                 v = (v + residual[index]) * p.residual_factor;
+            } else if (p.has_residual == 2u) {
+                v += residual[n * p.out_channels + oc];
             }
             y[index] = v;
         }

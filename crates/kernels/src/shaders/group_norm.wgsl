@@ -1,7 +1,13 @@
-// group_norm.wgsl: group norm in two kernels: statistics per (batch item, group), then a fully
-// parallel y = (x - mean) / std * gamma + beta with optional fused SiLU. Two-pass statistics in
-// f32 (mean, then squared deviations): one-pass E[x^2] - E[x]^2 loses digits on the long groups
-// of a VAE at full resolution.
+// group_norm.wgsl: group norm y = (x - mean) / std * gamma + beta with optional fused SiLU.
+// Two-pass statistics in f32 (mean, then squared deviations): one-pass E[x^2] - E[x]^2 loses
+// digits on the long groups of a VAE at full resolution.
+//
+// Two ways to run it (ops::group_norm picks by group length):
+// - `group_norm_fused`: one workgroup per (group, batch item) computes the statistics and
+//   applies them, one dispatch. Short groups (all of the UNet's) fit one workgroup well.
+// - `group_norm_stats` then `group_norm_apply`: the same statistics, then a fully parallel
+//   apply, for the long groups of a VAE at full resolution, where one workgroup per group
+//   would also have to write megabytes alone.
 //
 // Channel chunking: a chunk holds whole groups; `c_offset` points gamma/beta at its channels.
 
@@ -23,12 +29,9 @@ struct Params {
 @group(0) @binding(4) var<storage, read> beta: array<f32>;        // [C]
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;     // [batch, channels, spatial]
 
-// One workgroup per (group, batch item): the channels of a group are contiguous in NCHW.
-@compute @workgroup_size(256)
-fn group_norm_stats(@builtin(local_invocation_index) lid: u32,
-                    @builtin(workgroup_id) wid: vec3<u32>) {
-    let group = wid.x;
-    let n = wid.y;
+// Mean and 1/std of one (batch item, group), stored in `stats` and returned (every thread of
+// the workgroup gets them). The channels of a group are contiguous in NCHW.
+fn group_statistics(lid: u32, n: u32, group: u32) -> vec2<f32> {
     let count = (p.channels / p.groups) * p.spatial;
     let base = (n * p.groups + group) * count;
     var sum = 0.0;
@@ -42,9 +45,42 @@ fn group_norm_stats(@builtin(local_invocation_index) lid: u32,
         sq += d * d;
     }
     let variance = workgroup_sum(lid, sq) / f32(count);
+    let inv_std = inverseSqrt(variance + p.eps);
     if (lid == 0u) {
         stats[(n * p.groups + group) * 2u] = mean;
-        stats[(n * p.groups + group) * 2u + 1u] = inverseSqrt(variance + p.eps);
+        stats[(n * p.groups + group) * 2u + 1u] = inv_std;
+    }
+    return vec2<f32>(mean, inv_std);
+}
+
+// The affine (and SiLU) of element `i`, channel `c`, with the group's mean and 1/std.
+fn normalized(i: u32, c: u32, m: vec2<f32>) -> f32 {
+    var v = (x[i] - m.x) * m.y * gamma[p.c_offset + c] + beta[p.c_offset + c];
+    if (p.silu != 0u) {
+        v = silu(v);
+    }
+    return v;
+}
+
+// One workgroup per (group, batch item).
+@compute @workgroup_size(256)
+fn group_norm_stats(@builtin(local_invocation_index) lid: u32,
+                    @builtin(workgroup_id) wid: vec3<u32>) {
+    _ = group_statistics(lid, wid.y, wid.x);
+}
+
+// One workgroup per (group, batch item): statistics, then the affine over the same elements.
+@compute @workgroup_size(256)
+fn group_norm_fused(@builtin(local_invocation_index) lid: u32,
+                    @builtin(workgroup_id) wid: vec3<u32>) {
+    let group = wid.x;
+    let n = wid.y;
+    let m = group_statistics(lid, n, group);
+    let group_size = p.channels / p.groups;
+    let count = group_size * p.spatial;
+    let base = (n * p.groups + group) * count;
+    for (var i = lid; i < count; i += REDUCE_WG) {
+        y[base + i] = normalized(base + i, group * group_size + i / p.spatial, m);
     }
 }
 
@@ -58,9 +94,5 @@ fn group_norm_apply(@builtin(global_invocation_id) gid: vec3<u32>,
     let c = (i / p.spatial) % p.channels;
     let n = i / (p.spatial * p.channels);
     let s = (n * p.groups + c / (p.channels / p.groups)) * 2u;
-    var v = (x[i] - stats[s]) * stats[s + 1u] * gamma[p.c_offset + c] + beta[p.c_offset + c];
-    if (p.silu != 0u) {
-        v = silu(v);
-    }
-    y[i] = v;
+    y[i] = normalized(i, c, vec2<f32>(stats[s], stats[s + 1u]));
 }

@@ -87,6 +87,39 @@ fn conv2d_with_padding_only_after() {
     }
 }
 
+/// A ResNet's `conv1` with its time embedding: `conv(x) + b + t[n, c]`, the per-(item, channel)
+/// bias added by the epilogue, over columns that span both batch items and output channels off
+/// the 64-wide tiles.
+#[test]
+fn conv2d_adds_a_channel_bias_in_its_epilogue() {
+    let ctx = native();
+    let mut rng = rng(270);
+    let (n, ic, h, w, oc) = (3, 6, 7, 9, 67);
+    let x = random(&mut rng, n * ic * h * w, 1.0);
+    let wt = random(&mut rng, oc * ic * 9, 0.3);
+    let b = random(&mut rng, oc, 1.0);
+    let t = random(&mut rng, n * oc, 1.0);
+    let (w_gpu, w_seen) = weight(ctx, Weights::F16Native, &wt, &[oc, ic, 3, 3]);
+    let shape = Conv2dShape::symmetric(1, 1);
+    let (xg, bg, tg) = (
+        upload(ctx, &x, &[n, ic, h, w]),
+        upload(ctx, &b, &[oc]),
+        upload(ctx, &t, &[n, oc]),
+    );
+    let y = poisoned(ctx, &[n, oc, h, w]);
+    let got = run(ctx, &y, |batch| {
+        ops::conv2d_with_channel_bias(batch, &xg, &w_gpu, Some(&bg), &y, shape, &tg)
+            .expect("record")
+    });
+    let want: Vec<f32> =
+        reference::conv2d(&x, [n, ic, h, w], &w_seen, [oc, 3, 3], Some(&b), 1, (1, 1))
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + t[i / (h * w)])
+            .collect();
+    assert_close("conv2d + channel bias", &got, &want, TOL);
+}
+
 /// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
 /// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
 /// select their channels, and the residual connection given to the last input chunk's call is

@@ -9,11 +9,12 @@ const TOL: Tolerance = Tolerance {
 };
 
 /// ([n, c, h, w], groups, silu): SD's 32 groups, few large groups (loops past the 256 threads),
-/// odd spatial sizes.
-const CASES: [([usize; 4], usize, bool); 3] = [
+/// odd spatial sizes, and one group longer than `FUSED_GROUP_NORM_MAX` (the two-pass path).
+const CASES: [([usize; 4], usize, bool); 4] = [
     ([2, 64, 5, 7], 32, true),
     ([1, 6, 9, 11], 3, false),
     ([1, 8, 33, 31], 2, true),
+    ([1, 4, 263, 257], 2, true),
 ];
 
 #[test]

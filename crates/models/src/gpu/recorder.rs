@@ -89,6 +89,27 @@ struct Piece {
 }
 
 impl<'b, 'c> GpuRecorder<'b, 'c> {
+    /// A convolution's output (allocated), weight, bias and stride/padding.
+    fn conv2d_parts(
+        &self,
+        path: &str,
+        x: &GpuTensor,
+        conv: Conv2d,
+    ) -> Result<(GpuTensor, &'b Tensor, &'b Tensor, Conv2dShape)> {
+        let y = self.alloc(path, shapes::conv2d(path, x.shape, &conv)?)?;
+        let shape = Conv2dShape {
+            stride: conv.stride,
+            pad_begin: conv.padding.before,
+            pad_end: conv.padding.after,
+        };
+        Ok((
+            y,
+            self.weight(format!("{path}.weight"))?,
+            self.weight(format!("{path}.bias"))?,
+            shape,
+        ))
+    }
+
     /// `nn.Conv2d`, with the residual connection fused into the GEMM where every tensor is one
     /// buffer.
     fn conv2d_with(
@@ -99,14 +120,7 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
         residual: Option<(&GpuTensor, f64)>,
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
-            let y = r.alloc(path, shapes::conv2d(path, x.shape, &conv)?)?;
-            let w = r.weight(format!("{path}.weight"))?;
-            let bias = r.weight(format!("{path}.bias"))?;
-            let shape = Conv2dShape {
-                stride: conv.stride,
-                pad_begin: conv.padding.before,
-                pad_end: conv.padding.after,
-            };
+            let (y, w, bias, shape) = r.conv2d_parts(path, x, conv)?;
             if let Some((res, _)) = residual
                 && res.shape != y.shape
             {
@@ -510,6 +524,24 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         self.conv2d_with(path, x, conv, Some((r, scale)))
     }
 
+    fn conv2d_channel_bias(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        conv: Conv2d,
+        t: &GpuTensor,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let (y, w, bias, shape) = r.conv2d_parts(path, x, conv)?;
+            let t = t
+                .single(path)?
+                .reshape(&[y.shape.batch(), conv.out_channels])?;
+            let (xs, ys) = (x.single(path)?, y.single(path)?);
+            ops::conv2d_with_channel_bias(r.batch, xs, w, Some(bias), ys, shape, &t)?;
+            Ok(y)
+        })
+    }
+
     fn linear(
         &mut self,
         path: &str,
@@ -603,16 +635,6 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 Ok(ops::residual_add(batch, &t[1], &t[0], scale as f32)?)
             })?;
             Ok(x)
-        })
-    }
-
-    fn add_channel_bias(&mut self, path: &str, x: &GpuTensor, t: &GpuTensor) -> Result<GpuTensor> {
-        self.traced(path, |r| {
-            let (n, c, _, _) = record::nchw(r, path, x)?;
-            let y = r.alloc(path, x.shape)?;
-            let bias = t.single(path)?.reshape(&[n, c])?;
-            ops::add_channel_bias(r.batch, x.single(path)?, &bias, y.single(path)?)?;
-            Ok(y)
         })
     }
 

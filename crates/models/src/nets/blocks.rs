@@ -40,11 +40,15 @@ impl ResnetBlock2D {
             silu: true,
         };
         let h = r.group_norm(&format!("{path}.norm1"), x, norm)?;
-        let mut h = r.conv2d(&format!("{path}.conv1"), &h, Conv2d::same(out, 3))?;
-        if let Some(temb) = temb_silu {
-            let t = r.linear(&format!("{path}.time_emb_proj"), temb, out, true)?;
-            h = r.add_channel_bias(&format!("{path}.time_emb_add"), &h, &t)?;
-        }
+        let conv1 = format!("{path}.conv1");
+        let h = match temb_silu {
+            // `conv1(h) + time_emb_proj(silu(temb))[:, :, None, None]`, added as conv1 writes.
+            Some(temb) => {
+                let t = r.linear(&format!("{path}.time_emb_proj"), temb, out, true)?;
+                r.conv2d_channel_bias(&conv1, &h, Conv2d::same(out, 3), &t)?
+            }
+            None => r.conv2d(&conv1, &h, Conv2d::same(out, 3))?,
+        };
         let h = r.group_norm(&format!("{path}.norm2"), &h, norm)?;
         let shortcut = if in_channels == out {
             x.clone()

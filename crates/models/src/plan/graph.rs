@@ -273,6 +273,8 @@ pub enum OpKind {
         padding: Padding,
         /// `y = (y + r) * scale` after the last input chunk: a residual connection fused in.
         residual: Option<f64>,
+        /// `y[n, c, :, :] += t[n, c]` in the same pass: a ResNet's time embedding fused in.
+        channel_bias: bool,
     },
     /// Group-norm statistics: mean and 1/std per (item, group).
     GroupNormStats {
@@ -314,8 +316,6 @@ pub enum OpKind {
         /// The factor (1, or `1 / mid_block_scale_factor`).
         scale: f64,
     },
-    /// `y[n, c, :, :] = x[n, c, :, :] + t[n, c]` (a ResNet's time embedding).
-    AddChannelBias,
     /// Nearest-neighbour resize to the output's size (2x, or the skip's size when a latent
     /// side is not a multiple of 2^upsamplers, as diffusers' `upsample_size`).
     UpsampleNearest,
@@ -348,7 +348,6 @@ impl OpKind {
             Self::Activation(_) => "activation",
             Self::Geglu => "geglu",
             Self::ResidualAdd { .. } => "residual_add",
-            Self::AddChannelBias => "add_channel_bias",
             Self::UpsampleNearest => "upsample_nearest",
             Self::Concat => "concat",
             Self::GatherRows => "gather_rows",

@@ -38,7 +38,7 @@ impl Recorder for Graph {
     }
 
     fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
-        self.conv2d_with(path, x, conv, None)
+        self.conv2d_op(path, x, conv, None, None)
     }
 
     fn conv2d_residual(
@@ -49,7 +49,17 @@ impl Recorder for Graph {
         r: &TensorId,
         scale: f64,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_with(path, x, conv, Some((*r, scale)))
+        self.conv2d_op(path, x, conv, Some((*r, scale)), None)
+    }
+
+    fn conv2d_channel_bias(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        conv: Conv2d,
+        t: &TensorId,
+    ) -> Result<TensorId, PlanError> {
+        self.conv2d_op(path, x, conv, None, Some(*t))
     }
 
     fn linear(
@@ -166,22 +176,6 @@ impl Recorder for Graph {
             vec![update("x", x), read("r", *r)],
         )?;
         Ok(x)
-    }
-
-    fn add_channel_bias(
-        &mut self,
-        path: &str,
-        x: &TensorId,
-        t: &TensorId,
-    ) -> Result<TensorId, PlanError> {
-        self.require_single(path, "x", *x)?;
-        let y = self.tensor(path, self.shape(*x))?;
-        self.op(
-            path,
-            OpKind::AddChannelBias,
-            vec![read("x", *x), read("t", *t), write("y", y)],
-        )?;
-        Ok(y)
     }
 
     fn to_tokens(&mut self, path: &str, x: &TensorId) -> Result<TensorId, PlanError> {
@@ -329,12 +323,13 @@ impl Recorder for Graph {
 
 impl Graph {
     /// `nn.Conv2d`, with a fused residual connection where `residual` says.
-    fn conv2d_with(
+    fn conv2d_op(
         &mut self,
         path: &str,
         x: &TensorId,
         conv: Conv2d,
         residual: Option<(TensorId, f64)>,
+        channel_bias: Option<TensorId>,
     ) -> Result<TensorId, PlanError> {
         let (_, c, _, _) = record::nchw(self, path, x)?;
         let y = self.tensor(path, shapes::conv2d(path, self.shape(*x), &conv)?)?;
@@ -346,6 +341,7 @@ impl Graph {
             stride: conv.stride,
             padding: conv.padding,
             residual: residual.map(|(_, scale)| scale),
+            channel_bias: channel_bias.is_some(),
         };
         let mut args = vec![
             read("x", *x),
@@ -356,6 +352,22 @@ impl Graph {
         if let Some((r, _)) = residual {
             self.same_shape(path, y, r)?;
             args.push(read("r", r));
+        }
+        if let Some(t) = channel_bias {
+            let (n, oc) = (self.shape(*x).batch(), conv.out_channels);
+            if self.shape(t) != (Shape::Tokens { n, l: 1, d: oc }) {
+                return Err(PlanError::Architecture {
+                    part: "resnet",
+                    message: format!(
+                        "{}: the channel bias is {}, expected [{n}, 1, {oc}]",
+                        self.name(path),
+                        self.shape(t)
+                    ),
+                });
+            }
+            // The kernel indexes `t[n, c]` over the whole output: it must not be split.
+            self.require_single(path, "y", y)?;
+            args.push(read("t", t));
         }
         self.op(path, kind, args)?;
         Ok(y)
