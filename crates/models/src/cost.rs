@@ -199,6 +199,17 @@ impl Recorder for CostRecorder {
         Ok(*x)
     }
 
+    fn linear_stacked(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        layers: &[(&str, usize)],
+        bias: bool,
+    ) -> Result<Shape, PlanError> {
+        let out = layers.iter().map(|(_, o)| o).sum();
+        self.linear_with(path, x, out, bias, false)
+    }
+
     fn layer_norm(&mut self, path: &str, x: &Shape, _eps: f64) -> Result<Shape, PlanError> {
         let Shape::Tokens { d, .. } = *x else {
             return Ok(*x);
@@ -256,6 +267,16 @@ impl Recorder for CostRecorder {
         let y = shapes::upsample(path, *x, size)?;
         self.push(path, "upsample_nearest", 0, (x.bytes(), y.bytes()), 1);
         Ok(y)
+    }
+
+    fn attention_packed(
+        &mut self,
+        path: &str,
+        qkv: &Shape,
+        heads: Heads,
+    ) -> Result<Shape, PlanError> {
+        let o = shapes::attention_packed(path, *qkv)?;
+        self.attention(path, [&o, &o, &o], heads)
     }
 
     fn attention(

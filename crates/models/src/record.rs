@@ -144,6 +144,17 @@ pub trait Recorder {
         bias: bool,
         residual: (&Self::Tensor, f64),
     ) -> Out<Self>;
+    /// Several `nn.Linear` layers on the same `x` as one matmul (a self-attention's Q, K and V,
+    /// as diffusers' `fuse_qkv_projections`): the weights of `layers` (full paths, each with
+    /// its `out_features`) stacked by rows as `<path>.weight` (and `<path>.bias`), their outputs
+    /// side by side in each token, `[n, l, sum of out_features]`.
+    fn linear_stacked(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        layers: &[(&str, usize)],
+        bias: bool,
+    ) -> Out<Self>;
     /// `nn.LayerNorm` over each token of `x`.
     fn layer_norm(&mut self, path: &str, x: &Self::Tensor, eps: f64) -> Out<Self>;
     /// An activation of `x`.
@@ -167,6 +178,9 @@ pub trait Recorder {
     -> Out<Self>;
     /// `softmax(q k^T / sqrt(head_dim)) v` per head, token-major.
     fn attention(&mut self, path: &str, qkv: [&Self::Tensor; 3], heads: Heads) -> Out<Self>;
+    /// Self-attention on q, k and v side by side in each token of `qkv`, `[n, l, 3 * heads *
+    /// head_dim]` (what [`Recorder::linear_stacked`] of the three projections writes).
+    fn attention_packed(&mut self, path: &str, qkv: &Self::Tensor, heads: Heads) -> Out<Self>;
     /// `a * gelu(b)` where `[a, b]` are the halves of each row (diffusers' `GEGLU`).
     fn geglu(&mut self, path: &str, x: &Self::Tensor) -> Out<Self>;
     /// Sinusoids of each value of flat `t`: `[len / per_row, 1, per_row * dim]`.
@@ -261,6 +275,20 @@ pub mod shapes {
             });
         }
         Ok(Shape::Nchw { n, c: d, h, w })
+    }
+
+    /// The attention of q, k and v side by side in each token.
+    pub fn attention_packed(path: &str, qkv: Shape) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, d } = qkv else {
+            return Err(super::layout_error(path, "token-major", qkv));
+        };
+        if !d.is_multiple_of(3) {
+            return Err(PlanError::Architecture {
+                part: "attention",
+                message: format!("{path}: {d} features are not q, k and v of one width"),
+            });
+        }
+        Ok(Shape::Tokens { n, l, d: d / 3 })
     }
 
     /// Two tensors side by side along channels (NCHW) or features (tokens).

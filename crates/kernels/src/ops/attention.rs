@@ -22,7 +22,9 @@ uniform! {
         o_stride: u32,
         causal: u32,
         scale: f32,
-        _pad: [u32; 3],
+        q_offset: u32,
+        k_offset: u32,
+        v_offset: u32,
     }
 }
 
@@ -98,12 +100,45 @@ fn padded_head_dim(head_dim: usize) -> usize {
     head_dim.max(1).div_ceil(4) * 4
 }
 
+/// The features of one token-major operand an attention reads: `heads * head_dim` of them from
+/// `offset`, in tokens of `stride` features (q, k and v side by side in one tensor, as one
+/// matmul for the three projections writes them).
+#[derive(Clone, Copy, Debug)]
+pub struct TokenFeatures<'t> {
+    pub tensor: &'t Tensor,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl<'t> TokenFeatures<'t> {
+    /// All of `tensor`'s `width` features.
+    pub fn all(tensor: &'t Tensor, width: usize) -> Self {
+        Self {
+            tensor,
+            offset: 0,
+            stride: width,
+        }
+    }
+}
+
 /// Records `o = softmax(q k^T * scale) v` per head.
 pub fn attention(
     batch: &mut Batch<'_>,
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
+    o: &Tensor,
+    shape: AttentionShape,
+) -> Result<()> {
+    let width = shape.heads * shape.head_dim;
+    let [q, k, v] = [q, k, v].map(|t| TokenFeatures::all(t, width));
+    attention_of_features(batch, [q, k, v], o, shape)
+}
+
+/// [`attention`] reading q, k and v as [`TokenFeatures`] (any of them may share a tensor).
+pub fn attention_of_features(
+    batch: &mut Batch<'_>,
+    [q, k, v]: [TokenFeatures<'_>; 3],
     o: &Tensor,
     shape: AttentionShape,
 ) -> Result<()> {
@@ -132,21 +167,43 @@ pub fn attention(
         ));
     }
     let width = heads * head_dim;
-    expect_f32(OP, "q", q, n * q_len * width)?;
-    expect_f32(OP, "k", k, n * kv_len * width)?;
-    expect_f32(OP, "v", v, n * kv_len * width)?;
+    for (name, features, len) in [("q", q, q_len), ("k", k, kv_len), ("v", v, kv_len)] {
+        if features.offset + width > features.stride {
+            return Err(KernelError::shape(
+                OP,
+                format!(
+                    "{name}: features {}..{} of tokens of {}",
+                    features.offset,
+                    features.offset + width,
+                    features.stride
+                ),
+            ));
+        }
+        expect_f32(OP, name, features.tensor, n * len * features.stride)?;
+    }
+    if k.stride != v.stride {
+        return Err(KernelError::shape(
+            OP,
+            format!(
+                "k and v have {} and {} features per token",
+                k.stride, v.stride
+            ),
+        ));
+    }
     expect_f32(OP, "o", o, n * q_len * width)?;
     let params = Params {
         batch: to_u32(OP, n)?,
         heads: to_u32(OP, heads)?,
         q_len: to_u32(OP, q_len)?,
         kv_len: to_u32(OP, kv_len)?,
-        q_stride: to_u32(OP, width)?,
-        kv_stride: to_u32(OP, width)?,
+        q_stride: to_u32(OP, q.stride)?,
+        kv_stride: to_u32(OP, k.stride)?,
         o_stride: to_u32(OP, width)?,
         causal: u32::from(causal),
         scale,
-        _pad: [0; 3],
+        q_offset: to_u32(OP, q.offset)?,
+        k_offset: to_u32(OP, k.offset)?,
+        v_offset: to_u32(OP, v.offset)?,
     };
     let mut key = ATTENTION.key("attention", ShaderVariant::NoWeights);
     for (name, value) in template_consts(head_dim) {
@@ -157,7 +214,13 @@ pub fn attention(
         params.heads,
         params.batch,
     ];
-    batch.dispatch(&ATTENTION, key, &params, &[q, k, v, o], groups)
+    batch.dispatch(
+        &ATTENTION,
+        key,
+        &params,
+        &[q.tensor, k.tensor, v.tensor, o],
+        groups,
+    )
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ mod elementwise;
 mod linear;
 mod norm;
 
-pub use attention::{AttentionShape, attention};
+pub use attention::{AttentionShape, TokenFeatures, attention, attention_of_features};
 pub use conv2d::{
     Conv2dChunk, Conv2dShape, conv2d, conv2d_with_channel_bias, conv2d_with_residual,
 };

@@ -18,13 +18,13 @@ struct Params {
     o_stride: u32,   // same for the output
     causal: u32,     // 1: query i sees keys 0..=i
     scale: f32,      // usually 1 / sqrt(HEAD_DIM)
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    q_offset: u32,   // first feature of q in each token (q, k, v side by side in one tensor)
+    k_offset: u32,
+    v_offset: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> q: array<f32>;       // [batch, q_len, q_stride], head h at h * HEAD_DIM
+@group(0) @binding(1) var<storage, read> q: array<f32>;       // [batch, q_len, q_stride], head h at q_offset + h * HEAD_DIM
 @group(0) @binding(2) var<storage, read> k: array<f32>;       // [batch, kv_len, kv_stride]
 @group(0) @binding(3) var<storage, read> v: array<f32>;       // [batch, kv_len, kv_stride]
 @group(0) @binding(4) var<storage, read_write> o: array<f32>; // [batch, q_len, o_stride]
@@ -44,9 +44,9 @@ fn load4(src: u32, base: u32, c: u32) -> vec4<f32> {
         let d = 4u * c + i;
         if (d < HEAD_DIM) {
             switch src {
-                case 0u: { r[i] = q[base + d]; }
-                case 1u: { r[i] = k[base + d]; }
-                default: { r[i] = v[base + d]; }
+                case 0u: { r[i] = q[base + p.q_offset + d]; }
+                case 1u: { r[i] = k[base + p.k_offset + d]; }
+                default: { r[i] = v[base + p.v_offset + d]; }
             }
         }
     }

@@ -1,4 +1,4 @@
-use sd_kernels::ops::{self, AttentionShape};
+use sd_kernels::ops::{self, AttentionShape, TokenFeatures};
 use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
@@ -90,6 +90,47 @@ fn self_and_cross_attention_match_reference() {
     for (i, (label, s)) in cases.into_iter().enumerate() {
         check(label, s, 400 + i as u64, 0..s.q_len);
     }
+}
+
+/// Self-attention reading q, k and v side by side from one tensor `[n, l, 3 * width]`, as the
+/// one matmul of the three projections writes them, equals the reference on separate tensors.
+#[test]
+fn attention_reads_q_k_v_side_by_side_from_one_tensor() {
+    let ctx = native();
+    let s = shape(2, 3, 8, 70, 70, false);
+    let (n, l, width) = (s.batch, s.q_len, s.heads * s.head_dim);
+    let mut rng = rng(430);
+    let [q, k, v] = [0, 1, 2].map(|_| random(&mut rng, n * l * width, 1.0));
+    let packed: Vec<f32> = (0..n * l)
+        .flat_map(|token| {
+            [&q, &k, &v]
+                .into_iter()
+                .flat_map(move |t| t[token * width..(token + 1) * width].to_vec())
+        })
+        .collect();
+    let qkv = upload(ctx, &packed, &[n, l, 3 * width]);
+    let o = poisoned(ctx, &[n, l, width]);
+    let features = [0, 1, 2].map(|i| TokenFeatures {
+        tensor: &qkv,
+        offset: i * width,
+        stride: 3 * width,
+    });
+    let got = run(ctx, &o, |b| {
+        ops::attention_of_features(b, features, &o, s).expect("record")
+    });
+    let want = reference::attention(&q, &k, &v, [n, 3, 8, l, l], false, s.scale, 0..l);
+    assert_close("packed q, k, v", &got, &want, TOL);
+
+    // A feature range past the token is refused.
+    let beyond = TokenFeatures {
+        tensor: &qkv,
+        offset: 2 * width + 1,
+        stride: 3 * width,
+    };
+    let mut batch = ctx.batch();
+    let err = ops::attention_of_features(&mut batch, [features[0], features[1], beyond], &o, s)
+        .expect_err("v past the end of its token");
+    assert!(err.to_string().contains("v: features"), "{err}");
 }
 
 #[test]

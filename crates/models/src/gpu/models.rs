@@ -49,13 +49,29 @@ impl WeightLoader<'_> {
         let plan = walk.finish()?;
         let mut weights = Weights::with_capacity(plan.weights.len());
         for w in &plan.weights {
+            // A stacked weight is its parts' values one after the other (row-major: their
+            // rows stacked).
+            let parts: Vec<(&str, &[usize])> = if w.stacked.is_empty() {
+                vec![(&w.name, &w.shape)]
+            } else {
+                w.stacked
+                    .iter()
+                    .map(|(n, s)| (n.as_str(), &s[..]))
+                    .collect()
+            };
             let tensor = match (w.dtype, self.matrices) {
                 (WeightDtype::F16, DType::F16) => {
-                    let values = self.scope.tensor_f16(&w.name, &w.shape)?;
+                    let mut values = Vec::new();
+                    for (name, shape) in parts {
+                        values.extend(self.scope.tensor_f16(name, shape)?);
+                    }
                     self.ctx.upload_f16(&values, &w.shape)?
                 }
                 _ => {
-                    let values = self.scope.tensor_f32(&w.name, &w.shape)?;
+                    let mut values = Vec::new();
+                    for (name, shape) in parts {
+                        values.extend(self.scope.tensor_f32(name, shape)?);
+                    }
                     self.ctx.upload_f32(&values, &w.shape)?
                 }
             };

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use sd_kernels::ops::{
     self, Activation, AttentionShape, Conv2dChunk, Conv2dShape, GroupNormShape, Residual,
+    TokenFeatures,
 };
 use sd_kernels::{Batch, DType, Tensor};
 
@@ -593,6 +594,18 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         })
     }
 
+    fn linear_stacked(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        layers: &[(&str, usize)],
+        bias: bool,
+    ) -> Result<GpuTensor> {
+        // The loader stacked the layers' weights as `<path>.weight` and `<path>.bias`.
+        let out = layers.iter().map(|(_, o)| o).sum();
+        self.linear_with(path, x, out, bias, None)
+    }
+
     fn layer_norm(&mut self, path: &str, x: &GpuTensor, eps: f64) -> Result<GpuTensor> {
         self.traced(path, |r| {
             let y = r.alloc(path, x.shape)?;
@@ -686,6 +699,31 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 Ok(ops::upsample_nearest(batch, &t[0], &t[1])?)
             })?;
             Ok(y)
+        })
+    }
+
+    fn attention_packed(&mut self, path: &str, qkv: &GpuTensor, heads: Heads) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let (n, l, _) = record::tokens(r, path, qkv)?;
+            let o = r.alloc(path, shapes::attention_packed(path, qkv.shape)?)?;
+            let width = heads.heads * heads.head_dim;
+            let packed = qkv.single(path)?;
+            let features = [0, 1, 2].map(|i| TokenFeatures {
+                tensor: packed,
+                offset: i * width,
+                stride: 3 * width,
+            });
+            let shape = AttentionShape {
+                batch: n,
+                heads: heads.heads,
+                head_dim: heads.head_dim,
+                q_len: l,
+                kv_len: l,
+                causal: heads.causal,
+                scale: 1.0 / (heads.head_dim as f32).sqrt(),
+            };
+            ops::attention_of_features(r.batch, features, o.single(path)?, shape)?;
+            Ok(o)
         })
     }
 

@@ -81,6 +81,10 @@ pub struct Attention {
     pub causal: bool,
     /// The projections' names.
     pub names: ProjectionNames,
+    /// Self-attention computes Q, K and V as one matmul (`names.qkv`) and the attention reads
+    /// them side by side. Off for the VAE's single attention, whose packed q, k and v would
+    /// outgrow one binding at large sizes, for two dispatches per decode.
+    pub fuse_qkv: bool,
 }
 
 /// The names of an attention's four projections.
@@ -94,6 +98,8 @@ pub struct ProjectionNames {
     pub v: &'static str,
     /// Output.
     pub out: &'static str,
+    /// Q, K and V stacked (diffusers' `fuse_qkv_projections` names it `to_qkv`).
+    pub qkv: &'static str,
 }
 
 impl ProjectionNames {
@@ -103,6 +109,7 @@ impl ProjectionNames {
         k: "to_k",
         v: "to_v",
         out: "to_out.0",
+        qkv: "to_qkv",
     };
     /// transformers' CLIP: `q_proj`, `k_proj`, `v_proj`, `out_proj`.
     pub const CLIP: Self = Self {
@@ -110,6 +117,7 @@ impl ProjectionNames {
         k: "k_proj",
         v: "v_proj",
         out: "out_proj",
+        qkv: "qkv_proj",
     };
 }
 
@@ -128,15 +136,23 @@ impl Attention {
         let inner = self.heads * self.head_dim;
         let source = context.unwrap_or(x);
         let names = self.names;
-        let q = r.linear(&format!("{path}.{}", names.q), x, inner, self.qkv_bias)?;
-        let k = r.linear(&format!("{path}.{}", names.k), source, inner, self.qkv_bias)?;
-        let v = r.linear(&format!("{path}.{}", names.v), source, inner, self.qkv_bias)?;
         let heads = Heads {
             heads: self.heads,
             head_dim: self.head_dim,
             causal: self.causal,
         };
-        let o = r.attention(path, [&q, &k, &v], heads)?;
+        let [q_path, k_path, v_path] = [names.q, names.k, names.v].map(|n| format!("{path}.{n}"));
+        let o = if self.fuse_qkv && context.is_none() {
+            let layers = [(q_path.as_str(), inner), (&k_path, inner), (&v_path, inner)];
+            let qkv_path = format!("{path}.{}", names.qkv);
+            let qkv = r.linear_stacked(&qkv_path, x, &layers, self.qkv_bias)?;
+            r.attention_packed(path, &qkv, heads)?
+        } else {
+            let q = r.linear(&q_path, x, inner, self.qkv_bias)?;
+            let k = r.linear(&k_path, source, inner, self.qkv_bias)?;
+            let v = r.linear(&v_path, source, inner, self.qkv_bias)?;
+            r.attention(path, [&q, &k, &v], heads)?
+        };
         let out = format!("{path}.{}", names.out);
         match residual {
             Some(res) => r.linear_residual(&out, &o, query_dim, true, (res, 1.0)),

@@ -125,6 +125,7 @@ fn clip_encoder_layer<R: Recorder>(
         qkv_bias: true,
         causal: true,
         names: ProjectionNames::CLIP,
+        fuse_qkv: true,
     };
     let n1 = r.layer_norm(&format!("{path}.layer_norm1"), x, eps)?;
     // Each residual is added by the projection that ends its branch.

@@ -507,6 +507,7 @@ impl Transformer2D {
                 qkv_bias: false,
                 causal: false,
                 names: ProjectionNames::DIFFUSERS,
+                fuse_qkv: true,
             },
             only_cross_attention: self.only_cross_attention,
         };

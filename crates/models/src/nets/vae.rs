@@ -234,6 +234,7 @@ impl UNetMidBlock2D {
             qkv_bias: true,
             causal: false,
             names: ProjectionNames::DIFFUSERS,
+            fuse_qkv: false,
         };
         let out = attention.forward(r, path, &tokens, None, None)?;
         let out = r.to_nchw(&format!("{path}.to_nchw"), &out, (h, w))?;

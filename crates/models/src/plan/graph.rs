@@ -168,6 +168,9 @@ pub struct Weight {
     pub shape: Vec<usize>,
     /// How it is stored.
     pub dtype: WeightDtype,
+    /// The file's tensors (key, shape) whose rows, stacked in order, make this weight (Q, K
+    /// and V as one matrix); empty when `name` is the file's key itself.
+    pub stacked: Vec<(String, Vec<usize>)>,
 }
 
 impl Weight {
@@ -628,8 +631,38 @@ impl Graph {
             name,
             shape: shape.to_vec(),
             dtype,
+            stacked: Vec::new(),
         });
         id
+    }
+
+    /// The weight `name` made of the file's tensors `parts` (key, shape) stacked by rows: they
+    /// must agree past the first axis. Stored as [`Graph::weight`] stores its shape.
+    pub(crate) fn weight_stack(
+        &mut self,
+        name: String,
+        parts: Vec<(String, Vec<usize>)>,
+    ) -> Result<WeightId, PlanError> {
+        let Some((_, first)) = parts.first() else {
+            return Err(PlanError::Architecture {
+                part: self.part.prefix(),
+                message: format!("{name} stacks no weights"),
+            });
+        };
+        if parts
+            .iter()
+            .any(|(_, s)| s.is_empty() || s[1..] != first[1..])
+        {
+            return Err(PlanError::Architecture {
+                part: self.part.prefix(),
+                message: format!("{name}: the shapes {parts:?} do not stack by rows"),
+            });
+        }
+        let mut shape = first.clone();
+        shape[0] = parts.iter().map(|(_, s)| s[0]).sum();
+        let id = self.weight(name, &shape);
+        self.weights[id.0].stacked = parts;
+        Ok(id)
     }
 
     /// Records the op at `path`, checking that every buffer it binds fits one binding.

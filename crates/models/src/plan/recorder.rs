@@ -129,6 +129,37 @@ impl Recorder for Graph {
         Ok(y)
     }
 
+    fn linear_stacked(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        layers: &[(&str, usize)],
+        bias: bool,
+    ) -> Result<TensorId, PlanError> {
+        let (_, _, d) = record::tokens(self, path, x)?;
+        let out = layers.iter().map(|(_, o)| o).sum();
+        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out)?)?;
+        let parts = |suffix: &str, dims: &dyn Fn(usize) -> Vec<usize>| {
+            layers
+                .iter()
+                .map(|(layer, o)| (format!("{layer}.{suffix}"), dims(*o)))
+                .collect()
+        };
+        let w = self.weight_stack(format!("{path}.weight"), parts("weight", &|o| vec![o, d]))?;
+        let mut args = vec![read("x", *x), weight_arg("w", w)];
+        if bias {
+            let b = self.weight_stack(format!("{path}.bias"), parts("bias", &|o| vec![o]))?;
+            args.push(weight_arg("bias", b));
+        }
+        args.push(write("y", y));
+        let kind = OpKind::Linear {
+            bias,
+            residual: None,
+        };
+        self.op(path, kind, args)?;
+        Ok(y)
+    }
+
     fn layer_norm(&mut self, path: &str, x: &TensorId, eps: f64) -> Result<TensorId, PlanError> {
         let (_, _, d) = record::tokens(self, path, x)?;
         let y = self.tensor(path, self.shape(*x))?;
@@ -233,6 +264,24 @@ impl Recorder for Graph {
             vec![read("x", *x), write("y", y)],
         )?;
         Ok(y)
+    }
+
+    fn attention_packed(
+        &mut self,
+        path: &str,
+        qkv: &TensorId,
+        heads: Heads,
+    ) -> Result<TensorId, PlanError> {
+        // The kernel reads q, k and v at offsets within each token: one buffer.
+        self.require_single(path, "qkv", *qkv)?;
+        let o = self.tensor(path, shapes::attention_packed(path, self.shape(*qkv))?)?;
+        let kind = OpKind::Attention {
+            heads: heads.heads,
+            head_dim: heads.head_dim,
+            causal: heads.causal,
+        };
+        self.op(path, kind, vec![read("qkv", *qkv), write("o", o)])?;
+        Ok(o)
     }
 
     fn attention(

@@ -153,8 +153,8 @@ fn hand_computed_sizes_and_sd15_parameter_counts() -> TestResult {
     let bound: Vec<u64> = unet.bindings(attn).map(|(_, _, bytes)| bytes).collect();
     assert_eq!(
         bound,
-        vec![2 * 4096 * 320 * 4; 4],
-        "q, k, v and o, nothing more"
+        vec![3 * 2 * 4096 * 320 * 4, 2 * 4096 * 320 * 4],
+        "q, k and v side by side, and o, nothing more"
     );
 
     // Exact parameter counts of the published models: the walk builds every weight diffusers
@@ -364,7 +364,14 @@ fn planned_shapes(parts: &[&PartPlan]) -> BTreeMap<String, Vec<usize>> {
     parts
         .iter()
         .flat_map(|p| p.weights.iter())
-        .map(|w| (w.name.clone(), w.shape.clone()))
+        .flat_map(|w| {
+            // A stacked weight (Q, K and V as one matrix) is made of the file's tensors.
+            if w.stacked.is_empty() {
+                vec![(w.name.clone(), w.shape.clone())]
+            } else {
+                w.stacked.clone()
+            }
+        })
         .collect()
 }
 
