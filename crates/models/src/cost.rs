@@ -295,9 +295,20 @@ impl Recorder for CostRecorder {
         Ok(*q)
     }
 
-    fn geglu(&mut self, path: &str, x: &Shape) -> Result<Shape, PlanError> {
-        let y = shapes::geglu(path, *x)?;
-        self.push(path, "geglu", 0, (x.bytes(), y.bytes()), 1);
+    fn linear_geglu(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        out_features: usize,
+    ) -> Result<Shape, PlanError> {
+        let y = shapes::linear(path, *x, out_features)?;
+        let Shape::Tokens { n, l, d } = *x else {
+            return Ok(y);
+        };
+        // The projection to twice the width; the gate is applied as it writes.
+        let flops = 2 * mul(&[n, l, d, 2 * out_features]);
+        let weights = matrix(&[2 * out_features, d]) + vector(2 * out_features);
+        self.push(path, "linear", flops, (x.bytes() + weights, y.bytes()), 1);
         Ok(y)
     }
 

@@ -32,9 +32,9 @@ pub use crate::nets::unet::UNetSize;
 pub use chunk::{ChunkSpec, channel_chunk, chunk_group_size, chunk_layout, row_chunk};
 pub(crate) use graph::Graph;
 pub use graph::{
-    ACTIVATION_BYTES, Access, Activation, Arg, Buffer, BufferId, Chunk, NamedSize, Op, OpKind,
-    Operand, POOL_SIZE_QUANTUM, Padding, PartPlan, PartSummary, PlannedTensor, Shape, TensorId,
-    Weight, WeightDtype, WeightId,
+    ACTIVATION_BYTES, Access, Activation, Arg, Assembly, Buffer, BufferId, Chunk, NamedSize, Op,
+    OpKind, Operand, POOL_SIZE_QUANTUM, Padding, PartPlan, PartSummary, PlannedTensor, Shape,
+    TensorId, Weight, WeightDtype, WeightId,
 };
 
 use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};

@@ -181,8 +181,9 @@ pub trait Recorder {
     /// Self-attention on q, k and v side by side in each token of `qkv`, `[n, l, 3 * heads *
     /// head_dim]` (what [`Recorder::linear_stacked`] of the three projections writes).
     fn attention_packed(&mut self, path: &str, qkv: &Self::Tensor, heads: Heads) -> Out<Self>;
-    /// `a * gelu(b)` where `[a, b]` are the halves of each row (diffusers' `GEGLU`).
-    fn geglu(&mut self, path: &str, x: &Self::Tensor) -> Out<Self>;
+    /// diffusers' `GEGLU` as one op: `<path>.proj` (with bias) to `2 * out_features`, then
+    /// `value * gelu(gate)` of its halves, the gate applied as the projection writes.
+    fn linear_geglu(&mut self, path: &str, x: &Self::Tensor, out_features: usize) -> Out<Self>;
     /// Sinusoids of each value of flat `t`: `[len / per_row, 1, per_row * dim]`.
     fn sinusoids(&mut self, path: &str, t: &Self::Tensor, spec: Sinusoids) -> Out<Self>;
     /// CLIP's embeddings: `table[ids] + positions` (`<path>.token_embedding.weight`
@@ -324,14 +325,6 @@ pub mod shapes {
             return Err(super::layout_error(path, "NCHW", x));
         };
         Ok(Shape::Nchw { n, c, h, w })
-    }
-
-    /// GEGLU halves the features.
-    pub fn geglu(path: &str, x: Shape) -> Result<Shape, PlanError> {
-        let Shape::Tokens { n, l, d } = x else {
-            return Err(super::layout_error(path, "token-major", x));
-        };
-        Ok(Shape::Tokens { n, l, d: d / 2 })
     }
 
     /// Sinusoids of a flat tensor.

@@ -22,7 +22,7 @@ uniform! {
         oc_offset: u32,
         accumulate: u32,
         has_bias: u32,
-        has_residual: u32,
+        epilogue: u32,
         residual_factor: f32,
         _pad0: u32,
         _pad1: u32,
@@ -210,13 +210,14 @@ fn conv2d_with_epilogue(
         Epilogue::None => {}
         Epilogue::Residual(r) => expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?,
         Epilogue::ChannelBias(t) => expect_f32(OP, "channel_bias", t, n * cout)?,
+        Epilogue::Geglu => return Err(KernelError::shape(OP, "no GEGLU epilogue on NCHW")),
     }
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, oc_total)?;
     }
     let variant = weight_variant(batch, OP, weight)?;
     let has_bias = u32::from(bias.is_some() && !chunk.accumulate);
-    let ((has_residual, residual_factor), [bias, residual]) =
+    let ((epilogue, residual_factor), [bias, residual]) =
         gemm_epilogue(batch.context(), bias, epilogue);
     let params = Params {
         batch: to_u32(OP, n)?,
@@ -235,7 +236,7 @@ fn conv2d_with_epilogue(
         oc_offset: to_u32(OP, chunk.oc_offset)?,
         accumulate: u32::from(chunk.accumulate),
         has_bias,
-        has_residual,
+        epilogue,
         residual_factor,
         _pad0: 0,
         _pad1: 0,

@@ -65,7 +65,6 @@ pub(crate) static UNARY: Kernel = Kernel {
             "act_quick_gelu",
             "scale",
             "residual_add",
-            "geglu",
             "upsample_nearest",
             "nchw_to_nlc",
             "nlc_to_nchw",
@@ -213,27 +212,6 @@ pub fn residual_add(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor, factor: f32) 
         x,
         y,
     )
-}
-
-/// Records GEGLU: `x` `[..., 2D]` to `y` `[..., D]`, `hidden * gelu(gate)` with `hidden` the
-/// first half of the last dimension.
-pub fn geglu(batch: &mut Batch<'_>, x: &Tensor, y: &Tensor) -> Result<()> {
-    const OP: &str = "geglu";
-    let two_d = *x.shape().last().unwrap_or(&0);
-    if two_d == 0 || !two_d.is_multiple_of(2) {
-        return Err(KernelError::shape(
-            OP,
-            format!("x {:?} must end in an even dimension", x.shape()),
-        ));
-    }
-    expect_f32(OP, "x", x, x.len())?;
-    expect_f32(OP, "y", y, x.len() / 2)?;
-    let params = UnaryParams {
-        len: to_u32(OP, y.len())?,
-        dim0: to_u32(OP, two_d / 2)?,
-        ..Default::default()
-    };
-    unary(batch, "geglu", params, x, y)
 }
 
 /// Records nearest-neighbour upsampling of `x` `[N, C, H, W]` to the size of `y`

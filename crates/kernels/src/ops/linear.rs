@@ -10,7 +10,7 @@ uniform! {
         n: u32,
         k: u32,
         has_bias: u32,
-        has_residual: u32,
+        epilogue: u32,
         residual_factor: f32,
         _pad0: u32,
         _pad1: u32,
@@ -52,6 +52,47 @@ pub fn linear_with_residual(
     y: &Tensor,
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
+    let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
+    linear_with_epilogue(batch, x, weight, bias, y, epilogue)
+}
+
+/// diffusers' `GEGLU` in the projection's epilogue: `y = value * gelu(gate)` where `[value,
+/// gate] = x W^T + b`, without writing the 2x-wide projection. `weight` `[2 * d, k]` and `bias`
+/// `[2 * d]` hold the value and gate rows in pairs, as [`geglu_pairs`] arranges them; `y` is
+/// `[..., d]`.
+pub fn linear_geglu(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    linear_with_epilogue(batch, x, weight, bias, y, Epilogue::Geglu)
+}
+
+/// The rows of a GEGLU projection's weight `[2 * d, k]` (or bias, `k = 1`) as
+/// [`linear_geglu`] reads them: value row `j` (of the first half) and gate row `j` (of the
+/// second) side by side, at rows `2j` and `2j + 1`.
+pub fn geglu_pairs<T: Copy>(values: &[T], rows: usize) -> Vec<T> {
+    let half = rows / 2;
+    let k = values.len() / rows.max(1);
+    (0..half)
+        .flat_map(|j| {
+            let value = &values[j * k..(j + 1) * k];
+            let gate = &values[(half + j) * k..(half + j + 1) * k];
+            value.iter().chain(gate).copied()
+        })
+        .collect()
+}
+
+fn linear_with_epilogue(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    epilogue: Epilogue<'_>,
+) -> Result<()> {
     const OP: &str = "linear";
     let [n, k] = *weight.shape() else {
         return Err(KernelError::shape(
@@ -67,26 +108,36 @@ pub fn linear_with_residual(
     }
     let rows = x.len() / k;
     expect_f32(OP, "x", x, rows * k)?;
-    expect_f32(OP, "y", y, rows * n)?;
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
     }
-    if let Some(r) = &residual {
-        expect_f32(OP, "residual", r.tensor, rows * n)?;
+    match epilogue {
+        Epilogue::Geglu if !n.is_multiple_of(2) => {
+            return Err(KernelError::shape(
+                OP,
+                format!("a GEGLU projection needs an even output width, not {n}"),
+            ));
+        }
+        Epilogue::Geglu => expect_f32(OP, "y", y, rows * n / 2)?,
+        Epilogue::Residual(r) => {
+            expect_f32(OP, "y", y, rows * n)?;
+            expect_f32(OP, "residual", r.tensor, rows * n)?;
+        }
+        Epilogue::None => expect_f32(OP, "y", y, rows * n)?,
+        Epilogue::ChannelBias(_) => {
+            return Err(KernelError::shape(OP, "no per-channel bias on tokens"));
+        }
     }
     let variant = weight_variant(batch, OP, weight)?;
     let has_bias = u32::from(bias.is_some());
-    let ((has_residual, residual_factor), [bias, residual]) = gemm_epilogue(
-        batch.context(),
-        bias,
-        residual.map_or(Epilogue::None, Epilogue::Residual),
-    );
+    let ((epilogue, residual_factor), [bias, residual]) =
+        gemm_epilogue(batch.context(), bias, epilogue);
     let params = Params {
         rows: to_u32(OP, rows)?,
         n: to_u32(OP, n)?,
         k: to_u32(OP, k)?,
         has_bias,
-        has_residual,
+        epilogue,
         residual_factor,
         _pad0: 0,
         _pad1: 0,

@@ -13,11 +13,11 @@ pub use conv2d::{
     Conv2dChunk, Conv2dShape, conv2d, conv2d_with_channel_bias, conv2d_with_residual,
 };
 pub use elementwise::{
-    Activation, activation, add, concat_channels, embedding, geglu, layout_nchw_to_nlc,
+    Activation, activation, add, concat_channels, embedding, layout_nchw_to_nlc,
     layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding, timestep_frequencies,
     upsample_nearest,
 };
-pub use linear::{linear, linear_with_residual};
+pub use linear::{geglu_pairs, linear, linear_geglu, linear_with_residual};
 pub use norm::{
     FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, layer_norm,
 };
@@ -42,13 +42,15 @@ pub(crate) const GEMM_TILE: usize = 64;
 pub(crate) enum Epilogue<'t> {
     /// Nothing.
     None,
-    /// A residual connection, `has_residual = 1`.
+    /// A residual connection, `epilogue = 1`.
     Residual(Residual<'t>),
-    /// `y[n, c, ..] += t[n, c]`, `has_residual = 2` (conv2d only).
+    /// `y[n, c, ..] += t[n, c]`, `epilogue = 2` (conv2d only).
     ChannelBias(&'t Tensor),
+    /// GEGLU over (value, gate) column pairs, `epilogue = 3` (linear only).
+    Geglu,
 }
 
-/// A GEMM's epilogue: `has_residual` and `residual_factor` for its uniforms, and its bias and
+/// A GEMM's epilogue: `epilogue` and `residual_factor` for its uniforms, and its bias and
 /// residual bindings (the context's placeholder where there is none).
 pub(crate) fn gemm_epilogue<'t>(
     ctx: &'t crate::GpuContext,
@@ -60,6 +62,7 @@ pub(crate) fn gemm_epilogue<'t>(
         Epilogue::None => (0, 1.0, placeholder),
         Epilogue::Residual(r) => (1, r.factor, r.tensor),
         Epilogue::ChannelBias(t) => (2, 1.0, t),
+        Epilogue::Geglu => (3, 1.0, placeholder),
     };
     ((mode, factor), [bias.unwrap_or(placeholder), tensor])
 }

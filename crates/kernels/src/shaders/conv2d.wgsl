@@ -30,7 +30,7 @@ struct Params {
     oc_offset: u32,          // first weight output channel of this output chunk
     accumulate: u32,         // 1: y += conv; 0: y = bias + conv
     has_bias: u32,
-    has_residual: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only);
+    epilogue: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only);
                              // 2: y += residual[n, oc] (a time embedding, whole tensors only)
     residual_factor: f32,
     _pad0: u32,
@@ -120,9 +120,9 @@ fn store_row(oc: u32, column: u32, sums: array<f32, 8>) {
                 base = y[index];
             }
             var v = base + sums[j];
-            if (p.has_residual == 1u) {
+            if (p.epilogue == 1u) {
                 v = (v + residual[index]) * p.residual_factor;
-            } else if (p.has_residual == 2u) {
+            } else if (p.epilogue == 2u) {
                 v += residual[n * p.out_channels + oc];
             }
             y[index] = v;

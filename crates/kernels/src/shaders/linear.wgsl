@@ -11,7 +11,8 @@ struct Params {
     n: u32,               // output features
     k: u32,               // input features
     has_bias: u32,        // 0: bias is ignored
-    has_residual: u32,    // 1: y = (x W^T + b + residual) * residual_factor
+    epilogue: u32,        // 1: y = (x W^T + b + residual) * residual_factor;
+                          // 3: GEGLU, y[.., j] = h[.., 2j] * gelu(h[.., 2j + 1]), y has n / 2 columns
     residual_factor: f32,
     _pad0: u32,
     _pad1: u32,
@@ -86,6 +87,10 @@ fn store_row(row: u32, col: u32, sums: array<f32, 8>) {
     if (row >= p.rows) {
         return;
     }
+    if (p.epilogue == 3u) {
+        store_geglu(row, col, sums);
+        return;
+    }
     for (var j = 0u; j < 8u; j++) {
         if (col + j < p.n) {
             let index = row * p.n + col + j;
@@ -93,10 +98,29 @@ fn store_row(row: u32, col: u32, sums: array<f32, 8>) {
             if (p.has_bias != 0u) {
                 v += bias[col + j];
             }
-            if (p.has_residual != 0u) {
+            if (p.epilogue == 1u) {
                 v = (v + residual[index]) * p.residual_factor;
             }
             y[index] = v;
+        }
+    }
+}
+
+// GEGLU: the weight's rows come in (value, gate) pairs (ops::geglu_pairs), so a thread's eight
+// columns are four pairs and it writes four outputs `value * gelu(gate)`: the projection's
+// 2x-wide output never reaches memory.
+fn store_geglu(row: u32, col: u32, sums: array<f32, 8>) {
+    let width = p.n / 2u;
+    for (var i = 0u; i < 4u; i++) {
+        let c = col + 2u * i;
+        if (c + 1u < p.n) {
+            var value = sums[2u * i];
+            var gate = sums[2u * i + 1u];
+            if (p.has_bias != 0u) {
+                value += bias[c];
+                gate += bias[c + 1u];
+            }
+            y[row * width + c / 2u] = value * gelu_erf(gate);
         }
     }
 }

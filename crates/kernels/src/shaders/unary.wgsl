@@ -61,18 +61,6 @@ fn residual_add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     if (i < p.len) { y[i] = (y[i] + x[i]) * p.alpha; }
 }
 
-// x [rows, 2 * dim0] -> y [rows, dim0]: hidden * gelu(gate), hidden the first half (diffusers'
-// GEGLU: `hidden_states, gate = proj(x).chunk(2, dim=-1)`), exact GELU.
-@compute @workgroup_size(256)
-fn geglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>) {
-    let i = element(gid, ng);
-    if (i >= p.len) { return; }
-    let row = i / p.dim0;
-    let col = i % p.dim0;
-    let base = row * 2u * p.dim0;
-    y[i] = x[base + col] * gelu_erf(x[base + p.dim0 + col]);
-}
-
 // x [planes, dim0 = H, dim1 = W] -> y [planes, dim2 = OH, dim3 = OW], nearest neighbour:
 // source row floor(oy * H / OH), as torch's interpolate(size=...) (exactly oy / 2 for 2x; other
 // sizes occur when a skip connection is odd-sized).

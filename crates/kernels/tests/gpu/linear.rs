@@ -99,3 +99,41 @@ fn linear_rejects_mismatched_shapes() {
     assert!(err.to_string().contains("k = 4"), "{err}");
     assert!(batch.is_empty());
 }
+
+/// diffusers' `GEGLU` in the projection's epilogue: the weight and bias rows in (value, gate)
+/// pairs (`geglu_pairs`) give `value * gelu(gate)` of the plain projection, for every weight
+/// storage, with widths off the 64-wide tiles.
+#[test]
+fn linear_geglu_equals_the_projection_then_geglu() {
+    for weights in ALL_WEIGHTS {
+        let ctx = context_for(weights);
+        let mut rng = rng(620);
+        let (rows, k, d) = (37, 29, 35);
+        let x = random(&mut rng, rows * k, 1.0);
+        let wt = random(&mut rng, 2 * d * k, 0.5);
+        let b = random(&mut rng, 2 * d, 0.5);
+        let (w_gpu, w_seen) = weight(ctx, weights, &ops::geglu_pairs(&wt, 2 * d), &[2 * d, k]);
+        let (xg, bg) = (
+            upload(ctx, &x, &[rows, k]),
+            upload(ctx, &ops::geglu_pairs(&b, 2 * d), &[2 * d]),
+        );
+        let y = poisoned(ctx, &[rows, d]);
+        let got = run(ctx, &y, |batch| {
+            ops::linear_geglu(batch, &xg, &w_gpu, Some(&bg), &y).expect("record")
+        });
+        // The reference runs on the unpaired rows (as rounded for this storage).
+        let unpaired: Vec<f32> = (0..2 * d)
+            .flat_map(|row| {
+                let paired = if row < d { 2 * row } else { 2 * (row - d) + 1 };
+                w_seen[paired * k..(paired + 1) * k].to_vec()
+            })
+            .collect();
+        let projected = reference::linear(&x, &unpaired, Some(&b), rows, 2 * d, k);
+        let want = reference::geglu(&projected, d);
+        let tol = Tolerance {
+            abs: 2e-5,
+            rel: 1e-5,
+        };
+        assert_close(&format!("linear_geglu {weights:?}"), &got, &want, tol);
+    }
+}

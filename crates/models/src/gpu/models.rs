@@ -5,14 +5,14 @@
 //! same walk with the [`GpuRecorder`].
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
-use sd_kernels::{Batch, DType, GpuContext, Tensor};
+use sd_kernels::{Batch, DType, GpuContext, Tensor, ops};
 use sd_weights::Scope;
 
 use super::recorder::{GpuRecorder, Weights};
 use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
 use crate::nets::unet::{UNetSize, unet_2d_condition_model};
 use crate::nets::vae;
-use crate::plan::{DeviceLimits, Graph, Part, PlanError, WeightDtype};
+use crate::plan::{Assembly, DeviceLimits, Graph, Part, PlanError, Weight, WeightDtype};
 use crate::record::Recorder;
 use crate::{ModelError, Result};
 
@@ -49,29 +49,13 @@ impl WeightLoader<'_> {
         let plan = walk.finish()?;
         let mut weights = Weights::with_capacity(plan.weights.len());
         for w in &plan.weights {
-            // A stacked weight is its parts' values one after the other (row-major: their
-            // rows stacked).
-            let parts: Vec<(&str, &[usize])> = if w.stacked.is_empty() {
-                vec![(&w.name, &w.shape)]
-            } else {
-                w.stacked
-                    .iter()
-                    .map(|(n, s)| (n.as_str(), &s[..]))
-                    .collect()
-            };
             let tensor = match (w.dtype, self.matrices) {
                 (WeightDtype::F16, DType::F16) => {
-                    let mut values = Vec::new();
-                    for (name, shape) in parts {
-                        values.extend(self.scope.tensor_f16(name, shape)?);
-                    }
+                    let values = assemble(w, |name, shape| self.scope.tensor_f16(name, shape))?;
                     self.ctx.upload_f16(&values, &w.shape)?
                 }
                 _ => {
-                    let mut values = Vec::new();
-                    for (name, shape) in parts {
-                        values.extend(self.scope.tensor_f32(name, shape)?);
-                    }
+                    let values = assemble(w, |name, shape| self.scope.tensor_f32(name, shape))?;
                     self.ctx.upload_f32(&values, &w.shape)?
                 }
             };
@@ -79,6 +63,22 @@ impl WeightLoader<'_> {
         }
         Ok(weights)
     }
+}
+
+/// The values of `w` made from the file's tensors as its [`Assembly`] says: stacked parts one
+/// after the other (row-major: their rows stacked), GEGLU's halves in row pairs.
+fn assemble<T: Copy, E>(
+    w: &Weight,
+    mut read: impl FnMut(&str, &[usize]) -> std::result::Result<Vec<T>, E>,
+) -> std::result::Result<Vec<T>, E> {
+    let mut values = Vec::new();
+    for (name, shape) in w.assembly.sources(&w.name, &w.shape) {
+        values.extend(read(name, shape)?);
+    }
+    if matches!(w.assembly, Assembly::GegluPairs(_)) {
+        values = ops::geglu_pairs(&values, w.shape[0]);
+    }
+    Ok(values)
 }
 
 /// The CLIP text encoder (`CLIPTextModel`, or `CLIPTextModelWithProjection` when the weights

@@ -794,11 +794,19 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         })
     }
 
-    fn geglu(&mut self, path: &str, x: &GpuTensor) -> Result<GpuTensor> {
+    fn linear_geglu(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        out_features: usize,
+    ) -> Result<GpuTensor> {
         self.traced(path, |r| {
-            let y = r.alloc(path, shapes::geglu(path, x.shape)?)?;
+            let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
+            // The loader put the projection's value and gate rows in pairs.
+            let w = r.weight(format!("{path}.proj.paired_weight"))?;
+            let b = r.weight(format!("{path}.proj.paired_bias"))?;
             r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
-                Ok(ops::geglu(batch, &t[0], &t[1])?)
+                Ok(ops::linear_geglu(batch, &t[0], w, Some(b), &t[1])?)
             })?;
             Ok(y)
         })

@@ -170,9 +170,7 @@ pub fn feed_forward<R: Recorder>(
     residual: &R::Tensor,
 ) -> Out<R> {
     let (_, _, dim) = record::tokens(r, path, x)?;
-    let inner = 4 * dim;
-    let projected = r.linear(&format!("{path}.net.0.proj"), x, 2 * inner, true)?;
-    let gated = r.geglu(&format!("{path}.net.0"), &projected)?;
+    let gated = r.linear_geglu(&format!("{path}.net.0"), x, 4 * dim)?;
     r.linear_residual(&format!("{path}.net.2"), &gated, dim, true, (residual, 1.0))
 }
 

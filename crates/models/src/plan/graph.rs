@@ -168,9 +168,31 @@ pub struct Weight {
     pub shape: Vec<usize>,
     /// How it is stored.
     pub dtype: WeightDtype,
-    /// The file's tensors (key, shape) whose rows, stacked in order, make this weight (Q, K
-    /// and V as one matrix); empty when `name` is the file's key itself.
-    pub stacked: Vec<(String, Vec<usize>)>,
+    /// How it is made from the file's tensors.
+    pub assembly: Assembly,
+}
+
+/// How a weight is made from the file's tensors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Assembly {
+    /// It is the file's tensor `name` itself.
+    File,
+    /// These tensors (key, shape), their rows stacked in order (Q, K and V as one matrix).
+    Stacked(Vec<(String, Vec<usize>)>),
+    /// The rows of this tensor's two halves interleaved, `[a0, b0, a1, b1, ...]`: a GEGLU
+    /// projection's value and gate rows in pairs (`sd_kernels::ops::geglu_pairs`).
+    GegluPairs(String),
+}
+
+impl Assembly {
+    /// The file's tensors (key, shape) it reads, for a weight of `shape`.
+    pub fn sources<'a>(&'a self, name: &'a str, shape: &'a [usize]) -> Vec<(&'a str, &'a [usize])> {
+        match self {
+            Self::File => vec![(name, shape)],
+            Self::Stacked(parts) => parts.iter().map(|(n, s)| (n.as_str(), &s[..])).collect(),
+            Self::GegluPairs(source) => vec![(source.as_str(), shape)],
+        }
+    }
 }
 
 impl Weight {
@@ -265,6 +287,9 @@ pub enum OpKind {
         bias: bool,
         /// `y = (y + r) * scale` in the same pass: a residual connection fused in.
         residual: Option<f64>,
+        /// GEGLU in the epilogue: the weight's rows are (value, gate) pairs and the output is
+        /// half as wide.
+        geglu: bool,
     },
     /// 2-D convolution with a square `kernel`, accumulating over input-channel chunks.
     Conv2d {
@@ -311,9 +336,6 @@ pub enum OpKind {
     },
     /// An activation into a new tensor.
     Activation(Activation),
-    /// `y = a * gelu(b)` where `[a, b]` are the two halves of each row of `x` (diffusers'
-    /// `GEGLU`).
-    Geglu,
     /// `x = (x + r) * scale`, in place, same shapes.
     ResidualAdd {
         /// The factor (1, or `1 / mid_block_scale_factor`).
@@ -349,7 +371,6 @@ impl OpKind {
             Self::LayerNorm { .. } => "layer_norm",
             Self::Attention { .. } => "attention",
             Self::Activation(_) => "activation",
-            Self::Geglu => "geglu",
             Self::ResidualAdd { .. } => "residual_add",
             Self::UpsampleNearest => "upsample_nearest",
             Self::Concat => "concat",
@@ -631,7 +652,7 @@ impl Graph {
             name,
             shape: shape.to_vec(),
             dtype,
-            stacked: Vec::new(),
+            assembly: Assembly::File,
         });
         id
     }
@@ -661,8 +682,21 @@ impl Graph {
         let mut shape = first.clone();
         shape[0] = parts.iter().map(|(_, s)| s[0]).sum();
         let id = self.weight(name, &shape);
-        self.weights[id.0].stacked = parts;
+        self.weights[id.0].assembly = Assembly::Stacked(parts);
         Ok(id)
+    }
+
+    /// The weight `name`: the file's tensor `source` of `shape` (`[2 * d, ...]`) with its value
+    /// and gate rows in pairs (GEGLU's projection, read by `linear_geglu`).
+    pub(crate) fn weight_geglu_pairs(
+        &mut self,
+        name: String,
+        source: String,
+        shape: &[usize],
+    ) -> WeightId {
+        let id = self.weight(name, shape);
+        self.weights[id.0].assembly = Assembly::GegluPairs(source);
+        id
     }
 
     /// Records the op at `path`, checking that every buffer it binds fits one binding.

@@ -155,6 +155,7 @@ impl Recorder for Graph {
         let kind = OpKind::Linear {
             bias,
             residual: None,
+            geglu: false,
         };
         self.op(path, kind, args)?;
         Ok(y)
@@ -303,9 +304,35 @@ impl Recorder for Graph {
         Ok(o)
     }
 
-    fn geglu(&mut self, path: &str, x: &TensorId) -> Result<TensorId, PlanError> {
-        let y = self.tensor(path, shapes::geglu(path, self.shape(*x))?)?;
-        self.op(path, OpKind::Geglu, vec![read("x", *x), write("y", y)])?;
+    fn linear_geglu(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+    ) -> Result<TensorId, PlanError> {
+        let (_, _, d) = record::tokens(self, path, x)?;
+        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
+        let proj = format!("{path}.proj");
+        let [w, b] = [
+            ("weight", vec![2 * out_features, d]),
+            ("bias", vec![2 * out_features]),
+        ]
+        .map(|(kind, shape)| {
+            let paired = format!("{proj}.paired_{kind}");
+            self.weight_geglu_pairs(paired, format!("{proj}.{kind}"), &shape)
+        });
+        let kind = OpKind::Linear {
+            bias: true,
+            residual: None,
+            geglu: true,
+        };
+        let args = vec![
+            read("x", *x),
+            weight_arg("w", w),
+            weight_arg("bias", b),
+            write("y", y),
+        ];
+        self.op(path, kind, args)?;
         Ok(y)
     }
 
@@ -445,7 +472,12 @@ impl Graph {
             args.push(read("r", r));
         }
         let residual = residual.map(|(_, scale)| scale);
-        self.op(path, OpKind::Linear { bias, residual }, args)?;
+        let kind = OpKind::Linear {
+            bias,
+            residual,
+            geglu: false,
+        };
+        self.op(path, kind, args)?;
         Ok(y)
     }
 
