@@ -18,7 +18,7 @@ use crate::nets::clip::clip_text_model;
 use crate::nets::unet::{UNetSize, unet_2d_condition_model};
 use crate::nets::vae;
 use crate::plan::{Part, PlanError, PlanRequest, Shape, counted_text_call};
-use crate::record::{Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
+use crate::record::{Conv2d, GroupNorm, Heads, InputNorm, Recorder, Sinusoids, shapes};
 
 /// The cost of one op.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,22 +65,28 @@ impl CostRecorder {
         Ok(y)
     }
 
-    /// `nn.Linear`; a fused residual connection reads the output's size once more.
+    /// `nn.Linear` with `rows` weight rows (twice `out_features` for GEGLU, whose epilogue
+    /// halves the output); a fused residual connection reads the output's size once more, and
+    /// a fused input layer norm the input (its statistics) and its two vectors.
     fn linear_with(
         &mut self,
         path: &str,
         x: &Shape,
-        out_features: usize,
+        (out_features, rows): (usize, usize),
         bias: bool,
         residual: bool,
+        norm: bool,
     ) -> Result<Shape, PlanError> {
         let y = shapes::linear(path, *x, out_features)?;
         let Shape::Tokens { n, l, d } = *x else {
             return Ok(y);
         };
-        let flops = 2 * mul(&[n, l, d, out_features]);
-        let weights = matrix(&[out_features, d]) + if bias { vector(out_features) } else { 0 };
-        let read = x.bytes() + weights + if residual { y.bytes() } else { 0 };
+        let flops = 2 * mul(&[n, l, d, rows]);
+        let weights = matrix(&[rows, d]) + if bias { vector(rows) } else { 0 };
+        let mut read = x.bytes() + weights + if residual { y.bytes() } else { 0 };
+        if norm {
+            read += x.bytes() + 2 * vector(d);
+        }
         self.push(path, "linear", flops, (read, y.bytes()), 1);
         Ok(y)
     }
@@ -173,7 +179,7 @@ impl Recorder for CostRecorder {
         out_features: usize,
         bias: bool,
     ) -> Result<Shape, PlanError> {
-        self.linear_with(path, x, out_features, bias, false)
+        self.linear_with(path, x, (out_features, out_features), bias, false, false)
     }
 
     fn linear_residual(
@@ -184,7 +190,7 @@ impl Recorder for CostRecorder {
         bias: bool,
         _residual: (&Shape, f64),
     ) -> Result<Shape, PlanError> {
-        self.linear_with(path, x, out_features, bias, true)
+        self.linear_with(path, x, (out_features, out_features), bias, true, false)
     }
 
     fn group_norm(&mut self, path: &str, x: &Shape, norm: GroupNorm) -> Result<Shape, PlanError> {
@@ -205,9 +211,21 @@ impl Recorder for CostRecorder {
         x: &Shape,
         layers: &[(&str, usize)],
         bias: bool,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<Shape, PlanError> {
         let out = layers.iter().map(|(_, o)| o).sum();
-        self.linear_with(path, x, out, bias, false)
+        self.linear_with(path, x, (out, out), bias, false, norm.is_some())
+    }
+
+    fn linear_normed(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        out_features: usize,
+        bias: bool,
+        _norm: InputNorm<'_>,
+    ) -> Result<Shape, PlanError> {
+        self.linear_with(path, x, (out_features, out_features), bias, false, true)
     }
 
     fn layer_norm(&mut self, path: &str, x: &Shape, _eps: f64) -> Result<Shape, PlanError> {
@@ -300,16 +318,10 @@ impl Recorder for CostRecorder {
         path: &str,
         x: &Shape,
         out_features: usize,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<Shape, PlanError> {
-        let y = shapes::linear(path, *x, out_features)?;
-        let Shape::Tokens { n, l, d } = *x else {
-            return Ok(y);
-        };
-        // The projection to twice the width; the gate is applied as it writes.
-        let flops = 2 * mul(&[n, l, d, 2 * out_features]);
-        let weights = matrix(&[2 * out_features, d]) + vector(2 * out_features);
-        self.push(path, "linear", flops, (x.bytes() + weights, y.bytes()), 1);
-        Ok(y)
+        let rows = 2 * out_features;
+        self.linear_with(path, x, (out_features, rows), true, false, norm.is_some())
     }
 
     fn sinusoids(&mut self, path: &str, t: &Shape, spec: Sinusoids) -> Result<Shape, PlanError> {

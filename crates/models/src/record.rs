@@ -85,6 +85,16 @@ pub struct Heads {
     pub causal: bool,
 }
 
+/// An `nn.LayerNorm` (`<path>.weight`, `<path>.bias`) that a projection applies to each row of
+/// its input as it loads it, instead of a pass of its own (a transformer's pre-norms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InputNorm<'a> {
+    /// The norm's module path.
+    pub path: &'a str,
+    /// Epsilon.
+    pub eps: f64,
+}
+
 /// What an op returns: the recorder's tensor or its error.
 pub type Out<R> = Result<<R as Recorder>::Tensor, <R as Recorder>::Error>;
 
@@ -144,7 +154,16 @@ pub trait Recorder {
         bias: bool,
         residual: (&Self::Tensor, f64),
     ) -> Out<Self>;
-    /// Several `nn.Linear` layers on the same `x` as one matmul (a self-attention's Q, K and V,
+    /// [`Recorder::linear`] of `norm(x)`, one op.
+    fn linear_normed(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        out_features: usize,
+        bias: bool,
+        norm: InputNorm<'_>,
+    ) -> Out<Self>;
+    /// Several `nn.Linear` layers on the same `x` (layer-normed first with `norm`) as one matmul (a self-attention's Q, K and V,
     /// as diffusers' `fuse_qkv_projections`): the weights of `layers` (full paths, each with
     /// its `out_features`) stacked by rows as `<path>.weight` (and `<path>.bias`), their outputs
     /// side by side in each token, `[n, l, sum of out_features]`.
@@ -154,6 +173,7 @@ pub trait Recorder {
         x: &Self::Tensor,
         layers: &[(&str, usize)],
         bias: bool,
+        norm: Option<InputNorm<'_>>,
     ) -> Out<Self>;
     /// `nn.LayerNorm` over each token of `x`.
     fn layer_norm(&mut self, path: &str, x: &Self::Tensor, eps: f64) -> Out<Self>;
@@ -181,9 +201,16 @@ pub trait Recorder {
     /// Self-attention on q, k and v side by side in each token of `qkv`, `[n, l, 3 * heads *
     /// head_dim]` (what [`Recorder::linear_stacked`] of the three projections writes).
     fn attention_packed(&mut self, path: &str, qkv: &Self::Tensor, heads: Heads) -> Out<Self>;
-    /// diffusers' `GEGLU` as one op: `<path>.proj` (with bias) to `2 * out_features`, then
-    /// `value * gelu(gate)` of its halves, the gate applied as the projection writes.
-    fn linear_geglu(&mut self, path: &str, x: &Self::Tensor, out_features: usize) -> Out<Self>;
+    /// diffusers' `GEGLU` as one op: `<path>.proj` (with bias) to `2 * out_features` of
+    /// `norm(x)` (or `x`), then `value * gelu(gate)` of its halves, the gate applied as the
+    /// projection writes.
+    fn linear_geglu(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        out_features: usize,
+        norm: Option<InputNorm<'_>>,
+    ) -> Out<Self>;
     /// Sinusoids of each value of flat `t`: `[len / per_row, 1, per_row * dim]`.
     fn sinusoids(&mut self, path: &str, t: &Self::Tensor, spec: Sinusoids) -> Out<Self>;
     /// CLIP's embeddings: `table[ids] + positions` (`<path>.token_embedding.weight`

@@ -1,7 +1,7 @@
 //! `y = x W^T + b` (shaders/linear.wgsl).
 
 use super::{Epilogue, GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
-use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
+use crate::kernel::{Binding, Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
 uniform! {
@@ -12,19 +12,39 @@ uniform! {
         has_bias: u32,
         epilogue: u32,
         residual_factor: f32,
-        _pad0: u32,
-        _pad1: u32,
+        layer_norm: u32,
+        norm_eps: f32,
     }
+}
+
+/// The GEMM bindings, then the layer norm's gamma and beta.
+const LINEAR_BINDINGS: [Binding; 7] = [
+    GEMM_BINDINGS[0],
+    GEMM_BINDINGS[1],
+    GEMM_BINDINGS[2],
+    GEMM_BINDINGS[3],
+    GEMM_BINDINGS[4],
+    Binding::read("gamma"),
+    Binding::read("beta"),
+];
+
+/// `nn.LayerNorm` over each row of a linear layer's input, applied as the rows are loaded
+/// (`gamma`, `beta` `[k]`, f32) instead of in a pass of its own.
+#[derive(Clone, Copy, Debug)]
+pub struct InputLayerNorm<'t> {
+    pub gamma: &'t Tensor,
+    pub beta: &'t Tensor,
+    pub eps: f32,
 }
 
 pub(crate) static LINEAR: Kernel = Kernel {
     file: "linear.wgsl",
     source: include_str!("../shaders/linear.wgsl"),
     params: Params::LAYOUT,
-    bindings: &GEMM_BINDINGS,
+    bindings: &LINEAR_BINDINGS,
     entries: &[Entry {
         name: "linear",
-        bindings: 5,
+        bindings: 7,
     }],
     reads_weights: true,
     consts: no_consts,
@@ -53,21 +73,34 @@ pub fn linear_with_residual(
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
     let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
-    linear_with_epilogue(batch, x, weight, bias, y, epilogue)
+    linear_with_epilogue(batch, x, None, weight, bias, y, epilogue)
+}
+
+/// [`linear`] of `norm` applied to each row of `x`: `nn.LayerNorm` then `nn.Linear` in one pass.
+pub fn linear_with_layer_norm(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    norm: InputLayerNorm<'_>,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+) -> Result<()> {
+    linear_with_epilogue(batch, x, Some(norm), weight, bias, y, Epilogue::None)
 }
 
 /// diffusers' `GEGLU` in the projection's epilogue: `y = value * gelu(gate)` where `[value,
 /// gate] = x W^T + b`, without writing the 2x-wide projection. `weight` `[2 * d, k]` and `bias`
 /// `[2 * d]` hold the value and gate rows in pairs, as [`geglu_pairs`] arranges them; `y` is
-/// `[..., d]`.
+/// `[..., d]`. With `norm`, each row of `x` is layer-normed first, as it is loaded.
 pub fn linear_geglu(
     batch: &mut Batch<'_>,
     x: &Tensor,
+    norm: Option<InputLayerNorm<'_>>,
     weight: &Tensor,
     bias: Option<&Tensor>,
     y: &Tensor,
 ) -> Result<()> {
-    linear_with_epilogue(batch, x, weight, bias, y, Epilogue::Geglu)
+    linear_with_epilogue(batch, x, norm, weight, bias, y, Epilogue::Geglu)
 }
 
 /// The rows of a GEGLU projection's weight `[2 * d, k]` (or bias, `k = 1`) as
@@ -88,6 +121,7 @@ pub fn geglu_pairs<T: Copy>(values: &[T], rows: usize) -> Vec<T> {
 fn linear_with_epilogue(
     batch: &mut Batch<'_>,
     x: &Tensor,
+    norm: Option<InputLayerNorm<'_>>,
     weight: &Tensor,
     bias: Option<&Tensor>,
     y: &Tensor,
@@ -110,6 +144,10 @@ fn linear_with_epilogue(
     expect_f32(OP, "x", x, rows * k)?;
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, n)?;
+    }
+    if let Some(norm) = norm {
+        expect_f32(OP, "gamma", norm.gamma, k)?;
+        expect_f32(OP, "beta", norm.beta, k)?;
     }
     match epilogue {
         Epilogue::Geglu if !n.is_multiple_of(2) => {
@@ -139,9 +177,11 @@ fn linear_with_epilogue(
         has_bias,
         epilogue,
         residual_factor,
-        _pad0: 0,
-        _pad1: 0,
+        layer_norm: u32::from(norm.is_some()),
+        norm_eps: norm.map_or(0.0, |n| n.eps),
     };
+    let placeholder = batch.context().placeholder();
+    let (gamma, beta) = norm.map_or((placeholder, placeholder), |n| (n.gamma, n.beta));
     let groups = [
         to_u32(OP, n.div_ceil(GEMM_TILE))?,
         to_u32(OP, rows.div_ceil(GEMM_TILE))?,
@@ -151,7 +191,7 @@ fn linear_with_epilogue(
         &LINEAR,
         LINEAR.key("linear", variant),
         &params,
-        &[x, weight, bias, y, residual],
+        &[x, weight, bias, y, residual, gamma, beta],
         groups,
     )
 }

@@ -17,7 +17,9 @@ pub use elementwise::{
     layout_nlc_to_nchw, mul, residual_add, scale, timestep_embedding, timestep_frequencies,
     upsample_nearest,
 };
-pub use linear::{geglu_pairs, linear, linear_geglu, linear_with_residual};
+pub use linear::{
+    InputLayerNorm, geglu_pairs, linear, linear_geglu, linear_with_layer_norm, linear_with_residual,
+};
 pub use norm::{
     FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, layer_norm,
 };

@@ -5,6 +5,10 @@
 // of 32 through shared memory. Each thread loads four consecutive k of its own row of x and of W
 // at a time (vectorisable; neighbouring threads read rows k apart, so the loads are not
 // coalesced: a cost on real GPUs not measured yet).
+//
+// With `layer_norm`, x is layer-normed as it is loaded (`nn.LayerNorm` before a transformer's
+// projections, fused instead of a pass of its own): the loader thread of a row computes that
+// row's mean and 1/std first (two passes over the row in f32, as layer_norm.wgsl does).
 
 struct Params {
     rows: u32,            // rows of x and y (batch dimensions flattened)
@@ -14,8 +18,8 @@ struct Params {
     epilogue: u32,        // 1: y = (x W^T + b + residual) * residual_factor;
                           // 3: GEGLU, y[.., j] = h[.., 2j] * gelu(h[.., 2j + 1]), y has n / 2 columns
     residual_factor: f32,
-    _pad0: u32,
-    _pad1: u32,
+    layer_norm: u32,      // 1: x is layer-normed with gamma, beta as it is loaded
+    norm_eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,16 +28,42 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;             // [n]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [rows, n]
 @group(0) @binding(5) var<storage, read> residual: array<f32>;         // [rows, n]
+@group(0) @binding(6) var<storage, read> gamma: array<f32>;            // [k]
+@group(0) @binding(7) var<storage, read> beta: array<f32>;             // [k]
 
 // The tiles (common.wgsl): rows are rows of x, columns rows of W.
 
-fn load_x4(row: u32, k0: u32) -> vec4<f32> {
+// Mean and 1/std of row `row` of x (zeros past the last row).
+fn row_statistics(row: u32) -> vec2<f32> {
+    if (row >= p.rows) {
+        return vec2<f32>(0.0);
+    }
+    let base = row * p.k;
+    var sum = 0.0;
+    for (var i = 0u; i < p.k; i++) {
+        sum += x[base + i];
+    }
+    let mean = sum / f32(p.k);
+    var sq = 0.0;
+    for (var i = 0u; i < p.k; i++) {
+        let d = x[base + i] - mean;
+        sq += d * d;
+    }
+    return vec2<f32>(mean, inverseSqrt(sq / f32(p.k) + p.norm_eps));
+}
+
+// Four consecutive k of row `row` of x, layer-normed with the row's `stats` when asked.
+fn load_x4(row: u32, k0: u32, stats: vec2<f32>) -> vec4<f32> {
     var v = vec4<f32>(0.0);
     if (row < p.rows) {
         let base = row * p.k;
         for (var i = 0u; i < 4u; i++) {
-            if (k0 + i < p.k) {
-                v[i] = x[base + k0 + i];
+            let k = k0 + i;
+            if (k < p.k) {
+                v[i] = x[base + k];
+                if (p.layer_norm != 0u) {
+                    v[i] = (v[i] - stats.x) * stats.y * gamma[k] + beta[k];
+                }
             }
         }
     }
@@ -60,12 +90,18 @@ fn linear(@builtin(local_invocation_id) lid: vec3<u32>,
     let col0 = wid.x * GEMM_TILE;
     let tid = lid.y * 8u + lid.x;
 
+    // The statistics of the row this thread loads.
+    var stats = vec2<f32>(0.0);
+    if (p.layer_norm != 0u) {
+        stats = row_statistics(row0 + tid);
+    }
+
     // Row i of acc: y row lid.y * 8 + i, columns lid.x * 8 .. +8.
     var acc: Block8x8;
     for (var k0 = 0u; k0 < p.k; k0 += GEMM_K) {
         // Loaders: thread tid brings row tid of x and column tid of W (row tid of the weight).
         for (var q = 0u; q < GEMM_K; q += 4u) {
-            let xv = load_x4(row0 + tid, k0 + q);
+            let xv = load_x4(row0 + tid, k0 + q, stats);
             let wv = load_w4(col0 + tid, k0 + q);
             for (var i = 0u; i < 4u; i++) {
                 gemm_put(q + i, tid, xv[i], wv[i]);

@@ -119,7 +119,7 @@ fn linear_geglu_equals_the_projection_then_geglu() {
         );
         let y = poisoned(ctx, &[rows, d]);
         let got = run(ctx, &y, |batch| {
-            ops::linear_geglu(batch, &xg, &w_gpu, Some(&bg), &y).expect("record")
+            ops::linear_geglu(batch, &xg, None, &w_gpu, Some(&bg), &y).expect("record")
         });
         // The reference runs on the unpaired rows (as rounded for this storage).
         let unpaired: Vec<f32> = (0..2 * d)
@@ -135,5 +135,72 @@ fn linear_geglu_equals_the_projection_then_geglu() {
             rel: 1e-5,
         };
         assert_close(&format!("linear_geglu {weights:?}"), &got, &want, tol);
+    }
+}
+
+/// `nn.LayerNorm` fused into the projection's loads equals layer norm then linear, plain and
+/// with the GEGLU epilogue; rows carry an offset mean (two-pass statistics must keep it) and
+/// widths are off the tiles and the 32-deep K steps.
+#[test]
+fn linear_with_a_layer_norm_on_its_input_matches_the_two_passes() {
+    for weights in ALL_WEIGHTS {
+        let ctx = context_for(weights);
+        let mut rng = rng(640);
+        let (rows, k, n) = (70, 45, 38);
+        let x: Vec<f32> = random(&mut rng, rows * k, 2.0)
+            .iter()
+            .map(|v| v + 3.0)
+            .collect();
+        let gamma = random(&mut rng, k, 1.5);
+        let beta = random(&mut rng, k, 0.5);
+        let wt = random(&mut rng, n * k, 0.5);
+        let b = random(&mut rng, n, 0.5);
+        let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[n, k]);
+        let (paired_gpu, paired_seen) = weight(ctx, weights, &ops::geglu_pairs(&wt, n), &[n, k]);
+        let xg = upload(ctx, &x, &[rows, k]);
+        let (gg, betag) = (upload(ctx, &gamma, &[k]), upload(ctx, &beta, &[k]));
+        let bg = upload(ctx, &b, &[n]);
+        let paired_b = upload(ctx, &ops::geglu_pairs(&b, n), &[n]);
+        let norm = ops::InputLayerNorm {
+            gamma: &gg,
+            beta: &betag,
+            eps: 1e-5,
+        };
+        let normed = reference::layer_norm(&x, k, &gamma, &beta, 1e-5);
+        let tol = Tolerance {
+            abs: 5e-5,
+            rel: 2e-5,
+        };
+
+        let y = poisoned(ctx, &[rows, n]);
+        let got = run(ctx, &y, |batch| {
+            ops::linear_with_layer_norm(batch, &xg, norm, &w_gpu, Some(&bg), &y).expect("record")
+        });
+        let want = reference::linear(&normed, &w_seen, Some(&b), rows, n, k);
+        assert_close(
+            &format!("layer norm + linear {weights:?}"),
+            &got,
+            &want,
+            tol,
+        );
+
+        let y = poisoned(ctx, &[rows, n / 2]);
+        let got = run(ctx, &y, |batch| {
+            ops::linear_geglu(batch, &xg, Some(norm), &paired_gpu, Some(&paired_b), &y)
+                .expect("record")
+        });
+        let unpaired: Vec<f32> = (0..n)
+            .flat_map(|row| {
+                let paired = if row < n / 2 {
+                    2 * row
+                } else {
+                    2 * (row - n / 2) + 1
+                };
+                paired_seen[paired * k..(paired + 1) * k].to_vec()
+            })
+            .collect();
+        let projected = reference::linear(&normed, &unpaired, Some(&b), rows, n, k);
+        let want = reference::geglu(&projected, n / 2);
+        assert_close(&format!("layer norm + GEGLU {weights:?}"), &got, &want, tol);
     }
 }

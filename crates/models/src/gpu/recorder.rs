@@ -18,7 +18,7 @@ use sd_kernels::ops::{
 use sd_kernels::{Batch, DType, Tensor};
 
 use crate::plan::{ChunkSpec, PlanError, Shape, chunk_group_size, chunk_layout};
-use crate::record::{self, Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
+use crate::record::{self, Conv2d, GroupNorm, Heads, InputNorm, Recorder, Sinusoids, shapes};
 use crate::{ModelError, Result};
 
 /// A model part's weights on the GPU by key (`down_blocks.0.resnets.0.conv1.weight`).
@@ -175,6 +175,15 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
                 })?;
             }
             Ok(y)
+        })
+    }
+
+    /// The weights of a layer norm that a projection applies to its input.
+    fn input_layer_norm(&self, norm: InputNorm<'_>) -> Result<ops::InputLayerNorm<'b>> {
+        Ok(ops::InputLayerNorm {
+            gamma: self.weight(format!("{}.weight", norm.path))?,
+            beta: self.weight(format!("{}.bias", norm.path))?,
+            eps: norm.eps as f32,
         })
     }
 
@@ -600,10 +609,40 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         x: &GpuTensor,
         layers: &[(&str, usize)],
         bias: bool,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<GpuTensor> {
         // The loader stacked the layers' weights as `<path>.weight` and `<path>.bias`.
         let out = layers.iter().map(|(_, o)| o).sum();
-        self.linear_with(path, x, out, bias, None)
+        match norm {
+            Some(n) => self.linear_normed(path, x, out, bias, n),
+            None => self.linear_with(path, x, out, bias, None),
+        }
+    }
+
+    fn linear_normed(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        out_features: usize,
+        bias: bool,
+        norm: InputNorm<'_>,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
+            let w = r.weight(format!("{path}.weight"))?;
+            let b = if bias {
+                Some(r.weight(format!("{path}.bias"))?)
+            } else {
+                None
+            };
+            let norm = r.input_layer_norm(norm)?;
+            r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
+                Ok(ops::linear_with_layer_norm(
+                    batch, &t[0], norm, w, b, &t[1],
+                )?)
+            })?;
+            Ok(y)
+        })
     }
 
     fn layer_norm(&mut self, path: &str, x: &GpuTensor, eps: f64) -> Result<GpuTensor> {
@@ -799,14 +838,16 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         path: &str,
         x: &GpuTensor,
         out_features: usize,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
             let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
             // The loader put the projection's value and gate rows in pairs.
             let w = r.weight(format!("{path}.proj.paired_weight"))?;
             let b = r.weight(format!("{path}.proj.paired_bias"))?;
+            let norm = norm.map(|n| r.input_layer_norm(n)).transpose()?;
             r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
-                Ok(ops::linear_geglu(batch, &t[0], w, Some(b), &t[1])?)
+                Ok(ops::linear_geglu(batch, &t[0], norm, w, Some(b), &t[1])?)
             })?;
             Ok(y)
         })

@@ -4,7 +4,7 @@
 //! Each is its config, and `forward` issues its ops to a [`Recorder`].
 
 use crate::plan::{Padding, PlanError};
-use crate::record::{self, Conv2d, GroupNorm, Heads, Out, Recorder};
+use crate::record::{self, Conv2d, GroupNorm, Heads, InputNorm, Out, Recorder};
 
 /// diffusers' `ResnetBlock2D` (default time-embedding handling): `norm1`+SiLU, `conv1`,
 /// `+ time_emb_proj(silu(temb))` per channel, `norm2`+SiLU, (dropout), `conv2`,
@@ -122,19 +122,20 @@ impl ProjectionNames {
 }
 
 impl Attention {
-    /// Attention of `x` over `context` (`x` itself when `None`); with `residual`, the output
-    /// projection adds it as it writes (`to_out(o) + residual`, one op).
+    /// Attention of `norm(x)` (or `x`) over `context` (itself when `None`); the projections
+    /// apply `norm` as they load `x`. With `residual`, the output projection adds it as it
+    /// writes (`to_out(o) + residual`, one op).
     pub fn forward<R: Recorder>(
         &self,
         r: &mut R,
         path: &str,
         x: &R::Tensor,
+        norm: Option<InputNorm<'_>>,
         context: Option<&R::Tensor>,
         residual: Option<&R::Tensor>,
     ) -> Out<R> {
         let (_, _, query_dim) = record::tokens(r, path, x)?;
         let inner = self.heads * self.head_dim;
-        let source = context.unwrap_or(x);
         let names = self.names;
         let heads = Heads {
             heads: self.heads,
@@ -145,10 +146,19 @@ impl Attention {
         let o = if self.fuse_qkv && context.is_none() {
             let layers = [(q_path.as_str(), inner), (&k_path, inner), (&v_path, inner)];
             let qkv_path = format!("{path}.{}", names.qkv);
-            let qkv = r.linear_stacked(&qkv_path, x, &layers, self.qkv_bias)?;
+            let qkv = r.linear_stacked(&qkv_path, x, &layers, self.qkv_bias, norm)?;
             r.attention_packed(path, &qkv, heads)?
         } else {
-            let q = r.linear(&q_path, x, inner, self.qkv_bias)?;
+            // Keys and values of `x` itself read it normed: then the norm is a pass of its own.
+            let (x, norm) = match (norm, context) {
+                (Some(n), None) => (r.layer_norm(n.path, x, n.eps)?, None),
+                _ => (x.clone(), norm),
+            };
+            let q = match norm {
+                Some(n) => r.linear_normed(&q_path, &x, inner, self.qkv_bias, n)?,
+                None => r.linear(&q_path, &x, inner, self.qkv_bias)?,
+            };
+            let source = context.unwrap_or(&x);
             let k = r.linear(&k_path, source, inner, self.qkv_bias)?;
             let v = r.linear(&v_path, source, inner, self.qkv_bias)?;
             r.attention(path, [&q, &k, &v], heads)?
@@ -161,16 +171,18 @@ impl Attention {
     }
 }
 
-/// diffusers' `FeedForward` with `GEGLU` (SD's transformers): `net.0.proj` to `2 * 4 * dim`,
-/// GEGLU to `4 * dim`, `net.2` back to `dim`, adding `residual` as it writes.
+/// diffusers' `FeedForward` with `GEGLU` (SD's transformers) on `norm(x)`: `net.0.proj` to
+/// `2 * 4 * dim`, GEGLU to `4 * dim` (one op, which also applies the norm), `net.2` back to
+/// `dim`, adding `residual` as it writes.
 pub fn feed_forward<R: Recorder>(
     r: &mut R,
     path: &str,
     x: &R::Tensor,
+    norm: Option<InputNorm<'_>>,
     residual: &R::Tensor,
 ) -> Out<R> {
     let (_, _, dim) = record::tokens(r, path, x)?;
-    let gated = r.linear_geglu(&format!("{path}.net.0"), x, 4 * dim)?;
+    let gated = r.linear_geglu(&format!("{path}.net.0"), x, 4 * dim, norm)?;
     r.linear_residual(&format!("{path}.net.2"), &gated, dim, true, (residual, 1.0))
 }
 

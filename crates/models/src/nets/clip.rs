@@ -9,7 +9,7 @@ use sd_kernels::ops::Activation;
 
 use super::blocks::{Attention, ProjectionNames, architecture};
 use crate::plan::Shape;
-use crate::record::{Out, Recorder};
+use crate::record::{InputNorm, Out, Recorder};
 
 /// Which hidden state the text encoder returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,27 +127,43 @@ fn clip_encoder_layer<R: Recorder>(
         names: ProjectionNames::CLIP,
         fuse_qkv: true,
     };
-    let n1 = r.layer_norm(&format!("{path}.layer_norm1"), x, eps)?;
-    // Each residual is added by the projection that ends its branch.
-    let a = attention.forward(r, &format!("{path}.self_attn"), &n1, None, Some(x))?;
-    let n2 = r.layer_norm(&format!("{path}.layer_norm2"), &a, eps)?;
-    clip_mlp(r, config, &format!("{path}.mlp"), &n2, &a)
+    // Each norm is applied by the projection that follows it, and each residual is added by the
+    // projection that ends its branch.
+    let (norm1, norm2) = (format!("{path}.layer_norm1"), format!("{path}.layer_norm2"));
+    let norm1 = InputNorm { path: &norm1, eps };
+    let a = attention.forward(
+        r,
+        &format!("{path}.self_attn"),
+        x,
+        Some(norm1),
+        None,
+        Some(x),
+    )?;
+    let norm2 = InputNorm { path: &norm2, eps };
+    clip_mlp(r, config, &format!("{path}.mlp"), &a, norm2)
 }
 
-/// `CLIPMLP`: `fc1`, the activation, `fc2`, which adds `residual` as it writes.
+/// `CLIPMLP` on `norm(x)`: `fc1` (which applies the norm), the activation, `fc2`, which adds
+/// `x` back as it writes.
 fn clip_mlp<R: Recorder>(
     r: &mut R,
     config: &CLIPTextConfig,
     path: &str,
     x: &R::Tensor,
-    residual: &R::Tensor,
+    norm: InputNorm<'_>,
 ) -> Out<R> {
-    let h = r.linear(&format!("{path}.fc1"), x, config.intermediate_size, true)?;
+    let h = r.linear_normed(
+        &format!("{path}.fc1"),
+        x,
+        config.intermediate_size,
+        true,
+        norm,
+    )?;
     let act = match config.hidden_act {
         HiddenAct::QuickGelu => Activation::QuickGelu,
         HiddenAct::Gelu => Activation::Gelu,
     };
     let h = r.activation(&format!("{path}.activation_fn"), &h, act)?;
     let size = config.hidden_size;
-    r.linear_residual(&format!("{path}.fc2"), &h, size, true, (residual, 1.0))
+    r.linear_residual(&format!("{path}.fc2"), &h, size, true, (x, 1.0))
 }

@@ -14,7 +14,7 @@ use super::blocks::{
     upsample_2d,
 };
 use crate::plan::{Padding, PlanError, Shape};
-use crate::record::{self, Conv2d, GroupNorm, Out, Recorder, Sinusoids};
+use crate::record::{self, Conv2d, GroupNorm, InputNorm, Out, Recorder, Sinusoids};
 
 /// Epsilon of `Transformer2DModel`'s group norm (fixed in diffusers).
 const TRANSFORMER_NORM_EPS: f64 = 1e-6;
@@ -547,19 +547,25 @@ impl BasicTransformerBlock {
         x: &R::Tensor,
         context: &R::Tensor,
     ) -> Out<R> {
-        let eps = TRANSFORMER_LAYER_NORM_EPS;
-        let n1 = r.layer_norm(&format!("{path}.norm1"), x, eps)?;
+        let [norm1, norm2, norm3] = [1, 2, 3].map(|i| format!("{path}.norm{i}"));
+        let norm = |path| {
+            Some(InputNorm {
+                path,
+                eps: TRANSFORMER_LAYER_NORM_EPS,
+            })
+        };
         let first_context = self.only_cross_attention.then_some(context);
-        // Each residual is added by the projection that ends its branch.
-        let a1 =
-            self.attention
-                .forward(r, &format!("{path}.attn1"), &n1, first_context, Some(x))?;
-        let n2 = r.layer_norm(&format!("{path}.norm2"), &a1, eps)?;
-        let a2 =
-            self.attention
-                .forward(r, &format!("{path}.attn2"), &n2, Some(context), Some(&a1))?;
-        let n3 = r.layer_norm(&format!("{path}.norm3"), &a2, eps)?;
-        feed_forward(r, &format!("{path}.ff"), &n3, &a2)
+        // Each pre-norm is applied by the projections that follow it, and each residual is
+        // added by the projection that ends its branch.
+        let attn1 = format!("{path}.attn1");
+        let a1 = self
+            .attention
+            .forward(r, &attn1, x, norm(&norm1), first_context, Some(x))?;
+        let attn2 = format!("{path}.attn2");
+        let a2 = self
+            .attention
+            .forward(r, &attn2, &a1, norm(&norm2), Some(context), Some(&a1))?;
+        feed_forward(r, &format!("{path}.ff"), &a2, norm(&norm3), &a2)
     }
 }
 

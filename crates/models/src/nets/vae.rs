@@ -236,7 +236,7 @@ impl UNetMidBlock2D {
             names: ProjectionNames::DIFFUSERS,
             fuse_qkv: false,
         };
-        let out = attention.forward(r, path, &tokens, None, None)?;
+        let out = attention.forward(r, path, &tokens, None, None, None)?;
         let out = r.to_nchw(&format!("{path}.to_nchw"), &out, (h, w))?;
         r.residual_add(&format!("{path}.residual"), out, x, 1.0)
     }

@@ -290,6 +290,8 @@ pub enum OpKind {
         /// GEGLU in the epilogue: the weight's rows are (value, gate) pairs and the output is
         /// half as wide.
         geglu: bool,
+        /// `nn.LayerNorm` (this epsilon) applied to each row of `x` as it is loaded.
+        layer_norm: Option<f64>,
     },
     /// 2-D convolution with a square `kernel`, accumulating over input-channel chunks.
     Conv2d {

@@ -8,7 +8,7 @@ use super::PlanError;
 use super::graph::{
     Graph, OpKind, Shape, TensorId, WeightDtype, read, update, weight as weight_arg, write,
 };
-use crate::record::{self, Conv2d, GroupNorm, Heads, Recorder, Sinusoids, shapes};
+use crate::record::{self, Conv2d, GroupNorm, Heads, InputNorm, Recorder, Sinusoids, shapes};
 use sd_kernels::ops::Activation;
 
 impl Recorder for Graph {
@@ -69,7 +69,7 @@ impl Recorder for Graph {
         out_features: usize,
         bias: bool,
     ) -> Result<TensorId, PlanError> {
-        self.linear_with(path, x, out_features, bias, None)
+        self.linear_op(path, x, out_features, bias, LinearWeights::File, None, None)
     }
 
     fn linear_residual(
@@ -80,7 +80,16 @@ impl Recorder for Graph {
         bias: bool,
         (r, scale): (&TensorId, f64),
     ) -> Result<TensorId, PlanError> {
-        self.linear_with(path, x, out_features, bias, Some((*r, scale)))
+        let weights = LinearWeights::File;
+        self.linear_op(
+            path,
+            x,
+            out_features,
+            bias,
+            weights,
+            Some((*r, scale)),
+            None,
+        )
     }
 
     fn group_norm(
@@ -135,30 +144,23 @@ impl Recorder for Graph {
         x: &TensorId,
         layers: &[(&str, usize)],
         bias: bool,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<TensorId, PlanError> {
-        let (_, _, d) = record::tokens(self, path, x)?;
         let out = layers.iter().map(|(_, o)| o).sum();
-        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out)?)?;
-        let parts = |suffix: &str, dims: &dyn Fn(usize) -> Vec<usize>| {
-            layers
-                .iter()
-                .map(|(layer, o)| (format!("{layer}.{suffix}"), dims(*o)))
-                .collect()
-        };
-        let w = self.weight_stack(format!("{path}.weight"), parts("weight", &|o| vec![o, d]))?;
-        let mut args = vec![read("x", *x), weight_arg("w", w)];
-        if bias {
-            let b = self.weight_stack(format!("{path}.bias"), parts("bias", &|o| vec![o]))?;
-            args.push(weight_arg("bias", b));
-        }
-        args.push(write("y", y));
-        let kind = OpKind::Linear {
-            bias,
-            residual: None,
-            geglu: false,
-        };
-        self.op(path, kind, args)?;
-        Ok(y)
+        let weights = LinearWeights::Stacked(layers);
+        self.linear_op(path, x, out, bias, weights, None, norm)
+    }
+
+    fn linear_normed(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        out_features: usize,
+        bias: bool,
+        norm: InputNorm<'_>,
+    ) -> Result<TensorId, PlanError> {
+        let weights = LinearWeights::File;
+        self.linear_op(path, x, out_features, bias, weights, None, Some(norm))
     }
 
     fn layer_norm(&mut self, path: &str, x: &TensorId, eps: f64) -> Result<TensorId, PlanError> {
@@ -309,31 +311,10 @@ impl Recorder for Graph {
         path: &str,
         x: &TensorId,
         out_features: usize,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<TensorId, PlanError> {
-        let (_, _, d) = record::tokens(self, path, x)?;
-        let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
-        let proj = format!("{path}.proj");
-        let [w, b] = [
-            ("weight", vec![2 * out_features, d]),
-            ("bias", vec![2 * out_features]),
-        ]
-        .map(|(kind, shape)| {
-            let paired = format!("{proj}.paired_{kind}");
-            self.weight_geglu_pairs(paired, format!("{proj}.{kind}"), &shape)
-        });
-        let kind = OpKind::Linear {
-            bias: true,
-            residual: None,
-            geglu: true,
-        };
-        let args = vec![
-            read("x", *x),
-            weight_arg("w", w),
-            weight_arg("bias", b),
-            write("y", y),
-        ];
-        self.op(path, kind, args)?;
-        Ok(y)
+        let weights = LinearWeights::GegluPairs;
+        self.linear_op(path, x, out_features, true, weights, None, norm)
     }
 
     fn sinusoids(
@@ -449,33 +430,67 @@ impl Graph {
         Ok(y)
     }
 
-    /// `nn.Linear`, with a fused residual connection where `residual` says.
-    fn linear_with(
+    /// `nn.Linear` producing `out_features` per row, its weights as `weights` says, with a fused
+    /// residual connection and an input layer norm where asked.
+    #[allow(clippy::too_many_arguments)] // the linear's four, plus its weights and fusions
+    fn linear_op(
         &mut self,
         path: &str,
         x: &TensorId,
         out_features: usize,
         bias: bool,
+        weights: LinearWeights<'_>,
         residual: Option<(TensorId, f64)>,
+        norm: Option<InputNorm<'_>>,
     ) -> Result<TensorId, PlanError> {
         let (_, _, d) = record::tokens(self, path, x)?;
         let y = self.tensor(path, shapes::linear(path, self.shape(*x), out_features)?)?;
-        let w = self.weight(format!("{path}.weight"), &[out_features, d]);
+        let geglu = matches!(weights, LinearWeights::GegluPairs);
+        let rows = if geglu {
+            2 * out_features
+        } else {
+            out_features
+        };
+        let assembled = |g: &mut Self, kind: &str, shape: &[usize]| match weights {
+            LinearWeights::File => Ok(g.weight(format!("{path}.{kind}"), shape)),
+            LinearWeights::Stacked(layers) => {
+                let parts = layers
+                    .iter()
+                    .map(|(layer, o)| {
+                        let mut part = shape.to_vec();
+                        part[0] = *o;
+                        (format!("{layer}.{kind}"), part)
+                    })
+                    .collect();
+                g.weight_stack(format!("{path}.{kind}"), parts)
+            }
+            LinearWeights::GegluPairs => Ok(g.weight_geglu_pairs(
+                format!("{path}.proj.paired_{kind}"),
+                format!("{path}.proj.{kind}"),
+                shape,
+            )),
+        };
+        let w = assembled(self, "weight", &[rows, d])?;
         let mut args = vec![read("x", *x), weight_arg("w", w)];
         if bias {
-            let b = self.weight(format!("{path}.bias"), &[out_features]);
+            let b = assembled(self, "bias", &[rows])?;
             args.push(weight_arg("bias", b));
+        }
+        if let Some(n) = norm {
+            let gamma = self.weight(format!("{}.weight", n.path), &[d]);
+            let beta = self.weight(format!("{}.bias", n.path), &[d]);
+            args.extend([weight_arg("gamma", gamma), weight_arg("beta", beta)]);
         }
         args.push(write("y", y));
         if let Some((r, _)) = residual {
             self.same_shape(path, y, r)?;
             args.push(read("r", r));
         }
-        let residual = residual.map(|(_, scale)| scale);
         let kind = OpKind::Linear {
             bias,
-            residual,
-            geglu: false,
+            residual: residual.map(|(_, scale)| scale),
+            geglu,
+            layer_norm: norm.map(|n| n.eps),
         };
         self.op(path, kind, args)?;
         Ok(y)
@@ -512,4 +527,15 @@ impl Graph {
             ),
         })
     }
+}
+
+/// Where a linear layer's weight and bias come from.
+#[derive(Clone, Copy)]
+enum LinearWeights<'a> {
+    /// `<path>.weight` and `<path>.bias` of the file.
+    File,
+    /// These layers' (path, out features), stacked by rows.
+    Stacked(&'a [(&'a str, usize)]),
+    /// GEGLU's `<path>.proj`, its value and gate rows in pairs.
+    GegluPairs,
 }
