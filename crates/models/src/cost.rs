@@ -162,6 +162,29 @@ impl Recorder for CostRecorder {
         self.conv2d_with(path, x, conv, Some(r))
     }
 
+    fn conv2d_to_tokens(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        conv: Conv2d,
+    ) -> Result<Shape, PlanError> {
+        let y = self.conv2d_with(path, x, conv, None)?;
+        shapes::to_tokens(path, y)
+    }
+
+    fn conv2d_residual_from_tokens(
+        &mut self,
+        path: &str,
+        x: &Shape,
+        size: (usize, usize),
+        conv: Conv2d,
+        r: &Shape,
+        _scale: f64,
+    ) -> Result<Shape, PlanError> {
+        let x = shapes::to_nchw(path, *x, size)?;
+        self.conv2d_with(path, &x, conv, Some(r))
+    }
+
     fn conv2d_channel_bias(
         &mut self,
         path: &str,

@@ -134,6 +134,20 @@ pub trait Recorder {
         conv: Conv2d,
         t: &Self::Tensor,
     ) -> Out<Self>;
+    /// [`Recorder::conv2d`] of NCHW `x`, written token-major `[n, h*w, out]`: a transformer's
+    /// 1x1 `proj_in` and the `to_tokens` after it, one op.
+    fn conv2d_to_tokens(&mut self, path: &str, x: &Self::Tensor, conv: Conv2d) -> Out<Self>;
+    /// [`Recorder::conv2d_residual`] of token-major `x` read as NCHW of `size`: a transformer's
+    /// `to_nchw` and 1x1 `proj_out` with its residual connection, one op.
+    fn conv2d_residual_from_tokens(
+        &mut self,
+        path: &str,
+        x: &Self::Tensor,
+        size: (usize, usize),
+        conv: Conv2d,
+        r: &Self::Tensor,
+        scale: f64,
+    ) -> Out<Self>;
     /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
     fn group_norm(&mut self, path: &str, x: &Self::Tensor, norm: GroupNorm) -> Out<Self>;
     /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.

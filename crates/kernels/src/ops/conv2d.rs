@@ -24,8 +24,8 @@ uniform! {
         has_bias: u32,
         epilogue: u32,
         residual_factor: f32,
-        _pad0: u32,
-        _pad1: u32,
+        x_tokens: u32,
+        y_tokens: u32,
     }
 }
 
@@ -120,7 +120,44 @@ pub fn conv2d_with_residual(
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
     let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
-    conv2d_with_epilogue(batch, x, weight, bias, y, shape, chunk, epilogue)
+    let layouts = Conv2dLayouts::NCHW;
+    conv2d_with_epilogue(batch, x, weight, bias, y, shape, (chunk, layouts), epilogue)
+}
+
+/// Which tensors of a convolution are channels-last (`[N, H, W, C]`, as token-major `[N, H*W,
+/// C]` tensors reshape for free) instead of NCHW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dLayouts {
+    /// The input.
+    pub x_tokens: bool,
+    /// The output and the residual.
+    pub y_tokens: bool,
+}
+
+impl Conv2dLayouts {
+    /// Both NCHW.
+    pub const NCHW: Self = Self {
+        x_tokens: false,
+        y_tokens: false,
+    };
+}
+
+/// [`conv2d_with_residual`] of whole tensors in `layouts`: a transformer's 1x1 `proj_in`
+/// writing tokens, or its `proj_out` reading them, with no transpose pass between.
+#[allow(clippy::too_many_arguments)] // conv2d's six, plus the layouts and the epilogue
+pub fn conv2d_in_layouts(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    layouts: Conv2dLayouts,
+    residual: Option<Residual<'_>>,
+) -> Result<()> {
+    let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
+    let chunk = Conv2dChunk::WHOLE;
+    conv2d_with_epilogue(batch, x, weight, bias, y, shape, (chunk, layouts), epilogue)
 }
 
 /// [`conv2d`] of a whole tensor plus `channel_bias[n, c]` on every pixel of channel `c` of item
@@ -136,16 +173,8 @@ pub fn conv2d_with_channel_bias(
     channel_bias: &Tensor,
 ) -> Result<()> {
     let epilogue = Epilogue::ChannelBias(channel_bias);
-    conv2d_with_epilogue(
-        batch,
-        x,
-        weight,
-        bias,
-        y,
-        shape,
-        Conv2dChunk::WHOLE,
-        epilogue,
-    )
+    let whole = (Conv2dChunk::WHOLE, Conv2dLayouts::NCHW);
+    conv2d_with_epilogue(batch, x, weight, bias, y, shape, whole, epilogue)
 }
 
 #[allow(clippy::too_many_arguments)] // conv2d's seven, plus the epilogue
@@ -156,7 +185,7 @@ fn conv2d_with_epilogue(
     bias: Option<&Tensor>,
     y: &Tensor,
     shape: Conv2dShape,
-    chunk: Conv2dChunk,
+    (chunk, layouts): (Conv2dChunk, Conv2dLayouts),
     epilogue: Epilogue<'_>,
 ) -> Result<()> {
     const OP: &str = "conv2d";
@@ -166,18 +195,30 @@ fn conv2d_with_epilogue(
             format!("weight must be [OC, IC, kh, kw], is {:?}", weight.shape()),
         ));
     };
-    let [n, cin, h, w] = *x.shape() else {
+    // [N, C, H, W], or [N, H, W, C] channels last.
+    let nchw = |t: &Tensor, channels_last: bool| match *t.shape() {
+        [n, h, w, c] if channels_last => Some([n, c, h, w]),
+        [n, c, h, w] if !channels_last => Some([n, c, h, w]),
+        _ => None,
+    };
+    let Some([n, cin, h, w]) = nchw(x, layouts.x_tokens) else {
         return Err(KernelError::shape(
             OP,
-            format!("x must be NCHW, is {:?}", x.shape()),
+            format!("x must be 4-D as {layouts:?} says, is {:?}", x.shape()),
         ));
     };
-    let [yn, cout, oh, ow] = *y.shape() else {
+    let Some([yn, cout, oh, ow]) = nchw(y, layouts.y_tokens) else {
         return Err(KernelError::shape(
             OP,
-            format!("y must be NCHW, is {:?}", y.shape()),
+            format!("y must be 4-D as {layouts:?} says, is {:?}", y.shape()),
         ));
     };
+    if layouts != Conv2dLayouts::NCHW && chunk != Conv2dChunk::WHOLE {
+        return Err(KernelError::shape(
+            OP,
+            "channels-last tensors are never split into channel chunks",
+        ));
+    }
     let padded = shape.pad_begin + shape.pad_end;
     if shape.stride == 0 || h + padded < kh || w + padded < kw {
         return Err(KernelError::shape(
@@ -201,7 +242,10 @@ fn conv2d_with_epilogue(
     if yn != n || oh != eh || ow != ew {
         return Err(KernelError::shape(
             OP,
-            format!("y is {:?}, expected [{n}, {cout}, {eh}, {ew}]", y.shape()),
+            format!(
+                "y is {:?}, expected [{n}, {cout}, {eh}, {ew}] in {layouts:?}",
+                y.shape()
+            ),
         ));
     }
     expect_f32(OP, "x", x, n * cin * h * w)?;
@@ -238,8 +282,8 @@ fn conv2d_with_epilogue(
         has_bias,
         epilogue,
         residual_factor,
-        _pad0: 0,
-        _pad1: 0,
+        x_tokens: u32::from(layouts.x_tokens),
+        y_tokens: u32::from(layouts.y_tokens),
     };
     // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
     // smaller levels) fill more of a tile.

@@ -10,7 +10,8 @@ mod norm;
 
 pub use attention::{AttentionShape, TokenFeatures, attention, attention_of_features};
 pub use conv2d::{
-    Conv2dChunk, Conv2dShape, conv2d, conv2d_with_channel_bias, conv2d_with_residual,
+    Conv2dChunk, Conv2dLayouts, Conv2dShape, conv2d, conv2d_in_layouts, conv2d_with_channel_bias,
+    conv2d_with_residual,
 };
 pub use elementwise::{
     Activation, activation, add, concat_channels, embedding, layout_nchw_to_nlc,

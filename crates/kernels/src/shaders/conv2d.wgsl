@@ -12,6 +12,10 @@
 // buffers. `ic_offset` selects which input channels of the weight this input chunk holds, and
 // `accumulate` adds to the output instead of starting from the bias, so an output chunk is the
 // sum of one dispatch per input chunk. `oc_offset` selects the output channels of the chunk.
+//
+// Layouts: x and y are NCHW, or channels-last (token-major, `[batch, h * w, channels]`) where
+// `x_tokens` / `y_tokens` say so: a transformer's 1x1 `proj_in` writes its tokens and `proj_out`
+// reads them, so no transpose pass sits between (whole tensors only).
 
 struct Params {
     batch: u32,
@@ -33,12 +37,12 @@ struct Params {
     epilogue: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only);
                              // 2: y += residual[n, oc] (a time embedding, whole tensors only)
     residual_factor: f32,
-    _pad0: u32,
-    _pad1: u32,
+    x_tokens: u32,           // 1: x is [batch, in_h * in_w, in_channels]
+    y_tokens: u32,           // 1: y (and the residual) are [batch, out_h * out_w, out_channels]
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;                // [batch, in_channels, in_h, in_w]
+@group(0) @binding(1) var<storage, read> x: array<f32>;                // [batch, in_channels, in_h, in_w] (or channels last)
 @group(0) @binding(2) var<storage, read> weights: array<WEIGHT_STORE>; // [OC, weight_in_channels, kernel_h, kernel_w]
 @group(0) @binding(3) var<storage, read> bias: array<f32>;             // [OC]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [batch, out_channels, out_h, out_w]
@@ -66,6 +70,13 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
     let oy = i32((pixel / p.out_w) * p.stride) - i32(p.pad);
     let ox = i32((pixel % p.out_w) * p.stride) - i32(p.pad);
     let x_batch = n * p.in_channels * plane;
+    // Strides of x between pixels and between channels.
+    var x_pixel = 1u;
+    var x_channel = plane;
+    if (p.x_tokens != 0u) {
+        x_pixel = p.in_channels;
+        x_channel = 1u;
+    }
 
     // Row i of acc: output channel lid.y * 8 + i, columns lid.x * 8 .. +8.
     var acc: Block8x8;
@@ -74,7 +85,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
         let iy = oy + i32(ky);
         let ix = ox + i32(tap - ky * p.kernel_w);
         let inside = n < p.batch && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
-        let x_at = x_batch + u32(max(iy, 0)) * p.in_w + u32(max(ix, 0));
+        let x_at = x_batch + (u32(max(iy, 0)) * p.in_w + u32(max(ix, 0))) * x_pixel;
         for (var c0 = 0u; c0 < p.in_channels; c0 += GEMM_K) {
             for (var i = 0u; i < GEMM_K; i++) {
                 let c = c0 + i;
@@ -84,7 +95,7 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
                 }
                 var xv = 0.0;
                 if (inside && c < p.in_channels) {
-                    xv = x[x_at + c * plane];
+                    xv = x[x_at + c * x_channel];
                 }
                 gemm_put(i, tid, w, xv);
             }
@@ -114,7 +125,11 @@ fn store_row(oc: u32, column: u32, sums: array<f32, 8>) {
     for (var j = 0u; j < 8u; j++) {
         let n = (column + j) / pixels;
         if (n < p.batch) {
-            let index = (n * p.out_channels + oc) * pixels + (column + j) % pixels;
+            let pixel = (column + j) % pixels;
+            var index = (n * p.out_channels + oc) * pixels + pixel;
+            if (p.y_tokens != 0u) {
+                index = (n * pixels + pixel) * p.out_channels + oc;
+            }
             var base = start;
             if (p.accumulate != 0u) {
                 base = y[index];

@@ -1,4 +1,4 @@
-use sd_kernels::ops::{self, Conv2dChunk, Conv2dShape, Residual};
+use sd_kernels::ops::{self, Conv2dChunk, Conv2dLayouts, Conv2dShape, Residual};
 use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
@@ -204,4 +204,99 @@ fn conv2d_rejects_a_wrong_output_shape() {
     let err = ops::conv2d(&mut batch, &x, &w, None, &y, stride2, Conv2dChunk::WHOLE)
         .expect_err("y is 4x4, stride 2 gives 2x2");
     assert!(err.to_string().contains("expected [1, 3, 2, 2]"), "{err}");
+}
+
+/// `[n, c, h * w]` as `[n, h * w, c]` (channels last), or back with `back`.
+fn channels_last(values: &[f32], [n, c, hw]: [usize; 3], back: bool) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for i in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                let (nchw, last) = ((i * c + ch) * hw + p, (i * hw + p) * c + ch);
+                if back {
+                    out[nchw] = values[last];
+                } else {
+                    out[last] = values[nchw];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A convolution reading and writing channels-last tensors (a transformer's `proj_in` writing
+/// its tokens, `proj_out` reading them) equals the NCHW one transposed, the residual added in
+/// the output's layout: 1x1 as SD uses it, and 3x3 to cover the taps.
+#[test]
+fn conv2d_reads_and_writes_channels_last() {
+    let ctx = native();
+    let (n, ic, h, w, oc) = (2, 7, 5, 6, 67);
+    for (case, (kernel, x_tokens, y_tokens)) in
+        [(1, false, true), (1, true, false), (3, true, true)]
+            .into_iter()
+            .enumerate()
+    {
+        let mut rng = rng(280 + case as u64);
+        let x = random(&mut rng, n * ic * h * w, 1.0);
+        let wt = random(&mut rng, oc * ic * kernel * kernel, 0.3);
+        let b = random(&mut rng, oc, 1.0);
+        let r = random(&mut rng, n * oc * h * w, 1.0);
+        let (w_gpu, w_seen) = weight(ctx, Weights::F16Native, &wt, &[oc, ic, kernel, kernel]);
+        let layouts = Conv2dLayouts { x_tokens, y_tokens };
+        let pad = kernel / 2;
+        let shape = Conv2dShape::symmetric(1, pad);
+        let in_layout = |v: &[f32], c: usize, last: bool| {
+            if last {
+                channels_last(v, [n, c, h * w], false)
+            } else {
+                v.to_vec()
+            }
+        };
+        let dims = |c: usize, last: bool| if last { [n, h, w, c] } else { [n, c, h, w] };
+        let xg = upload(ctx, &in_layout(&x, ic, x_tokens), &dims(ic, x_tokens));
+        let rg = upload(ctx, &in_layout(&r, oc, y_tokens), &dims(oc, y_tokens));
+        let bg = upload(ctx, &b, &[oc]);
+        let y = poisoned(ctx, &dims(oc, y_tokens));
+        let residual = Residual {
+            tensor: &rg,
+            factor: 0.5,
+        };
+        let got = run(ctx, &y, |batch| {
+            ops::conv2d_in_layouts(
+                batch,
+                &xg,
+                &w_gpu,
+                Some(&bg),
+                &y,
+                shape,
+                layouts,
+                Some(residual),
+            )
+            .expect("record")
+        });
+        let got = if y_tokens {
+            channels_last(&got, [n, oc, h * w], true)
+        } else {
+            got
+        };
+        let want: Vec<f32> = reference::conv2d(
+            &x,
+            [n, ic, h, w],
+            &w_seen,
+            [oc, kernel, kernel],
+            Some(&b),
+            1,
+            (pad, pad),
+        )
+        .iter()
+        .zip(&r)
+        .map(|(v, r)| (v + r) * 0.5)
+        .collect();
+        assert_close(
+            &format!("conv2d {layouts:?} {kernel}x{kernel}"),
+            &got,
+            &want,
+            TOL,
+        );
+    }
 }

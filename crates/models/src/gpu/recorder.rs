@@ -12,8 +12,8 @@
 use std::collections::HashMap;
 
 use sd_kernels::ops::{
-    self, Activation, AttentionShape, Conv2dChunk, Conv2dShape, GroupNormShape, Residual,
-    TokenFeatures,
+    self, Activation, AttentionShape, Conv2dChunk, Conv2dLayouts, Conv2dShape, GroupNormShape,
+    Residual, TokenFeatures,
 };
 use sd_kernels::{Batch, DType, Tensor};
 
@@ -90,25 +90,34 @@ struct Piece {
 }
 
 impl<'b, 'c> GpuRecorder<'b, 'c> {
-    /// A convolution's output (allocated), weight, bias and stride/padding.
-    fn conv2d_parts(
+    /// A convolution's weight, bias and stride/padding.
+    fn conv2d_weights(
         &self,
         path: &str,
-        x: &GpuTensor,
         conv: Conv2d,
-    ) -> Result<(GpuTensor, &'b Tensor, &'b Tensor, Conv2dShape)> {
-        let y = self.alloc(path, shapes::conv2d(path, x.shape, &conv)?)?;
+    ) -> Result<(&'b Tensor, &'b Tensor, Conv2dShape)> {
         let shape = Conv2dShape {
             stride: conv.stride,
             pad_begin: conv.padding.before,
             pad_end: conv.padding.after,
         };
         Ok((
-            y,
             self.weight(format!("{path}.weight"))?,
             self.weight(format!("{path}.bias"))?,
             shape,
         ))
+    }
+
+    /// A convolution's output (allocated, NCHW), weight, bias and stride/padding.
+    fn conv2d_parts(
+        &self,
+        path: &str,
+        x_shape: Shape,
+        conv: Conv2d,
+    ) -> Result<(GpuTensor, &'b Tensor, &'b Tensor, Conv2dShape)> {
+        let y = self.alloc(path, shapes::conv2d(path, x_shape, &conv)?)?;
+        let (w, bias, shape) = self.conv2d_weights(path, conv)?;
+        Ok((y, w, bias, shape))
     }
 
     /// `nn.Conv2d`, with the residual connection fused into the GEMM where every tensor is one
@@ -121,7 +130,7 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
         residual: Option<(&GpuTensor, f64)>,
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
-            let (y, w, bias, shape) = r.conv2d_parts(path, x, conv)?;
+            let (y, w, bias, shape) = r.conv2d_parts(path, x.shape, conv)?;
             if let Some((res, _)) = residual
                 && res.shape != y.shape
             {
@@ -534,6 +543,89 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         self.conv2d_with(path, x, conv, Some((r, scale)))
     }
 
+    fn conv2d_to_tokens(&mut self, path: &str, x: &GpuTensor, conv: Conv2d) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let (w, bias, shape) = r.conv2d_weights(path, conv)?;
+            let Shape::Nchw { n, c, h, w: width } = shapes::conv2d(path, x.shape, &conv)? else {
+                return Err(mismatch(
+                    path,
+                    "the convolution's output is not NCHW".into(),
+                ));
+            };
+            let y = r.alloc(
+                path,
+                Shape::Tokens {
+                    n,
+                    l: h * width,
+                    d: c,
+                },
+            )?;
+            let channels_last = y.single(path)?.reshape(&[n, h, width, c])?;
+            let layouts = Conv2dLayouts {
+                x_tokens: false,
+                y_tokens: true,
+            };
+            let xs = x.single(path)?;
+            ops::conv2d_in_layouts(
+                r.batch,
+                xs,
+                w,
+                Some(bias),
+                &channels_last,
+                shape,
+                layouts,
+                None,
+            )?;
+            Ok(y)
+        })
+    }
+
+    fn conv2d_residual_from_tokens(
+        &mut self,
+        path: &str,
+        x: &GpuTensor,
+        size: (usize, usize),
+        conv: Conv2d,
+        res: &GpuTensor,
+        scale: f64,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let Shape::Nchw { n, c, h, w: width } = shapes::to_nchw(path, x.shape, size)? else {
+                return Err(mismatch(path, "the tokens are not an image".into()));
+            };
+            let nchw = Shape::Nchw { n, c, h, w: width };
+            let (y, w, bias, shape) = r.conv2d_parts(path, nchw, conv)?;
+            if res.shape != y.shape {
+                return Err(mismatch(
+                    path,
+                    format!("{} and {} differ", y.shape, res.shape),
+                ));
+            }
+            let channels_last = x.single(path)?.reshape(&[n, h, width, c])?;
+            let layouts = Conv2dLayouts {
+                x_tokens: true,
+                y_tokens: false,
+            };
+            let residual = Residual {
+                tensor: res.single(path)?,
+                factor: scale as f32,
+            };
+            let ys = y.single(path)?;
+            let fused = Some(residual);
+            ops::conv2d_in_layouts(
+                r.batch,
+                &channels_last,
+                w,
+                Some(bias),
+                ys,
+                shape,
+                layouts,
+                fused,
+            )?;
+            Ok(y)
+        })
+    }
+
     fn conv2d_channel_bias(
         &mut self,
         path: &str,
@@ -542,7 +634,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         t: &GpuTensor,
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
-            let (y, w, bias, shape) = r.conv2d_parts(path, x, conv)?;
+            let (y, w, bias, shape) = r.conv2d_parts(path, x.shape, conv)?;
             let t = t
                 .single(path)?
                 .reshape(&[y.shape.batch(), conv.out_channels])?;

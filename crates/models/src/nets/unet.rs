@@ -497,8 +497,9 @@ impl Transformer2D {
             let t = r.to_tokens(&format!("{path}.to_tokens"), &normed)?;
             r.linear(&format!("{path}.proj_in"), &t, inner, true)?
         } else {
-            let p = r.conv2d(&format!("{path}.proj_in"), &normed, Conv2d::same(inner, 1))?;
-            r.to_tokens(&format!("{path}.to_tokens"), &p)?
+            // The 1x1 projection writes its output token-major.
+            let proj_in = Conv2d::same(inner, 1);
+            r.conv2d_to_tokens(&format!("{path}.proj_in"), &normed, proj_in)?
         };
         let block = BasicTransformerBlock {
             attention: Attention {
@@ -520,10 +521,10 @@ impl Transformer2D {
             let out = r.to_nchw(&format!("{path}.to_nchw"), &p, (h, w))?;
             r.residual_add(&format!("{path}.residual"), out, x, 1.0)
         } else {
-            // The 1x1 projection adds the residual as it writes.
-            let t = r.to_nchw(&format!("{path}.to_nchw"), &tokens, (h, w))?;
+            // The 1x1 projection reads the tokens as NCHW and adds the residual as it writes.
             let proj_out = Conv2d::same(channels, 1);
-            r.conv2d_residual(&format!("{path}.proj_out"), &t, proj_out, x, 1.0)
+            let path = format!("{path}.proj_out");
+            r.conv2d_residual_from_tokens(&path, &tokens, (h, w), proj_out, x, 1.0)
         }
     }
 }

@@ -305,6 +305,10 @@ pub enum OpKind {
         residual: Option<f64>,
         /// `y[n, c, :, :] += t[n, c]` in the same pass: a ResNet's time embedding fused in.
         channel_bias: bool,
+        /// The input is token-major (`[n, h*w, c]`), read as NCHW.
+        x_tokens: bool,
+        /// The output is written token-major.
+        y_tokens: bool,
     },
     /// Group-norm statistics: mean and 1/std per (item, group).
     GroupNormStats {

@@ -38,7 +38,7 @@ impl Recorder for Graph {
     }
 
     fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, None, None)
+        self.conv2d_op(path, x, conv, (None, None), (None, false))
     }
 
     fn conv2d_residual(
@@ -49,7 +49,30 @@ impl Recorder for Graph {
         r: &TensorId,
         scale: f64,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, Some((*r, scale)), None)
+        self.conv2d_op(path, x, conv, (Some((*r, scale)), None), (None, false))
+    }
+
+    fn conv2d_to_tokens(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        conv: Conv2d,
+    ) -> Result<TensorId, PlanError> {
+        self.conv2d_op(path, x, conv, (None, None), (None, true))
+    }
+
+    fn conv2d_residual_from_tokens(
+        &mut self,
+        path: &str,
+        x: &TensorId,
+        size: (usize, usize),
+        conv: Conv2d,
+        r: &TensorId,
+        scale: f64,
+    ) -> Result<TensorId, PlanError> {
+        self.require_single(path, "r", *r)?;
+        let epilogue = (Some((*r, scale)), None);
+        self.conv2d_op(path, x, conv, epilogue, (Some(size), false))
     }
 
     fn conv2d_channel_bias(
@@ -59,7 +82,7 @@ impl Recorder for Graph {
         conv: Conv2d,
         t: &TensorId,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, None, Some(*t))
+        self.conv2d_op(path, x, conv, (None, Some(*t)), (None, false))
     }
 
     fn linear(
@@ -380,16 +403,41 @@ impl Recorder for Graph {
 
 impl Graph {
     /// `nn.Conv2d`, with a fused residual connection where `residual` says.
+    /// `nn.Conv2d` with its fusions: a residual connection or a channel bias in the epilogue,
+    /// and channels-last input or output (`layouts`: the input's NCHW size when it is
+    /// token-major, and whether the output is).
     fn conv2d_op(
         &mut self,
         path: &str,
         x: &TensorId,
         conv: Conv2d,
-        residual: Option<(TensorId, f64)>,
-        channel_bias: Option<TensorId>,
+        (residual, channel_bias): (Option<(TensorId, f64)>, Option<TensorId>),
+        (x_size, y_tokens): (Option<(usize, usize)>, bool),
     ) -> Result<TensorId, PlanError> {
-        let (_, c, _, _) = record::nchw(self, path, x)?;
-        let y = self.tensor(path, shapes::conv2d(path, self.shape(*x), &conv)?)?;
+        let x_shape = match x_size {
+            Some(size) => shapes::to_nchw(path, self.shape(*x), size)?,
+            None => self.shape(*x),
+        };
+        let Shape::Nchw { c, .. } = x_shape else {
+            return Err(record::nchw(self, path, x)
+                .err()
+                .unwrap_or(PlanError::Architecture {
+                    part: "conv2d",
+                    message: format!("{}: the input is not NCHW", self.name(path)),
+                }));
+        };
+        let y_shape = shapes::conv2d(path, x_shape, &conv)?;
+        let y_shape = if y_tokens {
+            shapes::to_tokens(path, y_shape)?
+        } else {
+            y_shape
+        };
+        let y = self.tensor(path, y_shape)?;
+        if x_size.is_some() || y_tokens {
+            // Channels-last tensors are bound whole.
+            self.require_single(path, "x", *x)?;
+            self.require_single(path, "y", y)?;
+        }
         let k = conv.kernel;
         let w = self.weight(format!("{path}.weight"), &[conv.out_channels, c, k, k]);
         let bias = self.weight(format!("{path}.bias"), &[conv.out_channels]);
@@ -399,6 +447,8 @@ impl Graph {
             padding: conv.padding,
             residual: residual.map(|(_, scale)| scale),
             channel_bias: channel_bias.is_some(),
+            x_tokens: x_size.is_some(),
+            y_tokens,
         };
         let mut args = vec![
             read("x", *x),
@@ -411,7 +461,7 @@ impl Graph {
             args.push(read("r", r));
         }
         if let Some(t) = channel_bias {
-            let (n, oc) = (self.shape(*x).batch(), conv.out_channels);
+            let (n, oc) = (x_shape.batch(), conv.out_channels);
             if self.shape(t) != (Shape::Tokens { n, l: 1, d: oc }) {
                 return Err(PlanError::Architecture {
                     part: "resnet",
