@@ -44,8 +44,8 @@ use sd_models::nets::clip::{TextOutput, TextRequest, clip_text_model};
 use sd_models::nets::unet::{UNetSize, unet_2d_condition_model};
 use sd_models::nets::vae;
 use sd_models::plan::{
-    DeviceLimits, Part, PlanRequest, plan_text_encoder, plan_unet, plan_vae_decoder,
-    plan_vae_encoder,
+    DeviceLimits, Part, PlanRequest, plan_text_encoder, plan_unet, plan_unet_context,
+    plan_vae_decoder, plan_vae_encoder,
 };
 use sd_models::{
     CLIPTextModel, Inputs, ModelSource, NetworkConfigFiles, StableDiffusion, UNet2DConditionModel,
@@ -182,12 +182,17 @@ fn random_model(dir: &Path) -> Result<()> {
     };
     let text = plan_text_encoder(configs.text_encoder, Part::TextEncoder, 1, &NO_LIMITS)?;
     let unet = plan_unet(configs.unet, &unet_size, &NO_LIMITS)?;
+    let unet_context = plan_unet_context(configs.unet, &unet_size, &NO_LIMITS)?;
     let decoder = plan_vae_decoder(configs.vae, 8, 8, &NO_LIMITS)?;
     let encoder = plan_vae_encoder(configs.vae, 64, 64, &NO_LIMITS)?;
+    // The file's tensors: an assembled weight (Q, K and V stacked, GEGLU's rows paired) is
+    // made of them.
     let list = |weights: &[&[sd_models::plan::Weight]]| {
         let mut named = BTreeMap::new();
         for w in weights.iter().flat_map(|w| w.iter()) {
-            named.insert(w.name.clone(), w.shape.clone());
+            for (name, shape) in w.assembly.sources(&w.name, &w.shape) {
+                named.insert(name.to_owned(), shape.to_vec());
+            }
         }
         named.into_iter().collect::<Vec<_>>()
     };
@@ -195,7 +200,7 @@ fn random_model(dir: &Path) -> Result<()> {
         ("text_encoder/model.safetensors", list(&[&text.weights])),
         (
             "unet/diffusion_pytorch_model.safetensors",
-            list(&[&unet.weights]),
+            list(&[&unet_context.weights, &unet.weights]),
         ),
         (
             "vae/diffusion_pytorch_model.safetensors",
@@ -522,11 +527,17 @@ fn main() -> Result<()> {
             text_len,
         };
         let groups = configs.unet.norm_num_groups.unwrap_or(0);
+        // The text's keys and values are projected once per generation, before the calls.
+        let mut batch = ctx.batch();
+        let text = model.project_context(&mut batch, &context)?;
+        pollster::block_on(batch.submit())?;
         let record = |batch: &mut Batch<'_>| -> Result<Vec<Issued>> {
             let mut r = GpuRecorder::new(batch, model.weights(), "unet", groups)
                 .with_input("sample", sample.clone())
-                .with_input("timestep", timestep.clone())
-                .with_input("encoder_hidden_states", context.clone());
+                .with_input("timestep", timestep.clone());
+            for (name, kv) in text.tensors() {
+                r = r.with_input(name, kv.clone());
+            }
             unet_2d_condition_model(&mut r, configs.unet, &inputs)?;
             Ok(r.issued().to_vec())
         };

@@ -909,7 +909,10 @@ fn unet_outputs(
         time_ids: added_gpu.as_ref().map(|(_, ids)| ids),
         ..UNetConditioning::default()
     };
-    let got = gpu_run(|b| model.forward(b, &sample_gpu, &t_gpu, &context_gpu, &cond));
+    let got = gpu_run(|b| {
+        let text = model.project_context(b, &context_gpu)?;
+        model.forward(b, &sample_gpu, &t_gpu, &text, &cond)
+    });
     println!("GPU UNet: {:.1?}", start.elapsed());
     drop(model);
     ctx().trim_pool();

@@ -204,7 +204,10 @@ fn unet_matches_candle_at_t500() {
         .upload_f32(&[t; UNET_BATCH], &[UNET_BATCH])
         .expect("upload");
     let context_gpu = ctx().upload_f32(&context, &context_shape).expect("upload");
-    let got = gpu_run(|b| model.forward(b, &sample_gpu, &t_gpu, &context_gpu, &Default::default()));
+    let got = gpu_run(|b| {
+        let text = model.project_context(b, &context_gpu)?;
+        model.forward(b, &sample_gpu, &t_gpu, &text, &Default::default())
+    });
     println!("GPU UNet, batch {UNET_BATCH}: {:.1?}", start.elapsed());
     drop(model);
     ctx().trim_pool();

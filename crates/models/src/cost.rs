@@ -15,7 +15,7 @@ use sd_kernels::ops::{self, Activation};
 
 use crate::backend::NetworkConfigs;
 use crate::nets::clip::clip_text_model;
-use crate::nets::unet::{UNetSize, unet_2d_condition_model};
+use crate::nets::unet::{UNetSize, unet_2d_condition_model, unet_context_projections};
 use crate::nets::vae;
 use crate::plan::{Part, PlanError, PlanRequest, Shape, counted_text_call};
 use crate::record::{Conv2d, GroupNorm, Heads, InputNorm, Recorder, Sinusoids, shapes};
@@ -310,6 +310,20 @@ impl Recorder for CostRecorder {
         Ok(y)
     }
 
+    fn attention_kv(
+        &mut self,
+        path: &str,
+        q: &Shape,
+        kv: &Shape,
+        heads: Heads,
+    ) -> Result<Shape, PlanError> {
+        let Shape::Tokens { n, l, d } = *kv else {
+            return Ok(*q);
+        };
+        let half = Shape::Tokens { n, l, d: d / 2 };
+        self.attention(path, [q, &half, &half], heads)
+    }
+
     fn attention_packed(
         &mut self,
         path: &str,
@@ -440,7 +454,10 @@ pub fn cost(
         width: w / factor,
         text_len: configs.text_encoder.max_position_embeddings,
     };
-    unet_2d_condition_model(&mut r, configs.unet, &inputs)?;
+    let projections = unet_2d_condition_model(&mut r, configs.unet, &inputs)?;
+    let mut context = CostRecorder::default();
+    unet_context_projections(&mut context, configs.unet, &inputs, &projections)?;
+    parts.push(part_cost(Part::UNetContext, context));
     parts.push(part_cost(Part::UNet, r));
     let mut r = CostRecorder::default();
     vae::decoder(&mut r, configs.vae, (h / factor, w / factor))?;

@@ -25,8 +25,8 @@ pub use backend::{
     DeviceKind, NetworkConfigFiles, NetworkConfigs, Networks, PromptEmbeddings, UNetInputs,
 };
 pub use gpu::{
-    CLIPTextModel, GpuNetworks, TextEncoding, UNet2DConditionModel, UNetConditioning, VaeDecoder,
-    VaeEncoder, WeightLoader,
+    CLIPTextModel, GpuNetworks, TextEncoding, TextKeysValues, UNet2DConditionModel,
+    UNetConditioning, VaeDecoder, VaeEncoder, WeightLoader,
 };
 pub use nets::clip::TextOutput;
 pub use pipeline::{Generated, Inputs, PipelineFiles, StableDiffusion};

@@ -96,6 +96,23 @@ pub fn plan_unet(
     g.finish()
 }
 
+/// Plans the projection of the text into the keys and values of the UNet's attentions over it
+/// (once per generation; see [`unet::ContextProjection`]).
+///
+/// # Errors
+///
+/// As [`plan_unet`].
+pub fn plan_unet_context(
+    config: &UNet2DConditionConfig,
+    inputs: &UNetSize,
+    limits: &DeviceLimits,
+) -> Result<PartPlan, PlanError> {
+    let projections = unet::context_projections(config, inputs)?;
+    let mut g = Graph::new(Part::UNetContext, *limits, 0);
+    unet::unet_context_projections(&mut g, config, inputs, &projections)?;
+    g.finish()
+}
+
 /// Plans `vae.decode` of one `latent_height` x `latent_width` latent.
 ///
 /// # Errors
@@ -226,6 +243,9 @@ pub enum Part {
     TextEncoder,
     /// SDXL's second text encoder (OpenCLIP bigG with its projection), once per generation.
     TextEncoder2,
+    /// The UNet's projection of the text into each attention's keys and values, once per
+    /// generation.
+    UNetContext,
     /// One UNet call, once per denoising step.
     UNet,
     /// The VAE decoder, once per image.
@@ -240,7 +260,7 @@ impl Part {
         match self {
             Self::TextEncoder => "text_encoder",
             Self::TextEncoder2 => "text_encoder_2",
-            Self::UNet => "unet",
+            Self::UNet | Self::UNetContext => "unet",
             Self::VaeDecoder | Self::VaeEncoder => "vae",
         }
     }
@@ -250,6 +270,7 @@ impl Part {
         match self {
             Self::TextEncoder => "text encoder",
             Self::TextEncoder2 => "text encoder 2",
+            Self::UNetContext => "UNet text K/V",
             Self::UNet => "UNet step",
             Self::VaeDecoder => "VAE decode",
             Self::VaeEncoder => "VAE encode",
@@ -365,17 +386,15 @@ pub fn plan(
             limits,
         )?);
     }
+    let unet_size = UNetSize {
+        batch,
+        height: latent_h,
+        width: latent_w,
+        text_len,
+    };
     parts.extend([
-        plan_unet(
-            configs.unet,
-            &UNetSize {
-                batch,
-                height: latent_h,
-                width: latent_w,
-                text_len,
-            },
-            limits,
-        )?,
+        plan_unet_context(configs.unet, &unet_size, limits)?,
+        plan_unet(configs.unet, &unet_size, limits)?,
         plan_vae_decoder(configs.vae, latent_h, latent_w, limits)?,
         plan_vae_encoder(configs.vae, height, width, limits)?,
     ]);

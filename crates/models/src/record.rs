@@ -212,6 +212,15 @@ pub trait Recorder {
     -> Out<Self>;
     /// `softmax(q k^T / sqrt(head_dim)) v` per head, token-major.
     fn attention(&mut self, path: &str, qkv: [&Self::Tensor; 3], heads: Heads) -> Out<Self>;
+    /// Attention of `q` over keys and values side by side in each token of `kv`, `[n, l_kv, 2 *
+    /// heads * head_dim]` (the text's, projected once per generation).
+    fn attention_kv(
+        &mut self,
+        path: &str,
+        q: &Self::Tensor,
+        kv: &Self::Tensor,
+        heads: Heads,
+    ) -> Out<Self>;
     /// Self-attention on q, k and v side by side in each token of `qkv`, `[n, l, 3 * heads *
     /// head_dim]` (what [`Recorder::linear_stacked`] of the three projections writes).
     fn attention_packed(&mut self, path: &str, qkv: &Self::Tensor, heads: Heads) -> Out<Self>;

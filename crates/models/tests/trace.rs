@@ -10,7 +10,9 @@ use sd_kernels::{DType, GpuContext, Tensor};
 use sd_models::cost::{CostRecorder, OpCost};
 use sd_models::gpu::{GpuRecorder, Issued, Weights};
 use sd_models::nets::clip::{TextOutput, TextRequest, clip_text_model};
-use sd_models::nets::unet::{UNetSize, unet_2d_condition_model};
+use sd_models::nets::unet::{
+    UNetSize, context_projections, unet_2d_condition_model, unet_context_projections,
+};
 use sd_models::nets::vae;
 use sd_models::plan::PlanError;
 use sd_models::{
@@ -104,6 +106,22 @@ fn trace_model(name: &str, folder: &Path) {
             width: latent,
             text_len,
         };
+        // The text's keys and values, projected once per generation.
+        let projections = context_projections(config, &inputs).expect("walk");
+        {
+            let mut batch = ctx().batch();
+            let r = GpuRecorder::new(&mut batch, model.weights(), "unet", 0).with_input(
+                "encoder_hidden_states",
+                zeros(&[batch_size, text_len, cross]),
+            );
+            compare(
+                &format!("{name} unet text K/V"),
+                r,
+                |r| unet_context_projections(r, config, &inputs, &projections),
+                |r| unet_context_projections(r, config, &inputs, &projections),
+            );
+        }
+
         let mut batch = ctx().batch();
         let groups = config.norm_num_groups.unwrap_or(0);
         let mut r = GpuRecorder::new(&mut batch, model.weights(), "unet", groups)
@@ -111,11 +129,10 @@ fn trace_model(name: &str, folder: &Path) {
                 "sample",
                 zeros(&[batch_size, config.in_channels, latent, latent]),
             )
-            .with_input("timestep", zeros(&[batch_size]))
-            .with_input(
-                "encoder_hidden_states",
-                zeros(&[batch_size, text_len, cross]),
-            );
+            .with_input("timestep", zeros(&[batch_size]));
+        for p in &projections {
+            r = r.with_input(p.name(), zeros(&[batch_size, text_len, 2 * p.inner]));
+        }
         if let Some(dim) = config.time_cond_proj_dim {
             r = r.with_input("timestep_cond", zeros(&[batch_size, dim]));
         }
@@ -130,8 +147,8 @@ fn trace_model(name: &str, folder: &Path) {
         compare(
             &format!("{name} unet"),
             r,
-            |r| unet_2d_condition_model(r, config, &inputs),
-            |r| unet_2d_condition_model(r, config, &inputs),
+            |r| unet_2d_condition_model(r, config, &inputs).map(drop),
+            |r| unet_2d_condition_model(r, config, &inputs).map(drop),
         );
     });
 

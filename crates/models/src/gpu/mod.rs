@@ -7,8 +7,8 @@ mod networks;
 mod recorder;
 
 pub use models::{
-    CLIPTextModel, Decoder, Encoder, TextEncoding, UNet2DConditionModel, UNetConditioning, Vae,
-    VaeDecoder, VaeEncoder, WeightLoader,
+    CLIPTextModel, Decoder, Encoder, TextEncoding, TextKeysValues, UNet2DConditionModel,
+    UNetConditioning, Vae, VaeDecoder, VaeEncoder, WeightLoader,
 };
 pub use networks::{BATCH_ACTIVATION_BUDGET, GpuNetworks};
 pub use recorder::{GpuRecorder, GpuTensor, Issued, Weights};

@@ -10,7 +10,9 @@ use sd_weights::Scope;
 
 use super::recorder::{GpuRecorder, Weights};
 use crate::nets::clip::{TextOutput, TextRequest, clip_text_model};
-use crate::nets::unet::{UNetSize, unet_2d_condition_model};
+use crate::nets::unet::{
+    ContextProjection, UNetSize, unet_2d_condition_model, unet_context_projections,
+};
 use crate::nets::vae;
 use crate::plan::{Assembly, DeviceLimits, Graph, Part, PlanError, Weight, WeightDtype};
 use crate::record::Recorder;
@@ -214,6 +216,18 @@ pub struct UNetConditioning<'a> {
 pub struct UNet2DConditionModel {
     config: UNet2DConditionConfig,
     weights: Weights,
+    /// Its attentions over the text, in the order a call reads them.
+    projections: Vec<ContextProjection>,
+}
+
+/// The text's keys and values for every attention over it, `[B, L, 2 * inner]` each, by input
+/// name: projected once per generation ([`UNet2DConditionModel::project_context`]) and read by
+/// every UNet call.
+#[derive(Debug, Clone)]
+pub struct TextKeysValues {
+    /// The batch the text was encoded for.
+    batch: usize,
+    tensors: Vec<(String, Tensor)>,
 }
 
 impl UNet2DConditionModel {
@@ -232,11 +246,46 @@ impl UNet2DConditionModel {
             width: 8,
             text_len: 1,
         };
-        unet_2d_condition_model(&mut walk, config, &inputs)?;
+        let projections = unet_2d_condition_model(&mut walk, config, &inputs)?;
+        let mut weights = p.load(walk)?;
+        let mut context = Graph::new(Part::UNetContext, NO_LIMITS, 0);
+        unet_context_projections(&mut context, config, &inputs, &projections)?;
+        weights.extend(p.load(context)?);
         Ok(Self {
             config: config.clone(),
-            weights: p.load(walk)?,
+            weights,
+            projections,
         })
+    }
+
+    /// Records the projection of `context` `[B, L, D]` (text hidden states) into every
+    /// attention's keys and values, which the generation's calls then read.
+    pub fn project_context(
+        &self,
+        batch: &mut Batch<'_>,
+        context: &Tensor,
+    ) -> Result<TextKeysValues> {
+        let &[n, text_len, _] = context.shape() else {
+            return Err(ModelError::Mismatch {
+                op: "unet".into(),
+                message: format!("context must be [B, L, D], is {:?}", context.shape()),
+            });
+        };
+        let inputs = UNetSize {
+            batch: n,
+            height: 1,
+            width: 1,
+            text_len,
+        };
+        let mut r = GpuRecorder::new(batch, &self.weights, "unet", 0)
+            .with_input("encoder_hidden_states", context.clone());
+        unet_context_projections(&mut r, &self.config, &inputs, &self.projections)?;
+        let tensors = self
+            .projections
+            .iter()
+            .map(|p| Ok((p.name(), r.take_output(&p.name())?)))
+            .collect::<Result<_>>()?;
+        Ok(TextKeysValues { batch: n, tensors })
     }
 
     /// The config the model was built from.
@@ -244,32 +293,35 @@ impl UNet2DConditionModel {
         &self.config
     }
 
-    /// Records one UNet call: `sample` `[B, in, h, w]`, `timesteps` `[B]` (f32), `context`
-    /// `[B, L, D]` (text hidden states), and the extra conditioning the config asks for;
-    /// returns the prediction `[B, out, h, w]`.
+    /// Records one UNet call: `sample` `[B, in, h, w]`, `timesteps` `[B]` (f32), the text's
+    /// keys and values `text` (from [`Self::project_context`] of the same batch), and the
+    /// extra conditioning the config asks for; returns the prediction `[B, out, h, w]`.
     pub fn forward(
         &self,
         batch: &mut Batch<'_>,
         sample: &Tensor,
         timesteps: &Tensor,
-        context: &Tensor,
+        text: &TextKeysValues,
         cond: &UNetConditioning<'_>,
     ) -> Result<Tensor> {
-        let (&[n, _, height, width], &[_, text_len, _]) = (sample.shape(), context.shape()) else {
+        let text_len = text.tensors.first().map_or(0, |(_, t)| t.shape()[1]);
+        let (&[n, _, height, width], true) = (sample.shape(), n_matches(sample, text)) else {
             return Err(ModelError::Mismatch {
                 op: "unet".into(),
                 message: format!(
-                    "sample must be NCHW and context [B, L, D], are {:?} and {:?}",
-                    sample.shape(),
-                    context.shape()
+                    "sample must be NCHW with the text's batch {}, is {:?}",
+                    text.batch,
+                    sample.shape()
                 ),
             });
         };
         let groups = self.config.norm_num_groups.unwrap_or(0);
         let mut r = GpuRecorder::new(batch, &self.weights, "unet", groups)
             .with_input("sample", sample.clone())
-            .with_input("timestep", timesteps.clone())
-            .with_input("encoder_hidden_states", context.clone());
+            .with_input("timestep", timesteps.clone());
+        for (name, kv) in &text.tensors {
+            r = r.with_input(name, kv.clone());
+        }
         for (name, t) in [
             ("timestep_cond", cond.timestep_cond),
             ("text_embeds", cond.text_embeds),
@@ -288,6 +340,18 @@ impl UNet2DConditionModel {
         unet_2d_condition_model(&mut r, &self.config, &inputs)?;
         r.take_output("sample")
     }
+}
+
+impl TextKeysValues {
+    /// Each attention's keys and values, by the UNet's input name (`<path>.to_kv`).
+    pub fn tensors(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(name, t)| (name.as_str(), t))
+    }
+}
+
+/// Whether `sample` is `[B, ...]` for the batch `text` was projected for.
+fn n_matches(sample: &Tensor, text: &TextKeysValues) -> bool {
+    sample.shape().first() == Some(&text.batch)
 }
 
 /// One half of `AutoencoderKL`: its config and its weights on the GPU.

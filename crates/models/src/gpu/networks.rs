@@ -8,7 +8,8 @@ use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig};
 use sd_kernels::{DType, GpuContext, Tensor, ops};
 
 use super::models::{
-    CLIPTextModel, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder, WeightLoader,
+    CLIPTextModel, TextKeysValues, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder,
+    WeightLoader,
 };
 use crate::backend::{
     BoxFuture, DeviceKind, NetworkConfigs, Networks, NoisePredictor, PromptEmbeddings, RunSize,
@@ -241,6 +242,7 @@ impl Networks for GpuNetworks {
             context: self
                 .ctx
                 .upload_f32(&inputs.context, &inputs.context_shape)?,
+            text: std::sync::OnceLock::new(),
             timestep_cond: upload(&inputs.timestep_cond)?,
             text_embeds: upload(&inputs.text_embeds)?,
             time_ids: upload(&inputs.time_ids)?,
@@ -289,7 +291,11 @@ impl Networks for GpuNetworks {
 /// An image group's UNet conditioning on the GPU.
 struct GpuUNetCall<'a> {
     networks: &'a GpuNetworks,
+    /// The text hidden states, until the first call projects them.
     context: Tensor,
+    /// The text's keys and values, projected by the first call (in its batch) and read by
+    /// every call.
+    text: std::sync::OnceLock<TextKeysValues>,
     timestep_cond: Option<Tensor>,
     text_embeds: Option<Tensor>,
     time_ids: Option<Tensor>,
@@ -306,10 +312,15 @@ impl GpuUNetCall<'_> {
             time_ids: self.time_ids.as_ref(),
         };
         let mut batch = ctx.batch();
-        let out =
-            self.networks
-                .unet
-                .forward(&mut batch, &sample, &timesteps, &self.context, &cond)?;
+        let unet = &self.networks.unet;
+        let text = match self.text.get() {
+            Some(text) => text,
+            None => {
+                let text = unet.project_context(&mut batch, &self.context)?;
+                self.text.get_or_init(|| text)
+            }
+        };
+        let out = unet.forward(&mut batch, &sample, &timesteps, text, &cond)?;
         batch.submit().await?;
         Ok(ctx.read_f32(&out).await?)
     }

@@ -66,7 +66,7 @@ pub struct GpuRecorder<'b, 'c> {
     part: &'static str,
     norm_groups: usize,
     max_binding: u64,
-    inputs: HashMap<&'static str, Tensor>,
+    inputs: HashMap<String, Tensor>,
     host_ids: Option<&'b [u32]>,
     outputs: HashMap<String, Tensor>,
     issued: Vec<Issued>,
@@ -268,8 +268,8 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
     }
 
     /// Gives the part's input `name`.
-    pub fn with_input(mut self, name: &'static str, t: Tensor) -> Self {
-        self.inputs.insert(name, t);
+    pub fn with_input(mut self, name: impl Into<String>, t: Tensor) -> Self {
+        self.inputs.insert(name.into(), t);
         self
     }
 
@@ -830,6 +830,45 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 Ok(ops::upsample_nearest(batch, &t[0], &t[1])?)
             })?;
             Ok(y)
+        })
+    }
+
+    fn attention_kv(
+        &mut self,
+        path: &str,
+        q: &GpuTensor,
+        kv: &GpuTensor,
+        heads: Heads,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let (n, q_len, width) = record::tokens(r, path, q)?;
+            let (_, kv_len, _) = record::tokens(r, path, kv)?;
+            let o = r.alloc(path, q.shape)?;
+            let kv_tensor = kv.single(path)?;
+            let features = [
+                TokenFeatures::all(q.single(path)?, width),
+                TokenFeatures {
+                    tensor: kv_tensor,
+                    offset: 0,
+                    stride: 2 * width,
+                },
+                TokenFeatures {
+                    tensor: kv_tensor,
+                    offset: width,
+                    stride: 2 * width,
+                },
+            ];
+            let shape = AttentionShape {
+                batch: n,
+                heads: heads.heads,
+                head_dim: heads.head_dim,
+                q_len,
+                kv_len,
+                causal: heads.causal,
+                scale: 1.0 / (heads.head_dim as f32).sqrt(),
+            };
+            ops::attention_of_features(r.batch, features, o.single(path)?, shape)?;
+            Ok(o)
         })
     }
 

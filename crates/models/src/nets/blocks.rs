@@ -122,16 +122,17 @@ impl ProjectionNames {
 }
 
 impl Attention {
-    /// Attention of `norm(x)` (or `x`) over `context` (itself when `None`); the projections
-    /// apply `norm` as they load `x`. With `residual`, the output projection adds it as it
-    /// writes (`to_out(o) + residual`, one op).
+    /// Attention of `norm(x)` (or `x`) over itself, or over the text when `text_kv` holds its
+    /// keys and values (projected once per generation, side by side in each token: `[k | v]`);
+    /// the projections apply `norm` as they load `x`. With `residual`, the output projection
+    /// adds it as it writes (`to_out(o) + residual`, one op).
     pub fn forward<R: Recorder>(
         &self,
         r: &mut R,
         path: &str,
         x: &R::Tensor,
         norm: Option<InputNorm<'_>>,
-        context: Option<&R::Tensor>,
+        text_kv: Option<&R::Tensor>,
         residual: Option<&R::Tensor>,
     ) -> Out<R> {
         let (_, _, query_dim) = record::tokens(r, path, x)?;
@@ -143,24 +144,26 @@ impl Attention {
             causal: self.causal,
         };
         let [q_path, k_path, v_path] = [names.q, names.k, names.v].map(|n| format!("{path}.{n}"));
-        let o = if self.fuse_qkv && context.is_none() {
+        let o = if let Some(kv) = text_kv {
+            let q = match norm {
+                Some(n) => r.linear_normed(&q_path, x, inner, self.qkv_bias, n)?,
+                None => r.linear(&q_path, x, inner, self.qkv_bias)?,
+            };
+            r.attention_kv(path, &q, kv, heads)?
+        } else if self.fuse_qkv {
             let layers = [(q_path.as_str(), inner), (&k_path, inner), (&v_path, inner)];
             let qkv_path = format!("{path}.{}", names.qkv);
             let qkv = r.linear_stacked(&qkv_path, x, &layers, self.qkv_bias, norm)?;
             r.attention_packed(path, &qkv, heads)?
         } else {
-            // Keys and values of `x` itself read it normed: then the norm is a pass of its own.
-            let (x, norm) = match (norm, context) {
-                (Some(n), None) => (r.layer_norm(n.path, x, n.eps)?, None),
-                _ => (x.clone(), norm),
+            // Three projections of one normed input: the norm is a pass of its own.
+            let x = match norm {
+                Some(n) => r.layer_norm(n.path, x, n.eps)?,
+                None => x.clone(),
             };
-            let q = match norm {
-                Some(n) => r.linear_normed(&q_path, &x, inner, self.qkv_bias, n)?,
-                None => r.linear(&q_path, &x, inner, self.qkv_bias)?,
-            };
-            let source = context.unwrap_or(&x);
-            let k = r.linear(&k_path, source, inner, self.qkv_bias)?;
-            let v = r.linear(&v_path, source, inner, self.qkv_bias)?;
+            let q = r.linear(&q_path, &x, inner, self.qkv_bias)?;
+            let k = r.linear(&k_path, &x, inner, self.qkv_bias)?;
+            let v = r.linear(&v_path, &x, inner, self.qkv_bias)?;
             r.attention(path, [&q, &k, &v], heads)?
         };
         let out = format!("{path}.{}", names.out);

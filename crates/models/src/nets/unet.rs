@@ -37,18 +37,58 @@ pub struct UNetSize {
     pub text_len: usize,
 }
 
+/// One attention over the text: its keys and values, `to_k` and `to_v` of the text hidden
+/// states, do not change during a generation, so they are projected once
+/// ([`unet_context_projections`], one matmul per attention: `<path>.to_kv`) and every UNet call
+/// reads them as its input `<path>.to_kv`, `[batch, text_len, 2 * inner]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextProjection {
+    /// The attention's path (`down_blocks.0.attentions.0.transformer_blocks.0.attn2`).
+    pub path: String,
+    /// Its width, `heads * head_dim`.
+    pub inner: usize,
+}
+
+impl ContextProjection {
+    /// The name of its keys and values, as an op, an output and an input.
+    pub fn name(&self) -> String {
+        format!("{}.to_kv", self.path)
+    }
+}
+
 /// What every block of one call shares.
 struct Shared<'a, T> {
     config: &'a UNet2DConditionConfig,
-    /// The text encoder's hidden states, `[batch, text_len, cross_attention_dim]`.
-    context: T,
+    /// Batch and text length of the call.
+    size: &'a UNetSize,
+    /// The attentions over the text met so far.
+    projections: std::cell::RefCell<Vec<ContextProjection>>,
     /// `silu(temb)`, `[batch, 1, time_embed_dim]`.
     temb_silu: T,
 }
 
-/// Records one UNet call: the inputs `sample`, `timestep`, `encoder_hidden_states` (and
-/// `timestep_cond`, `text_embeds`, `time_ids` when the config asks for them), the output
-/// `sample`.
+impl<T> Shared<'_, T> {
+    /// The projected keys and values of the text for the attention at `path`, an input.
+    fn text_kv<R: Recorder<Tensor = T>>(&self, r: &mut R, path: &str, inner: usize) -> Out<R> {
+        let projection = ContextProjection {
+            path: path.to_owned(),
+            inner,
+        };
+        let shape = Shape::Tokens {
+            n: self.size.batch,
+            l: self.size.text_len,
+            d: 2 * inner,
+        };
+        let kv = r.input(&projection.name(), shape)?;
+        self.projections.borrow_mut().push(projection);
+        Ok(kv)
+    }
+}
+
+/// Records one UNet call: the inputs `sample`, `timestep`, each attention's projected text
+/// keys and values (`<path>.to_kv`, see [`ContextProjection`]), and `timestep_cond`,
+/// `text_embeds`, `time_ids` when the config asks for them; the output `sample`. Returns the
+/// attentions over the text, in order.
 ///
 /// # Errors
 ///
@@ -59,10 +99,9 @@ pub fn unet_2d_condition_model<R: Recorder>(
     r: &mut R,
     config: &UNet2DConditionConfig,
     inputs: &UNetSize,
-) -> Result<(), R::Error> {
+) -> Result<Vec<ContextProjection>, R::Error> {
     check_supported(config)?;
     let n = inputs.batch;
-    let cross_dim = config.cross_attention_dim_per_block()[0];
     let boc = &config.block_out_channels;
 
     let sample = r.input(
@@ -75,18 +114,11 @@ pub fn unet_2d_condition_model<R: Recorder>(
         },
     )?;
     let timesteps = r.input("timestep", Shape::Flat { len: n })?;
-    let context = r.input(
-        "encoder_hidden_states",
-        Shape::Tokens {
-            n,
-            l: inputs.text_len,
-            d: cross_dim,
-        },
-    )?;
     let temb_silu = time_embedding(r, config, n, &timesteps)?;
     let shared = Shared {
         config,
-        context,
+        size: inputs,
+        projections: std::cell::RefCell::new(Vec::new()),
         temb_silu,
     };
 
@@ -185,7 +217,56 @@ pub fn unet_2d_condition_model<R: Recorder>(
         &x,
         Conv2d::same(config.out_channels, config.conv_out_kernel),
     )?;
-    r.output("sample", &out)
+    r.output("sample", &out)?;
+    Ok(shared.projections.into_inner())
+}
+
+/// Records the projection of the text hidden states (input `encoder_hidden_states`, `[batch,
+/// text_len, cross_attention_dim]`) into each attention's keys and values: `to_k` and `to_v`
+/// stacked as one matmul per attention, the outputs `<path>.to_kv` that every UNet call of the
+/// generation reads.
+///
+/// # Errors
+///
+/// The recorder's errors.
+pub fn unet_context_projections<R: Recorder>(
+    r: &mut R,
+    config: &UNet2DConditionConfig,
+    inputs: &UNetSize,
+    projections: &[ContextProjection],
+) -> Result<(), R::Error> {
+    let context = r.input(
+        "encoder_hidden_states",
+        Shape::Tokens {
+            n: inputs.batch,
+            l: inputs.text_len,
+            d: config.cross_attention_dim_per_block()[0],
+        },
+    )?;
+    for projection in projections {
+        let (k, v) = (
+            format!("{}.to_k", projection.path),
+            format!("{}.to_v", projection.path),
+        );
+        let layers = [(k.as_str(), projection.inner), (&v, projection.inner)];
+        let name = projection.name();
+        let kv = r.linear_stacked(&name, &context, &layers, false, None)?;
+        r.output(&name, &kv)?;
+    }
+    Ok(())
+}
+
+/// The attentions over the text of a UNet call of this size, in the order the call reads
+/// them (the call's walk, counted without a device).
+///
+/// # Errors
+///
+/// The walk's errors.
+pub fn context_projections(
+    config: &UNet2DConditionConfig,
+    inputs: &UNetSize,
+) -> Result<Vec<ContextProjection>, PlanError> {
+    unet_2d_condition_model(&mut crate::cost::CostRecorder::default(), config, inputs)
 }
 
 fn groups(config: &UNet2DConditionConfig) -> usize {
@@ -514,7 +595,7 @@ impl Transformer2D {
         };
         for d in 0..depth {
             let p = format!("{path}.transformer_blocks.{d}");
-            tokens = block.forward(r, &p, &tokens, &shared.context)?;
+            tokens = block.forward(r, shared, &p, &tokens)?;
         }
         if config.use_linear_projection {
             let p = r.linear(&format!("{path}.proj_out"), &tokens, channels, true)?;
@@ -544,9 +625,9 @@ impl BasicTransformerBlock {
     fn forward<R: Recorder>(
         &self,
         r: &mut R,
+        shared: &Shared<'_, R::Tensor>,
         path: &str,
         x: &R::Tensor,
-        context: &R::Tensor,
     ) -> Out<R> {
         let [norm1, norm2, norm3] = [1, 2, 3].map(|i| format!("{path}.norm{i}"));
         let norm = |path| {
@@ -555,17 +636,24 @@ impl BasicTransformerBlock {
                 eps: TRANSFORMER_LAYER_NORM_EPS,
             })
         };
-        let first_context = self.only_cross_attention.then_some(context);
+        let inner = self.attention.heads * self.attention.head_dim;
         // Each pre-norm is applied by the projections that follow it, and each residual is
-        // added by the projection that ends its branch.
+        // added by the projection that ends its branch. The text's keys and values are inputs,
+        // projected once per generation.
         let attn1 = format!("{path}.attn1");
+        let first_kv = if self.only_cross_attention {
+            Some(shared.text_kv(r, &attn1, inner)?)
+        } else {
+            None
+        };
         let a1 = self
             .attention
-            .forward(r, &attn1, x, norm(&norm1), first_context, Some(x))?;
+            .forward(r, &attn1, x, norm(&norm1), first_kv.as_ref(), Some(x))?;
         let attn2 = format!("{path}.attn2");
+        let kv = shared.text_kv(r, &attn2, inner)?;
         let a2 = self
             .attention
-            .forward(r, &attn2, &a1, norm(&norm2), Some(context), Some(&a1))?;
+            .forward(r, &attn2, &a1, norm(&norm2), Some(&kv), Some(&a1))?;
         feed_forward(r, &format!("{path}.ff"), &a2, norm(&norm3), &a2)
     }
 }

@@ -292,6 +292,28 @@ impl Recorder for Graph {
         Ok(y)
     }
 
+    fn attention_kv(
+        &mut self,
+        path: &str,
+        q: &TensorId,
+        kv: &TensorId,
+        heads: Heads,
+    ) -> Result<TensorId, PlanError> {
+        // The kernel reads q whole and k, v at offsets within each token of one buffer.
+        self.require_single(path, "q", *q)?;
+        self.require_single(path, "kv", *kv)?;
+        let o = self.tensor(path, self.shape(*q))?;
+        self.require_single(path, "o", o)?;
+        let kind = OpKind::Attention {
+            heads: heads.heads,
+            head_dim: heads.head_dim,
+            causal: heads.causal,
+        };
+        let args = vec![read("q", *q), read("kv", *kv), write("o", o)];
+        self.op(path, kind, args)?;
+        Ok(o)
+    }
+
     fn attention_packed(
         &mut self,
         path: &str,

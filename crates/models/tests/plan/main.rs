@@ -164,7 +164,7 @@ fn hand_computed_sizes_and_sd15_parameter_counts() -> TestResult {
 
     // Exact parameter counts of the published models: the walk builds every weight diffusers
     // and transformers have, with the right shapes.
-    assert_eq!(unet.summary.weight_params, 859_520_964);
+    assert_eq!(unet_params(&plan)?, 859_520_964);
     let decoder = part(&plan, Part::VaeDecoder)?;
     let encoder = part(&plan, Part::VaeEncoder)?;
     assert_eq!(
@@ -364,6 +364,12 @@ fn safetensors_shapes(
     Ok(shapes)
 }
 
+/// The UNet's parameters: its call's and the text K/V projections' (once per generation).
+fn unet_params(plan: &MemoryPlan) -> Result<u64, String> {
+    Ok(part(plan, Part::UNetContext)?.summary.weight_params
+        + part(plan, Part::UNet)?.summary.weight_params)
+}
+
 /// The weights the plan's `parts` expect, by name.
 fn planned_shapes(parts: &[&PartPlan]) -> BTreeMap<String, Vec<usize>> {
     parts
@@ -414,9 +420,9 @@ fn planned_weights_match_every_fixture_checkpoint() -> TestResult {
         };
         let plan = plan(&configs.configs(), &request, &DeviceLimits::WEBGPU_DEFAULT)
             .map_err(|e| format!("{label}: {e}"))?;
-        let unet = part(&plan, Part::UNet)?;
+        let unet = [part(&plan, Part::UNetContext)?, part(&plan, Part::UNet)?];
         let file = safetensors_shapes(&folder.join("unet/diffusion_pytorch_model.safetensors"))?;
-        assert_same_weights(&format!("{label} unet"), &planned_shapes(&[unet]), &file);
+        assert_same_weights(&format!("{label} unet"), &planned_shapes(&unet), &file);
         let vae = [
             part(&plan, Part::VaeDecoder)?,
             part(&plan, Part::VaeEncoder)?,
@@ -531,7 +537,7 @@ fn sd21_768_fits_webgpu_default_limits() -> TestResult {
     let (_, plan) = published_fits("sd21", 768, true)?;
     // The published model: 865.9 M UNet parameters, OpenCLIP-H's 23 layers (340.4 M), SD's
     // VAE (83.7 M).
-    assert_eq!(part(&plan, Part::UNet)?.summary.weight_params, 865_910_724);
+    assert_eq!(unet_params(&plan)?, 865_910_724);
     assert_eq!(
         part(&plan, Part::TextEncoder)?.summary.weight_params,
         340_387_840
@@ -555,7 +561,7 @@ fn sdxl_1024_fits_webgpu_default_limits() -> TestResult {
     let (configs, plan) = published_fits("sdxl", 1024, true)?;
     // The published UNet: 2.567 B parameters, with the `text_time` addition embedding.
     let unet = part(&plan, Part::UNet)?;
-    assert_eq!(unet.summary.weight_params, 2_567_463_684);
+    assert_eq!(unet_params(&plan)?, 2_567_463_684);
     assert!(
         unet.weights
             .iter()
