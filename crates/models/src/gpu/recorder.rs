@@ -203,7 +203,7 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
         x: &GpuTensor,
         out_features: usize,
         bias: bool,
-        residual: Option<(&GpuTensor, f64)>,
+        (residual, norm): (Option<(&GpuTensor, f64)>, Option<InputNorm<'_>>),
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
             let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
@@ -213,9 +213,20 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
             } else {
                 None
             };
+            let norm = norm.map(|n| r.input_layer_norm(n)).transpose()?;
+            if norm.is_some() && residual.is_some() {
+                return Err(mismatch(
+                    path,
+                    "a layer norm and a residual in one linear".into(),
+                ));
+            }
             match residual {
                 None => r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
-                    Ok(ops::linear(batch, &t[0], w, b, &t[1])?)
+                    match norm {
+                        Some(n) => ops::linear_with_layer_norm(batch, &t[0], n, w, b, &t[1])?,
+                        None => ops::linear(batch, &t[0], w, b, &t[1])?,
+                    }
+                    Ok(())
                 })?,
                 Some((res, scale)) => {
                     if res.shape != y.shape {
@@ -651,7 +662,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         out_features: usize,
         bias: bool,
     ) -> Result<GpuTensor> {
-        self.linear_with(path, x, out_features, bias, None)
+        self.linear_with(path, x, out_features, bias, (None, None))
     }
 
     fn linear_residual(
@@ -662,7 +673,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         bias: bool,
         residual: (&GpuTensor, f64),
     ) -> Result<GpuTensor> {
-        self.linear_with(path, x, out_features, bias, Some(residual))
+        self.linear_with(path, x, out_features, bias, (Some(residual), None))
     }
 
     fn group_norm(&mut self, path: &str, x: &GpuTensor, norm: GroupNorm) -> Result<GpuTensor> {
@@ -707,7 +718,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         let out = layers.iter().map(|(_, o)| o).sum();
         match norm {
             Some(n) => self.linear_normed(path, x, out, bias, n),
-            None => self.linear_with(path, x, out, bias, None),
+            None => self.linear_with(path, x, out, bias, (None, None)),
         }
     }
 
@@ -719,22 +730,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         bias: bool,
         norm: InputNorm<'_>,
     ) -> Result<GpuTensor> {
-        self.traced(path, |r| {
-            let y = r.alloc(path, shapes::linear(path, x.shape, out_features)?)?;
-            let w = r.weight(format!("{path}.weight"))?;
-            let b = if bias {
-                Some(r.weight(format!("{path}.bias"))?)
-            } else {
-                None
-            };
-            let norm = r.input_layer_norm(norm)?;
-            r.per_piece(&[(x, Use::Read), (&y, Use::Write)], |batch, t, _| {
-                Ok(ops::linear_with_layer_norm(
-                    batch, &t[0], norm, w, b, &t[1],
-                )?)
-            })?;
-            Ok(y)
-        })
+        self.linear_with(path, x, out_features, bias, (None, Some(norm)))
     }
 
     fn layer_norm(&mut self, path: &str, x: &GpuTensor, eps: f64) -> Result<GpuTensor> {
@@ -858,15 +854,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                     stride: 2 * width,
                 },
             ];
-            let shape = AttentionShape {
-                batch: n,
-                heads: heads.heads,
-                head_dim: heads.head_dim,
-                q_len,
-                kv_len,
-                causal: heads.causal,
-                scale: 1.0 / (heads.head_dim as f32).sqrt(),
-            };
+            let shape = attention_shape(heads, n, q_len, kv_len);
             ops::attention_of_features(r.batch, features, o.single(path)?, shape)?;
             Ok(o)
         })
@@ -883,15 +871,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 offset: i * width,
                 stride: 3 * width,
             });
-            let shape = AttentionShape {
-                batch: n,
-                heads: heads.heads,
-                head_dim: heads.head_dim,
-                q_len: l,
-                kv_len: l,
-                causal: heads.causal,
-                scale: 1.0 / (heads.head_dim as f32).sqrt(),
-            };
+            let shape = attention_shape(heads, n, l, l);
             ops::attention_of_features(r.batch, features, o.single(path)?, shape)?;
             Ok(o)
         })
@@ -907,7 +887,6 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
             let (n, _, _) = record::tokens(r, path, q)?;
             let (_, kv_len, _) = record::tokens(r, path, k)?;
             let o = r.alloc(path, q.shape)?;
-            let scale = 1.0 / (heads.head_dim as f32).sqrt();
             if let (Ok(qs), Ok(ks), Ok(vs), Ok(os)) = (
                 q.single(path),
                 k.single(path),
@@ -915,15 +894,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                 o.single(path),
             ) {
                 let (_, q_len, _) = record::tokens(r, path, q)?;
-                let shape = AttentionShape {
-                    batch: n,
-                    heads: heads.heads,
-                    head_dim: heads.head_dim,
-                    q_len,
-                    kv_len,
-                    causal: heads.causal,
-                    scale,
-                };
+                let shape = attention_shape(heads, n, q_len, kv_len);
                 ops::attention(r.batch, qs, ks, vs, os, shape)?;
                 return Ok(o);
             }
@@ -949,15 +920,7 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
                     });
                 }
                 let (k_item, v_item) = &keys[piece.item.unwrap_or(0)];
-                let shape = AttentionShape {
-                    batch: 1,
-                    heads: heads.heads,
-                    head_dim: heads.head_dim,
-                    q_len: piece.end - piece.start,
-                    kv_len,
-                    causal: heads.causal,
-                    scale,
-                };
+                let shape = attention_shape(heads, 1, piece.end - piece.start, kv_len);
                 Ok(ops::attention(batch, &t[0], k_item, v_item, &t[1], shape)?)
             })?;
             Ok(o)
@@ -1097,5 +1060,18 @@ fn piece_dims(shape: Shape, spec: ChunkSpec) -> Vec<usize> {
         Shape::Nchw { h, w, .. } => vec![n, len, h, w],
         Shape::Tokens { d, .. } => vec![n, len, d],
         Shape::Flat { .. } => vec![len],
+    }
+}
+
+/// One attention call's sizes, scaled by `1 / sqrt(head_dim)`.
+fn attention_shape(heads: Heads, batch: usize, q_len: usize, kv_len: usize) -> AttentionShape {
+    AttentionShape {
+        batch,
+        heads: heads.heads,
+        head_dim: heads.head_dim,
+        q_len,
+        kv_len,
+        causal: heads.causal,
+        scale: 1.0 / (heads.head_dim as f32).sqrt(),
     }
 }
