@@ -313,15 +313,19 @@ impl GpuUNetCall<'_> {
         };
         let mut batch = ctx.batch();
         let unet = &self.networks.unet;
+        // The first call projects the text in its own batch; the tensors are kept for the
+        // group's later calls only once that batch has been submitted.
+        let mut fresh = None;
         let text = match self.text.get() {
-            Some(text) => text,
-            None => {
-                let text = unet.project_context(&mut batch, &self.context)?;
-                self.text.get_or_init(|| text)
-            }
+            Some(kept) => kept,
+            None => &*fresh.insert(unet.project_context(&mut batch, &self.context)?),
         };
         let out = unet.forward(&mut batch, &sample, &timesteps, text, &cond)?;
         batch.submit().await?;
+        if let Some(text) = fresh {
+            // Another call of the group may have kept its own first; either is the same.
+            let _ = self.text.set(text);
+        }
         Ok(ctx.read_f32(&out).await?)
     }
 }

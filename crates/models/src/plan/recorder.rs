@@ -82,6 +82,8 @@ impl Recorder for Graph {
         conv: Conv2d,
         t: &TensorId,
     ) -> Result<TensorId, PlanError> {
+        // The executor adds the channel bias on whole tensors only.
+        self.require_single(path, "x", *x)?;
         self.conv2d_op(path, x, conv, (None, Some(*t)), (None, false))
     }
 
