@@ -443,12 +443,10 @@ impl Graph {
             None => self.shape(*x),
         };
         let Shape::Nchw { c, .. } = x_shape else {
-            return Err(record::nchw(self, path, x)
-                .err()
-                .unwrap_or(PlanError::Architecture {
-                    part: "conv2d",
-                    message: format!("{}: the input is not NCHW", self.name(path)),
-                }));
+            return Err(PlanError::Architecture {
+                part: "conv2d",
+                message: format!("{}: the input is {x_shape}, not NCHW", self.name(path)),
+            });
         };
         let y_shape = shapes::conv2d(path, x_shape, &conv)?;
         let y_shape = if y_tokens {
