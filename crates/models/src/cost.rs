@@ -190,9 +190,15 @@ impl Recorder for CostRecorder {
         path: &str,
         x: &Shape,
         conv: Conv2d,
-        t: &Shape,
+        (t, _offset): (&Shape, usize),
     ) -> Result<Shape, PlanError> {
-        self.conv2d_with(path, x, conv, Some(t))
+        // It reads this ResNet's columns only.
+        let columns = Shape::Tokens {
+            n: t.batch(),
+            l: 1,
+            d: conv.out_channels,
+        };
+        self.conv2d_with(path, x, conv, Some(&columns))
     }
 
     fn linear(

@@ -125,14 +125,15 @@ pub trait Recorder {
         r: &Self::Tensor,
         scale: f64,
     ) -> Out<Self>;
-    /// [`Recorder::conv2d`] plus `t[n, c]` on every pixel of channel `c` of item `n` (a
-    /// ResNet's time embedding, `t` being `[n, 1, c]`), one op: the GEMM adds it as it writes.
+    /// [`Recorder::conv2d`] plus `t[n, offset + c]` on every pixel of channel `c` of item `n`
+    /// (a ResNet's time embedding: `t` is `[n, 1, width]`, every ResNet's side by side, and
+    /// `(t, offset)` this one's columns), one op: the GEMM adds it as it writes.
     fn conv2d_channel_bias(
         &mut self,
         path: &str,
         x: &Self::Tensor,
         conv: Conv2d,
-        t: &Self::Tensor,
+        t: (&Self::Tensor, usize),
     ) -> Out<Self>;
     /// [`Recorder::conv2d`] of NCHW `x`, written token-major `[n, h*w, out]`: a transformer's
     /// 1x1 `proj_in` and the `to_tokens` after it, one op.

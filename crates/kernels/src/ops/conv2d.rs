@@ -26,6 +26,9 @@ uniform! {
         residual_factor: f32,
         x_tokens: u32,
         y_tokens: u32,
+        bias_width: u32,
+        bias_offset: u32,
+        _pad: [u32; 2],
     }
 }
 
@@ -160,9 +163,19 @@ pub fn conv2d_in_layouts(
     conv2d_with_epilogue(batch, x, weight, bias, y, shape, (chunk, layouts), epilogue)
 }
 
-/// [`conv2d`] of a whole tensor plus `channel_bias[n, c]` on every pixel of channel `c` of item
-/// `n`, in the same pass: a ResNet's time embedding (`channel_bias` is `[N, Cout]`), instead of
-/// an `add_channel_bias` pass of its own.
+/// A per-(item, channel) bias: columns `offset..offset + Cout` of each item's row of `tensor`
+/// (`[N, width]`; the UNet computes every ResNet's time embedding in one matmul, side by side).
+#[derive(Clone, Copy, Debug)]
+pub struct ChannelBias<'t> {
+    /// `[N, width]` (any shape of `N * width` elements).
+    pub tensor: &'t Tensor,
+    /// The column of output channel 0.
+    pub offset: usize,
+}
+
+/// [`conv2d`] of a whole tensor plus `channel_bias[n, offset + c]` on every pixel of channel `c`
+/// of item `n`, in the same pass: a ResNet's time embedding, instead of an `add_channel_bias`
+/// pass of its own.
 pub fn conv2d_with_channel_bias(
     batch: &mut Batch<'_>,
     x: &Tensor,
@@ -170,7 +183,7 @@ pub fn conv2d_with_channel_bias(
     bias: Option<&Tensor>,
     y: &Tensor,
     shape: Conv2dShape,
-    channel_bias: &Tensor,
+    channel_bias: ChannelBias<'_>,
 ) -> Result<()> {
     let epilogue = Epilogue::ChannelBias(channel_bias);
     let whole = (Conv2dChunk::WHOLE, Conv2dLayouts::NCHW);
@@ -250,12 +263,29 @@ fn conv2d_with_epilogue(
     }
     expect_f32(OP, "x", x, n * cin * h * w)?;
     expect_f32(OP, "y", y, n * cout * oh * ow)?;
-    match epilogue {
-        Epilogue::None => {}
-        Epilogue::Residual(r) => expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?,
-        Epilogue::ChannelBias(t) => expect_f32(OP, "channel_bias", t, n * cout)?,
+    let (bias_width, bias_offset) = match epilogue {
+        Epilogue::None => (0, 0),
+        Epilogue::Residual(r) => {
+            expect_f32(OP, "residual", r.tensor, n * cout * oh * ow)?;
+            (0, 0)
+        }
+        Epilogue::ChannelBias(t) => {
+            let width = t.tensor.len() / n.max(1);
+            if t.offset + cout > width {
+                return Err(KernelError::shape(
+                    OP,
+                    format!(
+                        "channel bias columns {}..{} exceed its {width} per item",
+                        t.offset,
+                        t.offset + cout
+                    ),
+                ));
+            }
+            expect_f32(OP, "channel_bias", t.tensor, n * width)?;
+            (width, t.offset)
+        }
         Epilogue::Geglu => return Err(KernelError::shape(OP, "no GEGLU epilogue on NCHW")),
-    }
+    };
     if let Some(b) = bias {
         expect_f32(OP, "bias", b, oc_total)?;
     }
@@ -284,6 +314,9 @@ fn conv2d_with_epilogue(
         residual_factor,
         x_tokens: u32::from(layouts.x_tokens),
         y_tokens: u32::from(layouts.y_tokens),
+        bias_width: to_u32(OP, bias_width)?,
+        bias_offset: to_u32(OP, bias_offset)?,
+        _pad: [0; 2],
     };
     // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
     // smaller levels) fill more of a tile.

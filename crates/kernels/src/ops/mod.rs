@@ -10,8 +10,8 @@ mod norm;
 
 pub use attention::{AttentionShape, TokenFeatures, attention, attention_of_features};
 pub use conv2d::{
-    Conv2dChunk, Conv2dLayouts, Conv2dShape, conv2d, conv2d_in_layouts, conv2d_with_channel_bias,
-    conv2d_with_residual,
+    ChannelBias, Conv2dChunk, Conv2dLayouts, Conv2dShape, conv2d, conv2d_in_layouts,
+    conv2d_with_channel_bias, conv2d_with_residual,
 };
 pub use elementwise::{
     Activation, activation, add, concat_channels, embedding, layout_nchw_to_nlc,
@@ -47,8 +47,8 @@ pub(crate) enum Epilogue<'t> {
     None,
     /// A residual connection, `epilogue = 1`.
     Residual(Residual<'t>),
-    /// `y[n, c, ..] += t[n, c]`, `epilogue = 2` (conv2d only).
-    ChannelBias(&'t Tensor),
+    /// `y[n, c, ..] += t[n, offset + c]`, `epilogue = 2` (conv2d only).
+    ChannelBias(ChannelBias<'t>),
     /// GEGLU over (value, gate) column pairs, `epilogue = 3` (linear only).
     Geglu,
 }
@@ -64,7 +64,7 @@ pub(crate) fn gemm_epilogue<'t>(
     let (mode, factor, tensor) = match epilogue {
         Epilogue::None => (0, 1.0, placeholder),
         Epilogue::Residual(r) => (1, r.factor, r.tensor),
-        Epilogue::ChannelBias(t) => (2, 1.0, t),
+        Epilogue::ChannelBias(t) => (2, 1.0, t.tensor),
         Epilogue::Geglu => (3, 1.0, placeholder),
     };
     ((mode, factor), [bias.unwrap_or(placeholder), tensor])

@@ -34,11 +34,16 @@ struct Params {
     oc_offset: u32,          // first weight output channel of this output chunk
     accumulate: u32,         // 1: y += conv; 0: y = bias + conv
     has_bias: u32,
-    epilogue: u32,       // 1: then y = (y + residual) * residual_factor (the last chunk only);
-                             // 2: y += residual[n, oc] (a time embedding, whole tensors only)
+    epilogue: u32,           // 1: then y = (y + residual) * residual_factor (the last chunk only);
+                             // 2: y += residual[n, bias_offset + oc] (a time embedding, whole
+                             // tensors only; residual is [batch, bias_width])
     residual_factor: f32,
     x_tokens: u32,           // 1: x is [batch, in_h * in_w, in_channels]
     y_tokens: u32,           // 1: y (and the residual) are [batch, out_h * out_w, out_channels]
+    bias_width: u32,         // epilogue 2: columns per item of the channel bias
+    bias_offset: u32,        // epilogue 2: its first column for this convolution
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -138,7 +143,7 @@ fn store_row(oc: u32, column: u32, sums: array<f32, 8>) {
             if (p.epilogue == 1u) {
                 v = (v + residual[index]) * p.residual_factor;
             } else if (p.epilogue == 2u) {
-                v += residual[n * p.out_channels + oc];
+                v += residual[n * p.bias_width + p.bias_offset + oc];
             }
             y[index] = v;
         }

@@ -1,4 +1,4 @@
-use sd_kernels::ops::{self, Conv2dChunk, Conv2dLayouts, Conv2dShape, Residual};
+use sd_kernels::ops::{self, ChannelBias, Conv2dChunk, Conv2dLayouts, Conv2dShape, Residual};
 use sd_kernels::reference::{self, Tolerance};
 
 use crate::common::*;
@@ -87,37 +87,67 @@ fn conv2d_with_padding_only_after() {
     }
 }
 
-/// A ResNet's `conv1` with its time embedding: `conv(x) + b + t[n, c]`, the per-(item, channel)
-/// bias added by the epilogue, over columns that span both batch items and output channels off
-/// the 64-wide tiles.
+/// A ResNet's `conv1` with its time embedding: `conv(x) + b + t[n, offset + c]`, the
+/// per-(item, channel) bias read from a wider row (every ResNet's projection side by side) and
+/// added by the epilogue, over columns that span both batch items and output channels off the
+/// 64-wide tiles.
 #[test]
 fn conv2d_adds_a_channel_bias_in_its_epilogue() {
     let ctx = native();
     let mut rng = rng(270);
     let (n, ic, h, w, oc) = (3, 6, 7, 9, 67);
+    let (width, offset) = (oc + 40, 29);
     let x = random(&mut rng, n * ic * h * w, 1.0);
     let wt = random(&mut rng, oc * ic * 9, 0.3);
     let b = random(&mut rng, oc, 1.0);
-    let t = random(&mut rng, n * oc, 1.0);
+    let t = random(&mut rng, n * width, 1.0);
     let (w_gpu, w_seen) = weight(ctx, Weights::F16Native, &wt, &[oc, ic, 3, 3]);
     let shape = Conv2dShape::symmetric(1, 1);
     let (xg, bg, tg) = (
         upload(ctx, &x, &[n, ic, h, w]),
         upload(ctx, &b, &[oc]),
-        upload(ctx, &t, &[n, oc]),
+        upload(ctx, &t, &[n, 1, width]),
     );
     let y = poisoned(ctx, &[n, oc, h, w]);
     let got = run(ctx, &y, |batch| {
-        ops::conv2d_with_channel_bias(batch, &xg, &w_gpu, Some(&bg), &y, shape, &tg)
+        let channel_bias = ChannelBias {
+            tensor: &tg,
+            offset,
+        };
+        ops::conv2d_with_channel_bias(batch, &xg, &w_gpu, Some(&bg), &y, shape, channel_bias)
             .expect("record")
     });
     let want: Vec<f32> =
         reference::conv2d(&x, [n, ic, h, w], &w_seen, [oc, 3, 3], Some(&b), 1, (1, 1))
             .iter()
             .enumerate()
-            .map(|(i, v)| v + t[i / (h * w)])
+            .map(|(i, v)| {
+                let (item, channel) = (i / (oc * h * w), i / (h * w) % oc);
+                v + t[item * width + offset + channel]
+            })
             .collect();
     assert_close("conv2d + channel bias", &got, &want, TOL);
+}
+
+/// Channel-bias columns past the end of its rows are refused, naming the range.
+#[test]
+fn conv2d_refuses_a_channel_bias_too_narrow() {
+    let ctx = native();
+    let (n, ic, oc) = (2, 3, 8);
+    let x = upload(ctx, &vec![0.0; n * ic * 16], &[n, ic, 4, 4]);
+    let (w_gpu, _) = weight(ctx, Weights::F32, &vec![0.0; oc * ic * 9], &[oc, ic, 3, 3]);
+    let t = upload(ctx, &vec![0.0; n * 10], &[n, 10]);
+    let y = poisoned(ctx, &[n, oc, 4, 4]);
+    let mut batch = ctx.batch();
+    let channel_bias = ChannelBias {
+        tensor: &t,
+        offset: 3,
+    };
+    let shape = Conv2dShape::symmetric(1, 1);
+    let error =
+        ops::conv2d_with_channel_bias(&mut batch, &x, &w_gpu, None, &y, shape, channel_bias)
+            .expect_err("columns 3..11 of 10");
+    assert!(error.to_string().contains("3..11"), "{error}");
 }
 
 /// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors

@@ -642,15 +642,14 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         path: &str,
         x: &GpuTensor,
         conv: Conv2d,
-        t: &GpuTensor,
+        (t, offset): (&GpuTensor, usize),
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
             let (y, w, bias, shape) = r.conv2d_parts(path, x.shape, conv)?;
-            let t = t
-                .single(path)?
-                .reshape(&[y.shape.batch(), conv.out_channels])?;
+            let tensor = t.single(path)?;
             let (xs, ys) = (x.single(path)?, y.single(path)?);
-            ops::conv2d_with_channel_bias(r.batch, xs, w, Some(bias), ys, shape, &t)?;
+            let channel_bias = ops::ChannelBias { tensor, offset };
+            ops::conv2d_with_channel_bias(r.batch, xs, w, Some(bias), ys, shape, channel_bias)?;
             Ok(y)
         })
     }

@@ -23,14 +23,15 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
-    /// The block on `x`; `temb_silu` is SiLU of the time embedding, `[n, 1, temb]`: every
-    /// ResNet applies the same SiLU to it, so the UNet computes it once. The VAE passes `None`.
+    /// The block on `x`. `temb` is this block's `time_emb_proj(silu(temb))`: columns from
+    /// `offset` of `[n, 1, width]`, where the UNet projects every ResNet's time embedding in
+    /// one matmul (they all read the same input). The VAE passes `None`.
     pub fn forward<R: Recorder>(
         &self,
         r: &mut R,
         path: &str,
         x: &R::Tensor,
-        temb_silu: Option<&R::Tensor>,
+        temb: Option<(&R::Tensor, usize)>,
     ) -> Out<R> {
         let (_, in_channels, _, _) = record::nchw(r, path, x)?;
         let out = self.out_channels;
@@ -41,12 +42,9 @@ impl ResnetBlock2D {
         };
         let h = r.group_norm(&format!("{path}.norm1"), x, norm)?;
         let conv1 = format!("{path}.conv1");
-        let h = match temb_silu {
+        let h = match temb {
             // `conv1(h) + time_emb_proj(silu(temb))[:, :, None, None]`, added as conv1 writes.
-            Some(temb) => {
-                let t = r.linear(&format!("{path}.time_emb_proj"), temb, out, true)?;
-                r.conv2d_channel_bias(&conv1, &h, Conv2d::same(out, 3), &t)?
-            }
+            Some(t) => r.conv2d_channel_bias(&conv1, &h, Conv2d::same(out, 3), t)?,
             None => r.conv2d(&conv1, &h, Conv2d::same(out, 3))?,
         };
         let h = r.group_norm(&format!("{path}.norm2"), &h, norm)?;

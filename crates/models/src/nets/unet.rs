@@ -63,8 +63,27 @@ struct Shared<'a, T> {
     size: &'a UNetSize,
     /// The attentions over the text met so far.
     projections: std::cell::RefCell<Vec<ContextProjection>>,
-    /// `silu(temb)`, `[batch, 1, time_embed_dim]`.
-    temb_silu: T,
+    /// Every ResNet's `time_emb_proj(silu(temb))` side by side, `[batch, 1, width]`.
+    resnet_temb: T,
+    /// Each ResNet's first column in `resnet_temb`, by path.
+    resnet_temb_columns: Vec<(String, usize)>,
+}
+
+impl<T> Shared<'_, T> {
+    /// The projected time embedding of the ResNet at `path` and its first column.
+    fn temb(&self, path: &str) -> Result<(&T, usize), PlanError> {
+        let column = self
+            .resnet_temb_columns
+            .iter()
+            .find_map(|(p, column)| (p == path).then_some(*column))
+            .ok_or_else(|| {
+                architecture(
+                    "unet",
+                    format!("{path} is not among the ResNets whose time embeddings were projected"),
+                )
+            })?;
+        Ok((&self.resnet_temb, column))
+    }
 }
 
 impl<T> Shared<'_, T> {
@@ -115,11 +134,32 @@ pub fn unet_2d_condition_model<R: Recorder>(
     )?;
     let timesteps = r.input("timestep", Shape::Flat { len: n })?;
     let temb_silu = time_embedding(r, config, n, &timesteps)?;
+    // Every ResNet's `time_emb_proj` reads the same `silu(temb)`: one stacked matmul.
+    let resnets = resnet_time_projections(config);
+    let paths: Vec<String> = resnets
+        .iter()
+        .map(|(path, _)| format!("{path}.time_emb_proj"))
+        .collect();
+    let layers: Vec<(&str, usize)> = paths
+        .iter()
+        .zip(&resnets)
+        .map(|(path, (_, out))| (path.as_str(), *out))
+        .collect();
+    let resnet_temb = r.linear_stacked(RESNET_TIME_EMB_PROJ, &temb_silu, &layers, true, None)?;
+    let resnet_temb_columns = resnets
+        .iter()
+        .scan(0, |column, (path, out)| {
+            let first = *column;
+            *column += out;
+            Some((path.clone(), first))
+        })
+        .collect();
     let shared = Shared {
         config,
         size: inputs,
         projections: std::cell::RefCell::new(Vec::new()),
-        temb_silu,
+        resnet_temb,
+        resnet_temb_columns,
     };
 
     let mut x = r.conv2d(
@@ -269,6 +309,36 @@ pub fn context_projections(
     unet_2d_condition_model(&mut crate::cost::CostRecorder::default(), config, inputs)
 }
 
+/// The stacked `time_emb_proj` of every ResNet (weights `resnets_time_emb_proj.weight` and
+/// `.bias`, assembled at load from the ResNets' own).
+pub const RESNET_TIME_EMB_PROJ: &str = "resnets_time_emb_proj";
+
+/// Every ResNet of the UNet, in the order of the walk, with its output channels: the down
+/// blocks' `layers` each, the middle block's two, the up blocks' `layers + 1` each.
+fn resnet_time_projections(config: &UNet2DConditionConfig) -> Vec<(String, usize)> {
+    let boc = &config.block_out_channels;
+    let layers = config.layers_per_block();
+    let last = boc.len().saturating_sub(1);
+    let mut resnets = Vec::new();
+    for i in 0..config.down_block_types.len() {
+        for j in 0..layers[i] {
+            resnets.push((format!("down_blocks.{i}.resnets.{j}"), boc[i]));
+        }
+    }
+    if config.mid_block_type.is_some() {
+        for j in 0..2 {
+            resnets.push((format!("mid_block.resnets.{j}"), boc[last]));
+        }
+    }
+    for i in 0..config.up_block_types.len() {
+        let down = last - i;
+        for j in 0..=layers[down] {
+            resnets.push((format!("up_blocks.{i}.resnets.{j}"), boc[down]));
+        }
+    }
+    resnets
+}
+
 fn groups(config: &UNet2DConditionConfig) -> usize {
     config.norm_num_groups.unwrap_or(0)
 }
@@ -372,12 +442,8 @@ impl DownBlock2D {
         let resnet = resnet(shared.config, self.out_channels, 1.0);
         let mut x = x.clone();
         for j in 0..self.layers {
-            x = resnet.forward(
-                r,
-                &format!("{path}.resnets.{j}"),
-                &x,
-                Some(&shared.temb_silu),
-            )?;
+            let p = format!("{path}.resnets.{j}");
+            x = resnet.forward(r, &p, &x, Some(shared.temb(&p)?))?;
             if let Some((transformer, depth)) = attention {
                 let p = format!("{path}.attentions.{j}");
                 x = transformer.forward(r, shared, &p, &x, depth)?;
@@ -442,11 +508,12 @@ impl UNetMidBlock2DCrossAttn {
             channels,
             shared.config.mid_block_scale_factor,
         );
-        let temb = Some(&shared.temb_silu);
-        let x = resnet.forward(r, &format!("{path}.resnets.0"), x, temb)?;
+        let p = format!("{path}.resnets.0");
+        let x = resnet.forward(r, &p, x, Some(shared.temb(&p)?))?;
         let p = format!("{path}.attentions.0");
         let x = self.transformer.forward(r, shared, &p, &x, self.depth)?;
-        resnet.forward(r, &format!("{path}.resnets.1"), &x, temb)
+        let p = format!("{path}.resnets.1");
+        resnet.forward(r, &p, &x, Some(shared.temb(&p)?))
     }
 }
 
@@ -484,12 +551,8 @@ impl UpBlock2D {
                 )
             })?;
             let cat = r.concat(&format!("{path}.resnets.{j}.cat"), &x, &skip)?;
-            x = resnet.forward(
-                r,
-                &format!("{path}.resnets.{j}"),
-                &cat,
-                Some(&shared.temb_silu),
-            )?;
+            let p = format!("{path}.resnets.{j}");
+            x = resnet.forward(r, &p, &cat, Some(shared.temb(&p)?))?;
             if let Some((transformer, depths)) = attention {
                 let p = format!("{path}.attentions.{j}");
                 x = transformer.forward(r, shared, &p, &x, depths[j])?;

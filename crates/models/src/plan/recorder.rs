@@ -80,11 +80,11 @@ impl Recorder for Graph {
         path: &str,
         x: &TensorId,
         conv: Conv2d,
-        t: &TensorId,
+        (t, offset): (&TensorId, usize),
     ) -> Result<TensorId, PlanError> {
         // The executor adds the channel bias on whole tensors only.
         self.require_single(path, "x", *x)?;
-        self.conv2d_op(path, x, conv, (None, Some(*t)), (None, false))
+        self.conv2d_op(path, x, conv, (None, Some((*t, offset))), (None, false))
     }
 
     fn linear(
@@ -435,7 +435,7 @@ impl Graph {
         path: &str,
         x: &TensorId,
         conv: Conv2d,
-        (residual, channel_bias): (Option<(TensorId, f64)>, Option<TensorId>),
+        (residual, channel_bias): (Option<(TensorId, f64)>, Option<(TensorId, usize)>),
         (x_size, y_tokens): (Option<(usize, usize)>, bool),
     ) -> Result<TensorId, PlanError> {
         let x_shape = match x_size {
@@ -482,19 +482,21 @@ impl Graph {
             self.same_shape(path, y, r)?;
             args.push(read("r", r));
         }
-        if let Some(t) = channel_bias {
+        if let Some((t, offset)) = channel_bias {
             let (n, oc) = (x_shape.batch(), conv.out_channels);
-            if self.shape(t) != (Shape::Tokens { n, l: 1, d: oc }) {
+            let fits = matches!(self.shape(t), Shape::Tokens { n: tn, l: 1, d } if tn == n && offset + oc <= d);
+            if !fits {
                 return Err(PlanError::Architecture {
                     part: "resnet",
                     message: format!(
-                        "{}: the channel bias is {}, expected [{n}, 1, {oc}]",
+                        "{}: the channel bias is {}, expected [{n}, 1, d] with columns {offset}..{}",
                         self.name(path),
-                        self.shape(t)
+                        self.shape(t),
+                        offset + oc
                     ),
                 });
             }
-            // The kernel indexes `t[n, c]` over the whole output: it must not be split.
+            // The kernel indexes `t[n, offset + c]` over the whole output: it must not be split.
             self.require_single(path, "y", y)?;
             args.push(read("t", t));
         }
