@@ -1,7 +1,7 @@
 //! 2-D convolution, NCHW, implicit GEMM (shaders/conv2d.wgsl).
 
 use super::{Epilogue, GEMM_TILE, Residual, expect_f32, gemm_epilogue, to_u32, weight_variant};
-use crate::kernel::{Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
+use crate::kernel::{Binding, Entry, GEMM_BINDINGS, Kernel, Uniform, no_consts, uniform};
 use crate::{Batch, KernelError, Result, Tensor};
 
 uniform! {
@@ -28,18 +28,29 @@ uniform! {
         y_tokens: u32,
         bias_width: u32,
         bias_offset: u32,
-        _pad: [u32; 2],
+        x_channels: u32,
+        _pad: u32,
     }
 }
+
+/// The GEMM bindings, then the second input of a concatenation read in place.
+const CONV2D_BINDINGS: [Binding; 6] = [
+    GEMM_BINDINGS[0],
+    GEMM_BINDINGS[1],
+    GEMM_BINDINGS[2],
+    GEMM_BINDINGS[3],
+    GEMM_BINDINGS[4],
+    Binding::read("x2"),
+];
 
 pub(crate) static CONV2D: Kernel = Kernel {
     file: "conv2d.wgsl",
     source: include_str!("../shaders/conv2d.wgsl"),
     params: Params::LAYOUT,
-    bindings: &GEMM_BINDINGS,
+    bindings: &CONV2D_BINDINGS,
     entries: &[Entry {
         name: "conv2d",
-        bindings: 5,
+        bindings: 6,
     }],
     reads_weights: true,
     consts: no_consts,
@@ -124,7 +135,16 @@ pub fn conv2d_with_residual(
 ) -> Result<()> {
     let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
     let layouts = Conv2dLayouts::NCHW;
-    conv2d_with_epilogue(batch, x, weight, bias, y, shape, (chunk, layouts), epilogue)
+    conv2d_with_epilogue(
+        batch,
+        (x, None),
+        weight,
+        bias,
+        y,
+        shape,
+        (chunk, layouts),
+        epilogue,
+    )
 }
 
 /// Which tensors of a convolution are channels-last (`[N, H, W, C]`, as token-major `[N, H*W,
@@ -160,7 +180,16 @@ pub fn conv2d_in_layouts(
 ) -> Result<()> {
     let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
     let chunk = Conv2dChunk::WHOLE;
-    conv2d_with_epilogue(batch, x, weight, bias, y, shape, (chunk, layouts), epilogue)
+    conv2d_with_epilogue(
+        batch,
+        (x, None),
+        weight,
+        bias,
+        y,
+        shape,
+        (chunk, layouts),
+        epilogue,
+    )
 }
 
 /// A per-(item, channel) bias: columns `offset..offset + Cout` of each item's row of `tensor`
@@ -187,13 +216,37 @@ pub fn conv2d_with_channel_bias(
 ) -> Result<()> {
     let epilogue = Epilogue::ChannelBias(channel_bias);
     let whole = (Conv2dChunk::WHOLE, Conv2dLayouts::NCHW);
-    conv2d_with_epilogue(batch, x, weight, bias, y, shape, whole, epilogue)
+    conv2d_with_epilogue(batch, (x, None), weight, bias, y, shape, whole, epilogue)
+}
+
+/// [`conv2d`] of `torch.cat([a, b], dim=1)` (NCHW, whole tensors, the same batch and size),
+/// read in place: a ResNet's `conv_shortcut` over its input and skip connection, with no
+/// concatenated copy written.
+pub fn conv2d_of_concat(
+    batch: &mut Batch<'_>,
+    [a, b]: [&Tensor; 2],
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+) -> Result<()> {
+    let whole = (Conv2dChunk::WHOLE, Conv2dLayouts::NCHW);
+    conv2d_with_epilogue(
+        batch,
+        (a, Some(b)),
+        weight,
+        bias,
+        y,
+        shape,
+        whole,
+        Epilogue::None,
+    )
 }
 
 #[allow(clippy::too_many_arguments)] // conv2d's seven, plus the epilogue
 fn conv2d_with_epilogue(
     batch: &mut Batch<'_>,
-    x: &Tensor,
+    (x, x2): (&Tensor, Option<&Tensor>),
     weight: &Tensor,
     bias: Option<&Tensor>,
     y: &Tensor,
@@ -214,12 +267,26 @@ fn conv2d_with_epilogue(
         [n, c, h, w] if !channels_last => Some([n, c, h, w]),
         _ => None,
     };
-    let Some([n, cin, h, w]) = nchw(x, layouts.x_tokens) else {
+    let Some([n, x_channels, h, w]) = nchw(x, layouts.x_tokens) else {
         return Err(KernelError::shape(
             OP,
             format!("x must be 4-D as {layouts:?} says, is {:?}", x.shape()),
         ));
     };
+    let x2_channels = match x2.map(|t| (t, nchw(t, false))) {
+        None => 0,
+        Some((_, Some([n2, c2, h2, w2]))) if (n2, h2, w2) == (n, h, w) => c2,
+        Some((t, _)) => {
+            return Err(KernelError::shape(
+                OP,
+                format!(
+                    "the second input must be [{n}, C, {h}, {w}] beside x, is {:?}",
+                    t.shape()
+                ),
+            ));
+        }
+    };
+    let cin = x_channels + x2_channels;
     let Some([yn, cout, oh, ow]) = nchw(y, layouts.y_tokens) else {
         return Err(KernelError::shape(
             OP,
@@ -261,7 +328,10 @@ fn conv2d_with_epilogue(
             ),
         ));
     }
-    expect_f32(OP, "x", x, n * cin * h * w)?;
+    expect_f32(OP, "x", x, n * x_channels * h * w)?;
+    if let Some(x2) = x2 {
+        expect_f32(OP, "x2", x2, n * x2_channels * h * w)?;
+    }
     expect_f32(OP, "y", y, n * cout * oh * ow)?;
     let (bias_width, bias_offset) = match epilogue {
         Epilogue::None => (0, 0),
@@ -316,7 +386,8 @@ fn conv2d_with_epilogue(
         y_tokens: u32::from(layouts.y_tokens),
         bias_width: to_u32(OP, bias_width)?,
         bias_offset: to_u32(OP, bias_offset)?,
-        _pad: [0; 2],
+        x_channels: to_u32(OP, x_channels)?,
+        _pad: 0,
     };
     // Columns run over the batch's pixels together, so that small latents (the UNet's 8x8 and
     // smaller levels) fill more of a tile.
@@ -329,7 +400,14 @@ fn conv2d_with_epilogue(
         &CONV2D,
         CONV2D.key("conv2d", variant),
         &params,
-        &[x, weight, bias, y, residual],
+        &[
+            x,
+            weight,
+            bias,
+            y,
+            residual,
+            x2.unwrap_or(batch.context().placeholder()),
+        ],
         groups,
     )
 }

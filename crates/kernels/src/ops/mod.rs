@@ -11,7 +11,7 @@ mod norm;
 pub use attention::{AttentionShape, TokenFeatures, attention, attention_of_features};
 pub use conv2d::{
     ChannelBias, Conv2dChunk, Conv2dLayouts, Conv2dShape, conv2d, conv2d_in_layouts,
-    conv2d_with_channel_bias, conv2d_with_residual,
+    conv2d_of_concat, conv2d_with_channel_bias, conv2d_with_residual,
 };
 pub use elementwise::{
     Activation, activation, add, concat_channels, embedding, layout_nchw_to_nlc,
@@ -22,7 +22,8 @@ pub use linear::{
     InputLayerNorm, geglu_pairs, linear, linear_geglu, linear_with_layer_norm, linear_with_residual,
 };
 pub use norm::{
-    FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, layer_norm,
+    FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, group_norm_of_concat,
+    layer_norm,
 };
 
 use crate::kernel::Kernel;

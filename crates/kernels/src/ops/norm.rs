@@ -15,7 +15,7 @@ uniform! {
         eps: f32,
         silu: u32,
         c_offset: u32,
-        _pad: u32,
+        x_channels: u32,
     }
 }
 
@@ -34,24 +34,25 @@ pub(crate) static GROUP_NORM: Kernel = Kernel {
     params: GroupNormParams::LAYOUT,
     bindings: &[
         Binding::read("x"),
+        Binding::read("x2"),
         Binding::write("stats"),
         Binding::read("gamma"),
         Binding::read("beta"),
         Binding::write("y"),
     ],
-    // The statistics pass binds only x and stats.
+    // The statistics pass binds only the input and stats.
     entries: &[
         Entry {
             name: "group_norm_stats",
-            bindings: 2,
+            bindings: 3,
         },
         Entry {
             name: "group_norm_apply",
-            bindings: 5,
+            bindings: 6,
         },
         Entry {
             name: "group_norm_fused",
-            bindings: 5,
+            bindings: 6,
         },
     ],
     reads_weights: false,
@@ -114,16 +115,63 @@ pub fn group_norm(
     y: &Tensor,
     shape: GroupNormShape,
 ) -> Result<()> {
+    group_norm_with(batch, (x, None), gamma, beta, y, shape)
+}
+
+/// [`group_norm`] of `torch.cat([a, b], dim=1)` (`a` `[N, Ca, ...]`, `b` `[N, Cb, ...]`, the
+/// same spatial size), read in place: no concatenated copy is written. A group may straddle
+/// the two. Whole tensors only (`shape.c_offset` 0).
+pub fn group_norm_of_concat(
+    batch: &mut Batch<'_>,
+    [a, b]: [&Tensor; 2],
+    gamma: &Tensor,
+    beta: &Tensor,
+    y: &Tensor,
+    shape: GroupNormShape,
+) -> Result<()> {
+    if shape.c_offset != 0 {
+        return Err(KernelError::shape(
+            "group_norm",
+            "a concatenation is normalized whole (c_offset 0)",
+        ));
+    }
+    group_norm_with(batch, (a, Some(b)), gamma, beta, y, shape)
+}
+
+fn group_norm_with(
+    batch: &mut Batch<'_>,
+    (x, x2): (&Tensor, Option<&Tensor>),
+    gamma: &Tensor,
+    beta: &Tensor,
+    y: &Tensor,
+    shape: GroupNormShape,
+) -> Result<()> {
     const OP: &str = "group_norm";
-    let (n, c, spatial) = match *x.shape() {
-        [n, c, ref rest @ ..] if !rest.is_empty() => (n, c, rest.iter().product::<usize>()),
-        _ => {
+    let dims = |t: &Tensor| match *t.shape() {
+        [n, c, ref rest @ ..] if !rest.is_empty() => Some((n, c, rest.iter().product::<usize>())),
+        _ => None,
+    };
+    let Some((n, x_channels, spatial)) = dims(x) else {
+        return Err(KernelError::shape(
+            OP,
+            format!("x must be [N, C, ...], is {:?}", x.shape()),
+        ));
+    };
+    let x2_channels = match x2.map(|t| (t, dims(t))) {
+        None => 0,
+        Some((_, Some((n2, c2, s2)))) if n2 == n && s2 == spatial => c2,
+        Some((t, _)) => {
             return Err(KernelError::shape(
                 OP,
-                format!("x must be [N, C, ...], is {:?}", x.shape()),
+                format!(
+                    "the second input must be [{n}, C, ...] of {spatial} per channel as x {:?}, is {:?}",
+                    x.shape(),
+                    t.shape()
+                ),
             ));
         }
     };
+    let c = x_channels + x2_channels;
     if shape.groups == 0 || c % shape.groups != 0 {
         return Err(KernelError::shape(
             OP,
@@ -142,10 +190,14 @@ pub fn group_norm(
             ),
         ));
     }
-    expect_f32(OP, "x", x, n * c * spatial)?;
+    expect_f32(OP, "x", x, n * x_channels * spatial)?;
+    if let Some(x2) = x2 {
+        expect_f32(OP, "x2", x2, n * x2_channels * spatial)?;
+    }
     expect_f32(OP, "y", y, n * c * spatial)?;
     expect_f32(OP, "gamma", gamma, gamma.len())?;
     expect_f32(OP, "beta", beta, beta.len())?;
+    let x2 = x2.unwrap_or(batch.context().placeholder());
     let stats = batch.context().empty(&[n, shape.groups, 2], DType::F32)?;
     let params = GroupNormParams {
         batch: to_u32(OP, n)?,
@@ -155,14 +207,14 @@ pub fn group_norm(
         eps: shape.eps,
         silu: u32::from(shape.silu),
         c_offset: to_u32(OP, shape.c_offset)?,
-        _pad: 0,
+        x_channels: to_u32(OP, x_channels)?,
     };
     if group_norm_dispatches(c / shape.groups * spatial) == 1 {
         return batch.dispatch(
             &GROUP_NORM,
             GROUP_NORM.key("group_norm_fused", ShaderVariant::NoWeights),
             &params,
-            &[x, &stats, gamma, beta, y],
+            &[x, x2, &stats, gamma, beta, y],
             [params.groups, params.batch, 1],
         );
     }
@@ -170,15 +222,15 @@ pub fn group_norm(
         &GROUP_NORM,
         GROUP_NORM.key("group_norm_stats", ShaderVariant::NoWeights),
         &params,
-        &[x, &stats],
+        &[x, x2, &stats],
         [params.groups, params.batch, 1],
     )?;
     batch.dispatch(
         &GROUP_NORM,
         GROUP_NORM.key("group_norm_apply", ShaderVariant::NoWeights),
         &params,
-        &[x, &stats, gamma, beta, y],
-        grid_1d(x.len(), 256),
+        &[x, x2, &stats, gamma, beta, y],
+        grid_1d(y.len(), 256),
     )
 }
 

@@ -42,8 +42,8 @@ struct Params {
     y_tokens: u32,           // 1: y (and the residual) are [batch, out_h * out_w, out_channels]
     bias_width: u32,         // epilogue 2: columns per item of the channel bias
     bias_offset: u32,        // epilogue 2: its first column for this convolution
-    _pad0: u32,
-    _pad1: u32,
+    x_channels: u32,         // input channels read from x; the rest from x2 (NCHW, whole tensors)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -52,6 +52,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> bias: array<f32>;             // [OC]
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;          // [batch, out_channels, out_h, out_w]
 @group(0) @binding(5) var<storage, read> residual: array<f32>;         // as y
+@group(0) @binding(6) var<storage, read> x2: array<f32>;               // [batch, in_channels - x_channels, in_h, in_w]
 
 // The tiles (common.wgsl): rows are output channels (weights), columns the gathered inputs.
 
@@ -74,7 +75,10 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
     let pixel = column % pixels;
     let oy = i32((pixel / p.out_w) * p.stride) - i32(p.pad);
     let ox = i32((pixel % p.out_w) * p.stride) - i32(p.pad);
-    let x_batch = n * p.in_channels * plane;
+    // The input is `torch.cat([x, x2], dim=1)` read in place (a ResNet's shortcut over its
+    // input and skip connection), or x alone (`x_channels == in_channels`).
+    let x_batch = n * p.x_channels * plane;
+    let x2_batch = n * (p.in_channels - p.x_channels) * plane;
     // Strides of x between pixels and between channels.
     var x_pixel = 1u;
     var x_channel = plane;
@@ -90,7 +94,9 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
         let iy = oy + i32(ky);
         let ix = ox + i32(tap - ky * p.kernel_w);
         let inside = n < p.batch && iy >= 0 && ix >= 0 && iy < i32(p.in_h) && ix < i32(p.in_w);
-        let x_at = x_batch + (u32(max(iy, 0)) * p.in_w + u32(max(ix, 0))) * x_pixel;
+        let at = u32(max(iy, 0)) * p.in_w + u32(max(ix, 0));
+        let x_at = x_batch + at * x_pixel;
+        let x2_at = x2_batch + at;
         for (var c0 = 0u; c0 < p.in_channels; c0 += GEMM_K) {
             for (var i = 0u; i < GEMM_K; i++) {
                 let c = c0 + i;
@@ -99,8 +105,10 @@ fn conv2d(@builtin(local_invocation_id) lid: vec3<u32>,
                     w = load_weight(w_row + c * taps + tap);
                 }
                 var xv = 0.0;
-                if (inside && c < p.in_channels) {
+                if (inside && c < p.x_channels) {
                     xv = x[x_at + c * x_channel];
+                } else if (inside && c < p.in_channels) {
+                    xv = x2[x2_at + (c - p.x_channels) * plane];
                 }
                 gemm_put(i, tid, w, xv);
             }

@@ -150,6 +150,63 @@ fn conv2d_refuses_a_channel_bias_too_narrow() {
     assert!(error.to_string().contains("3..11"), "{error}");
 }
 
+/// A convolution of `torch.cat([a, b], dim=1)` read in place equals the convolution of the
+/// concatenated tensor, for every weight variant: the 1x1 shortcut of an up block's ResNet and
+/// a 3x3, with channel counts off the 32-channel steps (the split falls inside a step).
+#[test]
+fn conv2d_of_a_concatenation_equals_the_conv_of_the_concatenated_tensor() {
+    for weights in ALL_WEIGHTS {
+        for (case, &(n, ca, cb, h, w, oc, kernel)) in
+            [(2, 21, 19, 5, 7, 33, 1), (1, 40, 30, 6, 5, 17, 3)]
+                .iter()
+                .enumerate()
+        {
+            let ctx = context_for(weights);
+            let mut rng = rng(280 + case as u64);
+            let ic = ca + cb;
+            let a = random(&mut rng, n * ca * h * w, 1.0);
+            let b = random(&mut rng, n * cb * h * w, 1.0);
+            let wt = random(&mut rng, oc * ic * kernel * kernel, 0.3);
+            let bias = random(&mut rng, oc, 1.0);
+            let cat: Vec<f32> = (0..n)
+                .flat_map(|i| {
+                    let a = &a[i * ca * h * w..(i + 1) * ca * h * w];
+                    let b = &b[i * cb * h * w..(i + 1) * cb * h * w];
+                    a.iter().chain(b).copied().collect::<Vec<_>>()
+                })
+                .collect();
+            let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[oc, ic, kernel, kernel]);
+            let shape = Conv2dShape::symmetric(1, kernel / 2);
+            let (ag, bg, biasg) = (
+                upload(ctx, &a, &[n, ca, h, w]),
+                upload(ctx, &b, &[n, cb, h, w]),
+                upload(ctx, &bias, &[oc]),
+            );
+            let y = poisoned(ctx, &[n, oc, h, w]);
+            let got = run(ctx, &y, |batch| {
+                ops::conv2d_of_concat(batch, [&ag, &bg], &w_gpu, Some(&biasg), &y, shape)
+                    .expect("record")
+            });
+            let pad = kernel / 2;
+            let want = reference::conv2d(
+                &cat,
+                [n, ic, h, w],
+                &w_seen,
+                [oc, kernel, kernel],
+                Some(&bias),
+                1,
+                (pad, pad),
+            );
+            assert_close(
+                &format!("conv2d of concat {weights:?} case {case}"),
+                &got,
+                &want,
+                TOL,
+            );
+        }
+    }
+}
+
 /// A convolution over a tensor split into channel chunks (as the planner splits VAE tensors
 /// that exceed one binding) equals the unsplit one: input chunks accumulate, output chunks
 /// select their channels, and the residual connection given to the last input chunk's call is

@@ -80,6 +80,54 @@ fn group_norm_of_a_channel_chunk_equals_the_slice() {
     assert_close("group_norm chunk", &got, &slice(&whole), TOL);
 }
 
+/// The norm of `torch.cat([a, b], dim=1)` read in place equals the norm of the concatenation:
+/// SD-like groups that straddle the two inputs (channels 0..6 and 6..16 in groups of 4), and a
+/// group longer than `FUSED_GROUP_NORM_MAX` (the statistics + apply path).
+#[test]
+fn group_norm_of_a_concatenation_equals_the_norm_of_the_concatenated_tensor() {
+    let ctx = native();
+    for (case, &(n, ca, cb, hw, groups)) in [(2, 6, 10, 35, 4), (1, 1, 3, 131_075, 2)]
+        .iter()
+        .enumerate()
+    {
+        let mut rng = rng(320 + case as u64);
+        let c = ca + cb;
+        let a: Vec<f32> = random(&mut rng, n * ca * hw, 2.0)
+            .iter()
+            .map(|v| v + 1.0)
+            .collect();
+        let b = random(&mut rng, n * cb * hw, 1.0);
+        let gamma = random(&mut rng, c, 1.5);
+        let beta = random(&mut rng, c, 0.5);
+        let cat: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let a = &a[i * ca * hw..(i + 1) * ca * hw];
+                let b = &b[i * cb * hw..(i + 1) * cb * hw];
+                a.iter().chain(b).copied().collect::<Vec<_>>()
+            })
+            .collect();
+        let want = reference::group_norm(&cat, [n, c, hw], groups, &gamma, &beta, 1e-5, true);
+        let (ag, bg) = (upload(ctx, &a, &[n, ca, hw]), upload(ctx, &b, &[n, cb, hw]));
+        let (gg, betag) = (upload(ctx, &gamma, &[c]), upload(ctx, &beta, &[c]));
+        let y = poisoned(ctx, &[n, c, hw]);
+        let shape = GroupNormShape {
+            groups,
+            eps: 1e-5,
+            silu: true,
+            c_offset: 0,
+        };
+        let got = run(ctx, &y, |batch| {
+            ops::group_norm_of_concat(batch, [&ag, &bg], &gg, &betag, &y, shape).expect("record")
+        });
+        assert_close(
+            &format!("group_norm of concat, case {case}"),
+            &got,
+            &want,
+            TOL,
+        );
+    }
+}
+
 #[test]
 fn group_norm_rejects_channels_that_do_not_split() {
     let ctx = native();
