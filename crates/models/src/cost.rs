@@ -234,6 +234,27 @@ impl Recorder for CostRecorder {
         Ok(*x)
     }
 
+    fn group_norm_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&Shape; 2],
+        norm: GroupNorm,
+    ) -> Result<Shape, PlanError> {
+        // The same traffic as the norm of the concatenated tensor, which is never written.
+        let x = shapes::concat(path, *a, *b)?;
+        self.group_norm(path, &x, norm)
+    }
+
+    fn conv2d_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&Shape; 2],
+        conv: Conv2d,
+    ) -> Result<Shape, PlanError> {
+        let x = shapes::concat(path, *a, *b)?;
+        self.conv2d_with(path, &x, conv, None)
+    }
+
     fn linear_stacked(
         &mut self,
         path: &str,

@@ -151,6 +151,17 @@ pub trait Recorder {
     ) -> Out<Self>;
     /// `nn.GroupNorm` (and SiLU) on NCHW `x`.
     fn group_norm(&mut self, path: &str, x: &Self::Tensor, norm: GroupNorm) -> Out<Self>;
+    /// [`Recorder::group_norm`] of `torch.cat([a, b], dim=1)`, read in place: the
+    /// concatenation is never written (an up block's ResNet input and its skip connection).
+    fn group_norm_of_concat(
+        &mut self,
+        path: &str,
+        ab: [&Self::Tensor; 2],
+        norm: GroupNorm,
+    ) -> Out<Self>;
+    /// [`Recorder::conv2d`] of `torch.cat([a, b], dim=1)`, read in place (that ResNet's
+    /// `conv_shortcut`).
+    fn conv2d_of_concat(&mut self, path: &str, ab: [&Self::Tensor; 2], conv: Conv2d) -> Out<Self>;
     /// `nn.Linear(in, out_features, bias)` on the rows of token-major `x`.
     fn linear(
         &mut self,

@@ -705,6 +705,54 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         })
     }
 
+    fn group_norm_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&GpuTensor; 2],
+        norm: GroupNorm,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let shape = shapes::concat(path, a.shape, b.shape)?;
+            let Shape::Nchw { c, .. } = shape else {
+                return Err(mismatch(path, format!("{shape} is not NCHW")));
+            };
+            if norm.groups == 0 || !c.is_multiple_of(norm.groups) {
+                return Err(PlanError::Architecture {
+                    part: "group norm",
+                    message: format!("{path}: {} groups do not divide {c} channels", norm.groups),
+                }
+                .into());
+            }
+            let y = r.alloc(path, shape)?;
+            let gamma = r.weight(format!("{path}.weight"))?;
+            let beta = r.weight(format!("{path}.bias"))?;
+            let shape = GroupNormShape {
+                groups: norm.groups,
+                eps: norm.eps as f32,
+                silu: norm.silu,
+                c_offset: 0,
+            };
+            let ab = [a.single(path)?, b.single(path)?];
+            ops::group_norm_of_concat(r.batch, ab, gamma, beta, y.single(path)?, shape)?;
+            Ok(y)
+        })
+    }
+
+    fn conv2d_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&GpuTensor; 2],
+        conv: Conv2d,
+    ) -> Result<GpuTensor> {
+        self.traced(path, |r| {
+            let (y, w, bias, shape) =
+                r.conv2d_parts(path, shapes::concat(path, a.shape, b.shape)?, conv)?;
+            let ab = [a.single(path)?, b.single(path)?];
+            ops::conv2d_of_concat(r.batch, ab, w, Some(bias), y.single(path)?, shape)?;
+            Ok(y)
+        })
+    }
+
     fn linear_stacked(
         &mut self,
         path: &str,

@@ -22,6 +22,16 @@ pub struct ResnetBlock2D {
     pub output_scale_factor: f64,
 }
 
+/// A ResNet's input: one tensor, or an up block's `torch.cat([hidden, skip], dim=1)`, which
+/// `norm1` and `conv_shortcut` read in place (the concatenation is never written).
+#[derive(Debug)]
+pub enum ResnetInput<'t, T> {
+    /// One NCHW tensor.
+    One(&'t T),
+    /// Two NCHW tensors side by side along channels.
+    Concat(&'t T, &'t T),
+}
+
 impl ResnetBlock2D {
     /// The block on `x`. `temb` is this block's `time_emb_proj(silu(temb))`: columns from
     /// `offset` of `[n, 1, width]`, where the UNet projects every ResNet's time embedding in
@@ -30,17 +40,35 @@ impl ResnetBlock2D {
         &self,
         r: &mut R,
         path: &str,
-        x: &R::Tensor,
+        x: ResnetInput<'_, R::Tensor>,
         temb: Option<(&R::Tensor, usize)>,
     ) -> Out<R> {
-        let (_, in_channels, _, _) = record::nchw(r, path, x)?;
         let out = self.out_channels;
+        let channels = |r: &R, t| record::nchw(r, path, t).map(|(_, c, _, _)| c);
+        let in_channels = match x {
+            ResnetInput::One(x) => channels(r, x)?,
+            ResnetInput::Concat(a, b) => channels(r, a)? + channels(r, b)?,
+        };
+        // Without a shortcut convolution the input itself is the residual: a concatenation
+        // must then be written after all.
+        let cat;
+        let x = match x {
+            ResnetInput::Concat(a, b) if in_channels == out => {
+                cat = r.concat(&format!("{path}.cat"), a, b)?;
+                ResnetInput::One(&cat)
+            }
+            x => x,
+        };
         let norm = GroupNorm {
             groups: self.groups,
             eps: self.eps,
             silu: true,
         };
-        let h = r.group_norm(&format!("{path}.norm1"), x, norm)?;
+        let norm1 = format!("{path}.norm1");
+        let h = match x {
+            ResnetInput::One(x) => r.group_norm(&norm1, x, norm)?,
+            ResnetInput::Concat(a, b) => r.group_norm_of_concat(&norm1, [a, b], norm)?,
+        };
         let conv1 = format!("{path}.conv1");
         let h = match temb {
             // `conv1(h) + time_emb_proj(silu(temb))[:, :, None, None]`, added as conv1 writes.
@@ -48,10 +76,13 @@ impl ResnetBlock2D {
             None => r.conv2d(&conv1, &h, Conv2d::same(out, 3))?,
         };
         let h = r.group_norm(&format!("{path}.norm2"), &h, norm)?;
-        let shortcut = if in_channels == out {
-            x.clone()
-        } else {
-            r.conv2d(&format!("{path}.conv_shortcut"), x, Conv2d::same(out, 1))?
+        let conv_shortcut = format!("{path}.conv_shortcut");
+        let shortcut = match x {
+            ResnetInput::One(x) if in_channels == out => x.clone(),
+            ResnetInput::One(x) => r.conv2d(&conv_shortcut, x, Conv2d::same(out, 1))?,
+            ResnetInput::Concat(a, b) => {
+                r.conv2d_of_concat(&conv_shortcut, [a, b], Conv2d::same(out, 1))?
+            }
         };
         // `(shortcut + conv2(h)) / output_scale_factor`, added as conv2 writes its output.
         r.conv2d_residual(

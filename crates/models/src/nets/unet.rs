@@ -9,6 +9,7 @@
 use sd_core::config::UNet2DConditionConfig;
 use sd_kernels::ops::Activation;
 
+use super::blocks::ResnetInput::{Concat, One};
 use super::blocks::{
     Attention, ProjectionNames, ResnetBlock2D, architecture, downsample_2d, feed_forward,
     upsample_2d,
@@ -443,7 +444,7 @@ impl DownBlock2D {
         let mut x = x.clone();
         for j in 0..self.layers {
             let p = format!("{path}.resnets.{j}");
-            x = resnet.forward(r, &p, &x, Some(shared.temb(&p)?))?;
+            x = resnet.forward(r, &p, One(&x), Some(shared.temb(&p)?))?;
             if let Some((transformer, depth)) = attention {
                 let p = format!("{path}.attentions.{j}");
                 x = transformer.forward(r, shared, &p, &x, depth)?;
@@ -509,11 +510,11 @@ impl UNetMidBlock2DCrossAttn {
             shared.config.mid_block_scale_factor,
         );
         let p = format!("{path}.resnets.0");
-        let x = resnet.forward(r, &p, x, Some(shared.temb(&p)?))?;
+        let x = resnet.forward(r, &p, One(x), Some(shared.temb(&p)?))?;
         let p = format!("{path}.attentions.0");
         let x = self.transformer.forward(r, shared, &p, &x, self.depth)?;
         let p = format!("{path}.resnets.1");
-        resnet.forward(r, &p, &x, Some(shared.temb(&p)?))
+        resnet.forward(r, &p, One(&x), Some(shared.temb(&p)?))
     }
 }
 
@@ -550,9 +551,9 @@ impl UpBlock2D {
                     format!("{path}.resnets.{j} has no skip connection left"),
                 )
             })?;
-            let cat = r.concat(&format!("{path}.resnets.{j}.cat"), &x, &skip)?;
+            // `torch.cat([x, skip], dim=1)`, read in place by the ResNet.
             let p = format!("{path}.resnets.{j}");
-            x = resnet.forward(r, &p, &cat, Some(shared.temb(&p)?))?;
+            x = resnet.forward(r, &p, Concat(&x, &skip), Some(shared.temb(&p)?))?;
             if let Some((transformer, depths)) = attention {
                 let p = format!("{path}.attentions.{j}");
                 x = transformer.forward(r, shared, &p, &x, depths[j])?;

@@ -5,6 +5,7 @@
 
 use sd_core::config::AutoencoderKLConfig;
 
+use super::blocks::ResnetInput::One;
 use super::blocks::{
     Attention, ProjectionNames, ResnetBlock2D, architecture, downsample_2d, upsample_2d,
 };
@@ -156,7 +157,7 @@ fn resnets<R: Recorder>(
 ) -> Out<R> {
     let mut x = x.clone();
     for j in 0..layers {
-        x = resnet.forward(r, &format!("{path}.resnets.{j}"), &x, None)?;
+        x = resnet.forward(r, &format!("{path}.resnets.{j}"), One(&x), None)?;
     }
     Ok(x)
 }
@@ -209,11 +210,11 @@ impl UNetMidBlock2D {
             eps: VAE_NORM_EPS,
             output_scale_factor: 1.0,
         };
-        let mut x = resnet.forward(r, &format!("{path}.resnets.0"), x, None)?;
+        let mut x = resnet.forward(r, &format!("{path}.resnets.0"), One(x), None)?;
         if self.add_attention {
             x = self.spatial_attention(r, &format!("{path}.attentions.0"), &x)?;
         }
-        resnet.forward(r, &format!("{path}.resnets.1"), &x, None)
+        resnet.forward(r, &format!("{path}.resnets.1"), One(&x), None)
     }
 
     /// diffusers' `Attention` on a 4-D input as the VAE builds it (`heads = 1`,

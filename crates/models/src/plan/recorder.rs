@@ -38,7 +38,7 @@ impl Recorder for Graph {
     }
 
     fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, (None, None), (None, false))
+        self.conv2d_op(path, &[*x], conv, (None, None), (None, false))
     }
 
     fn conv2d_residual(
@@ -49,7 +49,7 @@ impl Recorder for Graph {
         r: &TensorId,
         scale: f64,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, (Some((*r, scale)), None), (None, false))
+        self.conv2d_op(path, &[*x], conv, (Some((*r, scale)), None), (None, false))
     }
 
     fn conv2d_to_tokens(
@@ -58,7 +58,7 @@ impl Recorder for Graph {
         x: &TensorId,
         conv: Conv2d,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, x, conv, (None, None), (None, true))
+        self.conv2d_op(path, &[*x], conv, (None, None), (None, true))
     }
 
     fn conv2d_residual_from_tokens(
@@ -72,7 +72,7 @@ impl Recorder for Graph {
     ) -> Result<TensorId, PlanError> {
         self.require_single(path, "r", *r)?;
         let epilogue = (Some((*r, scale)), None);
-        self.conv2d_op(path, x, conv, epilogue, (Some(size), false))
+        self.conv2d_op(path, &[*x], conv, epilogue, (Some(size), false))
     }
 
     fn conv2d_channel_bias(
@@ -84,7 +84,7 @@ impl Recorder for Graph {
     ) -> Result<TensorId, PlanError> {
         // The executor adds the channel bias on whole tensors only.
         self.require_single(path, "x", *x)?;
-        self.conv2d_op(path, x, conv, (None, Some((*t, offset))), (None, false))
+        self.conv2d_op(path, &[*x], conv, (None, Some((*t, offset))), (None, false))
     }
 
     fn linear(
@@ -123,44 +123,25 @@ impl Recorder for Graph {
         x: &TensorId,
         norm: GroupNorm,
     ) -> Result<TensorId, PlanError> {
-        let (n, c, _, _) = record::nchw(self, path, x)?;
-        let GroupNorm { groups, eps, silu } = norm;
-        if groups == 0 || !c.is_multiple_of(groups) {
-            return Err(PlanError::Architecture {
-                part: "group norm",
-                message: format!(
-                    "{}: {groups} groups do not divide {c} channels",
-                    self.name(path)
-                ),
-            });
-        }
-        let stats_path = format!("{path}.stats");
-        let stats = self.tensor(
-            &stats_path,
-            Shape::Flat {
-                len: n * groups * 2,
-            },
-        )?;
-        self.op(
-            &stats_path,
-            OpKind::GroupNormStats { groups, eps },
-            vec![read("x", *x), write("stats", stats)],
-        )?;
-        let gamma = self.weight(format!("{path}.weight"), &[c]);
-        let beta = self.weight(format!("{path}.bias"), &[c]);
-        let y = self.tensor(path, self.shape(*x))?;
-        self.op(
-            path,
-            OpKind::GroupNormApply { groups, eps, silu },
-            vec![
-                read("x", *x),
-                read("stats", stats),
-                weight_arg("gamma", gamma),
-                weight_arg("beta", beta),
-                write("y", y),
-            ],
-        )?;
-        Ok(y)
+        self.group_norm_op(path, &[*x], norm)
+    }
+
+    fn group_norm_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&TensorId; 2],
+        norm: GroupNorm,
+    ) -> Result<TensorId, PlanError> {
+        self.group_norm_op(path, &[*a, *b], norm)
+    }
+
+    fn conv2d_of_concat(
+        &mut self,
+        path: &str,
+        [a, b]: [&TensorId; 2],
+        conv: Conv2d,
+    ) -> Result<TensorId, PlanError> {
+        self.conv2d_op(path, &[*a, *b], conv, (None, None), (None, false))
     }
 
     fn linear_stacked(
@@ -430,17 +411,89 @@ impl Graph {
     /// `nn.Conv2d` with its fusions: a residual connection or a channel bias in the epilogue,
     /// and channels-last input or output (`layouts`: the input's NCHW size when it is
     /// token-major, and whether the output is).
+    /// `nn.GroupNorm` of `xs`: one tensor, or two read in place as their concatenation
+    /// (bound whole).
+    fn group_norm_op(
+        &mut self,
+        path: &str,
+        xs: &[TensorId],
+        norm: GroupNorm,
+    ) -> Result<TensorId, PlanError> {
+        let x_shape = match *xs {
+            [x] => self.shape(x),
+            [a, b] => shapes::concat(path, self.shape(a), self.shape(b))?,
+            _ => unreachable!("one input or a pair"),
+        };
+        let Shape::Nchw { n, c, .. } = x_shape else {
+            return Err(PlanError::Architecture {
+                part: "group norm",
+                message: format!("{}: the input is {x_shape}, not NCHW", self.name(path)),
+            });
+        };
+        let GroupNorm { groups, eps, silu } = norm;
+        if groups == 0 || !c.is_multiple_of(groups) {
+            return Err(PlanError::Architecture {
+                part: "group norm",
+                message: format!(
+                    "{}: {groups} groups do not divide {c} channels",
+                    self.name(path)
+                ),
+            });
+        }
+        let inputs: Vec<_> = ["x", "x2"]
+            .into_iter()
+            .zip(xs)
+            .map(|(role, &t)| read(role, t))
+            .collect();
+        let stats_path = format!("{path}.stats");
+        let stats = self.tensor(
+            &stats_path,
+            Shape::Flat {
+                len: n * groups * 2,
+            },
+        )?;
+        let mut args = inputs.clone();
+        args.push(write("stats", stats));
+        self.op(&stats_path, OpKind::GroupNormStats { groups, eps }, args)?;
+        let gamma = self.weight(format!("{path}.weight"), &[c]);
+        let beta = self.weight(format!("{path}.bias"), &[c]);
+        let y = self.tensor(path, x_shape)?;
+        if xs.len() > 1 {
+            // A concatenation is read in place whole, and normalized into one buffer.
+            for (role, &t) in ["x", "x2"].iter().zip(xs) {
+                self.require_single(path, role, t)?;
+            }
+            self.require_single(path, "y", y)?;
+        }
+        let mut args = inputs;
+        args.extend([
+            read("stats", stats),
+            weight_arg("gamma", gamma),
+            weight_arg("beta", beta),
+            write("y", y),
+        ]);
+        self.op(path, OpKind::GroupNormApply { groups, eps, silu }, args)?;
+        Ok(y)
+    }
+
+    /// `nn.Conv2d` of `xs`: one tensor, or two read in place as their concatenation.
     fn conv2d_op(
         &mut self,
         path: &str,
-        x: &TensorId,
+        xs: &[TensorId],
         conv: Conv2d,
         (residual, channel_bias): (Option<(TensorId, f64)>, Option<(TensorId, usize)>),
         (x_size, y_tokens): (Option<(usize, usize)>, bool),
     ) -> Result<TensorId, PlanError> {
-        let x_shape = match x_size {
-            Some(size) => shapes::to_nchw(path, self.shape(*x), size)?,
-            None => self.shape(*x),
+        let (x, x2) = match *xs {
+            [x] => (x, None),
+            [a, b] => (a, Some(b)),
+            _ => unreachable!("one input or a pair"),
+        };
+        let x_shape = match (x_size, x2) {
+            (Some(size), _) => shapes::to_nchw(path, self.shape(x), size)?,
+            (None, Some(b)) => shapes::concat(path, self.shape(x), self.shape(b))?,
+            (None, None) => self.shape(x),
         };
         let Shape::Nchw { c, .. } = x_shape else {
             return Err(PlanError::Architecture {
@@ -455,9 +508,9 @@ impl Graph {
             y_shape
         };
         let y = self.tensor(path, y_shape)?;
-        if x_size.is_some() || y_tokens {
-            // Channels-last tensors are bound whole.
-            self.require_single(path, "x", *x)?;
+        if x_size.is_some() || y_tokens || x2.is_some() {
+            // Channels-last tensors, and a concatenation read in place, are bound whole.
+            self.require_single(path, "x", x)?;
             self.require_single(path, "y", y)?;
         }
         let k = conv.kernel;
@@ -472,12 +525,12 @@ impl Graph {
             x_tokens: x_size.is_some(),
             y_tokens,
         };
-        let mut args = vec![
-            read("x", *x),
-            weight_arg("w", w),
-            weight_arg("bias", bias),
-            write("y", y),
-        ];
+        let mut args = vec![read("x", x)];
+        if let Some(b) = x2 {
+            self.require_single(path, "x2", b)?;
+            args.push(read("x2", b));
+        }
+        args.extend([weight_arg("w", w), weight_arg("bias", bias), write("y", y)]);
         if let Some((r, _)) = residual {
             self.same_shape(path, y, r)?;
             args.push(read("r", r));

@@ -73,6 +73,28 @@ fn sd15_at_512_with_cfg_costs_the_independent_counts() -> TestResult {
     Ok(())
 }
 
+/// Issue 17's dispatch budgets: an SD 1.5 UNet call at 512x512 with CFG in at most 300
+/// dispatches, a VAE decode in at most 250, as the cost model counts them unsplit (the trace
+/// test holds the GPU recorder to the same counts, op by op).
+#[test]
+fn sd15_at_512_fits_the_dispatch_budgets() -> TestResult {
+    let configs = load_configs(&fixtures().join("configs/sd15"))?;
+    let parts = cost(&configs.configs(), &PlanRequest::new(512, 512))?;
+    for (part, budget) in [(Part::UNet, 300), (Part::VaeDecoder, 250)] {
+        let dispatches = parts
+            .iter()
+            .find(|p| p.part == part)
+            .map(|p| p.dispatches())
+            .ok_or_else(|| format!("no {part:?}"))?;
+        println!("{part:?}: {dispatches} dispatches (budget {budget})");
+        assert!(
+            dispatches <= budget,
+            "{part:?}: {dispatches} dispatches, over the budget of {budget}"
+        );
+    }
+    Ok(())
+}
+
 /// `(path, kind)` of the plan's ops of `part` (group-norm statistics are part of the norm, and
 /// inputs and outputs are not ops of the cost model).
 fn planned_ops(plan: &sd_models::plan::MemoryPlan, part: Part) -> Vec<(String, &'static str)> {
