@@ -62,6 +62,11 @@ pub struct ContextOptions {
     /// Split tensors as if bindings were at most this large (tests exercise the chunked paths
     /// of the models on small inputs with it); `None`: the device's limit.
     pub chunk_budget: Option<u64>,
+    /// Ask for the adapter's largest storage binding and buffer instead of WebGPU's defaults
+    /// (128 and 256 MiB), so that the memory plan splits fewer tensors (none of SD 1.5's at
+    /// 512x512 on a desktop GPU). [`ContextOptions::from_env`] turns it on natively; the
+    /// browser keeps the defaults every adapter has.
+    pub adapter_limits: bool,
 }
 
 impl Default for ContextOptions {
@@ -74,6 +79,7 @@ impl Default for ContextOptions {
             needed: NeededLimits::default(),
             f16: F16Mode::Auto,
             chunk_budget: None,
+            adapter_limits: false,
         }
     }
 }
@@ -85,7 +91,10 @@ impl ContextOptions {
     /// - `SD_EXPECT_BACKEND`: fail unless the adapter is on this backend;
     /// - `SD_F16`: `auto` (default) or `packed`.
     pub fn from_env() -> Result<Self> {
-        let mut options = Self::default();
+        let mut options = Self {
+            adapter_limits: !cfg!(target_arch = "wasm32"),
+            ..Self::default()
+        };
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         options.adapter_name = var("SD_ADAPTER").or_else(|| var("WGPU_ADAPTER_NAME"));
         if let Some(value) = var("WGPU_BACKEND") {
@@ -105,6 +114,19 @@ impl ContextOptions {
                 value,
                 allowed: "one of vulkan, metal, dx12, webgpu",
             })?);
+        }
+        if let Some(value) = var("SD_LIMITS") {
+            options.adapter_limits = match value.to_ascii_lowercase().as_str() {
+                "adapter" => true,
+                "webgpu" => false,
+                _ => {
+                    return Err(KernelError::Env {
+                        var: "SD_LIMITS",
+                        value,
+                        allowed: "adapter (the adapter's largest bindings) or webgpu (WebGPU's defaults, as in a browser)",
+                    });
+                }
+            };
         }
         if let Some(value) = var("SD_F16") {
             options.f16 = match value.to_ascii_lowercase().as_str() {
@@ -235,7 +257,7 @@ impl GpuContext {
                 info.name, info.backend
             )));
         }
-        let limits = required_limits(&adapter.limits(), options.needed)?;
+        let limits = required_limits(&adapter.limits(), options.needed, options.adapter_limits)?;
         let native_f16 =
             options.f16 == F16Mode::Auto && adapter.features().contains(wgpu::Features::SHADER_F16);
         let mut required_features = if native_f16 {
@@ -644,10 +666,20 @@ async fn choose_adapter(
     Ok(adapter)
 }
 
-/// WebGPU's defaults, raised where the model needs more; an error names the limit that the
-/// adapter cannot reach.
-fn required_limits(adapter: &wgpu::Limits, needed: NeededLimits) -> Result<wgpu::Limits> {
+/// WebGPU's defaults, raised where the model needs more, or to the adapter's largest binding
+/// and buffer with `adapter_limits`; an error names the limit that the adapter cannot reach.
+fn required_limits(
+    adapter: &wgpu::Limits,
+    needed: NeededLimits,
+    adapter_limits: bool,
+) -> Result<wgpu::Limits> {
     let mut limits = wgpu::Limits::default();
+    if adapter_limits {
+        limits.max_buffer_size = limits.max_buffer_size.max(adapter.max_buffer_size);
+        limits.max_storage_buffer_binding_size = limits
+            .max_storage_buffer_binding_size
+            .max(adapter.max_storage_buffer_binding_size);
+    }
     if needed.storage_binding > limits.max_storage_buffer_binding_size {
         let max = adapter.max_storage_buffer_binding_size;
         if needed.storage_binding > max {
@@ -683,14 +715,17 @@ mod tests {
             max_buffer_size: 1 << 31,
             ..wgpu::Limits::default()
         };
-        let limits = required_limits(&adapter, NeededLimits::default())?;
+        let limits = required_limits(&adapter, NeededLimits::default(), false)?;
         assert_eq!(limits.max_storage_buffer_binding_size, DEFAULT_MAX_BINDING);
         assert_eq!(limits.max_buffer_size, DEFAULT_MAX_BUFFER);
+        let native = required_limits(&adapter, NeededLimits::default(), true)?;
+        assert_eq!(native.max_storage_buffer_binding_size, 1 << 30);
+        assert_eq!(native.max_buffer_size, 1 << 31);
         let needed = NeededLimits {
             storage_binding: 300 << 20,
             buffer: 300 << 20,
         };
-        let raised = required_limits(&adapter, needed)?;
+        let raised = required_limits(&adapter, needed, false)?;
         assert_eq!(raised.max_storage_buffer_binding_size, 1 << 30);
         assert_eq!(raised.max_buffer_size, 1 << 31);
         Ok(())
@@ -702,7 +737,7 @@ mod tests {
             storage_binding: 300 << 20,
             buffer: DEFAULT_MAX_BUFFER,
         };
-        match required_limits(&wgpu::Limits::default(), needed) {
+        match required_limits(&wgpu::Limits::default(), needed, false) {
             Err(KernelError::Limit { name, needed, max }) => {
                 assert_eq!(name, "max_storage_buffer_binding_size");
                 assert_eq!(needed, 300 << 20);
