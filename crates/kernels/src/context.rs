@@ -9,7 +9,8 @@ use crate::pool::BufferPool;
 use crate::tensor::{DType, Tensor};
 use crate::{KernelError, Result};
 
-/// WebGPU's default `maxStorageBufferBindingSize` (128 MiB), the budget every kernel is planned in.
+/// WebGPU's default `maxStorageBufferBindingSize` (128 MiB): what a browser gives, and the budget
+/// `sd cost` and the plan tests plan in (natively the adapter's own is asked for).
 pub const DEFAULT_MAX_BINDING: u64 = 128 << 20;
 /// WebGPU's default `maxBufferSize` (256 MiB).
 pub const DEFAULT_MAX_BUFFER: u64 = 256 << 20;
@@ -85,11 +86,13 @@ impl Default for ContextOptions {
 }
 
 impl ContextOptions {
-    /// Defaults, overridden by the environment:
+    /// The defaults with [`ContextOptions::adapter_limits`] on (off in wasm), overridden by the
+    /// environment:
     /// - `SD_ADAPTER` (or wgpu's `WGPU_ADAPTER_NAME`): a substring of the adapter's name;
     /// - `WGPU_BACKEND`: `vulkan`, `metal`, `dx12` (comma-separated list);
     /// - `SD_EXPECT_BACKEND`: fail unless the adapter is on this backend;
-    /// - `SD_F16`: `auto` (default) or `packed`.
+    /// - `SD_F16`: `auto` (default) or `packed`;
+    /// - `SD_LIMITS`: `adapter` (the native default) or `webgpu` (WebGPU's default limits).
     pub fn from_env() -> Result<Self> {
         let mut options = Self {
             adapter_limits: !cfg!(target_arch = "wasm32"),
@@ -116,17 +119,11 @@ impl ContextOptions {
             })?);
         }
         if let Some(value) = var("SD_LIMITS") {
-            options.adapter_limits = match value.to_ascii_lowercase().as_str() {
-                "adapter" => true,
-                "webgpu" => false,
-                _ => {
-                    return Err(KernelError::Env {
-                        var: "SD_LIMITS",
-                        value,
-                        allowed: "adapter (the adapter's largest bindings) or webgpu (WebGPU's defaults, as in a browser)",
-                    });
-                }
-            };
+            options.adapter_limits = parse_limits(&value).ok_or(KernelError::Env {
+                var: "SD_LIMITS",
+                value,
+                allowed: "adapter (the adapter's largest bindings) or webgpu (WebGPU's defaults, as in a browser)",
+            })?;
         }
         if let Some(value) = var("SD_F16") {
             options.f16 = match value.to_ascii_lowercase().as_str() {
@@ -162,6 +159,15 @@ impl ContextOptions {
             };
         }
         Ok(options)
+    }
+}
+
+/// `SD_LIMITS`: whether to ask for the adapter's own limits.
+fn parse_limits(value: &str) -> Option<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "adapter" => Some(true),
+        "webgpu" => Some(false),
+        _ => None,
     }
 }
 
@@ -729,6 +735,13 @@ mod tests {
         assert_eq!(raised.max_storage_buffer_binding_size, 1 << 30);
         assert_eq!(raised.max_buffer_size, 1 << 31);
         Ok(())
+    }
+
+    #[test]
+    fn sd_limits_takes_adapter_or_webgpu() {
+        assert_eq!(parse_limits("adapter"), Some(true));
+        assert_eq!(parse_limits("WebGPU"), Some(false));
+        assert_eq!(parse_limits("max"), None);
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub const ALL_WEIGHTS: [Weights; 3] = [Weights::F32, Weights::F16Native, Weights
 fn make_context(f16: F16Mode) -> GpuContext {
     let mut options = ContextOptions::for_tests().expect("valid environment");
     options.f16 = f16;
+    // WebGPU's default limits, as in a browser: the limit test allocates past the binding limit
+    // and needs a buffer limit above it (with the adapter's own limits both can be 2^31 - 1).
+    options.adapter_limits = false;
     let ctx = pollster::block_on(GpuContext::new(options))
         .expect("a GPU adapter on the expected backend (see SD_EXPECT_BACKEND)");
     eprintln!("adapter: {}", ctx.describe());

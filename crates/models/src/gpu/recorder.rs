@@ -139,22 +139,19 @@ impl<'b, 'c> GpuRecorder<'b, 'c> {
                     format!("{} and {} differ", y.shape, res.shape),
                 ));
             }
-            if let (Ok(xs), Ok(ys)) = (x.single(path), y.single(path)) {
+            // Every tensor one buffer: one dispatch, the residual added by the epilogue.
+            let residual_whole = residual.is_none_or(|(res, _)| res.single(path).is_ok());
+            if let (Ok(xs), Ok(ys), true) = (x.single(path), y.single(path), residual_whole) {
                 let fused = match residual {
-                    Some((res, scale)) => match res.single(path) {
-                        Ok(t) => Some(Some(Residual {
-                            tensor: t,
-                            factor: scale as f32,
-                        })),
-                        Err(_) => None,
-                    },
-                    None => Some(None),
+                    Some((res, scale)) => Some(Residual {
+                        tensor: res.single(path)?,
+                        factor: scale as f32,
+                    }),
+                    None => None,
                 };
-                if let Some(fused) = fused {
-                    let whole = Conv2dChunk::WHOLE;
-                    ops::conv2d_with_residual(r.batch, xs, w, Some(bias), ys, shape, whole, fused)?;
-                    return Ok(y);
-                }
+                let whole = Conv2dChunk::WHOLE;
+                ops::conv2d_with_residual(r.batch, xs, w, Some(bias), ys, shape, whole, fused)?;
+                return Ok(y);
             }
             for item in 0..x.shape.batch() {
                 let inputs = r.item_pieces(x, item, true)?;

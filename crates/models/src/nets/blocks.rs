@@ -50,7 +50,8 @@ impl ResnetBlock2D {
             ResnetInput::Concat(a, b) => channels(r, a)? + channels(r, b)?,
         };
         // Without a shortcut convolution the input itself is the residual: a concatenation
-        // must then be written after all.
+        // must then be written after all. (diffusers' up blocks never get here: the input plus
+        // its skip always has more channels than the block's output.)
         let cat;
         let x = match x {
             ResnetInput::Concat(a, b) if in_channels == out => {

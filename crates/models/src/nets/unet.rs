@@ -85,9 +85,7 @@ impl<T> Shared<'_, T> {
             })?;
         Ok((&self.resnet_temb, column))
     }
-}
 
-impl<T> Shared<'_, T> {
     /// The projected keys and values of the text for the attention at `path`, an input.
     fn text_kv<R: Recorder<Tensor = T>>(&self, r: &mut R, path: &str, inner: usize) -> Out<R> {
         let projection = ContextProjection {
@@ -141,12 +139,13 @@ pub fn unet_2d_condition_model<R: Recorder>(
         .iter()
         .map(|(path, _)| format!("{path}.time_emb_proj"))
         .collect();
-    let layers: Vec<(&str, usize)> = paths
+    let projections: Vec<(&str, usize)> = paths
         .iter()
         .zip(&resnets)
         .map(|(path, (_, out))| (path.as_str(), *out))
         .collect();
-    let resnet_temb = r.linear_stacked(RESNET_TIME_EMB_PROJ, &temb_silu, &layers, true, None)?;
+    let resnet_temb =
+        r.linear_stacked(RESNET_TIME_EMB_PROJ, &temb_silu, &projections, true, None)?;
     let resnet_temb_columns = resnets
         .iter()
         .scan(0, |column, (path, out)| {

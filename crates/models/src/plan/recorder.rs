@@ -38,7 +38,7 @@ impl Recorder for Graph {
     }
 
     fn conv2d(&mut self, path: &str, x: &TensorId, conv: Conv2d) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, &[*x], conv, (None, None), (None, false))
+        self.conv2d_op(path, &[*x], conv, ConvEpilogue::None, (None, false))
     }
 
     fn conv2d_residual(
@@ -49,7 +49,13 @@ impl Recorder for Graph {
         r: &TensorId,
         scale: f64,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, &[*x], conv, (Some((*r, scale)), None), (None, false))
+        self.conv2d_op(
+            path,
+            &[*x],
+            conv,
+            ConvEpilogue::Residual(*r, scale),
+            (None, false),
+        )
     }
 
     fn conv2d_to_tokens(
@@ -58,7 +64,7 @@ impl Recorder for Graph {
         x: &TensorId,
         conv: Conv2d,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, &[*x], conv, (None, None), (None, true))
+        self.conv2d_op(path, &[*x], conv, ConvEpilogue::None, (None, true))
     }
 
     fn conv2d_residual_from_tokens(
@@ -71,7 +77,7 @@ impl Recorder for Graph {
         scale: f64,
     ) -> Result<TensorId, PlanError> {
         self.require_single(path, "r", *r)?;
-        let epilogue = (Some((*r, scale)), None);
+        let epilogue = ConvEpilogue::Residual(*r, scale);
         self.conv2d_op(path, &[*x], conv, epilogue, (Some(size), false))
     }
 
@@ -84,7 +90,8 @@ impl Recorder for Graph {
     ) -> Result<TensorId, PlanError> {
         // The executor adds the channel bias on whole tensors only.
         self.require_single(path, "x", *x)?;
-        self.conv2d_op(path, &[*x], conv, (None, Some((*t, offset))), (None, false))
+        let epilogue = ConvEpilogue::ChannelBias(*t, offset);
+        self.conv2d_op(path, &[*x], conv, epilogue, (None, false))
     }
 
     fn linear(
@@ -141,7 +148,7 @@ impl Recorder for Graph {
         [a, b]: [&TensorId; 2],
         conv: Conv2d,
     ) -> Result<TensorId, PlanError> {
-        self.conv2d_op(path, &[*a, *b], conv, (None, None), (None, false))
+        self.conv2d_op(path, &[*a, *b], conv, ConvEpilogue::None, (None, false))
     }
 
     fn linear_stacked(
@@ -406,11 +413,18 @@ impl Recorder for Graph {
     }
 }
 
+/// What a planned convolution's epilogue reads besides its own output.
+#[derive(Debug, Clone, Copy)]
+enum ConvEpilogue {
+    /// Nothing.
+    None,
+    /// A residual connection, `(y + r) * scale`.
+    Residual(TensorId, f64),
+    /// A per-(item, channel) bias from columns `offset..` of `t`.
+    ChannelBias(TensorId, usize),
+}
+
 impl Graph {
-    /// `nn.Conv2d`, with a fused residual connection where `residual` says.
-    /// `nn.Conv2d` with its fusions: a residual connection or a channel bias in the epilogue,
-    /// and channels-last input or output (`layouts`: the input's NCHW size when it is
-    /// token-major, and whether the output is).
     /// `nn.GroupNorm` of `xs`: one tensor, or two read in place as their concatenation
     /// (bound whole).
     fn group_norm_op(
@@ -476,13 +490,16 @@ impl Graph {
         Ok(y)
     }
 
-    /// `nn.Conv2d` of `xs`: one tensor, or two read in place as their concatenation.
+    /// `nn.Conv2d` of `xs` (one tensor, or two read in place as their concatenation) with its
+    /// fusions: a residual connection or a channel bias in the epilogue, and channels-last
+    /// input or output (`layouts`: the input's NCHW size when it is token-major, and whether the
+    /// output is).
     fn conv2d_op(
         &mut self,
         path: &str,
         xs: &[TensorId],
         conv: Conv2d,
-        (residual, channel_bias): (Option<(TensorId, f64)>, Option<(TensorId, usize)>),
+        epilogue: ConvEpilogue,
         (x_size, y_tokens): (Option<(usize, usize)>, bool),
     ) -> Result<TensorId, PlanError> {
         let (x, x2) = match *xs {
@@ -491,7 +508,13 @@ impl Graph {
             _ => unreachable!("one input or a pair"),
         };
         let x_shape = match (x_size, x2) {
-            (Some(size), _) => shapes::to_nchw(path, self.shape(x), size)?,
+            (Some(_), Some(_)) => {
+                return Err(PlanError::Unsupported {
+                    part: "conv2d",
+                    what: format!("{}: a token-major concatenation", self.name(path)),
+                });
+            }
+            (Some(size), None) => shapes::to_nchw(path, self.shape(x), size)?,
             (None, Some(b)) => shapes::concat(path, self.shape(x), self.shape(b))?,
             (None, None) => self.shape(x),
         };
@@ -520,8 +543,11 @@ impl Graph {
             kernel: k,
             stride: conv.stride,
             padding: conv.padding,
-            residual: residual.map(|(_, scale)| scale),
-            channel_bias: channel_bias.is_some(),
+            residual: match epilogue {
+                ConvEpilogue::Residual(_, scale) => Some(scale),
+                _ => None,
+            },
+            channel_bias: matches!(epilogue, ConvEpilogue::ChannelBias(..)),
             x_tokens: x_size.is_some(),
             y_tokens,
         };
@@ -531,11 +557,11 @@ impl Graph {
             args.push(read("x2", b));
         }
         args.extend([weight_arg("w", w), weight_arg("bias", bias), write("y", y)]);
-        if let Some((r, _)) = residual {
+        if let ConvEpilogue::Residual(r, _) = epilogue {
             self.same_shape(path, y, r)?;
             args.push(read("r", r));
         }
-        if let Some((t, offset)) = channel_bias {
+        if let ConvEpilogue::ChannelBias(t, offset) = epilogue {
             let (n, oc) = (x_shape.batch(), conv.out_channels);
             let fits = matches!(self.shape(t), Shape::Tokens { n: tn, l: 1, d } if tn == n && offset + oc <= d);
             if !fits {

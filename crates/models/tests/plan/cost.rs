@@ -75,12 +75,13 @@ fn sd15_at_512_with_cfg_costs_the_independent_counts() -> TestResult {
 
 /// Issue 17's dispatch budgets: an SD 1.5 UNet call at 512x512 with CFG in at most 300
 /// dispatches, a VAE decode in at most 250, as the cost model counts them unsplit (the trace
-/// test holds the GPU recorder to the same counts, op by op).
+/// test holds the GPU recorder to the same counts, op by op); and today's counts, pinned, so a
+/// change that adds dispatches says so here.
 #[test]
 fn sd15_at_512_fits_the_dispatch_budgets() -> TestResult {
     let configs = load_configs(&fixtures().join("configs/sd15"))?;
     let parts = cost(&configs.configs(), &PlanRequest::new(512, 512))?;
-    for (part, budget) in [(Part::UNet, 300), (Part::VaeDecoder, 250)] {
+    for (part, budget, today) in [(Part::UNet, 300, 296), (Part::VaeDecoder, 250, 90)] {
         let dispatches = parts
             .iter()
             .find(|p| p.part == part)
@@ -90,6 +91,10 @@ fn sd15_at_512_fits_the_dispatch_budgets() -> TestResult {
         assert!(
             dispatches <= budget,
             "{part:?}: {dispatches} dispatches, over the budget of {budget}"
+        );
+        assert_eq!(
+            dispatches, today,
+            "{part:?}: the count changed; update it here"
         );
     }
     Ok(())
