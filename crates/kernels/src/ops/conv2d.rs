@@ -133,18 +133,8 @@ pub fn conv2d_with_residual(
     chunk: Conv2dChunk,
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
-    let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
-    let layouts = Conv2dLayouts::NCHW;
-    conv2d_with_epilogue(
-        batch,
-        (x, None),
-        weight,
-        bias,
-        y,
-        shape,
-        (chunk, layouts),
-        epilogue,
-    )
+    let layouts = (chunk, Conv2dLayouts::NCHW);
+    conv2d_residual_in(batch, x, weight, bias, y, shape, layouts, residual)
 }
 
 /// Which tensors of a convolution are channels-last (`[N, H, W, C]`, as token-major `[N, H*W,
@@ -178,18 +168,24 @@ pub fn conv2d_in_layouts(
     layouts: Conv2dLayouts,
     residual: Option<Residual<'_>>,
 ) -> Result<()> {
+    let layouts = (Conv2dChunk::WHOLE, layouts);
+    conv2d_residual_in(batch, x, weight, bias, y, shape, layouts, residual)
+}
+
+/// One input, and at most a residual connection in the epilogue.
+#[allow(clippy::too_many_arguments)] // conv2d's seven, plus the residual
+fn conv2d_residual_in(
+    batch: &mut Batch<'_>,
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    shape: Conv2dShape,
+    layouts: (Conv2dChunk, Conv2dLayouts),
+    residual: Option<Residual<'_>>,
+) -> Result<()> {
     let epilogue = residual.map_or(Epilogue::None, Epilogue::Residual);
-    let chunk = Conv2dChunk::WHOLE;
-    conv2d_with_epilogue(
-        batch,
-        (x, None),
-        weight,
-        bias,
-        y,
-        shape,
-        (chunk, layouts),
-        epilogue,
-    )
+    conv2d_with_epilogue(batch, (x, None), weight, bias, y, shape, layouts, epilogue)
 }
 
 /// A per-(item, channel) bias: columns `offset..offset + Cout` of each item's row of `tensor`
