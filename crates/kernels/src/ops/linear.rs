@@ -28,6 +28,9 @@ const LINEAR_BINDINGS: [Binding; 7] = [
     Binding::read("beta"),
 ];
 
+/// The most rows `linear_few_rows` takes (`FEW_ROWS` in linear.wgsl).
+const FEW_ROWS: usize = 8;
+
 /// `nn.LayerNorm` over each row of a linear layer's input, applied as the rows are loaded
 /// (`gamma`, `beta` `[k]`, f32) instead of in a pass of its own.
 #[derive(Clone, Copy, Debug)]
@@ -42,10 +45,17 @@ pub(crate) static LINEAR: Kernel = Kernel {
     source: include_str!("../shaders/linear.wgsl"),
     params: Params::LAYOUT,
     bindings: &LINEAR_BINDINGS,
-    entries: &[Entry {
-        name: "linear",
-        bindings: 7,
-    }],
+    // The few-rows entry has no input layer norm.
+    entries: &[
+        Entry {
+            name: "linear",
+            bindings: 7,
+        },
+        Entry {
+            name: "linear_few_rows",
+            bindings: 5,
+        },
+    ],
     reads_weights: true,
     consts: no_consts,
 };
@@ -180,6 +190,17 @@ fn linear_with_epilogue(
         layer_norm: u32::from(norm.is_some()),
         norm_eps: norm.map_or(0.0, |n| n.eps),
     };
+    // A few rows without a layer norm or GEGLU (a batch's time embeddings): one thread per
+    // output column, instead of 64-row tiles that would be mostly padding.
+    if rows <= FEW_ROWS && norm.is_none() && epilogue != 3 {
+        return batch.dispatch(
+            &LINEAR,
+            LINEAR.key("linear_few_rows", variant),
+            &params,
+            &[x, weight, bias, y, residual],
+            [to_u32(OP, n.div_ceil(64))?, 1, 1],
+        );
+    }
     let placeholder = batch.context().placeholder();
     let (gamma, beta) = norm.map_or((placeholder, placeholder), |n| (n.gamma, n.beta));
     let groups = [

@@ -6,6 +6,10 @@
 // at a time (vectorisable; neighbouring threads read rows k apart, so the loads are not
 // coalesced: a cost on real GPUs not measured yet).
 //
+// `linear_few_rows` is the same product for at most FEW_ROWS rows (a batch's time embedding,
+// every ResNet's time projection), where a 64-row tile would compute mostly padding: each thread
+// one output column for every row, x's rows staged through shared memory FEW_K at a time.
+//
 // With `layer_norm`, x is layer-normed as it is loaded (`nn.LayerNorm` before a transformer's
 // projections, fused instead of a pass of its own): the loader thread of a row computes that
 // row's mean and 1/std first (two passes over the row in f32, as layer_norm.wgsl does).
@@ -129,15 +133,65 @@ fn store_row(row: u32, col: u32, sums: array<f32, 8>) {
     }
     for (var j = 0u; j < 8u; j++) {
         if (col + j < p.n) {
-            let index = row * p.n + col + j;
-            var v = sums[j];
-            if (p.has_bias != 0u) {
-                v += bias[col + j];
+            store_one(row, col + j, sums[j]);
+        }
+    }
+}
+
+// One element of y: the sum plus the bias, then the residual connection where there is one.
+fn store_one(row: u32, col: u32, sum: f32) {
+    let index = row * p.n + col;
+    var v = sum;
+    if (p.has_bias != 0u) {
+        v += bias[col];
+    }
+    if (p.epilogue == 1u) {
+        v = (v + residual[index]) * p.residual_factor;
+    }
+    y[index] = v;
+}
+
+const FEW_ROWS: u32 = 8u;
+const FEW_K: u32 = 128u;
+var<workgroup> few_x: array<vec4<f32>, 256>; // [FEW_ROWS][FEW_K / 4]
+
+@compute @workgroup_size(64)
+fn linear_few_rows(@builtin(local_invocation_index) lid: u32,
+                   @builtin(workgroup_id) wid: vec3<u32>) {
+    let col = wid.x * 64u + lid;
+    var acc = array<f32, 8>(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += FEW_K) {
+        // Four k of one row per element: rows past the last and k past the end are zeros.
+        for (var e = lid; e < FEW_ROWS * FEW_K / 4u; e += 64u) {
+            let row = e / (FEW_K / 4u);
+            let k = k0 + 4u * (e % (FEW_K / 4u));
+            var v = vec4<f32>(0.0);
+            if (row < p.rows) {
+                for (var i = 0u; i < 4u; i++) {
+                    if (k + i < p.k) {
+                        v[i] = x[row * p.k + k + i];
+                    }
+                }
             }
-            if (p.epilogue == 1u) {
-                v = (v + residual[index]) * p.residual_factor;
+            few_x[e] = v;
+        }
+        workgroupBarrier();
+        if (col < p.n) {
+            let steps = min(FEW_K, p.k - k0);
+            for (var k = 0u; k < steps; k += 4u) {
+                let w = load_w4(col, k0 + k);
+                for (var row = 0u; row < FEW_ROWS; row++) {
+                    acc[row] += dot(few_x[row * (FEW_K / 4u) + k / 4u], w);
+                }
             }
-            y[index] = v;
+        }
+        workgroupBarrier();
+    }
+    if (col < p.n) {
+        for (var row = 0u; row < FEW_ROWS; row++) {
+            if (row < p.rows) {
+                store_one(row, col, acc[row]);
+            }
         }
     }
 }

@@ -4,12 +4,16 @@ use sd_kernels::reference::{self, Tolerance};
 use crate::common::*;
 
 /// (leading dims of x, n, k): single element, sizes off the 64x64x16 tiles, a batched CLIP-like
-/// projection, k not a multiple of 4.
-const CASES: [(&[usize], usize, usize); 4] = [
+/// projection, k not a multiple of 4; and the few-rows path (at most 8 rows: a CFG batch's time
+/// embedding, k past one 128-deep step; exactly 8) beside 9 rows, which takes the tiles.
+const CASES: [(&[usize], usize, usize); 7] = [
     (&[1], 1, 1),
     (&[67], 45, 37),
     (&[2, 77], 130, 67),
     (&[3, 43], 70, 129),
+    (&[2, 1], 70, 300),
+    (&[8], 131, 129),
+    (&[9], 131, 129),
 ];
 
 #[test]
@@ -54,9 +58,16 @@ fn linear_matches_reference_for_every_weight_variant() {
 /// `(x W^T + b + r) * factor`, on sizes off the tiles.
 #[test]
 fn linear_adds_a_residual_in_its_epilogue() {
+    for rows in [70, 5] {
+        linear_adds_a_residual(rows);
+    }
+}
+
+/// The residual test on `rows` rows (few rows take `linear_few_rows`).
+fn linear_adds_a_residual(rows: usize) {
     let ctx = context_for(Weights::F16Native);
-    let mut rng = rng(150);
-    let (rows, n, k) = (70, 45, 37);
+    let mut rng = rng(150 + rows as u64);
+    let (n, k) = (45, 37);
     let x = random(&mut rng, rows * k, 1.0);
     let w = random(&mut rng, n * k, 0.5);
     let b = random(&mut rng, n, 1.0);
@@ -85,7 +96,12 @@ fn linear_adds_a_residual_in_its_epilogue() {
         abs: 2e-5,
         rel: 1e-5,
     };
-    assert_close("linear with residual", &got, &want, tol);
+    assert_close(
+        &format!("linear with residual, {rows} rows"),
+        &got,
+        &want,
+        tol,
+    );
 }
 
 #[test]
