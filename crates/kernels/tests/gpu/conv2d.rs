@@ -168,13 +168,7 @@ fn conv2d_of_a_concatenation_equals_the_conv_of_the_concatenated_tensor() {
             let b = random(&mut rng, n * cb * h * w, 1.0);
             let wt = random(&mut rng, oc * ic * kernel * kernel, 0.3);
             let bias = random(&mut rng, oc, 1.0);
-            let cat: Vec<f32> = (0..n)
-                .flat_map(|i| {
-                    let a = &a[i * ca * h * w..(i + 1) * ca * h * w];
-                    let b = &b[i * cb * h * w..(i + 1) * cb * h * w];
-                    a.iter().chain(b).copied().collect::<Vec<_>>()
-                })
-                .collect();
+            let cat = reference::concat_channels(&a, &b, n, ca, cb, h * w);
             let (w_gpu, w_seen) = weight(ctx, weights, &wt, &[oc, ic, kernel, kernel]);
             let shape = Conv2dShape::symmetric(1, kernel / 2);
             let (ag, bg, biasg) = (

@@ -99,13 +99,7 @@ fn group_norm_of_a_concatenation_equals_the_norm_of_the_concatenated_tensor() {
         let b = random(&mut rng, n * cb * hw, 1.0);
         let gamma = random(&mut rng, c, 1.5);
         let beta = random(&mut rng, c, 0.5);
-        let cat: Vec<f32> = (0..n)
-            .flat_map(|i| {
-                let a = &a[i * ca * hw..(i + 1) * ca * hw];
-                let b = &b[i * cb * hw..(i + 1) * cb * hw];
-                a.iter().chain(b).copied().collect::<Vec<_>>()
-            })
-            .collect();
+        let cat = reference::concat_channels(&a, &b, n, ca, cb, hw);
         let want = reference::group_norm(&cat, [n, c, hw], groups, &gamma, &beta, 1e-5, true);
         let (ag, bg) = (upload(ctx, &a, &[n, ca, hw]), upload(ctx, &b, &[n, cb, hw]));
         let (gg, betag) = (upload(ctx, &gamma, &[c]), upload(ctx, &beta, &[c]));

@@ -709,18 +709,8 @@ impl<'c> Recorder for GpuRecorder<'_, 'c> {
         norm: GroupNorm,
     ) -> Result<GpuTensor> {
         self.traced(path, |r| {
-            let shape = shapes::concat(path, a.shape, b.shape)?;
-            let Shape::Nchw { c, .. } = shape else {
-                return Err(mismatch(path, format!("{shape} is not NCHW")));
-            };
-            if norm.groups == 0 || !c.is_multiple_of(norm.groups) {
-                return Err(PlanError::Architecture {
-                    part: "group norm",
-                    message: format!("{path}: {} groups do not divide {c} channels", norm.groups),
-                }
-                .into());
-            }
-            let y = r.alloc(path, shape)?;
+            // The launcher checks the groups (the planner refused bad ones already).
+            let y = r.alloc(path, shapes::concat(path, a.shape, b.shape)?)?;
             let gamma = r.weight(format!("{path}.weight"))?;
             let beta = r.weight(format!("{path}.bias"))?;
             let shape = GroupNormShape {
