@@ -4,9 +4,10 @@
 
 use alloc::vec::Vec;
 
+use super::program::{Expr, HostInputs, Input, NOISE, SAMPLE, StepProgram};
 use super::{
-    SamplerError, SamplerKind, check_len, check_step, draw_noise, sigma_alphas_cumprod,
-    sigma_denoised, sqrt_sigma_sq_plus_one,
+    SamplerError, SamplerKind, check_len, check_step, sigma_alphas_cumprod, sigma_denoised,
+    sqrt_sigma_sq_plus_one,
 };
 use crate::config::{PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::schedule::{self, round_f32};
@@ -157,19 +158,34 @@ impl Schedule {
     ) -> Result<Vec<f32>, SamplerError> {
         self.check_step(step)?;
         check_len("noise", original.len(), noise.len())?;
+        let program = StepProgram::next(self.noising(
+            step,
+            Expr::Input(Input::Image),
+            Expr::Input(Input::StartNoise),
+        )?);
+        let inputs = HostInputs {
+            sample: original,
+            image: original,
+            start_noise: noise,
+            ..HostInputs::default()
+        };
+        program.compile()?.run(&inputs, &mut Vec::new())
+    }
+
+    /// `add_noise` of clean latents `x` with `noise` at `step`, per element (see
+    /// [`Schedule::add_noise`]).
+    pub fn noising(&self, step: usize, x: Expr, noise: Expr) -> Result<Expr, SamplerError> {
+        self.check_step(step)?;
         Ok(match &self.noising {
-            Noising::Sigma => {
-                let sigma = self.sigma(step);
-                map2(original, noise, |x, n| x + n * sigma)
-            }
+            Noising::Sigma => x + noise * self.sigma(step),
             Noising::DpmSolver => {
                 let (alpha, sigma) = alpha_sigma(self.sigma(step));
-                map2(original, noise, |x, n| alpha * x + sigma * n)
+                alpha * x + sigma * noise
             }
             Noising::AlphasCumprod(acp) => {
                 let sqrt_alpha = libm::sqrtf(acp[step]);
                 let sqrt_one_minus = libm::sqrtf(1.0 - acp[step]);
-                map2(original, noise, |x, n| sqrt_alpha * x + sqrt_one_minus * n)
+                sqrt_alpha * x + sqrt_one_minus * noise
             }
         })
     }
@@ -299,54 +315,22 @@ pub(super) fn sigma_down(to: f32, up: f32) -> f32 {
     libm::sqrtf((to * to - up * up).max(0.0))
 }
 
-/// `f(a[i], b[i])` for each element, in float32.
-#[inline]
-pub(super) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> Vec<f32> {
-    a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect()
-}
-
-/// `f(a[i], b[i], c[i])` for each element, in float32.
-#[inline]
-pub(super) fn map3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> Vec<f32> {
-    a.iter()
-        .zip(b)
-        .zip(c)
-        .map(|((&a, &b), &c)| f(a, b, c))
-        .collect()
-}
-
 /// k-diffusion's `to_d`: the ODE derivative `(x - denoised) / sigma`.
-#[inline]
-pub(super) fn to_d(x: f32, denoised: f32, sigma: f32) -> f32 {
+pub(super) fn to_d(x: Expr, denoised: Expr, sigma: f32) -> Expr {
     (x - denoised) / sigma
 }
 
 /// An Euler step by `dt` from `sigma`: `x + (x - D(x)) / sigma * dt` with the data prediction
 /// `D` of [`sigma_denoised`], in float32.
-pub(super) fn euler_step(
-    prediction: PredictionType,
-    sigma: f32,
-    dt: f32,
-    sample: &[f32],
-    model_output: &[f32],
-) -> Vec<f32> {
-    map2(sample, model_output, |x, m| {
-        x + to_d(x, sigma_denoised(prediction, sigma, x, m), sigma) * dt
-    })
+pub(super) fn euler_step(prediction: PredictionType, sigma: f32, dt: f32) -> Expr {
+    let denoised = sigma_denoised(prediction, sigma, SAMPLE, super::program::OUTPUT);
+    SAMPLE + to_d(SAMPLE, denoised, sigma) * dt
 }
 
-/// Adds `scale` times fresh standard normal noise (one draw of `prev.len()` values) to `prev`:
-/// the ancestral samplers' `+ sigma_up * noise`, DDIM's `+ std_dev * noise`.
-pub(super) fn add_fresh_noise(
-    prev: &mut [f32],
-    scale: f32,
-    noise: &mut dyn FnMut(usize) -> Vec<f32>,
-) -> Result<(), SamplerError> {
-    let noise = draw_noise(noise, prev.len())?;
-    for (p, z) in prev.iter_mut().zip(&noise) {
-        *p += z * scale;
-    }
-    Ok(())
+/// `prev` plus `scale` times fresh standard normal noise: the ancestral samplers'
+/// `+ sigma_up * noise`, DDIM's `+ std_dev * noise`.
+pub(super) fn add_fresh_noise(prev: Expr, scale: f32) -> Expr {
+    prev + NOISE * scale
 }
 
 /// The second call of a two-call step takes what the first call kept: the first call must be

@@ -10,9 +10,10 @@
 use alloc::vec::Vec;
 
 use super::common::{
-    Schedule, add_fresh_noise, check_training_range, clip_range, final_alpha_cumprod, map2,
+    Schedule, add_fresh_noise, check_training_range, clip_range, final_alpha_cumprod,
     whole_timesteps,
 };
+use super::program::{OUTPUT, SAMPLE, StepProgram};
 use super::{Sampler, SamplerError, SamplerKind};
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule;
@@ -29,6 +30,7 @@ pub struct Ddim {
     final_alpha_cumprod: f64,
     /// `num_train_timesteps // steps`: how far back the previous timestep is.
     step_ratio: usize,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl Ddim {
@@ -54,6 +56,7 @@ impl Ddim {
             final_alpha_cumprod: final_alpha_cumprod(config, true, &alphas_cumprod),
             alphas_cumprod,
             step_ratio: num_train / steps,
+            host_kept: Vec::new(),
         })
     }
 
@@ -75,15 +78,12 @@ impl Sampler for Ddim {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let (alpha_prod_t, alpha_prod_prev) = self.alphas(step);
         let beta_prod_t = 1.0 - alpha_prod_t;
         let sqrt_alpha = libm::sqrtf(alpha_prod_t);
@@ -93,25 +93,23 @@ impl Sampler for Ddim {
         let std_dev = self.eta as f32 * libm::sqrtf(variance);
         let direction_coef = libm::sqrtf(1.0 - alpha_prod_prev - std_dev * std_dev);
         let sqrt_alpha_prev = libm::sqrtf(alpha_prod_prev);
-        let (prediction, clip) = (self.prediction, self.clip);
-        let mut prev = map2(sample, model_output, |x, m| {
-            let (mut x0, eps) = match prediction {
-                PredictionType::Epsilon => ((x - sqrt_beta * m) / sqrt_alpha, m),
-                PredictionType::Sample => (m, (x - sqrt_alpha * m) / sqrt_beta),
-                PredictionType::VPrediction => (
-                    sqrt_alpha * x - sqrt_beta * m,
-                    sqrt_alpha * m + sqrt_beta * x,
-                ),
-            };
-            if let Some(range) = clip {
-                x0 = x0.clamp(-range, range);
-            }
-            sqrt_alpha_prev * x0 + direction_coef * eps
-        });
-        if self.eta > 0.0 {
-            add_fresh_noise(&mut prev, std_dev, noise)?;
+        let (mut x0, eps) = match self.prediction {
+            PredictionType::Epsilon => ((SAMPLE - sqrt_beta * OUTPUT) / sqrt_alpha, OUTPUT),
+            PredictionType::Sample => (OUTPUT, (SAMPLE - sqrt_alpha * OUTPUT) / sqrt_beta),
+            PredictionType::VPrediction => (
+                sqrt_alpha * SAMPLE - sqrt_beta * OUTPUT,
+                sqrt_alpha * OUTPUT + sqrt_beta * SAMPLE,
+            ),
+        };
+        if let Some(range) = self.clip {
+            x0 = x0.clamp(range);
         }
-        Ok(prev)
+        let prev = sqrt_alpha_prev * x0 + direction_coef * eps;
+        Ok(StepProgram::next(if self.eta > 0.0 {
+            add_fresh_noise(prev, std_dev)
+        } else {
+            prev
+        }))
     }
 }
 

@@ -17,12 +17,12 @@
 //! diffusers' `[S0, S1, S1, ..., S(n-1), S(n-1), 0, 0, 0]`; the midpoint sigmas (the model's
 //! at odd calls) are kept separately, as diffusers' `sigmas_interpol`.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
-use super::common::{Schedule, SigmaClass, SigmaSchedule, euler_step, map3, take_first_call, to_d};
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction, sigma_denoised,
-};
+use super::common::{Schedule, SigmaClass, SigmaSchedule, euler_step, take_first_call, to_d};
+use super::program::{Expr, OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, refuse_sample_prediction, sigma_denoised};
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule;
 
@@ -34,8 +34,9 @@ pub struct KDpm2 {
     prediction: PredictionType,
     /// diffusers' `sigmas_interpol`, interleaved the same way.
     sigmas_interpol: Vec<f32>,
-    /// The first call of the current step: its index and sample.
-    first: Option<(usize, Vec<f32>)>,
+    /// The first call of the current step: its index (it keeps its sample).
+    first: Option<(usize, ())>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 /// `[x0, x1, x1, x2, x2, ..., xn, xn, xn]`: diffusers' `torch.cat([x[:1],
@@ -93,37 +94,16 @@ pub(super) fn input_sigmas(
 }
 
 /// The first call of DPM2 and DPM2 ancestral: an Euler step from `sigma` to the midpoint
-/// sigma.
-pub(super) fn first_call(
-    prediction: PredictionType,
-    sigma: f32,
-    sigma_interpol: f32,
-    sample: &[f32],
-    model_output: &[f32],
-) -> Vec<f32> {
-    euler_step(
-        prediction,
-        sigma,
-        sigma_interpol - sigma,
-        sample,
-        model_output,
-    )
+/// `sigma_interpol`.
+pub(super) fn first_call(prediction: PredictionType, sigma: f32, sigma_interpol: f32) -> Expr {
+    euler_step(prediction, sigma, sigma_interpol - sigma)
 }
 
 /// The second call of DPM2 and DPM2 ancestral (DPM-Solver-2): the midpoint's derivative over
-/// `dt` from the first call's sample `first`.
-pub(super) fn second_call(
-    prediction: PredictionType,
-    sigma_interpol: f32,
-    dt: f32,
-    sample: &[f32],
-    model_output: &[f32],
-    first: &[f32],
-) -> Vec<f32> {
-    map3(sample, model_output, first, |x, m, x1| {
-        let denoised = sigma_denoised(prediction, sigma_interpol, x, m);
-        x1 + to_d(x, denoised, sigma_interpol) * dt
-    })
+/// `dt` from the first call's sample (kept buffer 0).
+pub(super) fn second_call(prediction: PredictionType, sigma_interpol: f32, dt: f32) -> Expr {
+    let denoised = sigma_denoised(prediction, sigma_interpol, SAMPLE, OUTPUT);
+    kept(0) + to_d(SAMPLE, denoised, sigma_interpol) * dt
 }
 
 impl KDpm2 {
@@ -160,6 +140,7 @@ impl KDpm2 {
             prediction: config.prediction_type,
             sigmas_interpol,
             first: None,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -169,37 +150,32 @@ impl Sampler for KDpm2 {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let prediction = self.prediction;
         if step.is_multiple_of(2) {
             // First order: an Euler step from sigma to the midpoint sigma_interpol.
             let sigma = self.schedule.sigma(step);
             let sigma_interpol = self.sigmas_interpol[step + 1];
-            let prev = first_call(prediction, sigma, sigma_interpol, sample, model_output);
-            self.first = Some((step, sample.to_vec()));
-            return Ok(prev);
+            self.first = Some((step, ()));
+            return Ok(
+                StepProgram::next(first_call(prediction, sigma, sigma_interpol))
+                    .keeping(vec![SAMPLE]),
+            );
         }
         // DPM-Solver-2: the midpoint's derivative over the whole step, from the first sample.
-        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
-        check_len("sample", first.len(), sample.len())?;
+        take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         let sigma = self.schedule.sigma(step - 1);
         let sigma_interpol = self.sigmas_interpol[step];
         let dt = self.schedule.sigma(step) - sigma;
-        Ok(second_call(
+        Ok(StepProgram::next(second_call(
             prediction,
             sigma_interpol,
             dt,
-            sample,
-            model_output,
-            &first,
-        ))
+        )))
     }
 }

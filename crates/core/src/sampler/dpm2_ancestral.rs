@@ -20,13 +20,15 @@
 //! `steps - 1` draws in all). `sigmas()` are diffusers' `[S0, S1, S1, ..., S(n-1), S(n-1), 0,
 //! 0, 0]`.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 use super::common::{
     Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, sigma_down, sigma_up, take_first_call,
 };
 use super::dpm2::{call_timesteps, first_call, input_sigmas, interleave, lerp_half, second_call};
-use super::{Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction};
+use super::program::{SAMPLE, StepProgram};
+use super::{Sampler, SamplerError, SamplerKind, refuse_sample_prediction};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The DPM2 ancestral sampler.
@@ -39,8 +41,9 @@ pub struct KDpm2Ancestral {
     sigmas_interpol: Vec<f32>,
     sigmas_up: Vec<f32>,
     sigmas_down: Vec<f32>,
-    /// The first call of the current step: its index and sample.
-    first: Option<(usize, Vec<f32>)>,
+    /// The first call of the current step: its index (it keeps its sample).
+    first: Option<(usize, ())>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl KDpm2Ancestral {
@@ -93,6 +96,7 @@ impl KDpm2Ancestral {
             sigmas_up: interleave(&up),
             sigmas_down: interleave(&down),
             first: None,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -102,32 +106,32 @@ impl Sampler for KDpm2Ancestral {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let prediction = self.prediction;
         if step.is_multiple_of(2) {
             // First order: an Euler step from sigma to the midpoint sigma_interpol.
             let sigma = self.schedule.sigma(step);
             let sigma_interpol = self.sigmas_interpol[step];
-            let prev = first_call(prediction, sigma, sigma_interpol, sample, model_output);
-            self.first = Some((step, sample.to_vec()));
-            return Ok(prev);
+            self.first = Some((step, ()));
+            return Ok(
+                StepProgram::next(first_call(prediction, sigma, sigma_interpol))
+                    .keeping(vec![SAMPLE]),
+            );
         }
-        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
-        check_len("sample", first.len(), sample.len())?;
+        take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         // DPM-Solver-2 down to sigma_down from the first sample, then the ancestral noise.
         let sigma = self.schedule.sigma(step - 1);
         let sigma_interpol = self.sigmas_interpol[step - 1];
         let dt = self.sigmas_down[step - 1] - sigma;
-        let mut prev = second_call(prediction, sigma_interpol, dt, sample, model_output, &first);
-        add_fresh_noise(&mut prev, self.sigmas_up[step - 1], noise)?;
-        Ok(prev)
+        let prev = second_call(prediction, sigma_interpol, dt);
+        Ok(StepProgram::next(add_fresh_noise(
+            prev,
+            self.sigmas_up[step - 1],
+        )))
     }
 }

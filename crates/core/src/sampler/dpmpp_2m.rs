@@ -8,10 +8,12 @@
 //! thresholding. So the first step (no history yet) and the last (sigma 0) are first order,
 //! every other step second order from this step's and the previous step's data predictions.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
-use super::common::{Schedule, alpha_sigma, map2, map3};
-use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, sigma_alphas_cumprod};
+use super::common::{Schedule, alpha_sigma};
+use super::program::{OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, check_next, sigma_alphas_cumprod};
 use crate::config::{BetaSchedule, PredictionType, SchedulerConfig, TimestepSpacing};
 use crate::schedule::{self, round_f32};
 
@@ -21,8 +23,9 @@ use crate::schedule::{self, round_f32};
 pub struct DpmSolverMultistep {
     schedule: Schedule,
     prediction: PredictionType,
-    /// The previous step's index and data prediction (x0).
-    previous: Option<(usize, Vec<f32>)>,
+    /// The previous step's index (its data prediction x0 is kept).
+    previous: Option<usize>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl DpmSolverMultistep {
@@ -80,6 +83,7 @@ impl DpmSolverMultistep {
             schedule: Schedule::dpm_solver(kind, timesteps, sigmas),
             prediction: config.prediction_type,
             previous: None,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -94,36 +98,21 @@ impl Sampler for DpmSolverMultistep {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
-        check_next(
-            self.schedule.kind.name(),
-            self.previous.as_ref().map(|(s, _)| *s),
-            step,
-        )?;
-        let history = match &self.previous {
-            Some((_, previous)) => {
-                check_len("model_output", previous.len(), model_output.len())?;
-                Some(previous.as_slice())
-            }
-            None => None,
-        };
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
+        check_next(self.schedule.kind.name(), self.previous, step)?;
 
         // convert_model_output: the data prediction x0 at this step's sigma.
         let (alpha_s0, sigma_s0) = alpha_sigma(self.schedule.sigma(step));
-        let prediction = self.prediction;
-        let x0 = map2(sample, model_output, |x, m| match prediction {
-            PredictionType::Epsilon => (x - sigma_s0 * m) / alpha_s0,
-            PredictionType::Sample => m,
-            PredictionType::VPrediction => alpha_s0 * x - sigma_s0 * m,
-        });
+        let x0 = match self.prediction {
+            PredictionType::Epsilon => (SAMPLE - sigma_s0 * OUTPUT) / alpha_s0,
+            PredictionType::Sample => OUTPUT,
+            PredictionType::VPrediction => alpha_s0 * SAMPLE - sigma_s0 * OUTPUT,
+        };
 
         let (alpha_t, sigma_t) = alpha_sigma(self.schedule.sigma(step + 1));
         let lambda_t = lambda(alpha_t, sigma_t);
@@ -131,22 +120,21 @@ impl Sampler for DpmSolverMultistep {
         let h = lambda_t - lambda_s0;
         let sample_coef = sigma_t / sigma_s0;
         let d0_coef = alpha_t * (libm::expf(-h) - 1.0);
-        // lower_order_final: the last step (final sigma 0) is first order.
-        let prev = match history {
-            Some(m1) if step + 1 < self.schedule.calls() => {
+        // lower_order_final: the last step (final sigma 0) is first order. The previous
+        // step's x0 is kept buffer 0.
+        let prev = match self.previous {
+            Some(_) if step + 1 < self.schedule.calls() => {
                 let (alpha_s1, sigma_s1) = alpha_sigma(self.schedule.sigma(step - 1));
                 let lambda_s1 = lambda(alpha_s1, sigma_s1);
                 let h_0 = lambda_s0 - lambda_s1;
                 let inv_r0 = 1.0 / (h_0 / h);
                 let d1_coef = 0.5 * d0_coef;
-                map3(sample, &x0, m1, |x, m0, m1| {
-                    let d1 = inv_r0 * (m0 - m1);
-                    sample_coef * x - d0_coef * m0 - d1_coef * d1
-                })
+                let d1 = inv_r0 * (x0.clone() - kept(0));
+                sample_coef * SAMPLE - d0_coef * x0.clone() - d1_coef * d1
             }
-            _ => map2(sample, &x0, |x, m0| sample_coef * x - d0_coef * m0),
+            _ => sample_coef * SAMPLE - d0_coef * x0.clone(),
         };
-        self.previous = Some((step, x0));
-        Ok(prev)
+        self.previous = Some(step);
+        Ok(StepProgram::next(prev).keeping(vec![x0]))
     }
 }

@@ -21,10 +21,12 @@
 //! first-order convergent (see `tests/sampler_convergence.rs`); with equal log-sigma steps it
 //! is DPM-Solver++(2M). The arithmetic is float32, operation by operation as written above.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
-use super::common::{Schedule, SigmaClass, SigmaSchedule, map2, map3};
-use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, sigma_denoised};
+use super::common::{Schedule, SigmaClass, SigmaSchedule};
+use super::program::{OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, check_next, sigma_denoised};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The DPM++ 2M v2 sampler. It remembers the previous step's data prediction, so steps must
@@ -33,8 +35,9 @@ use crate::config::{PredictionType, SchedulerConfig};
 pub struct DpmPP2MV2 {
     schedule: Schedule,
     prediction: PredictionType,
-    /// The previous step's index and data prediction.
-    previous: Option<(usize, Vec<f32>)>,
+    /// The previous step's index (its data prediction is kept).
+    previous: Option<usize>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl DpmPP2MV2 {
@@ -54,6 +57,7 @@ impl DpmPP2MV2 {
                 .into_schedule(kind),
             prediction: config.prediction_type,
             previous: None,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -73,33 +77,23 @@ impl Sampler for DpmPP2MV2 {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
-        check_next(
-            self.schedule.kind.name(),
-            self.previous.as_ref().map(|(s, _)| *s),
-            step,
-        )?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
+        check_next(self.schedule.kind.name(), self.previous, step)?;
         let sigma = self.schedule.sigma(step);
         let sigma_next = self.schedule.sigma(step + 1);
-        let prediction = self.prediction;
-        let denoised = map2(sample, model_output, |x, m| {
-            sigma_denoised(prediction, sigma, x, m)
-        });
+        let denoised = sigma_denoised(self.prediction, sigma, SAMPLE, OUTPUT);
         let t = t_fn(sigma);
         let t_next = t_fn(sigma_next);
         let h = t_next - t;
         let ratio = sigma_fn(t_next) / sigma_fn(t);
-        let prev = match &self.previous {
-            Some((_, old)) if sigma_next != 0.0 => {
-                check_len("model_output", old.len(), denoised.len())?;
+        // The previous step's data prediction is kept buffer 0.
+        let prev = match self.previous {
+            Some(_) if sigma_next != 0.0 => {
                 let h_last = t - t_fn(self.schedule.sigma(step - 1));
                 let h_min = h_last.min(h);
                 let h_max = h_last.max(h);
@@ -107,16 +101,14 @@ impl Sampler for DpmPP2MV2 {
                 let h_d = (h_max + h_min) / 2.0;
                 let expm1 = libm::expm1f(-h_d);
                 let (c_new, c_old) = (1.0 + 1.0 / (2.0 * r), 1.0 / (2.0 * r));
-                map3(sample, &denoised, old, |x, d, d_old| {
-                    ratio * x - expm1 * (c_new * d - c_old * d_old)
-                })
+                ratio * SAMPLE - expm1 * (c_new * denoised.clone() - c_old * kept(0))
             }
             _ => {
                 let expm1 = libm::expm1f(-h);
-                map2(sample, &denoised, |x, d| ratio * x - expm1 * d)
+                ratio * SAMPLE - expm1 * denoised.clone()
             }
         };
-        self.previous = Some((step, denoised));
-        Ok(prev)
+        self.previous = Some(step);
+        Ok(StepProgram::next(prev).keeping(vec![denoised]))
     }
 }

@@ -20,15 +20,15 @@
 //! timesteps), a float32 value. The arithmetic is k-diffusion's, in float32: `lambda`,
 //! `sigma_fn`, the ratios and `expm1` on float32 scalars.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
 use super::common::{
-    Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, euler_step, map2, map3, sigma_down,
-    sigma_up, take_first_call,
+    Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, euler_step, sigma_down, sigma_up,
+    take_first_call,
 };
-use super::{
-    Sampler, SamplerError, SamplerKind, check_len, refuse_sample_prediction, sigma_denoised,
-};
+use super::program::{OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, refuse_sample_prediction, sigma_denoised};
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule::{self, round_f32};
 
@@ -39,8 +39,9 @@ pub struct DpmPP2SAncestral {
     schedule: Schedule,
     prediction: PredictionType,
     calls: Vec<Call>,
-    /// The first call of the current step: its index and sample.
-    first: Option<(usize, Vec<f32>)>,
+    /// The first call of the current step: its index (it keeps its sample).
+    first: Option<(usize, ())>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 /// What one model call does, with its float32 coefficients.
@@ -134,6 +135,7 @@ impl DpmPP2SAncestral {
             prediction: config.prediction_type,
             calls,
             first: None,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -143,27 +145,22 @@ impl Sampler for DpmPP2SAncestral {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let prediction = self.prediction;
-        let (mut prev, up) = match self.calls[step] {
+        let (prev, up) = match self.calls[step] {
             Call::First {
                 sigma,
                 ratio,
                 expm1,
             } => {
-                let x2 = map2(sample, model_output, |x, m| {
-                    ratio * x - expm1 * sigma_denoised(prediction, sigma, x, m)
-                });
-                self.first = Some((step, sample.to_vec()));
-                return Ok(x2);
+                let x2 = ratio * SAMPLE - expm1 * sigma_denoised(prediction, sigma, SAMPLE, OUTPUT);
+                self.first = Some((step, ()));
+                return Ok(StepProgram::next(x2).keeping(vec![SAMPLE]));
             }
             Call::Second {
                 sigma,
@@ -171,20 +168,16 @@ impl Sampler for DpmPP2SAncestral {
                 expm1,
                 up,
             } => {
-                let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
-                check_len("sample", first.len(), sample.len())?;
-                let prev = map3(sample, model_output, &first, |x2, m, x| {
-                    ratio * x - expm1 * sigma_denoised(prediction, sigma, x2, m)
-                });
-                (prev, up)
+                take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
+                // The second call's sample is x_2; the step goes on from the first's x.
+                let denoised = sigma_denoised(prediction, sigma, SAMPLE, OUTPUT);
+                (ratio * kept(0) - expm1 * denoised, up)
             }
-            Call::Euler { sigma, dt, up } => {
-                (euler_step(prediction, sigma, dt, sample, model_output), up)
-            }
+            Call::Euler { sigma, dt, up } => (euler_step(prediction, sigma, dt), up),
         };
-        if let Some(up) = up {
-            add_fresh_noise(&mut prev, up, noise)?;
-        }
-        Ok(prev)
+        Ok(StepProgram::next(match up {
+            Some(up) => add_fresh_noise(prev, up),
+            None => prev,
+        }))
     }
 }

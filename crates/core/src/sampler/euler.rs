@@ -9,7 +9,7 @@
 use alloc::vec::Vec;
 
 use super::common::{Schedule, SigmaClass, SigmaSchedule, euler_step};
-use super::{Sampler, SamplerError, SamplerKind};
+use super::{Sampler, SamplerError, SamplerKind, StepProgram};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The Euler sampler.
@@ -17,6 +17,7 @@ use crate::config::{PredictionType, SchedulerConfig};
 pub struct EulerDiscrete {
     schedule: Schedule,
     prediction: PredictionType,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl EulerDiscrete {
@@ -35,6 +36,7 @@ impl EulerDiscrete {
             schedule: SigmaSchedule::new(config, steps, karras, SigmaClass::Euler)?
                 .into_schedule(kind),
             prediction: config.prediction_type,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -44,18 +46,15 @@ impl Sampler for EulerDiscrete {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         // s_churn = 0: gamma = 0 and sigma_hat = sigma.
         let sigma = self.schedule.sigma(step);
         let dt = self.schedule.sigma(step + 1) - sigma;
-        Ok(euler_step(self.prediction, sigma, dt, sample, model_output))
+        Ok(StepProgram::next(euler_step(self.prediction, sigma, dt)))
     }
 }

@@ -15,7 +15,7 @@ use alloc::vec::Vec;
 use super::common::{
     Schedule, SigmaClass, SigmaSchedule, add_fresh_noise, euler_step, sigma_down, sigma_up,
 };
-use super::{Sampler, SamplerError, SamplerKind, refuse_sample_prediction};
+use super::{Sampler, SamplerError, SamplerKind, StepProgram, refuse_sample_prediction};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The Euler ancestral sampler.
@@ -23,6 +23,7 @@ use crate::config::{PredictionType, SchedulerConfig};
 pub struct EulerAncestral {
     schedule: Schedule,
     prediction: PredictionType,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl EulerAncestral {
@@ -43,6 +44,7 @@ impl EulerAncestral {
             schedule: SigmaSchedule::new(config, steps, karras, SigmaClass::Euler)?
                 .into_schedule(kind),
             prediction: config.prediction_type,
+            host_kept: Vec::new(),
         })
     }
 }
@@ -52,23 +54,19 @@ impl Sampler for EulerAncestral {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let sigma = self.schedule.sigma(step);
         let sigma_to = self.schedule.sigma(step + 1);
         // Each operation in float32 as in diffusers.
         let up = sigma_up(sigma, sigma_to);
         let dt = sigma_down(sigma_to, up) - sigma;
         // `sample` prediction is refused in `new`.
-        let mut prev = euler_step(self.prediction, sigma, dt, sample, model_output);
-        add_fresh_noise(&mut prev, up, noise)?;
-        Ok(prev)
+        let prev = euler_step(self.prediction, sigma, dt);
+        Ok(StepProgram::next(add_fresh_noise(prev, up)))
     }
 }

@@ -11,10 +11,12 @@
 //! that with the derivative at the Euler point and redoes the step from the remembered sample.
 //! The last call, to sigma 0, is a plain Euler step.
 
+use alloc::vec;
 use alloc::vec::Vec;
 
-use super::common::{Schedule, SigmaClass, SigmaSchedule, clip_range, map2, take_first_call, to_d};
-use super::{Sampler, SamplerError, SamplerKind, check_len, sigma_denoised};
+use super::common::{Schedule, SigmaClass, SigmaSchedule, clip_range, take_first_call, to_d};
+use super::program::{Expr, OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, sigma_denoised};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The Heun sampler.
@@ -24,15 +26,10 @@ pub struct HeunDiscrete {
     prediction: PredictionType,
     /// `Some(range)` when `clip_sample` is on.
     clip: Option<f32>,
-    /// The first call of the current step: its index, and its sample, derivative and `dt`.
-    first: Option<(usize, FirstCall)>,
-}
-
-#[derive(Debug, Clone)]
-struct FirstCall {
-    sample: Vec<f32>,
-    derivative: Vec<f32>,
-    dt: f32,
+    /// The first call of the current step: its index and `dt` (it keeps its sample and
+    /// derivative).
+    first: Option<(usize, f32)>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl HeunDiscrete {
@@ -67,14 +64,15 @@ impl HeunDiscrete {
             prediction: config.prediction_type,
             clip: clip_range(config, false),
             first: None,
+            host_kept: Vec::new(),
         })
     }
 
     /// `pred_original_sample` at `sigma`, clipped when `clip_sample` is on.
-    fn denoised(&self, sigma: f32, x: f32, m: f32) -> f32 {
-        let x0 = sigma_denoised(self.prediction, sigma, x, m);
+    fn denoised(&self, sigma: f32) -> Expr {
+        let x0 = sigma_denoised(self.prediction, sigma, SAMPLE, OUTPUT);
         match self.clip {
-            Some(range) => x0.clamp(-range, range),
+            Some(range) => x0.clamp(range),
             None => x0,
         }
     }
@@ -85,45 +83,28 @@ impl Sampler for HeunDiscrete {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         if step.is_multiple_of(2) {
-            // First order: sigma_hat = sigma (gamma 0), an Euler step to the next sigma.
+            // First order: sigma_hat = sigma (gamma 0), an Euler step to the next sigma; the
+            // sample and the derivative are kept.
             let sigma = self.schedule.sigma(step);
             let sigma_next = self.schedule.sigma(step + 1);
             let dt = sigma_next - sigma;
-            let derivative = map2(sample, model_output, |x, m| {
-                to_d(x, self.denoised(sigma, x, m), sigma)
-            });
-            let prev = map2(sample, &derivative, |x, d| x + d * dt);
-            let first = FirstCall {
-                sample: sample.to_vec(),
-                derivative,
-                dt,
-            };
-            self.first = Some((step, first));
-            return Ok(prev);
+            let derivative = to_d(SAMPLE, self.denoised(sigma), sigma);
+            self.first = Some((step, dt));
+            return Ok(StepProgram::next(SAMPLE + derivative.clone() * dt)
+                .keeping(vec![SAMPLE, derivative]));
         }
         // Second order: the derivative at the Euler point (sigma_next), averaged with the first.
-        let first = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
-        check_len("sample", first.sample.len(), sample.len())?;
+        let dt = take_first_call(&mut self.first, self.schedule.kind.name(), step)?;
         let sigma_next = self.schedule.sigma(step);
-        Ok(sample
-            .iter()
-            .zip(model_output)
-            .zip(first.derivative.iter().zip(&first.sample))
-            .map(|((&x, &m), (&d1, &x1))| {
-                let d2 = to_d(x, self.denoised(sigma_next, x, m), sigma_next);
-                let derivative = (d1 + d2) / 2.0;
-                x1 + derivative * first.dt
-            })
-            .collect())
+        let d2 = to_d(SAMPLE, self.denoised(sigma_next), sigma_next);
+        let derivative = (kept(1) + d2) / 2.0;
+        Ok(StepProgram::next(kept(0) + derivative * dt))
     }
 }

@@ -20,8 +20,9 @@
 
 use alloc::vec::Vec;
 
-use super::common::{Schedule, clip_range, map2};
-use super::{Sampler, SamplerError, SamplerKind, draw_noise};
+use super::common::{Schedule, clip_range};
+use super::program::{NOISE, OUTPUT, SAMPLE, StepProgram};
+use super::{Sampler, SamplerError, SamplerKind};
 use crate::config::{PredictionType, SchedulerConfig};
 use crate::schedule;
 
@@ -34,6 +35,7 @@ pub struct Lcm {
     clip: Option<f32>,
     timestep_scaling: f32,
     alphas_cumprod: Vec<f64>,
+    host_kept: Vec<Vec<f32>>,
 }
 
 /// `original_inference_steps` when the config has none.
@@ -75,6 +77,7 @@ impl Lcm {
             clip: clip_range(config, false),
             timestep_scaling: config.timestep_scaling.unwrap_or(10.0) as f32,
             alphas_cumprod,
+            host_kept: Vec::new(),
         })
     }
 
@@ -93,15 +96,12 @@ impl Sampler for Lcm {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         let timesteps = &self.schedule.timesteps;
         let t = timesteps[step];
         let prev_t = timesteps.get(step + 1).copied().unwrap_or(t);
@@ -110,26 +110,22 @@ impl Sampler for Lcm {
         let sqrt_alpha = libm::sqrtf(alpha_prod_t);
         let sqrt_beta = libm::sqrtf(1.0 - alpha_prod_t);
         let (c_skip, c_out) = self.scalings(t as f32);
-        let (prediction, clip) = (self.prediction, self.clip);
-        let denoised = map2(sample, model_output, |x, m| {
-            let mut x0 = match prediction {
-                PredictionType::Epsilon => (x - sqrt_beta * m) / sqrt_alpha,
-                PredictionType::Sample => m,
-                PredictionType::VPrediction => sqrt_alpha * x - sqrt_beta * m,
-            };
-            if let Some(range) = clip {
-                x0 = x0.clamp(-range, range);
-            }
-            c_out * x0 + c_skip * x
-        });
-        if step + 1 == timesteps.len() {
-            return Ok(denoised);
+        let mut x0 = match self.prediction {
+            PredictionType::Epsilon => (SAMPLE - sqrt_beta * OUTPUT) / sqrt_alpha,
+            PredictionType::Sample => OUTPUT,
+            PredictionType::VPrediction => sqrt_alpha * SAMPLE - sqrt_beta * OUTPUT,
+        };
+        if let Some(range) = self.clip {
+            x0 = x0.clamp(range);
         }
-        let noise = draw_noise(noise, denoised.len())?;
+        let denoised = c_out * x0 + c_skip * SAMPLE;
+        if step + 1 == timesteps.len() {
+            return Ok(StepProgram::next(denoised));
+        }
         let sqrt_alpha_prev = libm::sqrtf(alpha_prod_prev);
         let sqrt_beta_prev = libm::sqrtf(1.0 - alpha_prod_prev);
-        Ok(map2(&denoised, &noise, |d, z| {
-            sqrt_alpha_prev * d + sqrt_beta_prev * z
-        }))
+        Ok(StepProgram::next(
+            sqrt_alpha_prev * denoised + sqrt_beta_prev * NOISE,
+        ))
     }
 }

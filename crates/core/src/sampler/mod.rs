@@ -83,6 +83,7 @@ pub mod heun;
 mod kind;
 pub mod lcm;
 pub mod pndm;
+pub mod program;
 
 pub use common::Schedule;
 pub use ddim::Ddim;
@@ -97,6 +98,7 @@ pub use heun::HeunDiscrete;
 pub use kind::{Algorithm, SamplerKind};
 pub use lcm::Lcm;
 pub use pndm::Pndm;
+pub use program::{Bytecode, Expr, HostInputs, StepProgram};
 
 /// What went wrong building or stepping a sampler.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -161,6 +163,10 @@ pub enum SamplerError {
         /// `num_train_timesteps`.
         num_train_timesteps: usize,
     },
+    /// A sampler's step does not fit the step interpreter's limits (a bug in a sampler, not in
+    /// an input).
+    #[error("a step program has too many {0}")]
+    ProgramTooLarge(&'static str),
     /// DDIM's `eta` is not a finite number >= 0.
     #[error("eta must be a finite number >= 0, got {0}")]
     BadEta(f64),
@@ -337,6 +343,21 @@ pub trait Sampler: fmt::Debug + Send {
         Ok(())
     }
 
+    /// The program of model call `step` ([`program`]): what [`Sampler::step`] computes per
+    /// element, for an executor that keeps the latents elsewhere (the GPU). It advances the
+    /// sampler's own bookkeeping as a step does (which call comes next, what is kept), so each
+    /// call's program is asked for once, in order; the executor keeps the buffers the program
+    /// says to keep and passes them back as [`program::Input::Kept`]. Errors as
+    /// [`Sampler::step`]'s order and range errors.
+    ///
+    /// # Errors
+    ///
+    /// [`SamplerError::StepOutOfRange`], [`SamplerError::OutOfOrder`].
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError>;
+
+    /// The buffers [`Sampler::step`] keeps between calls on the host.
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>>;
+
     /// One denoising step (`scheduler.step(...).prev_sample`): the latents after `step` from the
     /// (unscaled) latents `sample` and the UNet's `model_output` at that step (after
     /// classifier-free guidance). For a two-call sampler, the first call of a step returns
@@ -344,6 +365,8 @@ pub trait Sampler: fmt::Debug + Send {
     /// second call the latents of the next step. `noise(n)` must return `n` standard normal
     /// values; it is called only by stochastic samplers, at most once per call, where
     /// diffusers (or k-diffusion) draws.
+    ///
+    /// It runs [`Sampler::program`] on the host.
     ///
     /// # Errors
     ///
@@ -357,7 +380,22 @@ pub trait Sampler: fmt::Debug + Send {
         step: usize,
         sample: &[f32],
         noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError>;
+    ) -> Result<Vec<f32>, SamplerError> {
+        self.schedule()
+            .check_step_inputs(step, sample, model_output)?;
+        let code = self.program(step)?.compile()?;
+        let noise = match code.reads(program::Input::Noise) {
+            true => draw_noise(noise, sample.len())?,
+            false => Vec::new(),
+        };
+        let inputs = HostInputs {
+            sample,
+            output: model_output,
+            noise: &noise,
+            ..HostInputs::default()
+        };
+        code.run(&inputs, self.host_kept())
+    }
 
     /// Noises clean latents to the noise level of `step` with the sampler's own rule
     /// (`scheduler.add_noise`, for img2img and inpainting): `x + sigma * noise` for the
@@ -409,8 +447,7 @@ fn refuse_sample_prediction(
 /// The data prediction (`pred_original_sample`) of the sigma-based samplers at `sigma`, in
 /// float32 as diffusers writes it: `x - sigma * m` (epsilon),
 /// `m * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)` (v) and `m` (sample).
-#[inline]
-fn sigma_denoised(prediction: PredictionType, sigma: f32, x: f32, m: f32) -> f32 {
+fn sigma_denoised(prediction: PredictionType, sigma: f32, x: Expr, m: Expr) -> Expr {
     match prediction {
         PredictionType::Epsilon => x - sigma * m,
         PredictionType::VPrediction => {

@@ -27,10 +27,10 @@
 use alloc::vec::Vec;
 
 use super::common::{
-    Schedule, check_training_range, final_alpha_cumprod, map2, map3, plain_alphas_cumprod,
-    whole_timesteps,
+    Schedule, check_training_range, final_alpha_cumprod, plain_alphas_cumprod, whole_timesteps,
 };
-use super::{Sampler, SamplerError, SamplerKind, check_len, check_next, refuse_sample_prediction};
+use super::program::{Expr, OUTPUT, SAMPLE, StepProgram, kept};
+use super::{Sampler, SamplerError, SamplerKind, check_next, refuse_sample_prediction};
 use crate::config::{PredictionType, SchedulerConfig};
 
 /// The PNDM (PLMS) sampler. It remembers the previous model outputs, so steps must be taken in
@@ -46,10 +46,12 @@ pub struct Pndm {
     /// The index of the last call and how many calls were made.
     last: Option<usize>,
     counter: usize,
-    /// The model outputs kept for the multistep combination (`ets`), at most 4.
-    ets: Vec<Vec<f32>>,
-    /// The sample remembered by the first call for the second.
-    cur_sample: Option<Vec<f32>>,
+    /// How many model outputs are kept for the multistep combination (`ets`, at most 4;
+    /// kept buffers `0..ets`, oldest first).
+    ets: usize,
+    /// Whether the first call's sample is kept for the second (kept buffer `ets`).
+    cur_sample: bool,
+    host_kept: Vec<Vec<f32>>,
 }
 
 impl Pndm {
@@ -83,8 +85,9 @@ impl Pndm {
             step_ratio: num_train / steps,
             last: None,
             counter: 0,
-            ets: Vec::new(),
-            cur_sample: None,
+            ets: 0,
+            cur_sample: false,
+            host_kept: Vec::new(),
         })
     }
 
@@ -102,15 +105,15 @@ impl Pndm {
             })
     }
 
-    /// diffusers' `_get_prev_sample`: DDIM's transfer from `t` to `prev_t` with the combined
-    /// model output.
+    /// diffusers' `_get_prev_sample`: DDIM's transfer of `sample` from `t` to `prev_t` with
+    /// the combined model output.
     fn prev_sample(
         &self,
-        sample: &[f32],
+        sample: Expr,
         t: i64,
         prev_t: i64,
-        model_output: &[f32],
-    ) -> Result<Vec<f32>, SamplerError> {
+        model_output: Expr,
+    ) -> Result<Expr, SamplerError> {
         let alpha_prod_t = self.alpha_at(t)?;
         let alpha_prod_prev = self.alpha_at(prev_t)?;
         let beta_prod_t = 1.0 - alpha_prod_t;
@@ -120,15 +123,11 @@ impl Pndm {
         let denom = alpha_prod_t * libm::sqrtf(beta_prod_prev)
             + libm::sqrtf(alpha_prod_t * beta_prod_t * alpha_prod_prev);
         let diff = alpha_prod_prev - alpha_prod_t;
-        let v_prediction = self.prediction == PredictionType::VPrediction;
-        Ok(map2(sample, model_output, |x, m| {
-            let eps = if v_prediction {
-                sqrt_alpha * m + sqrt_beta * x
-            } else {
-                m
-            };
-            sample_coeff * x - diff * eps / denom
-        }))
+        let eps = match self.prediction {
+            PredictionType::VPrediction => sqrt_alpha * model_output + sqrt_beta * sample.clone(),
+            _ => model_output,
+        };
+        Ok(sample_coeff * sample - diff * eps / denom)
     }
 }
 
@@ -137,57 +136,53 @@ impl Sampler for Pndm {
         &self.schedule
     }
 
-    fn step(
-        &mut self,
-        model_output: &[f32],
-        step: usize,
-        sample: &[f32],
-        _noise: &mut dyn FnMut(usize) -> Vec<f32>,
-    ) -> Result<Vec<f32>, SamplerError> {
-        self.schedule
-            .check_step_inputs(step, sample, model_output)?;
+    fn host_kept(&mut self) -> &mut Vec<Vec<f32>> {
+        &mut self.host_kept
+    }
+
+    fn program(&mut self, step: usize) -> Result<StepProgram, SamplerError> {
+        self.schedule.check_step(step)?;
         check_next(SamplerKind::PNDM.name(), self.last, step)?;
-        if let Some(e) = self.ets.last() {
-            check_len("model_output", e.len(), model_output.len())?;
-        }
         let ratio = self.step_ratio as i64;
         let mut t = self.schedule.timesteps[step] as i64;
         let mut prev_t = t - ratio;
+        // The kept buffers: the outputs `ets` (oldest first), then the first call's sample.
+        let mut ets: Vec<Expr> = (0..self.ets).map(|k| kept(k as u8)).collect();
+        let cur_sample = self.cur_sample.then(|| kept(self.ets as u8));
         if self.counter != 1 {
-            if self.ets.len() > 3 {
-                self.ets.remove(0);
+            if ets.len() > 3 {
+                ets.remove(0);
             }
-            self.ets.push(model_output.to_vec());
+            ets.push(OUTPUT);
         } else {
             prev_t = t;
             t += ratio;
         }
-        let first_of_two = self.ets.len() == 1 && self.counter == 0;
-        let second_of_two = self.ets.len() == 1 && self.counter == 1;
-        let mut from = sample.to_vec();
-        if first_of_two {
-            self.cur_sample = Some(sample.to_vec());
-        } else if second_of_two && let Some(cur_sample) = self.cur_sample.take() {
-            from = cur_sample;
-        }
-        let e = &self.ets;
-        let combined: Vec<f32> = match e.len() {
-            _ if first_of_two => model_output.to_vec(),
-            _ if second_of_two => map2(model_output, &e[0], |m, e1| (m + e1) / 2.0),
-            2 => map2(&e[1], &e[0], |e1, e2| (3.0 * e1 - e2) / 2.0),
-            3 => map3(&e[2], &e[1], &e[0], |e1, e2, e3| {
-                (23.0 * e1 - 16.0 * e2 + 5.0 * e3) / 12.0
-            }),
+        let first_of_two = ets.len() == 1 && self.counter == 0;
+        let second_of_two = ets.len() == 1 && self.counter == 1;
+        let (from, keep_sample) = match cur_sample {
+            _ if first_of_two => (SAMPLE, Some(SAMPLE)),
+            Some(cur_sample) if second_of_two => (cur_sample, None),
+            other => (SAMPLE, other),
+        };
+        let e = &ets;
+        let combined = match e.len() {
+            _ if first_of_two => OUTPUT,
+            _ if second_of_two => (OUTPUT + e[0].clone()) / 2.0,
+            2 => (3.0 * e[1].clone() - e[0].clone()) / 2.0,
+            3 => (23.0 * e[2].clone() - 16.0 * e[1].clone() + 5.0 * e[0].clone()) / 12.0,
             _ => {
                 let c = (1.0_f64 / 24.0) as f32;
-                (0..model_output.len())
-                    .map(|i| c * (55.0 * e[3][i] - 59.0 * e[2][i] + 37.0 * e[1][i] - 9.0 * e[0][i]))
-                    .collect()
+                c * (55.0 * e[3].clone() - 59.0 * e[2].clone() + 37.0 * e[1].clone()
+                    - 9.0 * e[0].clone())
             }
         };
-        let prev = self.prev_sample(&from, t, prev_t, &combined)?;
+        let prev = self.prev_sample(from, t, prev_t, combined)?;
         self.counter += 1;
         self.last = Some(step);
-        Ok(prev)
+        self.ets = ets.len();
+        self.cur_sample = keep_sample.is_some();
+        ets.extend(keep_sample);
+        Ok(StepProgram::next(prev).keeping(ets))
     }
 }
