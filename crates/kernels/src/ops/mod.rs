@@ -7,6 +7,7 @@ mod conv2d;
 mod elementwise;
 mod linear;
 mod norm;
+mod step_program;
 
 pub use attention::{AttentionShape, TokenFeatures, attention, attention_of_features};
 pub use conv2d::{
@@ -24,6 +25,10 @@ pub use linear::{
 pub use norm::{
     FUSED_GROUP_NORM_MAX, GroupNormShape, group_norm, group_norm_dispatches, group_norm_of_concat,
     layer_norm,
+};
+pub use step_program::{
+    ModelOutput, STEP_PROGRAM_MAX_CONSTANTS, STEP_PROGRAM_MAX_INSTRUCTIONS, StepCode, StepInputs,
+    step_program,
 };
 
 use crate::kernel::Kernel;
@@ -74,7 +79,7 @@ use crate::{Batch, DType, KernelError, Result, ShaderVariant, Tensor};
 
 /// Every kernel file's table (see [`crate::kernel`]).
 #[cfg_attr(not(test), allow(dead_code))] // read by the descriptor test
-pub(crate) static KERNELS: [&Kernel; 8] = [
+pub(crate) static KERNELS: [&Kernel; 9] = [
     &linear::LINEAR,
     &conv2d::CONV2D,
     &attention::ATTENTION,
@@ -83,6 +88,7 @@ pub(crate) static KERNELS: [&Kernel; 8] = [
     &elementwise::EMBEDDING,
     &norm::GROUP_NORM,
     &norm::LAYER_NORM,
+    &step_program::STEP_PROGRAM,
 ];
 
 /// The shader variant that reads `weights` of this tensor's storage type on this device.

@@ -12,3 +12,4 @@ mod conv2d;
 mod elementwise;
 mod linear;
 mod norm;
+mod step_program;
