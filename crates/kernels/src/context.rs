@@ -529,18 +529,7 @@ impl GpuContext {
 
     /// Waits until the GPU has finished all submitted work (benchmarks time with it).
     pub async fn finish(&self) -> Result<()> {
-        let (sender, receiver) = futures_channel::oneshot::channel();
-        self.queue.on_submitted_work_done(move || {
-            let _ = sender.send(());
-        });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| KernelError::Readback(e.to_string()))?;
-        receiver
-            .await
-            .map_err(|_| KernelError::DeviceLost("the GPU never reported the work done".into()))?;
-        self.check_health()
+        self.fence().wait(self).await
     }
 
     /// Reads an f32 tensor back to the CPU: the one readback path, native and wasm alike.
@@ -558,46 +547,7 @@ impl GpuContext {
 
     /// Reads the first `size` bytes of a `COPY_SRC` buffer back to the CPU.
     pub(crate) async fn read_buffer(&self, buffer: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("readback"),
-            });
-        encoder.copy_buffer_to_buffer(buffer, 0, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
-        self.counters.readbacks.fetch_add(1, Ordering::Relaxed);
-
-        let (sender, receiver) = futures_channel::oneshot::channel();
-        let slice = staging.slice(..);
-        slice.map_async(wgpu::MapMode::Read, move |result| {
-            // The receiver only disappears if the caller's future was dropped.
-            let _ = sender.send(result);
-        });
-        #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| KernelError::Readback(e.to_string()))?;
-        receiver
-            .await
-            .map_err(|_| KernelError::Readback("the map callback was dropped".into()))?
-            .map_err(|e| {
-                self.check_health()
-                    .err()
-                    .unwrap_or_else(|| KernelError::Readback(e.to_string()))
-            })?;
-        let data = slice
-            .get_mapped_range()
-            .map_err(|e| KernelError::Readback(e.to_string()))?
-            .to_vec();
-        staging.unmap();
-        self.check_health()?;
-        Ok(data)
+        self.start_read(buffer, size).wait_bytes(self).await
     }
 
     pub(crate) fn check_buffer_size(&self, bytes: u64) -> Result<()> {

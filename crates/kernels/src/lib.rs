@@ -11,6 +11,7 @@
 mod batch;
 mod context;
 mod error;
+mod inflight;
 mod kernel;
 pub mod ops;
 mod pipeline;
@@ -22,6 +23,7 @@ mod tensor;
 pub use batch::{Batch, Profile, Timing};
 pub use context::{ContextOptions, F16Mode, GpuContext, NeededLimits, WorkCount};
 pub use error::KernelError;
+pub use inflight::{Fence, PendingRead};
 pub use pipeline::PipelineKey;
 pub use pool::PoolStats;
 pub use shader::{ShaderVariant, compose_shader};

@@ -13,7 +13,12 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
 
+use std::ops::Range;
+
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig, UNet2DConditionConfig};
+use sd_core::progress::Stage;
+use sd_core::rng::NoiseRng;
+use sd_core::sampler::Sampler;
 
 use crate::Result;
 
@@ -236,6 +241,61 @@ pub trait Networks: ThreadSafe + Debug + std::any::Any {
     fn images_per_unet_call(&self, width: u32, height: u32, cfg: bool, count: u32) -> u32;
 }
 
+/// An image group's denoising loop, for a predictor that runs it with the latents on its own
+/// device ([`NoisePredictor::denoise_on_device`]). It must do what the pipeline's host loop does
+/// (`pipeline/denoise.rs`): the same model calls, the same samplers' programs, the same noise
+/// draws from the same generators, the same events.
+pub struct DenoiseLoop<'a> {
+    /// One sampler per image, each with its schedule set.
+    pub samplers: &'a mut [Box<dyn Sampler>],
+    /// One noise generator per image: what the samplers' noise is drawn from, in order.
+    pub rngs: &'a mut [NoiseRng],
+    /// Each image's latents `[4, h, w]`: the starting ones in, the denoised ones out.
+    pub latents: &'a mut [Vec<f32>],
+    /// The model calls to run: indices into the samplers' timesteps.
+    pub calls: Range<usize>,
+    /// The latents' height and width.
+    pub shape: (usize, usize),
+    /// The guidance scale under classifier-free guidance (the UNet batch is then
+    /// `[negative x images, prompt x images]`); `None` without it.
+    pub guidance: Option<f32>,
+    /// A 9-channel inpainting UNet's extra input channels, after each image's latents.
+    pub unet_extra: Option<&'a [f32]>,
+    /// The inpainting blend of a 4-channel UNet.
+    pub blend: Option<Blend<'a>>,
+    /// Told `Stage::Diffusion` before the first call and after each.
+    pub on_stage: &'a mut dyn FnMut(Stage),
+    /// Sees each image's latents after each call, in order (late, where they are read back
+    /// without waiting).
+    pub on_step: Option<crate::pipeline::StepObserver<'a>>,
+    /// Asked before every call; an error stops the loop (cancellation).
+    pub check: &'a dyn Fn() -> Result<()>,
+}
+
+impl Debug for DenoiseLoop<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DenoiseLoop")
+            .field("images", &self.latents.len())
+            .field("calls", &self.calls)
+            .field("shape", &self.shape)
+            .field("guidance", &self.guidance)
+            .field("blend", &self.blend.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Inpainting with a 4-channel UNet: after every call the known region, noised to the next
+/// call's level (the clean latents after the last), replaces what the sampler made of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Blend<'a> {
+    /// Each image's clean latents (an image without them is not blended).
+    pub image_latents: &'a [Option<Vec<f32>>],
+    /// The noise each image started from.
+    pub start_noise: &'a [Vec<f32>],
+    /// One value per latent pixel: 1 where the model paints, 0 where the image is kept.
+    pub mask: &'a [f32],
+}
+
 /// The UNet with an image group's conditioning in place.
 pub trait NoisePredictor {
     /// One UNet call on the host-side `latents` `[B, C, h, w]` at timestep `t` (the same for
@@ -246,4 +306,23 @@ pub trait NoisePredictor {
         shape: [usize; 4],
         t: f32,
     ) -> BoxFuture<'a, Result<Vec<f32>>>;
+
+    /// Whether this predictor runs the whole denoising loop itself, with the latents on its
+    /// device ([`NoisePredictor::denoise_on_device`]); otherwise the pipeline steps the
+    /// samplers on the host between [`NoisePredictor::predict`] calls.
+    fn keeps_latents(&self) -> bool {
+        false
+    }
+
+    /// Runs `run` with the latents on the device: no readback and no wait inside the loop
+    /// (previews are read back without waiting). Only where [`NoisePredictor::keeps_latents`].
+    fn denoise_on_device<'a>(&'a self, run: DenoiseLoop<'a>) -> BoxFuture<'a, Result<()>> {
+        let _ = run;
+        Box::pin(async {
+            Err(crate::ModelError::Mismatch {
+                op: "denoise".into(),
+                message: "this backend steps the samplers on the host".into(),
+            })
+        })
+    }
 }

@@ -22,7 +22,8 @@ pub mod record;
 pub mod source;
 
 pub use backend::{
-    DeviceKind, NetworkConfigFiles, NetworkConfigs, Networks, PromptEmbeddings, UNetInputs,
+    Blend, DenoiseLoop, DeviceKind, NetworkConfigFiles, NetworkConfigs, Networks, NoisePredictor,
+    PromptEmbeddings, UNetInputs,
 };
 pub use gpu::{
     CLIPTextModel, GpuNetworks, TextEncoding, TextKeysValues, UNet2DConditionModel,

@@ -25,13 +25,19 @@ fn digits() -> &'static StableDiffusion {
     MODEL.get_or_init(|| load("tiny-sd-digits"))
 }
 
-/// diffusers' Euler img2img at strength 0.5 on the WGSL path (the VAE encoder and the shortened
-/// schedule). DDIM at strength 0.8 and legacy 4-channel inpainting differ from it only in host
-/// code (the sampler, the mask blend), which the CPU backend replays against the same
-/// recordings in `crates/cpu/tests/parity.rs`.
+/// diffusers' img2img on the WGSL path (the VAE encoder, the shortened schedule, the samplers'
+/// steps on the GPU): Euler at strength 0.5, DDIM at 0.8.
 #[test]
 fn img2img_matches_diffusers() {
     recorded::img2img(digits(), "img2img_euler_s05", "euler", 0.5, 10);
+    recorded::img2img(digits(), "img2img_ddim_s08", "ddim", 0.8, 16);
+}
+
+/// Legacy inpainting (a 4-channel UNet): the known region blended back after every step, on
+/// the GPU in the step interpreter.
+#[test]
+fn inpainting_matches_diffusers_with_a_four_channel_unet() {
+    recorded::inpaint_four_channels(digits());
 }
 
 /// A 9-channel inpainting UNet (`tiny-arch/inpaint9`) takes the mask and the masked image's

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
 use sd_kernels::{ContextOptions, DType, GpuContext};
-use sd_models::{Inputs, ModelSource, StableDiffusion};
+use sd_models::{GpuNetworks, Inputs, ModelSource, StableDiffusion};
 
 use common::recorded::{self, PROMPTS};
 use common::{fixtures, max_abs_diff, reference};
@@ -101,6 +101,52 @@ fn concurrent_generations_agree_with_serial_ones() {
             err <= 1e-6,
             "request {i}: concurrent run differs by {err:e}"
         );
+    }
+}
+
+/// The denoising loop on the GPU (latents, guidance and the samplers' steps there, previews read
+/// back without waiting) against the loop on the host (the prediction read back every step),
+/// for every sampler: the same latents after every step, delivered in order, and at the end.
+#[test]
+fn the_gpu_loop_agrees_with_the_host_loop_for_every_sampler() {
+    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
+    let host = StableDiffusion::load_on(&source, |files| {
+        let networks = GpuNetworks::load(
+            common::context(),
+            &source,
+            files.configs(),
+            DType::F32,
+            &mut |_| {},
+        )?;
+        Ok(Box::new(networks.with_device_loop(false)))
+    })
+    .expect("load the digits model");
+    let init = reference("init_latents");
+    for kind in SamplerKind::ALL {
+        let params = GenerationParams {
+            prompt: PROMPTS[0].to_string(),
+            steps: 3,
+            guidance_scale: 5.0,
+            sampler: kind,
+            width: 64,
+            height: 64,
+            seed: 3,
+            ..GenerationParams::default()
+        };
+        let inputs = Inputs {
+            initial_latents: Some(&init),
+            ..Inputs::default()
+        };
+        let (gpu, gpu_steps) = common::run(model(), &params, &inputs);
+        let (cpu, cpu_steps) = common::run(&host, &params, &inputs);
+        assert_eq!(gpu_steps.len(), cpu_steps.len(), "{kind}: steps seen");
+        for (i, (g, c)) in gpu_steps.iter().zip(&cpu_steps).enumerate() {
+            let err = max_abs_diff(g, c);
+            assert!(err <= 1e-4, "{kind}: step {i} differs by {err:e}");
+        }
+        let err = max_abs_diff(&gpu.latents[0], &cpu.latents[0]);
+        println!("{kind}: GPU loop vs host loop, final latents max abs difference {err:e}");
+        assert!(err <= 1e-4, "{kind}: final latents differ by {err:e}");
     }
 }
 

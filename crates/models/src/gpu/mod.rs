@@ -5,6 +5,7 @@
 mod models;
 mod networks;
 mod recorder;
+mod unet_call;
 
 pub use models::{
     CLIPTextModel, Decoder, Encoder, TextEncoding, TextKeysValues, UNet2DConditionModel,

@@ -5,12 +5,10 @@
 use std::sync::Arc;
 
 use sd_core::config::{AutoencoderKLConfig, CLIPTextConfig};
-use sd_kernels::{DType, GpuContext, Tensor, ops};
+use sd_kernels::{DType, GpuContext, ops};
 
-use super::models::{
-    CLIPTextModel, TextKeysValues, UNet2DConditionModel, UNetConditioning, VaeDecoder, VaeEncoder,
-    WeightLoader,
-};
+use super::models::{CLIPTextModel, UNet2DConditionModel, VaeDecoder, VaeEncoder, WeightLoader};
+use super::unet_call::GpuUNetCall;
 use crate::backend::{
     BoxFuture, DeviceKind, NetworkConfigs, Networks, NoisePredictor, PromptEmbeddings, RunSize,
     TokenIds, UNetInputs,
@@ -28,14 +26,29 @@ pub const BATCH_ACTIVATION_BUDGET: u64 = 1 << 30;
 /// A model's networks on a GPU.
 #[derive(Debug)]
 pub struct GpuNetworks {
-    ctx: Arc<GpuContext>,
+    pub(super) ctx: Arc<GpuContext>,
     text_encoder: CLIPTextModel,
     /// SDXL's second text encoder (`CLIPTextModelWithProjection`).
     text_encoder_2: Option<CLIPTextModel>,
-    unet: UNet2DConditionModel,
+    pub(super) unet: UNet2DConditionModel,
     vae_encoder: VaeEncoder,
     vae_decoder: VaeDecoder,
     vae_config: AutoencoderKLConfig,
+    /// Whether the denoising loop runs on the GPU (`SD_DENOISE_LOOP`, default `gpu`) or steps
+    /// the samplers on the host between UNet calls (`host`: for A/B benchmarks and tests).
+    pub(super) device_loop: bool,
+}
+
+/// `SD_DENOISE_LOOP`: `gpu` (the default) or `host`.
+fn device_loop_from_env() -> Result<bool> {
+    match std::env::var("SD_DENOISE_LOOP").as_deref() {
+        Err(_) | Ok("gpu") => Ok(true),
+        Ok("host") => Ok(false),
+        Ok(other) => Err(ModelError::Input {
+            field: "SD_DENOISE_LOOP",
+            message: format!("`{other}` is not a denoising loop; use `gpu` or `host`"),
+        }),
+    }
 }
 
 impl GpuNetworks {
@@ -91,7 +104,16 @@ impl GpuNetworks {
             vae_encoder,
             vae_decoder,
             vae_config: configs.vae.clone(),
+            device_loop: device_loop_from_env()?,
         })
+    }
+
+    /// These networks with the denoising loop on the GPU (`true`) or on the host.
+    pub fn with_device_loop(self, on: bool) -> Self {
+        Self {
+            device_loop: on,
+            ..self
+        }
     }
 
     /// The GPU context the networks live on.
@@ -227,26 +249,7 @@ impl Networks for GpuNetworks {
     }
 
     fn prepare_unet<'a>(&'a self, inputs: &UNetInputs) -> Result<Box<dyn NoisePredictor + 'a>> {
-        let upload = |values: &Option<Vec<f32>>| -> Result<Option<Tensor>> {
-            values
-                .as_ref()
-                .map(|v| {
-                    let rows = inputs.rows();
-                    self.ctx.upload_f32(v, &[rows, v.len() / rows])
-                })
-                .transpose()
-                .map_err(ModelError::from)
-        };
-        Ok(Box::new(GpuUNetCall {
-            networks: self,
-            context: self
-                .ctx
-                .upload_f32(&inputs.context, &inputs.context_shape)?,
-            text: std::sync::OnceLock::new(),
-            timestep_cond: upload(&inputs.timestep_cond)?,
-            text_embeds: upload(&inputs.text_embeds)?,
-            time_ids: upload(&inputs.time_ids)?,
-        }))
+        Ok(Box::new(GpuUNetCall::new(self, inputs)?))
     }
 
     fn decode<'a>(
@@ -285,59 +288,6 @@ impl Networks for GpuNetworks {
                 })
             })
             .unwrap_or(1)
-    }
-}
-
-/// An image group's UNet conditioning on the GPU.
-struct GpuUNetCall<'a> {
-    networks: &'a GpuNetworks,
-    /// The text hidden states, until the first call projects them.
-    context: Tensor,
-    /// The text's keys and values, projected by the first call (in its batch) and read by
-    /// every call.
-    text: std::sync::OnceLock<TextKeysValues>,
-    timestep_cond: Option<Tensor>,
-    text_embeds: Option<Tensor>,
-    time_ids: Option<Tensor>,
-}
-
-impl GpuUNetCall<'_> {
-    async fn predict_async(&self, latents: &[f32], shape: [usize; 4], t: f32) -> Result<Vec<f32>> {
-        let ctx = &self.networks.ctx;
-        let sample = ctx.upload_f32(latents, &shape)?;
-        let timesteps = ctx.upload_f32(&vec![t; shape[0]], &[shape[0]])?;
-        let cond = UNetConditioning {
-            timestep_cond: self.timestep_cond.as_ref(),
-            text_embeds: self.text_embeds.as_ref(),
-            time_ids: self.time_ids.as_ref(),
-        };
-        let mut batch = ctx.batch();
-        let unet = &self.networks.unet;
-        // The first call projects the text in its own batch; the tensors are kept for the
-        // group's later calls only once that batch has been submitted.
-        let mut fresh = None;
-        let text = match self.text.get() {
-            Some(kept) => kept,
-            None => &*fresh.insert(unet.project_context(&mut batch, &self.context)?),
-        };
-        let out = unet.forward(&mut batch, &sample, &timesteps, text, &cond)?;
-        batch.submit().await?;
-        if let Some(text) = fresh {
-            // Another call of the group may have kept its own first; either is the same.
-            let _ = self.text.set(text);
-        }
-        Ok(ctx.read_f32(&out).await?)
-    }
-}
-
-impl NoisePredictor for GpuUNetCall<'_> {
-    fn predict<'b>(
-        &'b self,
-        latents: &'b [f32],
-        shape: [usize; 4],
-        t: f32,
-    ) -> BoxFuture<'b, Result<Vec<f32>>> {
-        Box::pin(self.predict_async(latents, shape, t))
     }
 }
 

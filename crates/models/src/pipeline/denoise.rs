@@ -9,7 +9,7 @@ use sd_core::sampler::Sampler;
 use super::conditioning::Conditioning;
 use super::{Inputs, StableDiffusion, StepObserver};
 use crate::Result;
-use crate::backend::NoisePredictor;
+use crate::backend::{Blend, DenoiseLoop, NoisePredictor};
 
 /// Images denoised together: one sampler, noise source and latents each.
 pub(super) struct ImageGroup {
@@ -110,8 +110,45 @@ impl ImageGroup {
 }
 
 impl ImageGroup {
-    /// Runs the steps from `self.start` on all images of the group, one UNet call per step.
+    /// Runs the steps from `self.start` on all images of the group, one UNet call per step:
+    /// on the device where the predictor keeps the latents there, else stepping the samplers
+    /// here.
     pub(super) async fn denoise(
+        &mut self,
+        unet: &dyn NoisePredictor,
+        mut on_stage: &mut dyn FnMut(Stage),
+        on_step: &mut Option<StepObserver<'_>>,
+        check: &dyn Fn() -> Result<()>,
+    ) -> Result<()> {
+        if !unet.keeps_latents() {
+            return self.denoise_on_host(unet, on_stage, on_step, check).await;
+        }
+        let calls = self.start..self.samplers[0].timesteps().len();
+        let blend = self.blend_mask.as_deref().map(|mask| Blend {
+            image_latents: &self.image_latents,
+            start_noise: &self.start_noise,
+            mask,
+        });
+        unet.denoise_on_device(DenoiseLoop {
+            samplers: &mut self.samplers,
+            rngs: &mut self.rngs,
+            latents: &mut self.latents,
+            calls,
+            shape: self.shape,
+            guidance: self.cfg.then_some(self.guidance_scale),
+            unet_extra: self.unet_extra.as_deref(),
+            blend,
+            // Through one more reference: the loop's trait objects live only as long as it.
+            on_stage: &mut on_stage,
+            on_step: on_step.as_mut().map(|f| f as &mut dyn FnMut(usize, &[f32])),
+            check,
+        })
+        .await
+    }
+
+    /// The loop on the host: the UNet's prediction read back every step, guidance and the
+    /// samplers' steps run here (the CPU backend's loop).
+    async fn denoise_on_host(
         &mut self,
         unet: &dyn NoisePredictor,
         on_stage: &mut dyn FnMut(Stage),
