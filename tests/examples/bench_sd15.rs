@@ -622,7 +622,7 @@ fn main() -> Result<()> {
         let overhead = unet_ms.map(|unet| (g.step_ms - unet).max(0.0));
         println!(
             "\nwhole generation: {:.1} ms for {steps} steps at {size}x{size}; per step {:.1} ms{}, \
-             {:.0} dispatches, {:.1} submissions, {:.1} readbacks",
+             {:.0} dispatches, {:.1} submissions, {:.1} readbacks, {:.1} bind groups made",
             g.wall_ms,
             g.step_ms,
             overhead.map_or(String::new(), |o| format!(
@@ -630,7 +630,8 @@ fn main() -> Result<()> {
             )),
             per_step(g.work.dispatches),
             per_step(g.work.submissions),
-            per_step(g.work.readbacks)
+            per_step(g.work.readbacks),
+            per_step(g.work.bind_groups)
         );
         report["generation"] = json!({
             "wall_ms": g.wall_ms,
@@ -639,6 +640,7 @@ fn main() -> Result<()> {
                 "dispatches": per_step(g.work.dispatches),
                 "submissions": per_step(g.work.submissions),
                 "readbacks": per_step(g.work.readbacks),
+                "bind_groups": per_step(g.work.bind_groups),
             },
         });
         // The projection needs every part and the per-step overhead.

@@ -9,8 +9,8 @@ use crate::{GpuContext, KernelError, Result, Tensor};
 pub(crate) const MAX_WORKGROUPS_PER_DIM: u32 = 65535;
 
 /// A buffer-to-buffer copy between dispatches (re-splitting channel chunks).
-#[derive(Debug)]
-struct Copy {
+#[derive(Debug, Clone)]
+pub(crate) struct Copy {
     src: wgpu::Buffer,
     src_offset: u64,
     dst: wgpu::Buffer,
@@ -23,6 +23,8 @@ struct Copy {
 enum Command {
     Dispatch(Dispatch),
     Copy(Copy),
+    /// A recorded batch's commands, encoded as they were built ([`Batch::replay`]).
+    Replay(std::sync::Arc<crate::recorded::RecordedCommands>),
 }
 
 #[derive(Debug)]
@@ -174,32 +176,28 @@ impl<'c> Batch<'c> {
             });
         // Consecutive dispatches share one compute pass; a copy ends it.
         let mut pipelines = pipelines.iter();
-        let mut commands = self.commands.iter().peekable();
-        while let Some(command) = commands.next() {
+        let mut pass: Option<wgpu::ComputePass<'static>> = None;
+        for command in &self.commands {
             match command {
-                Command::Copy(c) => c.encode(&mut encoder),
-                Command::Dispatch(first) => {
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: Some("batch"),
-                        timestamp_writes: None,
-                    });
-                    let mut next = Some(first);
-                    while let Some(d) = next {
-                        let pipeline = pipelines.next().ok_or_else(|| {
-                            KernelError::Validation("a dispatch has no pipeline".into())
-                        })?;
-                        encode_dispatch(ctx, &mut pass, &arena, d, pipeline);
-                        next = match commands.peek() {
-                            Some(Command::Dispatch(d)) => {
-                                commands.next();
-                                Some(d)
-                            }
-                            _ => None,
-                        };
-                    }
+                Command::Copy(c) => {
+                    pass = None;
+                    c.encode(&mut encoder);
+                }
+                Command::Dispatch(d) => {
+                    let pipeline = pipelines.next().ok_or_else(|| {
+                        KernelError::Validation("a dispatch has no pipeline".into())
+                    })?;
+                    let pass = pass.get_or_insert_with(|| begin_pass(&mut encoder));
+                    let bind_group = bind_group(ctx, &arena, d, pipeline);
+                    dispatch(pass, pipeline, &bind_group, d.workgroups);
+                }
+                Command::Replay(recorded) => {
+                    pass = None;
+                    recorded.encode(&mut encoder);
                 }
             }
         }
+        drop(pass);
         ctx.queue.submit([encoder.finish()]);
         ctx.counters.submitted(1, self.dispatches());
         pop_errors(out_of_memory, validation).await?;
@@ -209,8 +207,65 @@ impl<'c> Batch<'c> {
     fn dispatches(&self) -> u64 {
         self.commands
             .iter()
-            .filter(|c| matches!(c, Command::Dispatch(_)))
-            .count() as u64
+            .map(|c| match c {
+                Command::Dispatch(_) => 1,
+                Command::Copy(_) => 0,
+                Command::Replay(recorded) => recorded.dispatches(),
+            })
+            .sum()
+    }
+
+    /// Records the commands of `recorded` (built once by [`Batch::finish_recording`]) as the
+    /// next ones of this batch: no pipelines, uniforms or bind groups are made again.
+    pub fn replay(&mut self, recorded: &crate::Recorded) {
+        self.commands
+            .push(Command::Replay(recorded.commands().clone()));
+    }
+
+    /// Compiles the pipelines, uploads the uniforms and builds the bind groups of this batch
+    /// without submitting it, for [`Batch::replay`] as often as wanted (a denoising loop's UNet
+    /// call, every step). The pool's idle buffers it uses are kept out of the pool while the
+    /// [`crate::Recorded`] lives; the tensors it reads and writes (inputs, outputs, weights)
+    /// must be kept alive by the caller for as long as it is replayed.
+    ///
+    /// # Errors
+    ///
+    /// Compilation and validation errors, as [`Batch::submit`].
+    pub async fn finish_recording(self) -> Result<crate::Recorded> {
+        let ctx = self.ctx;
+        ctx.check_health()?;
+        let pipelines = self.pipelines().await?;
+        let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let arena = self.upload_arena();
+        let mut pipelines = pipelines.into_iter();
+        let mut commands = Vec::with_capacity(self.commands.len());
+        for command in &self.commands {
+            commands.push(match command {
+                Command::Copy(c) => crate::recorded::Encoded::Copy(c.clone()),
+                Command::Dispatch(d) => {
+                    let pipeline = pipelines.next().ok_or_else(|| {
+                        KernelError::Validation("a dispatch has no pipeline".into())
+                    })?;
+                    let bind_group = bind_group(ctx, &arena, d, &pipeline);
+                    crate::recorded::Encoded::Dispatch {
+                        pipeline,
+                        bind_group,
+                        workgroups: d.workgroups,
+                        buffers: d.bindings.iter().map(|(b, _)| b.clone()).collect(),
+                    }
+                }
+                Command::Replay(_) => {
+                    return Err(KernelError::Dispatch {
+                        op: "finish_recording",
+                        detail: "a batch that replays another cannot be recorded itself".into(),
+                    });
+                }
+            });
+        }
+        if let Some(error) = validation.pop().await {
+            return Err(KernelError::Validation(error.to_string()));
+        }
+        Ok(crate::Recorded::new(ctx, arena, commands))
     }
 
     /// Submits the batch and measures how long each command took on the GPU: with timestamp
@@ -221,6 +276,16 @@ impl<'c> Batch<'c> {
     pub async fn submit_profiled(self) -> Result<Profile> {
         let ctx = self.ctx;
         ctx.check_health()?;
+        if self
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Replay(_)))
+        {
+            return Err(KernelError::Dispatch {
+                op: "submit_profiled",
+                detail: "a batch that replays a recorded one is not profiled".into(),
+            });
+        }
         let pipelines = self.pipelines().await?;
         let arena = self.upload_arena();
         // Timestamps need a dispatch to write them: a batch of copies only is timed by the clock.
@@ -286,9 +351,15 @@ impl<'c> Batch<'c> {
                     let pipeline = pipelines.next().ok_or_else(|| {
                         KernelError::Validation("a dispatch has no pipeline".into())
                     })?;
-                    encode_dispatch(ctx, &mut pass, arena, d, pipeline);
+                    dispatch(
+                        &mut pass,
+                        pipeline,
+                        &bind_group(ctx, arena, d, pipeline),
+                        d.workgroups,
+                    );
                     query += 2;
                 }
+                Command::Replay(_) => {}
             }
         }
         for (i, set) in sets.iter().enumerate() {
@@ -306,7 +377,7 @@ impl<'c> Batch<'c> {
             .commands
             .iter()
             .map(|command| match command {
-                Command::Copy(_) => 0.0,
+                Command::Copy(_) | Command::Replay(_) => 0.0,
                 Command::Dispatch(_) => ticks
                     .next()
                     .map_or(0.0, |t| t[1].saturating_sub(t[0]) as f64 * period),
@@ -346,8 +417,14 @@ impl<'c> Batch<'c> {
                         label: Some(d.key.entry),
                         timestamp_writes: None,
                     });
-                    encode_dispatch(ctx, &mut pass, arena, d, pipeline);
+                    dispatch(
+                        &mut pass,
+                        pipeline,
+                        &bind_group(ctx, arena, d, pipeline),
+                        d.workgroups,
+                    );
                 }
+                Command::Replay(_) => {}
             }
             let start = std::time::Instant::now();
             ctx.queue.submit([encoder.finish()]);
@@ -427,7 +504,12 @@ pub enum Timing {
 }
 
 impl Copy {
-    fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
+    /// The buffers it reads and writes.
+    pub(crate) fn buffers(&self) -> [&wgpu::Buffer; 2] {
+        [&self.src, &self.dst]
+    }
+
+    pub(crate) fn encode(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.copy_buffer_to_buffer(
             &self.src,
             self.src_offset,
@@ -452,13 +534,24 @@ async fn pop_errors(
     Ok(())
 }
 
-fn encode_dispatch(
+/// A compute pass that outlives the borrow of its encoder (wgpu locks the encoder until the
+/// pass is dropped).
+pub(crate) fn begin_pass(encoder: &mut wgpu::CommandEncoder) -> wgpu::ComputePass<'static> {
+    encoder
+        .begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("batch"),
+            timestamp_writes: None,
+        })
+        .forget_lifetime()
+}
+
+/// The bind group of one dispatch: its uniforms in the arena, then its tensors.
+fn bind_group(
     ctx: &GpuContext,
-    pass: &mut wgpu::ComputePass<'_>,
     arena: &wgpu::Buffer,
     d: &Dispatch,
     pipeline: &wgpu::ComputePipeline,
-) {
+) -> wgpu::BindGroup {
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
@@ -477,14 +570,24 @@ fn encode_dispatch(
             }),
         });
     }
-    let bind_group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+    ctx.counters
+        .bind_groups
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(d.key.entry),
         layout: &pipeline.get_bind_group_layout(0),
         entries: &entries,
-    });
+    })
+}
+
+pub(crate) fn dispatch(
+    pass: &mut wgpu::ComputePass<'_>,
+    pipeline: &wgpu::ComputePipeline,
+    bind_group: &wgpu::BindGroup,
+    [x, y, z]: [u32; 3],
+) {
     pass.set_pipeline(pipeline);
-    pass.set_bind_group(0, &bind_group, &[]);
-    let [x, y, z] = d.workgroups;
+    pass.set_bind_group(0, bind_group, &[]);
     pass.dispatch_workgroups(x, y, z);
 }
 

@@ -212,6 +212,7 @@ pub(crate) struct WorkCounters {
     pub(crate) submissions: AtomicU64,
     pub(crate) dispatches: AtomicU64,
     pub(crate) readbacks: AtomicU64,
+    pub(crate) bind_groups: AtomicU64,
 }
 
 /// A snapshot of [`GpuContext::work`]: subtract two to count what happened between them.
@@ -221,8 +222,11 @@ pub struct WorkCount {
     pub submissions: u64,
     /// Compute dispatches submitted.
     pub dispatches: u64,
-    /// Buffers read back to the CPU (each one blocking wait natively).
+    /// Buffers read back to the CPU (a blocking wait natively, unless started as a
+    /// [`crate::PendingRead`]).
     pub readbacks: u64,
+    /// Bind groups created (a replayed batch creates none).
+    pub bind_groups: u64,
 }
 
 impl std::ops::Sub for WorkCount {
@@ -233,6 +237,7 @@ impl std::ops::Sub for WorkCount {
             submissions: self.submissions - earlier.submissions,
             dispatches: self.dispatches - earlier.dispatches,
             readbacks: self.readbacks - earlier.readbacks,
+            bind_groups: self.bind_groups - earlier.bind_groups,
         }
     }
 }
@@ -392,6 +397,7 @@ impl GpuContext {
             submissions: c.submissions.load(Ordering::Relaxed),
             dispatches: c.dispatches.load(Ordering::Relaxed),
             readbacks: c.readbacks.load(Ordering::Relaxed),
+            bind_groups: c.bind_groups.load(Ordering::Relaxed),
         }
     }
 
@@ -518,12 +524,26 @@ impl GpuContext {
     /// Overwrites an f32 tensor's contents at once, through the queue (tests poison outputs with
     /// it). Not for tensors that a recorded, unsubmitted batch still uses.
     pub fn fill_f32(&self, tensor: &Tensor, value: f32) -> Result<()> {
-        if tensor.dtype() != DType::F32 {
-            return Err(KernelError::shape("fill_f32", "tensor is not f32"));
+        self.write_f32(tensor, &vec![value; tensor.len()])
+    }
+
+    /// Overwrites an f32 tensor's contents with `data`, through the queue: in order after the
+    /// work submitted so far, before the next submission. Not for tensors that a recorded,
+    /// unsubmitted batch still uses (the write would land before it runs).
+    pub fn write_f32(&self, tensor: &Tensor, data: &[f32]) -> Result<()> {
+        if tensor.dtype() != DType::F32 || data.len() != tensor.len() {
+            return Err(KernelError::shape(
+                "write_f32",
+                format!(
+                    "{} values for a {:?} tensor of {} elements",
+                    data.len(),
+                    tensor.dtype(),
+                    tensor.len()
+                ),
+            ));
         }
-        let data = vec![value; tensor.len()];
         self.queue
-            .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(&data));
+            .write_buffer(tensor.buffer(), 0, bytemuck::cast_slice(data));
         Ok(())
     }
 

@@ -96,6 +96,35 @@ impl BufferPool {
         })
     }
 
+    /// Takes the idle buffers among `wanted` out of the pool (a recorded batch keeps them).
+    // wgpu::Buffer hashes and compares by its id, which its interior mutability never changes.
+    #[allow(clippy::mutable_key_type)]
+    pub(crate) fn reserve(
+        &self,
+        wanted: &std::collections::HashSet<wgpu::Buffer>,
+    ) -> Vec<wgpu::Buffer> {
+        let mut taken = Vec::new();
+        if let Ok(mut free) = self.free.lock() {
+            for buffers in free.values_mut() {
+                buffers.retain(|b| match wanted.contains(b) {
+                    true => {
+                        taken.push(b.clone());
+                        false
+                    }
+                    false => true,
+                });
+            }
+        }
+        taken
+    }
+
+    /// Gives reserved buffers back.
+    pub(crate) fn give_back_all(&self, buffers: Vec<wgpu::Buffer>) {
+        for buffer in buffers {
+            self.give_back(buffer);
+        }
+    }
+
     fn give_back(&self, buffer: wgpu::Buffer) {
         if let Ok(mut free) = self.free.lock() {
             free.entry(buffer.size()).or_default().push(buffer);

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use sd_core::params::GenerationParams;
 use sd_core::sampler::SamplerKind;
-use sd_kernels::{ContextOptions, DType, GpuContext};
+use sd_kernels::{ContextOptions, DType, GpuContext, WorkCount};
 use sd_models::{GpuNetworks, Inputs, ModelSource, StableDiffusion};
 
 use common::recorded::{self, PROMPTS};
@@ -148,6 +148,76 @@ fn the_gpu_loop_agrees_with_the_host_loop_for_every_sampler() {
         println!("{kind}: GPU loop vs host loop, final latents max abs difference {err:e}");
         assert!(err <= 1e-4, "{kind}: final latents differ by {err:e}");
     }
+}
+
+/// What the GPU loop costs per step, counted by the context: one submission, no readback (no
+/// previews asked for), and only the step programs' bind groups (the UNet call is recorded
+/// once and replayed); the host loop reads the prediction back and builds every bind group
+/// every step. Per step: the difference between a 5-step and a 2-step run, divided by 3.
+#[test]
+fn the_gpu_loop_reads_nothing_back_and_builds_the_unet_once() {
+    // A context of its own: the shared one counts the other tests' work too.
+    let options = ContextOptions::for_tests().expect("valid environment");
+    let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
+    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
+    let per_step = |device_loop: bool| {
+        let model = StableDiffusion::load_on(&source, |files| {
+            let networks = GpuNetworks::load(
+                ctx.clone(),
+                &source,
+                files.configs(),
+                DType::F32,
+                &mut |_| {},
+            )?;
+            Ok(Box::new(networks.with_device_loop(device_loop)))
+        })
+        .expect("load the digits model");
+        let work = |steps: usize| {
+            let params = GenerationParams {
+                prompt: PROMPTS[1].to_string(),
+                steps,
+                guidance_scale: 5.0,
+                sampler: SamplerKind::EULER_A,
+                width: 64,
+                height: 64,
+                ..GenerationParams::default()
+            };
+            let before = ctx.work();
+            pollster::block_on(model.generate(&params, &Inputs::default(), &mut |_| {}, None))
+                .expect("generate");
+            ctx.work() - before
+        };
+        let (short, long) = (work(2), work(5));
+        let per = |f: fn(&WorkCount) -> u64| (f(&long) - f(&short)) as f64 / 3.0;
+        [
+            per(|w| w.submissions),
+            per(|w| w.readbacks),
+            per(|w| w.bind_groups),
+            per(|w| w.dispatches),
+        ]
+    };
+    let [submissions, readbacks, bind_groups, dispatches] = per_step(true);
+    let [
+        host_submissions,
+        host_readbacks,
+        host_bind_groups,
+        host_dispatches,
+    ] = per_step(false);
+    println!(
+        "per step, GPU loop: {submissions} submissions, {readbacks} readbacks, {bind_groups} \
+         bind groups, {dispatches} dispatches; host loop: {host_submissions}, {host_readbacks}, \
+         {host_bind_groups}, {host_dispatches}"
+    );
+    assert_eq!((submissions, readbacks), (1.0, 0.0));
+    assert_eq!((host_submissions, host_readbacks), (1.0, 1.0));
+    // The input scaling and the sampler step of the one image.
+    assert_eq!(bind_groups, 2.0);
+    assert_eq!(host_bind_groups, host_dispatches);
+    assert!(
+        host_dispatches > 100.0,
+        "{host_dispatches} dispatches per UNet call"
+    );
+    assert_eq!(dispatches, host_dispatches + 2.0);
 }
 
 /// Sizes other than the model's native 64x64 work: 96x64 (12x8 latents, odd multiples through

@@ -12,4 +12,5 @@ mod conv2d;
 mod elementwise;
 mod linear;
 mod norm;
+mod replay;
 mod step_program;

@@ -160,18 +160,24 @@ impl<'a> GpuUNetCall<'a> {
                 .collect::<sd_kernels::Result<Vec<_>>>()?,
             None => vec![None; images],
         };
+        // The UNet call is recorded once, on fixed input and output tensors, and replayed at
+        // every step: its pipelines, uniforms and bind groups are built once per generation.
+        let sample = ctx.empty(&[rows, in_channels, h, w], sd_kernels::DType::F32)?;
+        let timestep = ctx.upload_f32(&vec![0.0; rows], &[rows])?;
+        let (prediction, unet_call) = self.record_once(&sample, &timestep).await?;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
 
         for (done, call) in calls.clone().enumerate() {
             check()?;
             self.deliver(&mut in_flight, &mut on_step, on_stage, total, false)
                 .await?;
+            // The previous step's batch, which reads the timestep, is submitted already.
+            ctx.write_f32(&timestep, &vec![timesteps[call] as f32; rows])?;
             let mut batch = ctx.batch();
             // The UNet input: `[negative x images, prompt x images]` rows of each image's
             // scaled latents (and the extra channels).
             let divisor = samplers[0].model_input_divisor(call)?;
             let scale = StepProgram::next(SAMPLE / divisor).compile()?;
-            let sample = ctx.empty(&[rows, in_channels, h, w], sd_kernels::DType::F32)?;
             for (k, latents) in x.iter().enumerate() {
                 let scaled = ctx.empty(&[len], sd_kernels::DType::F32)?;
                 ops::step_program(&mut batch, code(&scale), None, only(latents), &scaled, None)?;
@@ -186,7 +192,7 @@ impl<'a> GpuUNetCall<'a> {
                     }
                 }
             }
-            let (prediction, fresh) = self.record(&mut batch, &sample, timesteps[call] as f32)?;
+            batch.replay(&unet_call);
             for k in 0..images {
                 let program = samplers[k].program(call)?.compile()?;
                 let noise = match program.reads(Input::Noise) {
@@ -239,7 +245,6 @@ impl<'a> GpuUNetCall<'a> {
                 kept[k] = kept_out;
             }
             batch.submit().await?;
-            self.keep_text(fresh);
             in_flight.push_back(InFlight {
                 done,
                 previews: match on_step {
@@ -266,6 +271,40 @@ impl<'a> GpuUNetCall<'a> {
             *host = ctx.read_f32(device).await?;
         }
         Ok(())
+    }
+
+    /// Projects the text (unless an earlier call did) and records one UNet call on `sample`
+    /// and `timestep` for replaying; returns its output tensor and the recording.
+    async fn record_once(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+    ) -> Result<(Tensor, sd_kernels::Recorded)> {
+        let ctx = self.ctx();
+        if self.text.get().is_none() {
+            let mut batch = ctx.batch();
+            let text = self
+                .networks
+                .unet
+                .project_context(&mut batch, &self.context)?;
+            batch.submit().await?;
+            self.keep_text(Some(text));
+        }
+        let text = self.text.get().ok_or_else(|| ModelError::Mismatch {
+            op: "unet".into(),
+            message: "the text's keys and values were not kept".into(),
+        })?;
+        let cond = UNetConditioning {
+            timestep_cond: self.timestep_cond.as_ref(),
+            text_embeds: self.text_embeds.as_ref(),
+            time_ids: self.time_ids.as_ref(),
+        };
+        let mut batch = ctx.batch();
+        let prediction = self
+            .networks
+            .unet
+            .forward(&mut batch, sample, timestep, text, &cond)?;
+        Ok((prediction, batch.finish_recording().await?))
     }
 
     /// Reports the oldest step in flight once the GPU has finished it (its previews to
