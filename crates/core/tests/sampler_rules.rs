@@ -898,3 +898,33 @@ fn heun_v_prediction_by_hand() -> TestResult {
     );
     Ok(())
 }
+
+/// A step whose latents do not fit what the earlier calls kept is refused before the sampler's
+/// bookkeeping moves on: the same step with the right length still runs.
+#[test]
+fn a_length_error_leaves_a_multistep_sampler_where_it_was() -> TestResult {
+    for kind in [
+        SamplerKind::DPMPP_2M,
+        SamplerKind::DPMPP_2M_V2,
+        SamplerKind::PNDM,
+    ] {
+        let mut sampler = kind.build(&sd15(PredictionType::Epsilon), 10)?;
+        sampler.step(&[0.1], 0, &[1.0], &mut no_noise)?;
+        let err = sampler
+            .step(&[0.1, 0.2], 1, &[1.0, 2.0], &mut no_noise)
+            .expect_err("two values after one");
+        assert!(
+            matches!(
+                err,
+                SamplerError::Length {
+                    what: "model_output",
+                    expected: 1,
+                    found: 2
+                }
+            ),
+            "{kind}: {err:?}"
+        );
+        sampler.step(&[0.1], 1, &[1.0], &mut no_noise)?;
+    }
+    Ok(())
+}

@@ -51,17 +51,27 @@ pub struct Batch<'c> {
     _recording: std::sync::MutexGuard<'c, ()>,
 }
 
+impl Drop for Batch<'_> {
+    /// Submitted, kept or abandoned: the buffers given back while it recorded are free for
+    /// anyone now (before the recording lock is released).
+    fn drop(&mut self) {
+        self.ctx.pool.end_recording();
+    }
+}
+
 impl<'c> Batch<'c> {
     pub(crate) fn new(ctx: &'c GpuContext) -> Self {
+        // A poisoned lock only means another batch panicked; the pool is still consistent.
+        let recording = ctx
+            .recording
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        ctx.pool.begin_recording();
         Self {
             ctx,
             arena: Vec::new(),
             commands: Vec::new(),
-            // A poisoned lock only means another batch panicked; the pool is still consistent.
-            _recording: ctx
-                .recording
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            _recording: recording,
         }
     }
 

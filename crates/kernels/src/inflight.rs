@@ -181,6 +181,8 @@ impl Fence {
     pub fn is_done(&mut self, ctx: &GpuContext) -> Result<bool> {
         if !self.passed {
             ctx.poll_now()?;
+            // A dropped callback (a lost device) counts as passed: the wait that follows
+            // reports the device's error.
             self.passed = !matches!(self.done.try_recv(), Ok(None));
         }
         Ok(self.passed)

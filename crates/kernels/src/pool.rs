@@ -2,10 +2,58 @@
 //! dropped, so a UNet step reuses the same few buffers instead of allocating new ones.
 //!
 //! Reuse inside one unsubmitted batch is safe: dispatches run in recording order, and WebGPU
-//! orders a write after an earlier read of the same buffer.
+//! orders a write after an earlier read of the same buffer. Two rules keep reuse safe across
+//! batches, threads and replays:
+//! - A buffer given back while a batch records goes into quarantine: only the recording
+//!   thread may take it until that batch ends (another thread could otherwise hold it while a
+//!   recorded batch, replayed later, still writes it).
+//! - A buffer bound by a live recorded batch ([`crate::Recorded`]) is pinned: given back, it
+//!   waits until the last recording that binds it is dropped.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
+
+#[cfg(not(target_arch = "wasm32"))]
+type ThreadKey = std::thread::ThreadId;
+#[cfg(not(target_arch = "wasm32"))]
+fn this_thread() -> ThreadKey {
+    std::thread::current().id()
+}
+/// The browser runs one thread.
+#[cfg(target_arch = "wasm32")]
+type ThreadKey = ();
+#[cfg(target_arch = "wasm32")]
+fn this_thread() -> ThreadKey {}
+
+/// The pool's idle buffers, by size.
+#[derive(Debug, Default)]
+struct Idle {
+    /// Anyone may take these.
+    free: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// Given back while `recorder` records: only it may take these until its batch ends.
+    quarantine: HashMap<u64, Vec<wgpu::Buffer>>,
+    /// The thread recording a batch, if one is.
+    recorder: Option<ThreadKey>,
+    /// Buffers bound by live recorded batches, with how many bind each.
+    pinned: HashMap<wgpu::Buffer, usize>,
+    /// Pinned buffers given back: idle, but lent to no one until unpinned.
+    held: HashSet<wgpu::Buffer>,
+}
+
+impl Idle {
+    fn put(&mut self, buffer: wgpu::Buffer) {
+        if self.pinned.contains_key(&buffer) {
+            self.held.insert(buffer);
+        } else if self.recorder.is_some() {
+            self.quarantine
+                .entry(buffer.size())
+                .or_default()
+                .push(buffer);
+        } else {
+            self.free.entry(buffer.size()).or_default().push(buffer);
+        }
+    }
+}
 
 /// Buffers are pooled by size rounded up to this many bytes.
 const SIZE_QUANTUM: u64 = 256;
@@ -13,7 +61,7 @@ const SIZE_QUANTUM: u64 = 256;
 #[derive(Debug)]
 pub(crate) struct BufferPool {
     device: wgpu::Device,
-    free: Mutex<HashMap<u64, Vec<wgpu::Buffer>>>,
+    idle: Mutex<Idle>,
 }
 
 /// A buffer lent by the pool.
@@ -50,17 +98,20 @@ impl BufferPool {
     pub(crate) fn new(device: wgpu::Device) -> Self {
         Self {
             device,
-            free: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle::default()),
         }
     }
 
     pub(crate) fn acquire(self: &Arc<Self>, bytes: u64) -> Arc<PooledBuffer> {
         let size = bytes.max(1).div_ceil(SIZE_QUANTUM) * SIZE_QUANTUM;
-        let reused = self
-            .free
-            .lock()
-            .ok()
-            .and_then(|mut free| free.get_mut(&size).and_then(Vec::pop));
+        let reused = self.idle.lock().ok().and_then(|mut idle| {
+            let mine = idle.recorder == Some(this_thread());
+            let quarantined = match mine {
+                true => idle.quarantine.get_mut(&size).and_then(Vec::pop),
+                false => None,
+            };
+            quarantined.or_else(|| idle.free.get_mut(&size).and_then(Vec::pop))
+        });
         let buffer = reused.unwrap_or_else(|| {
             self.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("pooled"),
@@ -96,46 +147,80 @@ impl BufferPool {
         })
     }
 
-    /// Takes the idle buffers among `wanted` out of the pool (a recorded batch keeps them).
-    // wgpu::Buffer hashes and compares by its id, which its interior mutability never changes.
-    #[allow(clippy::mutable_key_type)]
-    pub(crate) fn reserve(
-        &self,
-        wanted: &std::collections::HashSet<wgpu::Buffer>,
-    ) -> Vec<wgpu::Buffer> {
-        let mut taken = Vec::new();
-        if let Ok(mut free) = self.free.lock() {
-            for buffers in free.values_mut() {
-                buffers.retain(|b| match wanted.contains(b) {
-                    true => {
-                        taken.push(b.clone());
-                        false
-                    }
-                    false => true,
-                });
-            }
+    /// A batch starts recording on this thread (the context's recording lock is held).
+    pub(crate) fn begin_recording(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.recorder = Some(this_thread());
         }
-        taken
     }
 
-    /// Gives reserved buffers back.
-    pub(crate) fn give_back_all(&self, buffers: Vec<wgpu::Buffer>) {
+    /// The recording batch was submitted, kept or dropped: its quarantine is free for anyone.
+    pub(crate) fn end_recording(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.recorder = None;
+            for buffer in std::mem::take(&mut idle.quarantine).into_values().flatten() {
+                idle.put(buffer);
+            }
+        }
+    }
+
+    /// Pins the buffers a recorded batch binds (see the module's rules).
+    // wgpu::Buffer hashes and compares by its id, which its interior mutability never changes.
+    #[allow(clippy::mutable_key_type)]
+    pub(crate) fn pin(&self, buffers: &HashSet<wgpu::Buffer>) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
         for buffer in buffers {
-            self.give_back(buffer);
+            *idle.pinned.entry(buffer.clone()).or_insert(0) += 1;
+        }
+        let Idle {
+            free,
+            quarantine,
+            held,
+            ..
+        } = &mut *idle;
+        for list in free.values_mut().chain(quarantine.values_mut()) {
+            list.retain(|b| match buffers.contains(b) {
+                true => {
+                    held.insert(b.clone());
+                    false
+                }
+                false => true,
+            });
+        }
+    }
+
+    /// Unpins what [`BufferPool::pin`] pinned; the idle ones go back into the pool.
+    pub(crate) fn unpin(&self, buffers: impl IntoIterator<Item = wgpu::Buffer>) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        for buffer in buffers {
+            let Some(count) = idle.pinned.get_mut(&buffer) else {
+                continue;
+            };
+            *count -= 1;
+            if *count == 0 {
+                idle.pinned.remove(&buffer);
+                if idle.held.remove(&buffer) {
+                    idle.put(buffer);
+                }
+            }
         }
     }
 
     fn give_back(&self, buffer: wgpu::Buffer) {
-        if let Ok(mut free) = self.free.lock() {
-            free.entry(buffer.size()).or_default().push(buffer);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.put(buffer);
         }
     }
 
     pub(crate) fn stats(&self) -> PoolStats {
-        let Ok(free) = self.free.lock() else {
+        let Ok(idle) = self.idle.lock() else {
             return PoolStats::default();
         };
-        let buffers = free.values().flatten();
+        let buffers = idle.free.values().chain(idle.quarantine.values()).flatten();
         PoolStats {
             free_buffers: buffers.clone().count(),
             free_bytes: buffers.map(wgpu::Buffer::size).sum(),
@@ -144,8 +229,8 @@ impl BufferPool {
 
     /// Frees every idle buffer.
     pub(crate) fn trim(&self) {
-        if let Ok(mut free) = self.free.lock() {
-            free.clear();
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.free.clear();
         }
     }
 }

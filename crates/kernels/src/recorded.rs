@@ -28,9 +28,9 @@ pub(crate) struct RecordedCommands {
     /// Every dispatch's uniforms (kept alive with the bind groups that point into it).
     _arena: wgpu::Buffer,
     commands: Vec<Encoded>,
-    /// The pool's idle buffers the commands use: taken out of the pool, so no other batch gets
-    /// them while this one may be replayed, and given back when it is dropped.
-    reserved: Vec<wgpu::Buffer>,
+    /// The buffers the commands use, pinned in the pool (no one else gets them while this may
+    /// be replayed) until this is dropped.
+    pinned: Vec<wgpu::Buffer>,
     pool: Weak<BufferPool>,
 }
 
@@ -51,12 +51,12 @@ impl Recorded {
                 Encoded::Dispatch { buffers, .. } => used.extend(buffers.iter().cloned()),
             }
         }
-        let reserved = ctx.pool.reserve(&used);
+        ctx.pool.pin(&used);
         Self {
             commands: Arc::new(RecordedCommands {
                 _arena: arena,
                 commands,
-                reserved,
+                pinned: used.into_iter().collect(),
                 pool: Arc::downgrade(&ctx.pool),
             }),
         }
@@ -106,7 +106,7 @@ impl RecordedCommands {
 impl Drop for RecordedCommands {
     fn drop(&mut self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.give_back_all(std::mem::take(&mut self.reserved));
+            pool.unpin(std::mem::take(&mut self.pinned));
         }
     }
 }

@@ -383,6 +383,14 @@ pub trait Sampler: fmt::Debug + Send {
     ) -> Result<Vec<f32>, SamplerError> {
         self.schedule()
             .check_step_inputs(step, sample, model_output)?;
+        // What earlier calls kept must fit before this call's bookkeeping advances.
+        if let Some(kept) = self.host_kept().iter().find(|k| k.len() != sample.len()) {
+            return Err(SamplerError::Length {
+                what: "model_output",
+                expected: kept.len(),
+                found: sample.len(),
+            });
+        }
         let code = self.program(step)?.compile()?;
         let noise = match code.reads(program::Input::Noise) {
             true => draw_noise(noise, sample.len())?,

@@ -37,10 +37,30 @@ pub const MAX_REGISTERS: usize = 16;
 /// The most buffers a sampler keeps between calls (PNDM: four outputs and a sample).
 pub const MAX_KEPT: usize = 5;
 
+/// `LOAD` of [`Input::Sample`].
+pub const OP_LOAD_SAMPLE: u32 = 0;
+/// `LOAD` of [`Input::Output`].
+pub const OP_LOAD_OUTPUT: u32 = 1;
+/// `LOAD` of [`Input::Noise`].
+pub const OP_LOAD_NOISE: u32 = 2;
+/// `LOAD` of [`Input::Kept`].
+pub const OP_LOAD_KEPT: u32 = 3;
+/// `LOAD` of [`Input::Image`].
+pub const OP_LOAD_IMAGE: u32 = 4;
+/// `LOAD` of [`Input::StartNoise`].
+pub const OP_LOAD_START_NOISE: u32 = 5;
+/// `LOAD` of [`Input::Mask`].
+pub const OP_LOAD_MASK: u32 = 6;
 /// `CONST` opcode.
 pub const OP_CONST: u32 = 7;
-/// `ADD` opcode (`SUB`, `MUL`, `DIV` follow).
+/// `ADD` opcode.
 pub const OP_ADD: u32 = 8;
+/// `SUB` opcode.
+pub const OP_SUB: u32 = 9;
+/// `MUL` opcode.
+pub const OP_MUL: u32 = 10;
+/// `DIV` opcode.
+pub const OP_DIV: u32 = 11;
 /// `CLAMP` opcode.
 pub const OP_CLAMP: u32 = 12;
 /// `STORE_NEXT` opcode.
@@ -70,13 +90,13 @@ pub enum Input {
 impl Input {
     fn opcode(self) -> (u32, u32) {
         match self {
-            Input::Sample => (0, 0),
-            Input::Output => (1, 0),
-            Input::Noise => (2, 0),
-            Input::Kept(k) => (3, u32::from(k)),
-            Input::Image => (4, 0),
-            Input::StartNoise => (5, 0),
-            Input::Mask => (6, 0),
+            Input::Sample => (OP_LOAD_SAMPLE, 0),
+            Input::Output => (OP_LOAD_OUTPUT, 0),
+            Input::Noise => (OP_LOAD_NOISE, 0),
+            Input::Kept(k) => (OP_LOAD_KEPT, u32::from(k)),
+            Input::Image => (OP_LOAD_IMAGE, 0),
+            Input::StartNoise => (OP_LOAD_START_NOISE, 0),
+            Input::Mask => (OP_LOAD_MASK, 0),
         }
     }
 }
@@ -201,19 +221,17 @@ impl StepProgram {
     }
 }
 
-/// A compiled [`StepProgram`]: instructions `[op, dst, a, b]` and the scalars they load.
+/// A compiled [`StepProgram`]: instructions `[op, dst, a, b]` and the scalars they load. Only
+/// [`StepProgram::compile`] makes one, so the host interpreter runs only well-formed code.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Bytecode {
-    /// The instructions, in order.
-    pub instructions: Vec<[u32; 4]>,
-    /// The scalars `CONST` and `CLAMP` read.
-    pub constants: Vec<f32>,
-    /// How many kept buffers the program writes.
-    pub keeps: usize,
+    instructions: Vec<[u32; 4]>,
+    constants: Vec<f32>,
+    keeps: usize,
     /// One more than the highest kept buffer it reads (0: none).
-    pub reads_kept: usize,
-    /// The inputs it reads, one bit per `LOAD` opcode ([`Bytecode::reads`]).
-    pub read_bits: u32,
+    reads_kept: usize,
+    /// The inputs it reads, one bit per `LOAD` opcode.
+    read_bits: u32,
 }
 
 impl Bytecode {
@@ -254,7 +272,13 @@ impl Bytecode {
             Expr::Binary(op, a, b) => {
                 self.emit_expr(a, dst)?;
                 self.emit_expr(b, dst + 1)?;
-                self.push([OP_ADD + *op as u32, dst, dst, dst + 1])
+                let op = match op {
+                    BinaryOp::Add => OP_ADD,
+                    BinaryOp::Sub => OP_SUB,
+                    BinaryOp::Mul => OP_MUL,
+                    BinaryOp::Div => OP_DIV,
+                };
+                self.push([op, dst, dst, dst + 1])
             }
             Expr::Clamp(a, range) => {
                 self.emit_expr(a, dst)?;
@@ -262,6 +286,21 @@ impl Bytecode {
                 self.push([OP_CLAMP, dst, dst, c])
             }
         }
+    }
+
+    /// The instructions, in order.
+    pub fn instructions(&self) -> &[[u32; 4]] {
+        &self.instructions
+    }
+
+    /// The scalars `CONST` and `CLAMP` read.
+    pub fn constants(&self) -> &[f32] {
+        &self.constants
+    }
+
+    /// How many kept buffers the program writes (all of them replace the kept ones).
+    pub fn keeps(&self) -> usize {
+        self.keeps
     }
 
     /// Whether the program reads `input` (any kept buffer for [`Input::Kept`]).
@@ -318,18 +357,18 @@ impl Bytecode {
             for &[op, dst, a, b] in &self.instructions {
                 let (dst, a, b) = (dst as usize, a as usize, b as usize);
                 match op {
-                    0 => r[dst] = inputs.sample[i],
-                    1 => r[dst] = inputs.output[i],
-                    2 => r[dst] = inputs.noise[i],
-                    3 => r[dst] = kept[a][i],
-                    4 => r[dst] = inputs.image[i],
-                    5 => r[dst] = inputs.start_noise[i],
-                    6 => r[dst] = inputs.mask[i % inputs.mask.len()],
+                    OP_LOAD_SAMPLE => r[dst] = inputs.sample[i],
+                    OP_LOAD_OUTPUT => r[dst] = inputs.output[i],
+                    OP_LOAD_NOISE => r[dst] = inputs.noise[i],
+                    OP_LOAD_KEPT => r[dst] = kept[a][i],
+                    OP_LOAD_IMAGE => r[dst] = inputs.image[i],
+                    OP_LOAD_START_NOISE => r[dst] = inputs.start_noise[i],
+                    OP_LOAD_MASK => r[dst] = inputs.mask[i % inputs.mask.len()],
                     OP_CONST => r[dst] = self.constants[a],
-                    8 => r[dst] = r[a] + r[b],
-                    9 => r[dst] = r[a] - r[b],
-                    10 => r[dst] = r[a] * r[b],
-                    11 => r[dst] = r[a] / r[b],
+                    OP_ADD => r[dst] = r[a] + r[b],
+                    OP_SUB => r[dst] = r[a] - r[b],
+                    OP_MUL => r[dst] = r[a] * r[b],
+                    OP_DIV => r[dst] = r[a] / r[b],
                     OP_CLAMP => r[dst] = r[a].clamp(-self.constants[b], self.constants[b]),
                     OP_STORE_NEXT => next[i] = r[a],
                     _ => keep[dst][i] = r[a],

@@ -27,8 +27,8 @@ pub use norm::{
     layer_norm,
 };
 pub use step_program::{
-    ModelOutput, STEP_PROGRAM_MAX_CONSTANTS, STEP_PROGRAM_MAX_INSTRUCTIONS, StepCode, StepInputs,
-    step_program,
+    ModelOutput, STEP_PROGRAM_MAX_CONSTANTS, STEP_PROGRAM_MAX_INSTRUCTIONS, STEP_PROGRAM_MAX_KEPT,
+    STEP_PROGRAM_REGISTERS, StepCode, StepInputs, step_program,
 };
 
 use crate::kernel::Kernel;

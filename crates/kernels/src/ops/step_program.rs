@@ -12,7 +12,10 @@ const WG: u32 = 256;
 pub const STEP_PROGRAM_MAX_INSTRUCTIONS: usize = 64;
 /// The most constants (the uniform's `constants`).
 pub const STEP_PROGRAM_MAX_CONSTANTS: usize = 32;
-const REGISTERS: u32 = 16;
+/// The interpreter's registers (`var r: array<f32, 16>`).
+pub const STEP_PROGRAM_REGISTERS: u32 = 16;
+/// The most kept buffers a program reads or writes.
+pub const STEP_PROGRAM_MAX_KEPT: u32 = 5;
 
 uniform! {
     struct StepParams {
@@ -92,6 +95,7 @@ struct Reads {
     noise: bool,
     kept: usize,
     image: bool,
+    mask: bool,
     writes_kept: usize,
 }
 
@@ -110,9 +114,13 @@ fn scan(code: &StepCode<'_>) -> std::result::Result<Reads, String> {
         ));
     }
     let mut reads = Reads::default();
-    let register = |r: u32| match r < REGISTERS {
+    let register = |r: u32| match r < STEP_PROGRAM_REGISTERS {
         true => Ok(()),
-        false => Err(format!("register {r} (there are {REGISTERS})")),
+        false => Err(format!("register {r} (there are {STEP_PROGRAM_REGISTERS})")),
+    };
+    let kept = |k: u32| match k < STEP_PROGRAM_MAX_KEPT {
+        true => Ok(k as usize + 1),
+        false => Err(format!("kept buffer {k} (at most {STEP_PROGRAM_MAX_KEPT})")),
     };
     let constant = |c: u32| match (c as usize) < code.constants.len() {
         true => Ok(()),
@@ -124,12 +132,13 @@ fn scan(code: &StepCode<'_>) -> std::result::Result<Reads, String> {
             _ => Ok(()),
         };
         let checked = checked.and_then(|()| match op {
+            3 => kept(a).map(|k| reads.kept = reads.kept.max(k)),
             0..=6 => {
                 match op {
                     1 => reads.output = true,
                     2 => reads.noise = true,
-                    3 => reads.kept = reads.kept.max(a as usize + 1),
-                    4..=6 => reads.image = true,
+                    4 | 5 => reads.image = true,
+                    6 => reads.mask = true,
                     _ => {}
                 }
                 Ok(())
@@ -138,10 +147,10 @@ fn scan(code: &StepCode<'_>) -> std::result::Result<Reads, String> {
             8..=11 => register(a).and_then(|()| register(b)),
             12 => register(a).and_then(|()| constant(b)),
             13 => register(a),
-            14 => {
-                reads.writes_kept = reads.writes_kept.max(dst as usize + 1);
+            14 => kept(dst).and_then(|k| {
+                reads.writes_kept = reads.writes_kept.max(k);
                 register(a)
-            }
+            }),
             _ => Err(format!("opcode {op}")),
         });
         checked.map_err(|e| format!("instruction {pc}: {e}"))?;
@@ -196,19 +205,45 @@ pub fn step_program(
         Some((t, mask_len)) => (Some(t), mask_len),
         None => (None, 0),
     };
-    if reads.image && (mask_len == 0 || !len.is_multiple_of(mask_len)) {
+    if reads.mask && (mask_len == 0 || !len.is_multiple_of(mask_len)) {
         return Err(KernelError::shape(
             OP,
             format!("the mask has {mask_len} values, which do not divide the {len} latents"),
         ));
     }
-    at_least("image", image, 2 * len + mask_len, reads.image)?;
+    at_least(
+        "image",
+        image,
+        2 * len + mask_len,
+        reads.image || reads.mask,
+    )?;
     at_least(
         "kept_out",
         kept_out,
         reads.writes_kept * len,
         reads.writes_kept > 0,
     )?;
+    // A written binding may not also be read (WebGPU refuses it at submission, far from here).
+    let read = [
+        Some(inputs.sample),
+        prediction,
+        inputs.noise,
+        inputs.kept,
+        image,
+    ];
+    for (name, written) in [("next", Some(next)), ("kept_out", kept_out)] {
+        let Some(written) = written else { continue };
+        if read
+            .iter()
+            .flatten()
+            .any(|r| r.buffer() == written.buffer())
+        {
+            return Err(KernelError::shape(
+                OP,
+                format!("{name} is also an input: the step writes a tensor of its own"),
+            ));
+        }
+    }
 
     let mut params = StepParams {
         len: to_u32(OP, len)?,

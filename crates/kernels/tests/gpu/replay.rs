@@ -53,3 +53,47 @@ fn a_recorded_batch_replays_with_new_inputs_and_keeps_its_buffers() {
         );
     }
 }
+
+/// A buffer given back while one thread records is not lent to another thread before that
+/// batch ends: here thread B allocates while thread A's batch, which used and dropped an
+/// intermediate of the same size, is still recording; A's batch is then kept and replayed,
+/// and must never write B's tensor.
+#[test]
+fn a_buffer_freed_while_recording_is_not_lent_to_another_thread() {
+    let ctx = native();
+    let len = 777;
+    let (a, b) = (vec![1.5; len], vec![2.0; len]);
+    let (ag, bg) = (upload(ctx, &a, &[len]), upload(ctx, &b, &[len]));
+    let y = poisoned(ctx, &[len]);
+    let mut batch = ctx.batch();
+    {
+        let sum = ctx.empty(&[len], DType::F32).expect("allocate");
+        ops::add(&mut batch, &ag, &bg, &sum).expect("record");
+        ops::mul(&mut batch, &sum, &bg, &y).expect("record");
+    }
+    let other = std::thread::scope(|s| {
+        s.spawn(|| {
+            let t = ctx.empty(&[len], DType::F32).expect("allocate");
+            ctx.fill_f32(&t, 7.0).expect("fill");
+            t
+        })
+        .join()
+        .expect("no panic")
+    });
+    let recorded = pollster::block_on(batch.finish_recording()).expect("finish");
+    for round in 0..2 {
+        let mut batch = ctx.batch();
+        batch.replay(&recorded);
+        pollster::block_on(batch.submit()).expect("submit");
+        let got = pollster::block_on(ctx.read_f32(&y)).expect("read");
+        assert!(
+            got.iter().all(|&v| v == 7.0),
+            "round {round}: y = (a + b) * b"
+        );
+        let untouched = pollster::block_on(ctx.read_f32(&other)).expect("read");
+        assert!(
+            untouched.iter().all(|&v| v == 7.0),
+            "round {round}: the replay wrote the other thread's tensor"
+        );
+    }
+}

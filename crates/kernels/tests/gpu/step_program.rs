@@ -37,9 +37,19 @@ fn config(prediction: PredictionType) -> SchedulerConfig {
 
 fn code(bytecode: &Bytecode) -> StepCode<'_> {
     StepCode {
-        instructions: &bytecode.instructions,
-        constants: &bytecode.constants,
+        instructions: bytecode.instructions(),
+        constants: bytecode.constants(),
     }
+}
+
+/// The interpreter's limits are the compiler's.
+#[test]
+fn the_kernel_limits_are_the_compilers() {
+    use sd_core::sampler::program as p;
+    assert_eq!(ops::STEP_PROGRAM_MAX_INSTRUCTIONS, p::MAX_INSTRUCTIONS);
+    assert_eq!(ops::STEP_PROGRAM_MAX_CONSTANTS, p::MAX_CONSTANTS);
+    assert_eq!(ops::STEP_PROGRAM_REGISTERS as usize, p::MAX_REGISTERS);
+    assert_eq!(ops::STEP_PROGRAM_MAX_KEPT as usize, p::MAX_KEPT);
 }
 
 #[test]
@@ -95,7 +105,8 @@ fn every_sampler_steps_on_the_gpu_as_on_the_host() {
                 let (rows_g, noise_g) =
                     (upload(ctx, &rows, &[2 * len]), upload(ctx, &noise, &[len]));
                 let next = poisoned(ctx, &[len]);
-                let kept_out = (bytecode.keeps > 0).then(|| poisoned(ctx, &[bytecode.keeps * len]));
+                let kept_out =
+                    (bytecode.keeps() > 0).then(|| poisoned(ctx, &[bytecode.keeps() * len]));
                 let got = run(ctx, &next, |b| {
                     ops::step_program(
                         b,
@@ -197,22 +208,24 @@ fn malformed_programs_and_missing_inputs_are_refused() {
         .compile()
         .expect("compile");
     let guided = StepProgram::next(OUTPUT).compile().expect("compile");
-    let bad = |instructions: Vec<[u32; 4]>, constants: Vec<f32>| Bytecode {
+    let in_place = StepProgram::next(SAMPLE * 2.0).compile().expect("compile");
+    let one = [1.0_f32];
+    let bad = |instructions: &'static [[u32; 4]]| StepCode {
         instructions,
-        constants,
-        ..Bytecode::default()
+        constants: &one,
     };
     let cases = [
-        ("opcode", bad(vec![[15, 0, 0, 0]], vec![]), "opcode 15"),
-        ("register", bad(vec![[0, 16, 0, 0]], vec![]), "register 16"),
-        ("constant", bad(vec![[7, 0, 2, 0]], vec![1.0]), "constant 2"),
-        ("noise", noisy, "noise"),
-        ("output", guided, "prediction"),
+        ("opcode", bad(&[[15, 0, 0, 0]]), &next, "opcode 15"),
+        ("register", bad(&[[0, 16, 0, 0]]), &next, "register 16"),
+        ("constant", bad(&[[7, 0, 2, 0]]), &next, "constant 2"),
+        ("kept", bad(&[[3, 0, 5, 0]]), &next, "kept buffer 5"),
+        ("noise", code(&noisy), &next, "noise"),
+        ("output", code(&guided), &next, "prediction"),
+        ("in place", code(&in_place), &x, "next is also an input"),
     ];
-    for (what, bytecode, says) in cases {
+    for (what, program, out, says) in cases {
         let mut batch = ctx.batch();
-        let err = ops::step_program(&mut batch, code(&bytecode), None, inputs, &next, None)
-            .expect_err(what);
+        let err = ops::step_program(&mut batch, program, None, inputs, out, None).expect_err(what);
         assert!(
             matches!(&err, KernelError::Shape { .. }) && err.to_string().contains(says),
             "{what}: {err}"

@@ -132,11 +132,34 @@ impl<'a> GpuUNetCall<'a> {
         } else {
             images
         };
+        let mismatch = |message: String| ModelError::Mismatch {
+            op: "denoise".into(),
+            message,
+        };
+        let blended = blend.map(|b| (b.image_latents.len(), b.start_noise.len()));
+        if samplers.len() != images
+            || rngs.len() != images
+            || blended.is_some_and(|(x0, noise)| x0 != images || noise != images)
+        {
+            return Err(mismatch(format!(
+                "{images} images but {} samplers, {} noise generators, blend inputs {blended:?}",
+                samplers.len(),
+                rngs.len()
+            )));
+        }
+        if extra_len % (h * w) != 0 || blend.is_some_and(|b| b.mask.len() != h * w) {
+            return Err(mismatch(format!(
+                "extra channels ({extra_len} values) or mask not whole {h}x{w} planes"
+            )));
+        }
         let Some(timesteps) = samplers.first().map(|s| s.timesteps().to_vec()) else {
             return Ok(());
         };
         let total = calls.len();
         on_stage(Stage::Diffusion { step: 0, total });
+        if total == 0 {
+            return Ok(()); // strength 0: the latents are the input's
+        }
 
         let mut x = latents
             .iter()
@@ -164,6 +187,15 @@ impl<'a> GpuUNetCall<'a> {
         // every step: its pipelines, uniforms and bind groups are built once per generation.
         let sample = ctx.empty(&[rows, in_channels, h, w], sd_kernels::DType::F32)?;
         let timestep = ctx.upload_f32(&vec![0.0; rows], &[rows])?;
+        if let Some(extra) = &extra {
+            // A 9-channel UNet's mask and masked-image latents, the same every step.
+            let mut batch = ctx.batch();
+            for row in 0..rows {
+                let at = row * in_channels * h * w + len;
+                batch.copy_f32(extra, 0, &sample, at, extra_len)?;
+            }
+            batch.submit().await?;
+        }
         let (prediction, unet_call) = self.record_once(&sample, &timestep).await?;
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
 
@@ -175,21 +207,16 @@ impl<'a> GpuUNetCall<'a> {
             ctx.write_f32(&timestep, &vec![timesteps[call] as f32; rows])?;
             let mut batch = ctx.batch();
             // The UNet input: `[negative x images, prompt x images]` rows of each image's
-            // scaled latents (and the extra channels).
+            // scaled latents. The pipeline builds every image's sampler alike, so the first
+            // one's input scale is every one's.
             let divisor = samplers[0].model_input_divisor(call)?;
             let scale = StepProgram::next(SAMPLE / divisor).compile()?;
             for (k, latents) in x.iter().enumerate() {
                 let scaled = ctx.empty(&[len], sd_kernels::DType::F32)?;
                 ops::step_program(&mut batch, code(&scale), None, only(latents), &scaled, None)?;
-                for row in [Some(k), guidance.map(|_| images + k)]
-                    .into_iter()
-                    .flatten()
-                {
-                    let at = row * in_channels * h * w;
-                    batch.copy_f32(&scaled, 0, &sample, at, len)?;
-                    if let Some(extra) = &extra {
-                        batch.copy_f32(extra, 0, &sample, at + len, extra_len)?;
-                    }
+                let copies = [Some(k), guidance.map(|_| images + k)];
+                for row in copies.into_iter().flatten() {
+                    batch.copy_f32(&scaled, 0, &sample, row * in_channels * h * w, len)?;
                 }
             }
             batch.replay(&unet_call);
@@ -200,7 +227,7 @@ impl<'a> GpuUNetCall<'a> {
                     false => None,
                 };
                 let next = ctx.empty(&[len], sd_kernels::DType::F32)?;
-                let kept_out = match program.keeps {
+                let kept_out = match program.keeps() {
                     0 => None,
                     keeps => Some(ctx.empty(&[keeps * len], sd_kernels::DType::F32)?),
                 };
@@ -355,8 +382,8 @@ struct InFlight {
 
 fn code(bytecode: &Bytecode) -> StepCode<'_> {
     StepCode {
-        instructions: &bytecode.instructions,
-        constants: &bytecode.constants,
+        instructions: bytecode.instructions(),
+        constants: bytecode.constants(),
     }
 }
 
