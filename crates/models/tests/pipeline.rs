@@ -104,23 +104,22 @@ fn concurrent_generations_agree_with_serial_ones() {
     }
 }
 
+/// The digits model on `ctx` with the denoising loop on the GPU or on the host.
+fn digits_with_loop(ctx: Arc<GpuContext>, device_loop: bool) -> StableDiffusion {
+    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
+    StableDiffusion::load_on(&source, |files| {
+        let networks = GpuNetworks::load(ctx, &source, files.configs(), DType::F32, &mut |_| {})?;
+        Ok(Box::new(networks.with_device_loop(device_loop)))
+    })
+    .expect("load the digits model")
+}
+
 /// The denoising loop on the GPU (latents, guidance and the samplers' steps there, previews read
 /// back without waiting) against the loop on the host (the prediction read back every step),
 /// for every sampler: the same latents after every step, delivered in order, and at the end.
 #[test]
 fn the_gpu_loop_agrees_with_the_host_loop_for_every_sampler() {
-    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
-    let host = StableDiffusion::load_on(&source, |files| {
-        let networks = GpuNetworks::load(
-            common::context(),
-            &source,
-            files.configs(),
-            DType::F32,
-            &mut |_| {},
-        )?;
-        Ok(Box::new(networks.with_device_loop(false)))
-    })
-    .expect("load the digits model");
+    let host = digits_with_loop(common::context(), false);
     let init = reference("init_latents");
     for kind in SamplerKind::ALL {
         let params = GenerationParams {
@@ -159,19 +158,8 @@ fn the_gpu_loop_reads_nothing_back_and_builds_the_unet_once() {
     // A context of its own: the shared one counts the other tests' work too.
     let options = ContextOptions::for_tests().expect("valid environment");
     let ctx = Arc::new(pollster::block_on(GpuContext::new(options)).expect("a GPU adapter"));
-    let source = ModelSource::folder(fixtures().join("tiny-sd-digits"));
     let per_step = |device_loop: bool| {
-        let model = StableDiffusion::load_on(&source, |files| {
-            let networks = GpuNetworks::load(
-                ctx.clone(),
-                &source,
-                files.configs(),
-                DType::F32,
-                &mut |_| {},
-            )?;
-            Ok(Box::new(networks.with_device_loop(device_loop)))
-        })
-        .expect("load the digits model");
+        let model = digits_with_loop(ctx.clone(), device_loop);
         let work = |steps: usize| {
             let params = GenerationParams {
                 prompt: PROMPTS[1].to_string(),

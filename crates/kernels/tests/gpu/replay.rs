@@ -2,9 +2,20 @@
 //! and the pool buffers it uses are not lent to anyone else meanwhile.
 
 use sd_kernels::reference::Tolerance;
-use sd_kernels::{DType, ops};
+use sd_kernels::{Batch, DType, Tensor, ops};
 
 use crate::common::*;
+
+/// Records `y = (a + b) * b` through a pooled intermediate that goes back to the pool while
+/// the batch still records.
+fn add_mul(batch: &mut Batch<'_>, a: &Tensor, b: &Tensor, y: &Tensor) {
+    let sum = batch
+        .context()
+        .empty(y.shape(), DType::F32)
+        .expect("allocate");
+    ops::add(batch, a, b, &sum).expect("record");
+    ops::mul(batch, &sum, b, y).expect("record");
+}
 
 #[test]
 fn a_recorded_batch_replays_with_new_inputs_and_keeps_its_buffers() {
@@ -14,13 +25,8 @@ fn a_recorded_batch_replays_with_new_inputs_and_keeps_its_buffers() {
     let (a, b) = (random(&mut rng, len, 2.0), random(&mut rng, len, 2.0));
     let (ag, bg) = (upload(ctx, &a, &[len]), upload(ctx, &b, &[len]));
     let y = poisoned(ctx, &[len]);
-    // y = (a + b) * b through a pooled intermediate that goes back to the pool after recording.
     let mut batch = ctx.batch();
-    {
-        let sum = ctx.empty(&[len], DType::F32).expect("allocate");
-        ops::add(&mut batch, &ag, &bg, &sum).expect("record");
-        ops::mul(&mut batch, &sum, &bg, &y).expect("record");
-    }
+    add_mul(&mut batch, &ag, &bg, &y);
     let recorded = pollster::block_on(batch.finish_recording()).expect("finish");
     assert_eq!(recorded.dispatches(), 2);
     // A tensor of the intermediate's size allocated now must not be the intermediate.
@@ -66,11 +72,7 @@ fn a_buffer_freed_while_recording_is_not_lent_to_another_thread() {
     let (ag, bg) = (upload(ctx, &a, &[len]), upload(ctx, &b, &[len]));
     let y = poisoned(ctx, &[len]);
     let mut batch = ctx.batch();
-    {
-        let sum = ctx.empty(&[len], DType::F32).expect("allocate");
-        ops::add(&mut batch, &ag, &bg, &sum).expect("record");
-        ops::mul(&mut batch, &sum, &bg, &y).expect("record");
-    }
+    add_mul(&mut batch, &ag, &bg, &y);
     let other = std::thread::scope(|s| {
         s.spawn(|| {
             let t = ctx.empty(&[len], DType::F32).expect("allocate");
