@@ -928,3 +928,34 @@ fn a_length_error_leaves_a_multistep_sampler_where_it_was() -> TestResult {
     }
     Ok(())
 }
+
+/// Issue 18's config bombs: a `steps_offset` near `u64::MAX` (which once overflowed) and an
+/// absurd `num_train_timesteps` (which would allocate per training timestep) are typed errors.
+#[test]
+fn absurd_scheduler_configs_are_refused() {
+    let mut config = sd15(PredictionType::Epsilon);
+    config.steps_offset = usize::MAX;
+    for kind in [SamplerKind::DDIM, SamplerKind::PNDM] {
+        let err = kind
+            .build(&config, 10)
+            .expect_err("offset past the training timesteps");
+        assert!(
+            matches!(err, SamplerError::TimestepOutOfRange { .. }),
+            "{kind}: {err:?}"
+        );
+    }
+    let mut config = sd15(PredictionType::Epsilon);
+    config.num_train_timesteps = 1 << 40;
+    for kind in SamplerKind::ALL {
+        let err = kind
+            .build(&config, 10)
+            .expect_err("too many training timesteps");
+        assert!(
+            matches!(
+                err,
+                SamplerError::Schedule(ScheduleError::TooManyTrainTimesteps(n)) if n == 1 << 40
+            ),
+            "{kind}: {err:?}"
+        );
+    }
+}

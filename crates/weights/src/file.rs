@@ -21,6 +21,12 @@ use crate::error::{Result, WeightError};
 
 /// Length of the little-endian `u64` that opens every safetensors file.
 const LEN_BYTES: usize = 8;
+/// The largest header read: the `safetensors` crate's own cap. SD checkpoints' headers are
+/// 0.1 to 1 MB.
+pub const MAX_HEADER_BYTES: u64 = 100 << 20;
+/// The most tensors a file may list (SDXL single files hold about 2,500), counted before the
+/// header is parsed: a header of empty tensors costs far more memory parsed than on disk.
+pub const MAX_TENSORS: usize = 65_536;
 
 /// The bytes of a file, shared between clones without copying.
 #[derive(Clone, Debug)]
@@ -93,6 +99,11 @@ impl SafetensorsFile {
             )));
         };
         let header_len = u64::from_le_bytes(*len_bytes);
+        if header_len > MAX_HEADER_BYTES {
+            return Err(format(format!(
+                "a {header_len}-byte header is larger than the {MAX_HEADER_BYTES} bytes read"
+            )));
+        }
         let header_end = usize::try_from(header_len)
             .ok()
             .and_then(|n| n.checked_add(LEN_BYTES))
@@ -104,6 +115,16 @@ impl SafetensorsFile {
                 got: buf.len() as u64,
             });
         };
+        // Every tensor has its `data_offsets`: counting them bounds what parsing allocates.
+        let tensors = header
+            .windows(b"data_offsets".len())
+            .filter(|w| *w == b"data_offsets")
+            .count();
+        if tensors > MAX_TENSORS {
+            return Err(format(format!(
+                "the header lists {tensors} tensors, more than the {MAX_TENSORS} read"
+            )));
+        }
         // `Metadata`'s deserialiser checks that the offsets are contiguous and match each
         // tensor's dtype and shape.
         let meta: Metadata =
@@ -357,6 +378,32 @@ mod tests {
             out.extend_from_slice(data);
         }
         out
+    }
+
+    /// Issue 18's header bombs: a header length past the cap is refused before anything is
+    /// read, and a header listing more tensors than the cap before it is parsed.
+    #[test]
+    fn oversized_headers_are_refused_before_parsing() {
+        let mut huge = (200u64 << 20).to_le_bytes().to_vec();
+        huge.extend_from_slice(b"{}");
+        let err = SafetensorsFile::from_vec("huge", huge).expect_err("refused");
+        assert!(err.to_string().contains("header is larger"), "{err}");
+
+        let empty: Vec<(String, Vec<u8>)> = (0..MAX_TENSORS + 1)
+            .map(|i| (format!("t{i}"), Vec::new()))
+            .collect();
+        let listed: Vec<(&str, &str, &[usize], Vec<u8>)> = empty
+            .iter()
+            .map(|(name, data)| (name.as_str(), "F32", &[0usize][..], data.clone()))
+            .collect();
+        let start = std::time::Instant::now();
+        let err = SafetensorsFile::from_vec("many", handmade(&listed)).expect_err("refused");
+        assert!(err.to_string().contains("65537 tensors"), "{err}");
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "took {:?}",
+            start.elapsed()
+        );
     }
 
     fn f32_bytes(v: &[f32]) -> Vec<u8> {

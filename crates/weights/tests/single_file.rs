@@ -396,3 +396,50 @@ fn pickles_are_refused_without_reading_them() {
         Err(WeightError::Pickle { .. })
     ));
 }
+
+/// Issue 18's bombs: a single file whose keys name absurd block indices (the loader once looped
+/// and allocated up to them, or overflowed) is refused at once, naming the file and the key.
+#[test]
+fn absurd_block_indices_are_refused_at_once() {
+    let bytes =
+        write_single_file(&fixtures().join("tiny-sd-digits"), Architecture::Sd1).expect("write");
+    let file = SafetensorsFile::from_vec("digits.safetensors", bytes).expect("parse");
+    let marker = [0u8; 0];
+    for key in [
+        "first_stage_model.encoder.down.1000000000.block.0.norm1.weight",
+        "model.diffusion_model.output_blocks.18446744073709551615.0.in_layers.0.weight",
+        "model.diffusion_model.input_blocks.99999999999999999999999.0.weight",
+    ] {
+        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file
+            .tensors()
+            .map(|t| {
+                (
+                    t.name().to_owned(),
+                    safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.bytes())
+                        .expect("view"),
+                )
+            })
+            .collect();
+        tensors.push((
+            key.into(),
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![0], &marker)
+                .expect("view"),
+        ));
+        let bytes = safetensors::serialize(tensors, None).expect("serialize");
+        let bomb = SafetensorsFile::from_vec("bomb.safetensors", bytes).expect("parse");
+        let start = std::time::Instant::now();
+        let err = read_single_file(&bomb, &SingleFileOptions::new()).expect_err("refused");
+        assert!(
+            start.elapsed().as_secs_f64() < 1.0,
+            "{key}: took {:?}",
+            start.elapsed()
+        );
+        let message = err.to_string();
+        assert!(
+            matches!(err, WeightError::SingleFile { .. })
+                && message.contains("bomb.safetensors")
+                && message.contains(key),
+            "{key}: {message}"
+        );
+    }
+}

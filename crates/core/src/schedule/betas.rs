@@ -27,12 +27,20 @@ use crate::config::{BetaSchedule, SchedulerConfig};
 /// # Errors
 ///
 /// [`ScheduleError::TooFewTrainTimesteps`] below 2 training timesteps,
+/// [`ScheduleError::TooManyTrainTimesteps`] past [`MAX_TRAIN_TIMESTEPS`],
 /// [`ScheduleError::TrainedBetasLength`] when `trained_betas` has another length, and
 /// [`ScheduleError::BadBeta`] for a beta that is not finite or not in `[0, 1)`.
+/// The most training timesteps a config may name (every published model has 1000): a schedule
+/// allocates a few values per training timestep.
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 pub fn betas(config: &SchedulerConfig) -> Result<Vec<f64>, ScheduleError> {
     let count = config.num_train_timesteps;
     if count < 2 {
         return Err(ScheduleError::TooFewTrainTimesteps(count));
+    }
+    if count > MAX_TRAIN_TIMESTEPS {
+        return Err(ScheduleError::TooManyTrainTimesteps(count));
     }
     let betas: Vec<f64> = match &config.trained_betas {
         Some(trained) => {

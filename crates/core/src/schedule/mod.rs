@@ -43,6 +43,9 @@ pub enum ScheduleError {
     /// The config's `num_train_timesteps` is too small for a schedule.
     #[error("`num_train_timesteps` is {0}; a schedule needs at least 2")]
     TooFewTrainTimesteps(usize),
+    /// The config's `num_train_timesteps` is past [`betas::MAX_TRAIN_TIMESTEPS`].
+    #[error("`num_train_timesteps` is {0}; at most 100000 are read (published models have 1000)")]
+    TooManyTrainTimesteps(usize),
     /// `trained_betas` has a different length than `num_train_timesteps`.
     #[error("`trained_betas` has {found} values but `num_train_timesteps` is {expected}")]
     TrainedBetasLength {

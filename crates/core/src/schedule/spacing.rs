@@ -46,7 +46,9 @@ pub fn timesteps(
             let ratio = num_train_timesteps / steps;
             (0..steps)
                 .rev()
-                .map(|i| (i * ratio + steps_offset) as f64)
+                // In f64: a huge `steps_offset` gives timesteps out of range (refused by the
+                // samplers), not an overflow.
+                .map(|i| (i * ratio) as f64 + steps_offset as f64)
                 .collect()
         }
         TimestepSpacing::Trailing => trailing(num_train_timesteps, steps)?,
@@ -82,7 +84,9 @@ pub fn timesteps_dpm_solver(
             let ratio = num_train_timesteps / (steps + 1);
             (1..=steps)
                 .rev()
-                .map(|i| (i * ratio + steps_offset) as f64)
+                // In f64: a huge `steps_offset` gives timesteps out of range (refused by the
+                // samplers), not an overflow.
+                .map(|i| (i * ratio) as f64 + steps_offset as f64)
                 .collect()
         }
         TimestepSpacing::Trailing => trailing(num_train_timesteps, steps)?,

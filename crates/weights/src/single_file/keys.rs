@@ -85,10 +85,31 @@ pub(super) fn rename(table: &[(&str, &str)], name: &str, forward: bool) -> Optio
     })
 }
 
-/// `"12.rest"` -> `(12, "rest")`.
+/// The largest block or layer index a key of any architecture this reads holds (SD's UNet
+/// counts to 11, SDXL's to 8, OpenCLIP to 31): larger ones are refused before anything is
+/// counted, looped over or allocated from them.
+pub(super) const MAX_KEY_INDEX: usize = 1024;
+
+/// `"12.rest"` -> `(12, "rest")`; `None` past [`MAX_KEY_INDEX`].
 pub(super) fn split_index(s: &str) -> Option<(usize, &str)> {
     let (n, rest) = s.split_once('.')?;
-    Some((n.parse().ok()?, rest))
+    let index = n.parse().ok().filter(|&i| i <= MAX_KEY_INDEX)?;
+    Some((index, rest))
+}
+
+/// The first of `names` with a numeric part past [`MAX_KEY_INDEX`], and that number's text.
+pub(super) fn index_out_of_range<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+) -> Option<(&'a str, &'a str)> {
+    names.into_iter().find_map(|name| {
+        name.split('.')
+            .find(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| b.is_ascii_digit())
+                    && part.parse::<usize>().ok().is_none_or(|i| i > MAX_KEY_INDEX)
+            })
+            .map(|part| (name, part))
+    })
 }
 
 /// The UNet's block structure, which the flat original numbering depends on.

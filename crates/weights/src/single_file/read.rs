@@ -89,6 +89,13 @@ pub fn read_single_file(
     }
 
     let names: Vec<&str> = file.names().collect();
+    if let Some((name, index)) = keys::index_out_of_range(names.iter().copied()) {
+        return Err(part_error(format!(
+            "`{name}`: index {index} is past {}, more blocks or layers than any Stable \
+             Diffusion architecture has",
+            keys::MAX_KEY_INDEX
+        )));
+    }
     let mut components: BTreeMap<&'static str, BTreeMap<String, Out>> = BTreeMap::new();
     let mut ignored = Vec::new();
     let mut taken = vec![false; names.len()];
