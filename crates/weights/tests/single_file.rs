@@ -319,13 +319,9 @@ fn written_names_are_the_original_layout() {
     }
 }
 
-#[test]
-fn v_pred_key_means_v_prediction() {
-    let bytes =
-        write_single_file(&fixtures().join("tiny-arch/sdxl"), Architecture::Sdxl).expect("write");
-    let file = SafetensorsFile::from_vec("sdxl.safetensors", bytes).expect("parse");
-    let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file
-        .tensors()
+/// Every tensor of `file`, as views to serialise again (with more or fewer tensors).
+fn views(file: &SafetensorsFile) -> Vec<(String, safetensors::tensor::TensorView<'_>)> {
+    file.tensors()
         .map(|t| {
             (
                 t.name().to_owned(),
@@ -333,7 +329,15 @@ fn v_pred_key_means_v_prediction() {
                     .expect("view"),
             )
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn v_pred_key_means_v_prediction() {
+    let bytes =
+        write_single_file(&fixtures().join("tiny-arch/sdxl"), Architecture::Sdxl).expect("write");
+    let file = SafetensorsFile::from_vec("sdxl.safetensors", bytes).expect("parse");
+    let mut tensors = views(&file);
     let marker = [0u8; 0];
     tensors.push((
         "v_pred".into(),
@@ -410,16 +414,7 @@ fn absurd_block_indices_are_refused_at_once() {
         "model.diffusion_model.output_blocks.18446744073709551615.0.in_layers.0.weight",
         "model.diffusion_model.input_blocks.99999999999999999999999.0.weight",
     ] {
-        let mut tensors: Vec<(String, safetensors::tensor::TensorView<'_>)> = file
-            .tensors()
-            .map(|t| {
-                (
-                    t.name().to_owned(),
-                    safetensors::tensor::TensorView::new(t.dtype(), t.shape().to_vec(), t.bytes())
-                        .expect("view"),
-                )
-            })
-            .collect();
+        let mut tensors = views(&file);
         tensors.push((
             key.into(),
             safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![0], &marker)
