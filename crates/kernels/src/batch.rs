@@ -244,6 +244,16 @@ impl<'c> Batch<'c> {
     pub async fn finish_recording(self) -> Result<crate::Recorded> {
         let ctx = self.ctx;
         ctx.check_health()?;
+        if self
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Replay(_)))
+        {
+            return Err(KernelError::Dispatch {
+                op: "finish_recording",
+                detail: "a batch that replays another cannot be recorded itself".into(),
+            });
+        }
         let pipelines = self.pipelines().await?;
         let validation = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let arena = self.upload_arena();
@@ -264,12 +274,7 @@ impl<'c> Batch<'c> {
                         buffers: d.bindings.iter().map(|(b, _)| b.clone()).collect(),
                     }
                 }
-                Command::Replay(_) => {
-                    return Err(KernelError::Dispatch {
-                        op: "finish_recording",
-                        detail: "a batch that replays another cannot be recorded itself".into(),
-                    });
-                }
+                Command::Replay(_) => continue, // refused above
             });
         }
         if let Some(error) = validation.pop().await {

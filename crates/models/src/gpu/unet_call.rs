@@ -65,17 +65,15 @@ impl<'a> GpuUNetCall<'a> {
         &self.networks.ctx
     }
 
-    /// Records one UNet call on `sample` at timestep `t` into `batch`; returns the prediction
-    /// and, for the group's first call, the text's keys and values it projected (to
-    /// [`Self::keep_text`] once the batch is submitted).
+    /// Records one UNet call on `sample` at the timesteps `timestep` `[B]` into `batch`;
+    /// returns the prediction and, for the group's first call, the text's keys and values it
+    /// projected (to [`Self::keep_text`] once the batch is submitted).
     fn record(
         &self,
         batch: &mut Batch<'_>,
         sample: &Tensor,
-        t: f32,
+        timestep: &Tensor,
     ) -> Result<(Tensor, Option<TextKeysValues>)> {
-        let rows = sample.shape()[0];
-        let timesteps = self.ctx().upload_f32(&vec![t; rows], &[rows])?;
         let cond = UNetConditioning {
             timestep_cond: self.timestep_cond.as_ref(),
             text_embeds: self.text_embeds.as_ref(),
@@ -87,7 +85,7 @@ impl<'a> GpuUNetCall<'a> {
             Some(kept) => kept,
             None => &*fresh.insert(unet.project_context(batch, &self.context)?),
         };
-        let out = unet.forward(batch, sample, &timesteps, text, &cond)?;
+        let out = unet.forward(batch, sample, timestep, text, &cond)?;
         Ok((out, fresh))
     }
 
@@ -102,8 +100,9 @@ impl<'a> GpuUNetCall<'a> {
     async fn predict_async(&self, latents: &[f32], shape: [usize; 4], t: f32) -> Result<Vec<f32>> {
         let ctx = self.ctx();
         let sample = ctx.upload_f32(latents, &shape)?;
+        let timestep = ctx.upload_f32(&vec![t; shape[0]], &[shape[0]])?;
         let mut batch = ctx.batch();
-        let (out, fresh) = self.record(&mut batch, &sample, t)?;
+        let (out, fresh) = self.record(&mut batch, &sample, &timestep)?;
         batch.submit().await?;
         self.keep_text(fresh);
         Ok(ctx.read_f32(&out).await?)
@@ -166,6 +165,9 @@ impl<'a> GpuUNetCall<'a> {
             .map(|l| ctx.upload_f32(l, &[len]))
             .collect::<sd_kernels::Result<Vec<_>>>()?;
         let mut kept: Vec<Option<Tensor>> = vec![None; images];
+        // Each image's noise, rewritten in place at the calls that draw it (after the batch
+        // that read the last draw was submitted).
+        let mut noise: Vec<Option<Tensor>> = vec![None; images];
         let extra = unet_extra
             .map(|e| ctx.upload_f32(e, &[e.len()]))
             .transpose()?;
@@ -222,10 +224,14 @@ impl<'a> GpuUNetCall<'a> {
             batch.replay(&unet_call);
             for k in 0..images {
                 let program = samplers[k].program(call)?.compile()?;
-                let noise = match program.reads(Input::Noise) {
-                    true => Some(ctx.upload_f32(&rngs[k].normals(len), &[len])?),
-                    false => None,
-                };
+                let draws = program.reads(Input::Noise);
+                if draws {
+                    let drawn = rngs[k].normals(len);
+                    match &noise[k] {
+                        Some(t) => ctx.write_f32(t, &drawn)?,
+                        None => noise[k] = Some(ctx.upload_f32(&drawn, &[len])?),
+                    }
+                }
                 let next = ctx.empty(&[len], sd_kernels::DType::F32)?;
                 let kept_out = match program.keeps() {
                     0 => None,
@@ -237,7 +243,7 @@ impl<'a> GpuUNetCall<'a> {
                     guidance: guidance.map(|g| (k * len, g)),
                 };
                 let inputs = StepInputs {
-                    noise: noise.as_ref(),
+                    noise: noise[k].as_ref().filter(|_| draws),
                     kept: kept[k].as_ref(),
                     ..only(&x[k])
                 };
@@ -300,8 +306,9 @@ impl<'a> GpuUNetCall<'a> {
         Ok(())
     }
 
-    /// Projects the text (unless an earlier call did) and records one UNet call on `sample`
-    /// and `timestep` for replaying; returns its output tensor and the recording.
+    /// Projects the text (unless an earlier call did) in a batch of its own, so that the
+    /// recording holds only the UNet call, and records that call on `sample` and `timestep`
+    /// for replaying; returns its output tensor and the recording.
     async fn record_once(
         &self,
         sample: &Tensor,
@@ -317,20 +324,8 @@ impl<'a> GpuUNetCall<'a> {
             batch.submit().await?;
             self.keep_text(Some(text));
         }
-        let text = self.text.get().ok_or_else(|| ModelError::Mismatch {
-            op: "unet".into(),
-            message: "the text's keys and values were not kept".into(),
-        })?;
-        let cond = UNetConditioning {
-            timestep_cond: self.timestep_cond.as_ref(),
-            text_embeds: self.text_embeds.as_ref(),
-            time_ids: self.time_ids.as_ref(),
-        };
         let mut batch = ctx.batch();
-        let prediction = self
-            .networks
-            .unet
-            .forward(&mut batch, sample, timestep, text, &cond)?;
+        let (prediction, _) = self.record(&mut batch, sample, timestep)?;
         Ok((prediction, batch.finish_recording().await?))
     }
 
