@@ -2,12 +2,12 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Args;
 use sd_server::ServerConfig;
-use sd_wgsl::{Device, LoadOptions};
+use sd_wgsl::{Device, LoadOptions, Model};
 
 use crate::generate::DEFAULT_MODEL;
 
@@ -44,26 +44,72 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, let running and waiting jobs finish instead of cancelling them.
     #[arg(long)]
     pub finish_on_shutdown: bool,
+    /// Require `Authorization: Bearer <KEY>` on every route but /health.
+    #[arg(long, env = "SD_API_KEY", hide_env_values = true, value_name = "KEY")]
+    pub api_key: Option<String>,
+    /// An origin (`https://app.example`) whose web pages may call the API (CORS); repeat for
+    /// more. Writes from any other origin are refused with 403.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Stop a job that runs longer than this many seconds (it fails with JOB_TIMEOUT).
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds)]
+    pub job_timeout: Option<Duration>,
+    /// Open connections at most; more wait to be accepted.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_connections: u32,
+    /// When the GPU device is lost or the worker dies, exit (status 75) for a supervisor to
+    /// restart the server, instead of loading the model again in-process.
+    #[arg(long)]
+    pub exit_on_device_loss: bool,
+}
+
+/// `--job-timeout`: positive seconds.
+fn parse_seconds(value: &str) -> std::result::Result<Duration, String> {
+    let seconds: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0 * 7.0) {
+        return Err(format!("{value}: expected seconds in (0, 604800]"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Loads the model and serves until Ctrl-C or SIGTERM.
 pub fn run(args: &ServeArgs) -> Result<()> {
+    let start = Instant::now();
+    let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL).to_owned();
+    let mut load_options = LoadOptions::new().device(args.device);
+    load_options.model_config = args.model_config.clone();
     let config = ServerConfig {
         host: args.host,
         port: args.port,
         queue_size: args.queue_size,
         models_dir: args.models_dir.clone(),
         cancel_on_shutdown: !args.finish_on_shutdown,
+        job_timeout: args.job_timeout,
+        api_key: args.api_key.clone(),
+        cors_origins: args.cors_origins.clone(),
+        limits: sd_server::connections::Limits {
+            max_connections: args.max_connections as usize,
+            ..Default::default()
+        },
+        exit_on_device_loss: args.exit_on_device_loss,
+        // After a lost device, the same model on a new GPU context (from the files on disk or
+        // in the hub cache: no download).
+        reload: Some(sd_server::Reloader::new({
+            let (spec, options) = (spec.clone(), load_options.clone());
+            move || Model::load_with(&spec, &options).map_err(|e| e.to_string())
+        })),
         ..ServerConfig::default()
     }
     .with_env()?;
-    let start = Instant::now();
-    let spec = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
+    for warning in config.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let bar = indicatif::ProgressBar::new(0);
     let mut download = crate::download::DownloadReporter::new(bar.clone());
-    let mut load_options = LoadOptions::new().device(args.device);
-    load_options.model_config = args.model_config.clone();
-    let model = crate::generate::load_model(spec, &load_options, &mut download)?;
+    let model = crate::generate::load_model(&spec, &load_options, &mut download)?;
     bar.finish_and_clear();
     if let Some(note) = model.device_note() {
         eprintln!("note: {note}");

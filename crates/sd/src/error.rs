@@ -101,6 +101,22 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The GPU device was lost (a driver reset, an unplugged GPU, [`crate::Model`]'s context
+    /// disposed): the reason, if this error comes from that. The model cannot generate again;
+    /// load it anew.
+    pub fn device_lost(&self) -> Option<&str> {
+        // The model errors are transparent (their `source` skips a level): match them.
+        let model = match self {
+            Self::Generation(e) => e,
+            Self::Load { source, .. } => source,
+            _ => return None,
+        };
+        match model.as_ref() {
+            ModelError::Kernel(sd_kernels::KernelError::DeviceLost(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
     /// A generation error: cancellations, bad parameters and bad inputs get their own variants.
     pub(crate) fn from_generation(error: ModelError) -> Self {
         match error {

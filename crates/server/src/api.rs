@@ -120,12 +120,16 @@ pub struct JobState {
 /// `GET /health`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Health {
-    /// Always `ok` while the server answers.
+    /// `ok`, or `unavailable` while the worker cannot run jobs (see `reason`).
     pub status: String,
     /// A job is running or waiting.
     pub busy: bool,
     /// Where the model runs: `gpu` or `cpu`.
     pub device: String,
+    /// Why the worker cannot run jobs now (a lost GPU device, a dead worker) and what the
+    /// server does about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The loaded model.
@@ -171,7 +175,8 @@ pub struct LocalModelInfo {
     pub format: String,
     /// Whether it loads without a download.
     pub downloaded: bool,
-    /// A folder's path, or for a preset `preset `NAME`` and its hub repository.
+    /// A folder's path (its last part only, unless the caller sent the server's API key), or
+    /// for a preset `preset `NAME`` and its hub repository.
     pub location: String,
     /// A preset's description.
     #[serde(skip_serializing_if = "Option::is_none")]

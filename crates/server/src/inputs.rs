@@ -150,6 +150,8 @@ pub fn decode_image(field: &str, bytes: &[u8]) -> Result<DynamicImage, RequestEr
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_IMAGE_SIDE);
     limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    // The widest decoder output at the largest size: 16-bit RGBA.
+    limits.max_alloc = Some(u64::from(MAX_IMAGE_SIDE).pow(2) * 8);
     let mut reader = reader()?;
     reader.limits(limits);
     reader.decode().map_err(|e| not_image(e.to_string()))

@@ -1,14 +1,15 @@
 //! The job store: every job's state by id, its cancel flag and a watch channel that the SSE
-//! stream follows, plus the bounded queue to the GPU worker and the TTL sweep.
+//! stream follows, plus the bounded queue to the GPU worker (which waits on it), the places
+//! requests take in it before they are read, the worker's health and the TTL sweep.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use image::{GrayImage, RgbImage};
 use sd_core::params::GenerationParams;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::api::{ErrorBody, JobResult, JobState, Progress, Status};
 use crate::inputs::Decoded;
@@ -45,6 +46,9 @@ struct Entry {
     steps: u32,
     /// The last progress report, kept when the final state drops it.
     last_progress: Option<Progress>,
+    /// A pending job's work (with its decoded images), until the worker takes it or the job
+    /// ends.
+    work: Option<Work>,
 }
 
 /// A job as the dialects that show more than [`JobState`] read it.
@@ -82,22 +86,39 @@ pub enum Rejected {
     Busy,
     /// The worker is gone (shutting down).
     Closed,
+    /// The worker cannot run jobs now (it died or the GPU was lost, and it is being
+    /// re-created): the reason.
+    Down(String),
 }
 
-/// Jobs by id. Cheap to clone. The worker and the sweeper hold only this, not the queue's
-/// sender, so the queue closes (and the worker ends) when the HTTP side is gone.
+/// The queue and the jobs by id, under one lock.
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    /// Pending jobs' ids, oldest first. Each one's [`Work`] (with its images) is in its entry.
+    queue: VecDeque<String>,
+    /// Places taken by requests still being read or decoded ([`Place`]).
+    reserved: usize,
+    /// A job runs.
+    running: bool,
+    /// No more jobs: the worker ends once the queue is empty.
+    closed: bool,
+    /// Why the worker cannot run jobs now (`GET /health` answers 503 with it).
+    down: Option<String>,
+}
+
+/// Jobs by id and the queue to the worker. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Store {
-    inner: Arc<Mutex<HashMap<String, Entry>>>,
-    running: Arc<AtomicBool>,
+    inner: Arc<(Mutex<State>, Condvar)>,
 }
 
-/// The store plus the queue to the worker: what the handlers hold. The queue's bound is the
-/// number of *pending* jobs (counted in the store), so a cancelled job frees its place at once.
+/// The store with the queue's bound: what the handlers hold. The bound counts every job that
+/// holds request memory: pending jobs (their decoded images) and requests still being read and
+/// decoded ([`Jobs::reserve`]). A cancelled job gives back its place and its images at once.
 #[derive(Debug, Clone)]
 pub struct Jobs {
     pub store: Store,
-    queue: mpsc::UnboundedSender<Work>,
     capacity: usize,
 }
 
@@ -108,24 +129,60 @@ impl std::ops::Deref for Jobs {
     }
 }
 
+/// A place in the queue, taken before a creating request's body is read; given back when
+/// dropped unless a job took it ([`Jobs::submit`]).
+#[derive(Debug)]
+pub struct Place {
+    store: Store,
+    taken: bool,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.store.lock().reserved -= 1;
+        }
+    }
+}
+
 impl Jobs {
-    /// A store whose queue holds `capacity` waiting jobs; the receiver goes to the worker.
-    pub fn new(capacity: usize) -> (Self, mpsc::UnboundedReceiver<Work>) {
-        let (queue, rx) = mpsc::unbounded_channel();
-        (
-            Self {
-                store: Store::default(),
-                queue,
-                capacity: capacity.max(1),
-            },
-            rx,
-        )
+    /// A store whose queue holds `capacity` waiting jobs (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            store: Store::default(),
+            capacity: capacity.max(1),
+        }
     }
 
-    /// Creates a job (id `gen_<ms>_<hex>`) and queues it, or says why not (the job is then
-    /// forgotten).
+    /// Takes a place for a job about to be read, or says why there is none.
+    pub fn reserve(&self) -> Result<Place, Rejected> {
+        let mut state = self.lock();
+        Self::check_open(&state)?;
+        if state.queue.len() + state.reserved >= self.capacity {
+            return Err(Rejected::Busy);
+        }
+        state.reserved += 1;
+        Ok(Place {
+            store: self.store.clone(),
+            taken: false,
+        })
+    }
+
+    fn check_open(state: &State) -> Result<(), Rejected> {
+        if state.closed {
+            return Err(Rejected::Closed);
+        }
+        if let Some(reason) = &state.down {
+            return Err(Rejected::Down(reason.clone()));
+        }
+        Ok(())
+    }
+
+    /// Creates a job (id `gen_<ms>_<hex>`) in `place` and queues it, or says why not (the job
+    /// is then forgotten).
     pub fn submit(
         &self,
+        place: Place,
         params: GenerationParams,
         format: Format,
         inputs: Decoded,
@@ -135,12 +192,13 @@ impl Jobs {
             now_ms(),
             rand::random::<u64>() & 0xf_ffff_ffff
         );
-        self.submit_as(id, params, format, inputs)
+        self.submit_as(place, id, params, format, inputs)
     }
 
     /// [`Jobs::submit`] under the given (new, unique) id.
     pub fn submit_as(
         &self,
+        mut place: Place,
         id: String,
         params: GenerationParams,
         format: Format,
@@ -159,15 +217,6 @@ impl Jobs {
         };
         let cancel = Arc::new(AtomicBool::new(false));
         let (updates, _) = watch::channel(state.clone());
-        // Count, insert and send under one lock, so two requests cannot take the last place.
-        let mut jobs = self.lock();
-        let pending = jobs
-            .values()
-            .filter(|e| e.state.status == Status::Pending)
-            .count();
-        if pending >= self.capacity {
-            return Err(Rejected::Busy);
-        }
         let work = Work {
             id: id.clone(),
             params,
@@ -176,11 +225,13 @@ impl Jobs {
             mask: inputs.mask,
             cancel: Arc::clone(&cancel),
         };
-        if self.queue.send(work).is_err() {
-            return Err(Rejected::Closed);
-        }
-        jobs.insert(
-            id,
+        let mut jobs = self.lock();
+        // The place becomes the job's (or is given back on refusal).
+        place.taken = true;
+        jobs.reserved -= 1;
+        Self::check_open(&jobs)?;
+        jobs.entries.insert(
+            id.clone(),
             Entry {
                 state: state.clone(),
                 cancel,
@@ -188,26 +239,30 @@ impl Jobs {
                 finished: None,
                 steps,
                 last_progress: None,
+                work: Some(work),
             },
         );
+        jobs.queue.push_back(id);
+        drop(jobs);
+        self.inner.1.notify_all();
         Ok(state)
     }
 }
 
 impl Store {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep serving.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A job's state.
     pub fn get(&self, id: &str) -> Option<JobState> {
-        self.lock().get(id).map(|e| e.state.clone())
+        self.lock().entries.get(id).map(|e| e.state.clone())
     }
 
     /// A job's state with what the store knows besides.
     pub fn info(&self, id: &str) -> Option<JobInfo> {
-        self.lock().get(id).map(|e| JobInfo {
+        self.lock().entries.get(id).map(|e| JobInfo {
             state: e.state.clone(),
             steps: e.steps,
             last_progress: e.state.progress.clone().or_else(|| e.last_progress.clone()),
@@ -216,23 +271,29 @@ impl Store {
 
     /// Follows a job's state changes.
     pub fn subscribe(&self, id: &str) -> Option<watch::Receiver<JobState>> {
-        self.lock().get(id).map(|e| e.updates.subscribe())
+        self.lock().entries.get(id).map(|e| e.updates.subscribe())
     }
 
-    /// Asks a job to stop: a pending one is cancelled now, a running one at its next step.
+    /// Asks a job to stop: a pending one is cancelled now (its place and images freed), a
+    /// running one at its next step.
     pub fn cancel(&self, id: &str) -> Option<JobState> {
-        let mut jobs = self.lock();
-        let entry = jobs.get_mut(id)?;
+        let mut state = self.lock();
+        let entry = state.entries.get_mut(id)?;
         entry.cancel.store(true, Ordering::SeqCst);
-        if entry.state.status == Status::Pending {
+        let pending = entry.state.status == Status::Pending;
+        if pending {
             Self::finish_entry(entry, Status::Cancelled, None, None);
         }
-        Some(entry.state.clone())
+        let answer = entry.state.clone();
+        if pending {
+            state.queue.retain(|queued| queued != id);
+        }
+        Some(answer)
     }
 
     /// Asks every unfinished job to stop (shutdown).
     pub fn cancel_all(&self) {
-        let ids: Vec<String> = self.lock().keys().cloned().collect();
+        let ids: Vec<String> = self.lock().entries.keys().cloned().collect();
         for id in ids {
             self.cancel(&id);
         }
@@ -240,33 +301,72 @@ impl Store {
 
     /// Whether a job runs or waits.
     pub fn busy(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-            || self
-                .lock()
-                .values()
-                .any(|e| e.state.status == Status::Pending)
+        let state = self.lock();
+        state.running || !state.queue.is_empty()
     }
 
-    /// The worker takes a job (its first progress report comes with it, so an `in_progress`
-    /// state always has progress): `false` if it was cancelled while waiting.
-    pub fn start(&self, id: &str, progress: Progress) -> bool {
-        let mut jobs = self.lock();
-        let Some(entry) = jobs.get_mut(id) else {
-            return false;
-        };
-        if entry.state.status != Status::Pending {
-            return false;
+    /// The next pending job, now `in_progress` with its first progress report (so an
+    /// `in_progress` state always has progress); waits for one. `None` once the store is
+    /// closed and the queue empty.
+    pub fn next_job(&self, first_progress: impl Fn(&Work) -> Progress) -> Option<Work> {
+        let mut state = self.lock();
+        loop {
+            while let Some(id) = state.queue.pop_front() {
+                let Some(entry) = state.entries.get_mut(&id) else {
+                    continue;
+                };
+                let Some(work) = entry.work.take() else {
+                    continue;
+                };
+                entry.state.status = Status::InProgress;
+                entry.state.progress = Some(first_progress(&work));
+                Self::touch(entry);
+                state.running = true;
+                return Some(work);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.inner.1.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        self.running.store(true, Ordering::SeqCst);
-        entry.state.status = Status::InProgress;
-        entry.state.progress = Some(progress);
-        Self::touch(entry);
-        true
+    }
+
+    /// No more jobs: the worker ends when the queue is empty.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.inner.1.notify_all();
+    }
+
+    /// Whether [`Store::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Waits up to `timeout` for [`Store::close`]; whether it came.
+    pub fn wait_closed(&self, timeout: Duration) -> bool {
+        let state = self.lock();
+        let (state, _) = self
+            .inner
+            .1
+            .wait_timeout_while(state, timeout, |s| !s.closed)
+            .unwrap_or_else(|e| e.into_inner());
+        state.closed
+    }
+
+    /// Says why the worker cannot run jobs (new jobs are refused with it, `/health` answers
+    /// 503), or that it can again.
+    pub fn set_down(&self, reason: Option<String>) {
+        self.lock().down = reason;
+    }
+
+    /// Why the worker cannot run jobs now, if it cannot.
+    pub fn down(&self) -> Option<String> {
+        self.lock().down.clone()
     }
 
     /// The worker reports progress.
     pub fn progress(&self, id: &str, progress: Progress) {
-        if let Some(entry) = self.lock().get_mut(id)
+        if let Some(entry) = self.lock().entries.get_mut(id)
             && entry.state.progress.as_ref() != Some(&progress)
         {
             entry.state.progress = Some(progress);
@@ -282,10 +382,25 @@ impl Store {
         result: Option<JobResult>,
         error: Option<ErrorBody>,
     ) {
-        if let Some(entry) = self.lock().get_mut(id) {
+        let mut state = self.lock();
+        if let Some(entry) = state.entries.get_mut(id) {
             Self::finish_entry(entry, status, result, error);
         }
-        self.running.store(false, Ordering::SeqCst);
+        state.running = false;
+    }
+
+    /// Fails every running and pending job with `error` (the worker died or lost the GPU):
+    /// their event streams end with it.
+    pub fn fail_unfinished(&self, error: &ErrorBody) {
+        let mut state = self.lock();
+        state.queue.clear();
+        state.running = false;
+        for entry in state.entries.values_mut() {
+            if !entry.state.status.is_final() {
+                entry.cancel.store(true, Ordering::SeqCst);
+                Self::finish_entry(entry, Status::Error, None, Some(error.clone()));
+            }
+        }
     }
 
     fn finish_entry(
@@ -295,6 +410,8 @@ impl Store {
         error: Option<ErrorBody>,
     ) {
         entry.state.status = status;
+        // A pending job's images go now, not when the worker would have reached it.
+        entry.work = None;
         // The final state carries the outcome, not the last progress report.
         if let Some(progress) = entry.state.progress.take() {
             entry.last_progress = Some(progress);
@@ -312,10 +429,12 @@ impl Store {
 
     /// Forgets finished jobs older than `ttl`; returns how many.
     pub fn sweep(&self, ttl: Duration) -> usize {
-        let mut jobs = self.lock();
-        let before = jobs.len();
-        jobs.retain(|_, e| e.finished.is_none_or(|t| t.elapsed() < ttl));
-        before - jobs.len()
+        let mut state = self.lock();
+        let before = state.entries.len();
+        state
+            .entries
+            .retain(|_, e| e.finished.is_none_or(|t| t.elapsed() < ttl));
+        before - state.entries.len()
     }
 }
 

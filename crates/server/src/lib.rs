@@ -4,7 +4,12 @@
 //!
 //! - [`api`]: the wire types (also the OpenAPI document's schemas, [`openapi_json`]).
 //! - [`jobs`]: job states by id, cancel flags, the bounded queue, the TTL sweep.
-//! - [`worker`]: the one thread that owns the model and runs jobs in order.
+//! - [`worker`]: the one thread that owns the model and runs jobs in order, each under
+//!   `catch_unwind` and the job timeout.
+//! - [`supervisor`]: restarts the worker after it died or lost the GPU, with a model loaded
+//!   anew, and says why the server cannot run jobs meanwhile.
+//! - [`guard`]: who may call: the Host and Origin checks, CORS and the API key.
+//! - [`connections`]: the accept loop with hyper's header timeout and a connection limit.
 //! - [`routes`]: the handlers; they never wait on the GPU.
 //! - [`inputs`]: img2img and inpainting inputs (base64 or uploads) decoded and checked.
 //! - [`submit`]: what every creating route shares: images decoded, parameters checked, queued.
@@ -12,11 +17,14 @@
 //!   (`/v1/jobs`, SSE `Step i/n`) and the diffusers task handler's (`/task`).
 
 pub mod api;
+pub mod connections;
 pub mod dialects;
+pub mod guard;
 pub mod inputs;
 pub mod jobs;
 pub mod routes;
 pub mod submit;
+pub mod supervisor;
 pub mod worker;
 
 use std::future::Future;
@@ -58,6 +66,24 @@ pub struct ServerConfig {
     pub models_dir: Option<PathBuf>,
     /// On shutdown, cancel running and waiting jobs (default) instead of finishing them.
     pub cancel_on_shutdown: bool,
+    /// A job running longer fails with `JOB_TIMEOUT` (default: none).
+    pub job_timeout: Option<Duration>,
+    /// Requests must carry `Authorization: Bearer <key>` (all routes but `/health`).
+    pub api_key: Option<String>,
+    /// Origins (`https://app.example`) whose pages may call the API: they get CORS answers;
+    /// writes from any other origin are refused with 403.
+    pub cors_origins: Vec<String>,
+    /// The limits on connections and their timing.
+    pub limits: connections::Limits,
+    /// Loads the model anew after the worker died or the GPU was lost; without it, the server
+    /// stays unavailable (`/health` 503) until restarted.
+    pub reload: Option<Reloader>,
+    /// Exit the process (status [`supervisor::EXIT_DEVICE_LOST`]) when the worker dies or the
+    /// GPU is lost, for a supervisor to restart it, instead of re-creating the model.
+    pub exit_on_device_loss: bool,
+    /// Faults the tests inject.
+    #[cfg(feature = "test-hooks")]
+    pub faults: Arc<Faults>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +98,14 @@ impl Default for ServerConfig {
             max_image_body_bytes: 32 << 20,
             models_dir: None,
             cancel_on_shutdown: true,
+            job_timeout: None,
+            api_key: None,
+            cors_origins: Vec::new(),
+            limits: connections::Limits::default(),
+            reload: None,
+            exit_on_device_loss: false,
+            #[cfg(feature = "test-hooks")]
+            faults: Arc::default(),
         }
     }
 }
@@ -94,8 +128,101 @@ impl ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// The most memory requests can hold at once, besides the model and the finished jobs'
+    /// results (kept for `result_ttl`): every place in the queue, the running job's included,
+    /// holding a body of `max_image_body_bytes`, its image strings and the decoded images
+    /// (RGB and mask at [`inputs::MAX_IMAGE_SIDE`]); [`submit::CONCURRENT_DECODES`] decodes
+    /// with their base64 bytes, the decoder's widest output (16-bit RGBA) and its RGB
+    /// conversion; and a small body on every other connection.
+    pub fn worst_case_request_memory(&self) -> u64 {
+        let side = u64::from(inputs::MAX_IMAGE_SIDE);
+        let image_body = self.max_image_body_bytes.max(self.max_body_bytes) as u64;
+        let decoded = side * side * (3 + 1);
+        let place = 2 * image_body + decoded;
+        let decode = image_body * 3 / 4 + side * side * 8 + side * side * 3;
+        let places = self.queue_size.max(1) as u64 + 1;
+        places * place
+            + submit::CONCURRENT_DECODES as u64 * decode
+            + self.limits.max_connections as u64 * self.max_body_bytes as u64
+    }
+
+    /// What an operator should hear at start: a non-loopback address without an API key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.host.is_loopback() && self.api_key.is_none() {
+            warnings.push(format!(
+                "listening on {} without an API key: anyone who can reach this address can \
+                 generate images and read the results; set --api-key (or SD_API_KEY)",
+                self.host
+            ));
+        }
+        warnings
+    }
+}
+
 /// The model the server generates with: the front door's, loaded once.
 pub use sd_wgsl::Model;
+
+/// Loads the model anew (after a device loss or a dead worker). Cheap to clone.
+#[derive(Clone)]
+pub struct Reloader(Arc<dyn Fn() -> Result<Model, String> + Send + Sync>);
+
+impl Reloader {
+    /// Wraps a loader; its error says why the model could not be loaded.
+    pub fn new(load: impl Fn() -> Result<Model, String> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(load))
+    }
+
+    /// Loads the model.
+    pub fn load(&self) -> Result<Model, String> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reloader")
+    }
+}
+
+/// Faults the tests inject into the worker (compiled only with the `test-hooks` feature,
+/// which only this crate's tests turn on). Each fires once, at the next job.
+#[cfg(feature = "test-hooks")]
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// The next job panics inside its generation.
+    pub panic_in_job: std::sync::atomic::AtomicBool,
+    /// The worker thread panics before the next job, outside the per-job guard.
+    pub kill_worker: std::sync::atomic::AtomicBool,
+    /// The model's GPU device is destroyed before the next job (a real device loss: every
+    /// later GPU call fails with it).
+    pub lose_device: std::sync::atomic::AtomicBool,
+}
+
+#[cfg(feature = "test-hooks")]
+impl Faults {
+    fn take(flag: &std::sync::atomic::AtomicBool) -> bool {
+        flag.swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub(crate) fn before_job(&self, model: &Model) {
+        if Self::take(&self.kill_worker) {
+            panic!("injected fault: the worker dies");
+        }
+        if Self::take(&self.lose_device)
+            && let Some(context) = model.pipeline().context()
+        {
+            context.dispose();
+        }
+    }
+
+    pub(crate) fn inside_job(&self) {
+        if Self::take(&self.panic_in_job) {
+            panic!("injected fault: the job panics");
+        }
+    }
+}
 
 /// Why the server could not start or stopped badly.
 #[derive(Debug, thiserror::Error)]
@@ -183,8 +310,11 @@ pub fn openapi_json() -> String {
 
 /// The models that load by name ([`sd_wgsl::list_models`] of the environment), with the
 /// model folders directly under `models_dir` after the environment's folders (a name listed
-/// already is not repeated).
-pub(crate) fn local_models(models_dir: Option<&std::path::Path>) -> Vec<api::LocalModelInfo> {
+/// already is not repeated). Without `full_paths`, a folder's location is its last part only.
+pub(crate) fn local_models(
+    models_dir: Option<&std::path::Path>,
+    full_paths: bool,
+) -> Vec<api::LocalModelInfo> {
     let hub = sd_wgsl::HubConfig::from_env();
     let mut models = sd_wgsl::list_models_with(&sd_wgsl::ModelPaths::from_env(), &hub);
     if let Some(dir) = models_dir {
@@ -201,12 +331,17 @@ pub(crate) fn local_models(models_dir: Option<&std::path::Path>) -> Vec<api::Loc
     models
         .into_iter()
         .map(|m| {
-            let preset = match &m.location {
-                sd_wgsl::ModelLocation::Preset(preset) => Some(*preset),
-                sd_wgsl::ModelLocation::Path(_) => None,
+            let (preset, location) = match &m.location {
+                sd_wgsl::ModelLocation::Preset(preset) => (Some(*preset), m.location.to_string()),
+                sd_wgsl::ModelLocation::Path(path) if !full_paths => (
+                    None,
+                    path.file_name()
+                        .map_or_else(|| m.name.clone(), |n| n.to_string_lossy().into_owned()),
+                ),
+                sd_wgsl::ModelLocation::Path(_) => (None, m.location.to_string()),
             };
             api::LocalModelInfo {
-                location: m.location.to_string(),
+                location,
                 name: m.name,
                 format: m.format.into(),
                 downloaded: m.downloaded,
@@ -218,12 +353,21 @@ pub(crate) fn local_models(models_dir: Option<&std::path::Path>) -> Vec<api::Loc
         .collect()
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(
+    state: Arc<AppState>,
+    access: Arc<guard::Access>,
+    limits: &connections::Limits,
+) -> Router {
     let max_body = state.max_body_bytes;
     // Routes that take images read their bodies themselves, up to `max_image_body_bytes`
     // (and hold the rest of the request to `max_body_bytes`).
     let image_limit = DefaultBodyLimit::disable();
-    Router::new()
+    // The event streams last as long as their job; every other request is answered within
+    // `request_timeout` (the handlers never wait on the GPU: only a slow body takes long).
+    let streams = Router::new()
+        .route("/v1/images/generations/{id}/events", get(routes::events))
+        .route("/v1/jobs/{id}/stream", get(jobs_api::stream));
+    let timed = Router::new()
         .route(
             "/v1/images/generations",
             axum::routing::post(routes::create).layer(image_limit),
@@ -236,14 +380,12 @@ fn router(state: Arc<AppState>) -> Router {
             "/v1/images/generations/{id}",
             get(routes::get).delete(routes::cancel),
         )
-        .route("/v1/images/generations/{id}/events", get(routes::events))
         // The SD worker's job API.
         .route(
             "/v1/jobs",
             axum::routing::post(jobs_api::create).layer(image_limit),
         )
         .route("/v1/jobs/{id}", get(jobs_api::get).delete(jobs_api::cancel))
-        .route("/v1/jobs/{id}/stream", get(jobs_api::stream))
         // The diffusers task handler's API.
         .route("/task", axum::routing::post(task_api::create))
         .route(
@@ -261,10 +403,28 @@ fn router(state: Arc<AppState>) -> Router {
                 )
             }),
         )
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ));
+    let app = timed
+        .merge(streams)
         .fallback(routes::fallback)
         // One byte over the limit is enough to tell; the handlers answer 400 themselves.
         .layer(DefaultBodyLimit::max(max_body + 1))
-        .with_state(state)
+        // A body that stops arriving fails the read (the handler answers 400).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_idle_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&access),
+            guard::guard,
+        ))
+        .with_state(state);
+    match access.cors() {
+        Some(cors) => app.layer(cors),
+        None => app,
+    }
 }
 
 /// Serves on `listener` until `shutdown` resolves; then stops accepting, cancels (or lets
@@ -275,8 +435,13 @@ pub async fn serve(
     model: Model,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (jobs, queue) = Jobs::new(config.queue_size);
+    let jobs = Jobs::new(config.queue_size);
     let defaults = model.defaults();
+    let access = Arc::new(guard::Access::new(
+        config.api_key.clone(),
+        &config.cors_origins,
+        listener.local_addr()?.ip().is_loopback(),
+    )?);
     let state = Arc::new(AppState {
         jobs: jobs.clone(),
         model: ModelInfo {
@@ -293,11 +458,21 @@ pub async fn serve(
         models_dir: config.models_dir.clone(),
         max_body_bytes: config.max_body_bytes,
         max_image_body_bytes: config.max_image_body_bytes.max(config.max_body_bytes),
+        decodes: tokio::sync::Semaphore::new(submit::CONCURRENT_DECODES),
     });
     let worker_jobs = jobs.store.clone();
+    let supervision = supervisor::Supervision {
+        reload: config.reload.clone(),
+        exit_on_device_loss: config.exit_on_device_loss,
+        worker: worker::WorkerOptions {
+            job_timeout: config.job_timeout,
+            #[cfg(feature = "test-hooks")]
+            faults: Arc::clone(&config.faults),
+        },
+    };
     let worker = std::thread::Builder::new()
         .name("sd-gpu-worker".into())
-        .spawn(move || worker::run(&model, &worker_jobs, queue))?;
+        .spawn(move || supervisor::supervise(model, &worker_jobs, &supervision))?;
     let sweeper_jobs = jobs.store.clone();
     let (ttl, interval) = (config.result_ttl, config.cleanup_interval);
     let sweeper = tokio::spawn(async move {
@@ -307,7 +482,7 @@ pub async fn serve(
             sweeper_jobs.sweep(ttl);
         }
     });
-    let app = router(Arc::clone(&state));
+    let app = router(Arc::clone(&state), access, &config.limits);
     // Cancel before the connections drain: an open SSE stream ends with its job.
     let store = jobs.store.clone();
     let cancel_on_shutdown = config.cancel_on_shutdown;
@@ -316,16 +491,15 @@ pub async fn serve(
         if cancel_on_shutdown {
             store.cancel_all();
         }
+        // No job is queued after this; the worker ends when the queue is empty.
+        store.close();
     };
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    connections::serve(listener, app, &config.limits, shutdown).await;
     sweeper.abort();
-    // The worker ends when every queue sender is gone: the state's and ours.
+    jobs.close();
     drop(state);
-    drop(jobs);
     let _ = tokio::task::spawn_blocking(move || worker.join()).await;
-    Ok(result?)
+    Ok(())
 }
 
 /// Binds `config.host:config.port`.
@@ -348,7 +522,17 @@ pub fn run_until_signal(
     runtime.block_on(async move {
         let listener = bind(&config).await?;
         on_ready(listener.local_addr()?);
-        serve(listener, config, model, shutdown_signal()).await
+        let shutdown = async {
+            shutdown_signal().await;
+            eprintln!("stopping: waiting for open requests (Ctrl-C again exits at once)");
+            // A second signal exits without waiting for anything.
+            tokio::spawn(async {
+                shutdown_signal().await;
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            });
+        };
+        serve(listener, config, model, shutdown).await
     })
 }
 

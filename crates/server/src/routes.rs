@@ -4,7 +4,6 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Json;
 use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::multipart::MultipartError;
@@ -12,13 +11,15 @@ use axum::extract::{FromRequest, Multipart, Path, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use futures_util::{Stream, StreamExt as _};
 use sd_core::request::{Dialect, RequestError, request_object, text};
 use serde_json::{Map, Value};
 
 use crate::api::{Created, ErrorBody, ErrorResponse, Health, JobState, ModelInfo, Models};
+use crate::guard::Caller;
 use crate::inputs::{Encoded, Given};
-use crate::jobs::Jobs;
+use crate::jobs::{Jobs, Place};
 use crate::submit::{self, BUSY_MESSAGE, CLOSED_MESSAGE, Intake, Refused};
 use sd_wgsl::ImageFormat as Format;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The largest request body carrying images (`initImage`, `mask`, an upload).
     pub max_image_body_bytes: usize,
+    /// Input image decodes running at once ([`crate::submit::CONCURRENT_DECODES`]).
+    pub decodes: tokio::sync::Semaphore,
 }
 
 /// A fault of the body as a whole (`field: request`).
@@ -72,17 +75,9 @@ pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Requ
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| whole_request(format!("cannot read the body: {e}")))?;
         if data.len() + chunk.len() > limit {
-            let mut read = data.len() + chunk.len();
+            let read = data.len() + chunk.len();
             drop(data);
-            let drain = async {
-                while let Some(Ok(chunk)) = stream.next().await {
-                    read += chunk.len();
-                    if read > limit.saturating_mul(2) {
-                        break;
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+            drain(stream, read, limit).await;
             return Err(whole_request(format!(
                 "the body is larger than {limit} bytes"
             )));
@@ -90,6 +85,24 @@ pub(crate) async fn read_limited(body: Body, limit: usize) -> Result<Bytes, Requ
         data.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(data))
+}
+
+/// Reads a body on and drops it, up to `limit` bytes or [`DRAIN_TIME`], so that a client
+/// still sending it reads the answer instead of a reset connection.
+pub(crate) async fn discard_body(body: Body, limit: usize) {
+    drain(body.into_data_stream(), 0, limit).await;
+}
+
+async fn drain(mut stream: axum::body::BodyDataStream, mut read: usize, limit: usize) {
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            read += chunk.len();
+            if read > limit.saturating_mul(2) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -149,6 +162,11 @@ impl ApiError {
                 "SERVER_BUSY",
                 CLOSED_MESSAGE,
             ),
+            Refused::Unavailable(reason) => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "SERVER_BUSY", reason);
+                e.retry_after = Some(5);
+                e
+            }
             Refused::Internal(message) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "IO_ERROR", message)
             }
@@ -181,6 +199,9 @@ pub async fn create(
     State(app): Shared,
     body: Body,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let (place, body) = submit::reserve(&app, body)
+        .await
+        .map_err(ApiError::refused)?;
     let body = read_body(body, app.max_image_body_bytes).await?;
     let json = std::str::from_utf8(&body)
         .map_err(|_| request_error("the body is not UTF-8 text".into()))?;
@@ -199,6 +220,8 @@ pub async fn create(
             " not counting initImage and mask",
         ));
     }
+    // The images live on as their strings; the body's copy goes now.
+    drop(body);
     let given = |field, text: Option<String>| {
         text.map(|text| Given {
             field,
@@ -207,6 +230,7 @@ pub async fn create(
     };
     submit(
         &app,
+        place,
         obj,
         "initImage",
         given("initImage", init_image),
@@ -263,6 +287,9 @@ pub async fn edit(
         )));
     }
     let (parts, body) = request.into_parts();
+    let (place, body) = submit::reserve(&app, body)
+        .await
+        .map_err(ApiError::refused)?;
     let body = read_body(body, app.max_image_body_bytes).await?;
     let request = Request::from_parts(parts, Body::from(body));
     let mut multipart = Multipart::from_request(request, &()).await.map_err(|e| {
@@ -361,12 +388,13 @@ pub async fn edit(
             message: "is required: the input image file (PNG, JPEG or WebP)".into(),
         }));
     }
-    submit(&app, obj, "image", image, mask).await
+    submit(&app, place, obj, "image", image, mask).await
 }
 
 /// What both creating routes share: the `format`, then the common checks and the queue.
 async fn submit(
     app: &AppState,
+    place: Place,
     obj: Map<String, Value>,
     image_field: &'static str,
     image: Option<Given>,
@@ -393,7 +421,7 @@ async fn submit(
         format,
         id: None,
     };
-    let state = submit::submit(app, intake)
+    let state = submit::submit(app, place, intake)
         .await
         .map_err(ApiError::refused)?;
     Ok((
@@ -469,25 +497,47 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// Whether the server is up and whether a job runs or waits.
-#[utoipa::path(get, path = "/health", responses((status = 200, body = Health)))]
-pub async fn health(State(app): Shared) -> Json<Health> {
-    Json(Health {
-        status: "ok".into(),
-        busy: app.jobs.busy(),
-        device: app.model.device.clone(),
-    })
+/// Whether the server can run jobs and whether a job runs or waits: `200` with status `ok`,
+/// or `503` with status `unavailable` and the reason while the worker is being re-created
+/// (after a lost GPU device or a dead worker).
+#[utoipa::path(get, path = "/health", responses(
+    (status = 200, body = Health),
+    (status = 503, body = Health, description = "The worker cannot run jobs now; `reason` says why")))]
+pub async fn health(State(app): Shared) -> (StatusCode, Json<Health>) {
+    let reason = app.jobs.down();
+    let status = if reason.is_some() {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(Health {
+            status: if reason.is_some() {
+                "unavailable"
+            } else {
+                "ok"
+            }
+            .into(),
+            busy: app.jobs.busy(),
+            device: app.model.device.clone(),
+            reason,
+        }),
+    )
 }
 
 /// The loaded model and the models that load by name (looked up now: a preset downloaded
-/// since the start shows as downloaded).
+/// since the start shows as downloaded). A model folder's `location` is its full path only
+/// for a caller with the server's API key; others see its name.
 #[utoipa::path(get, path = "/v1/models", responses((status = 200, body = Models)))]
-pub async fn models(State(app): Shared) -> Json<Models> {
+pub async fn models(State(app): Shared, caller: Option<Extension<Caller>>) -> Json<Models> {
     let dir = app.models_dir.clone();
+    let full_paths = caller.is_some_and(|Extension(c)| c.authenticated);
     // Directory listings and cache lookups: file system work, off the async threads.
-    let models = tokio::task::spawn_blocking(move || crate::local_models(dir.as_deref()))
-        .await
-        .unwrap_or_default();
+    let models =
+        tokio::task::spawn_blocking(move || crate::local_models(dir.as_deref(), full_paths))
+            .await
+            .unwrap_or_default();
     Json(Models {
         loaded: app.model.clone(),
         available: models

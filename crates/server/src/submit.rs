@@ -6,10 +6,12 @@
 use sd_core::request::{Dialect, RequestError, parse_params};
 use serde_json::{Map, Value};
 
+use axum::body::Body;
+
 use crate::api::JobState;
 use crate::inputs::{self, Decoded, Given};
-use crate::jobs::Rejected;
-use crate::routes::AppState;
+use crate::jobs::{Place, Rejected};
+use crate::routes::{AppState, discard_body};
 use sd_wgsl::ImageFormat as Format;
 
 /// A job as a dialect read it.
@@ -39,6 +41,8 @@ pub enum Refused {
     Busy,
     /// The server is shutting down.
     Closed,
+    /// The worker cannot run jobs now (it died or lost the GPU and is being re-created): why.
+    Unavailable(String),
     /// Our mistake (a decoding thread that panicked).
     Internal(String),
 }
@@ -47,14 +51,41 @@ pub enum Refused {
 pub const BUSY_MESSAGE: &str = "the queue is full: try again in a few seconds";
 pub const CLOSED_MESSAGE: &str = "the server is shutting down";
 
+/// Input images decoded at once, at most (each decode holds up to a few hundred MB while it
+/// runs; the rest wait).
+pub const CONCURRENT_DECODES: usize = 2;
+
+impl From<Rejected> for Refused {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::Busy => Self::Busy,
+            Rejected::Closed => Self::Closed,
+            Rejected::Down(reason) => Self::Unavailable(reason),
+        }
+    }
+}
+
+/// Takes a place in the queue for a creating request before its body is read, so that a full
+/// queue costs no memory: refused, the body is read on and dropped (as for one over the
+/// limit) so that the client reads the answer.
+pub async fn reserve(app: &AppState, body: Body) -> Result<(Place, Body), Refused> {
+    match app.jobs.reserve() {
+        Ok(place) => Ok((place, body)),
+        Err(rejected) => {
+            discard_body(body, app.max_image_body_bytes).await;
+            Err(rejected.into())
+        }
+    }
+}
+
 impl From<RequestError> for Refused {
     fn from(e: RequestError) -> Self {
         Self::Invalid(e)
     }
 }
 
-/// Checks and queues a job; its first state.
-pub async fn submit(app: &AppState, intake: Intake) -> Result<JobState, Refused> {
+/// Checks and queues a job in its place; its first state.
+pub async fn submit(app: &AppState, place: Place, intake: Intake) -> Result<JobState, Refused> {
     let Intake {
         mut obj,
         dialect,
@@ -71,6 +102,11 @@ pub async fn submit(app: &AppState, intake: Intake) -> Result<JobState, Refused>
         }));
     }
     let decoded = if image.is_some() {
+        let _permit = app
+            .decodes
+            .acquire()
+            .await
+            .map_err(|e| Refused::Internal(e.to_string()))?;
         tokio::task::spawn_blocking(move || inputs::decode(image, mask))
             .await
             .map_err(|e| Refused::Internal(e.to_string()))??
@@ -88,11 +124,8 @@ pub async fn submit(app: &AppState, intake: Intake) -> Result<JobState, Refused>
     }
     let params = parse_params(&obj, &dialect, &app.defaults, rand::random)?;
     let queued = match id {
-        Some(id) => app.jobs.submit_as(id, params, format, decoded),
-        None => app.jobs.submit(params, format, decoded),
+        Some(id) => app.jobs.submit_as(place, id, params, format, decoded),
+        None => app.jobs.submit(place, params, format, decoded),
     };
-    queued.map_err(|rejected| match rejected {
-        Rejected::Busy => Refused::Busy,
-        Rejected::Closed => Refused::Closed,
-    })
+    queued.map_err(Refused::from)
 }

@@ -349,6 +349,9 @@ fn status_of(info: &JobInfo) -> JobStatus {
         (status = 503, body = ErrorResponse, description = "SERVER_BUSY: the queue is full; see Retry-After"),
     ))]
 pub async fn create(State(app): Shared, body: Body) -> Result<Json<JobSubmitted>, ApiError> {
+    let (place, body) = submit::reserve(&app, body)
+        .await
+        .map_err(ApiError::refused)?;
     let body = read_body(body, app.max_image_body_bytes).await?;
     let Operation { obj, image, mask } = read_operation(&body)?;
     // The images may be large; the rest of the request may not.
@@ -359,6 +362,7 @@ pub async fn create(State(app): Shared, body: Body) -> Result<Json<JobSubmitted>
             " not counting operation.image and operation.mask",
         ));
     }
+    drop(body);
     let given = |field, text: Option<String>| {
         text.map(|text| Given {
             field,
@@ -374,7 +378,7 @@ pub async fn create(State(app): Shared, body: Body) -> Result<Json<JobSubmitted>
         format: Format::Png,
         id: Some(uuid_v4()),
     };
-    let state = submit::submit(&app, intake)
+    let state = submit::submit(&app, place, intake)
         .await
         .map_err(|refused| match refused {
             Refused::Invalid(e) => ApiError::invalid(in_operation(e)),

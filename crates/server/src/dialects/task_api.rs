@@ -194,6 +194,7 @@ impl TaskApiError {
             Refused::Invalid(e) => Self::in_params(&e),
             Refused::Busy => Self::Detail(StatusCode::SERVICE_UNAVAILABLE, BUSY_MESSAGE.into()),
             Refused::Closed => Self::Detail(StatusCode::SERVICE_UNAVAILABLE, CLOSED_MESSAGE.into()),
+            Refused::Unavailable(reason) => Self::Detail(StatusCode::SERVICE_UNAVAILABLE, reason),
             Refused::Internal(message) => Self::Detail(StatusCode::INTERNAL_SERVER_ERROR, message),
         }
     }
@@ -409,6 +410,9 @@ fn state_of(info: &JobInfo) -> TaskState {
         (status = 503, body = TaskError, description = "The queue is full"),
     ))]
 pub async fn create(State(app): Shared, body: Body) -> Result<Json<TaskCreated>, TaskApiError> {
+    let (place, body) = submit::reserve(&app, body)
+        .await
+        .map_err(TaskApiError::refused)?;
     let body = read_limited(body, app.max_body_bytes)
         .await
         .map_err(|e| TaskApiError::invalid(&["body"], "value_error", e.message))?;
@@ -422,7 +426,7 @@ pub async fn create(State(app): Shared, body: Body) -> Result<Json<TaskCreated>,
         format: Format::Png,
         id: Some(uuid_v4()),
     };
-    let state = submit::submit(&app, intake)
+    let state = submit::submit(&app, place, intake)
         .await
         .map_err(TaskApiError::refused)?;
     Ok(Json(TaskCreated {
