@@ -104,6 +104,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         ..ServerConfig::default()
     }
     .with_env()?;
+    config.check()?;
     for warning in config.warnings() {
         eprintln!("warning: {warning}");
     }

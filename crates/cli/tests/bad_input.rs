@@ -371,3 +371,51 @@ fn an_empty_prompt_is_allowed() {
     let bytes = std::fs::read(&report.files[0]).expect("the PNG was written");
     assert!(bytes.starts_with(b"\x89PNG"), "a PNG");
 }
+
+/// `sd serve`'s own options are refused naming the option, before the model loads.
+#[test]
+fn bad_serve_options_are_refused_naming_the_option() {
+    for (args, must_say) in [
+        (
+            &["--job-timeout", "0"][..],
+            &["--job-timeout", "(0, 604800]"][..],
+        ),
+        (
+            &["--job-timeout", "soon"],
+            &["--job-timeout", "not a number"],
+        ),
+        (&["--max-connections", "0"], &["--max-connections"]),
+        (
+            &["--cors-origin", "app.example"],
+            &["--cors-origin", "https://app.example"],
+        ),
+        (
+            &["--cors-origin", "https://app.example/page"],
+            &["--cors-origin", "no path"],
+        ),
+        (&["--api-key", " "], &["--api-key", "empty"]),
+    ] {
+        let start = Instant::now();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sd"))
+            .arg("serve")
+            .args(["--port", "0", "--device", "cpu"])
+            .args(args)
+            .env_remove("SD_API_KEY")
+            .output()
+            .expect("run sd serve");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{args:?} was accepted: {text}");
+        for word in must_say {
+            assert!(text.contains(word), "{args:?} must say {word:?}: {text}");
+        }
+        assert!(
+            !text.contains("loaded"),
+            "{args:?}: checked after loading: {text}"
+        );
+        eprintln!("{args:?}: refused in {:.2?}", start.elapsed());
+    }
+}

@@ -147,6 +147,12 @@ impl ServerConfig {
             + self.limits.max_connections as u64 * self.max_body_bytes as u64
     }
 
+    /// Checks the options that can be wrong (the allowed origins, an empty key) before the
+    /// model is loaded.
+    pub fn check(&self) -> Result<(), ServerError> {
+        guard::Access::new(self.api_key.clone(), &self.cors_origins, true).map(drop)
+    }
+
     /// What an operator should hear at start: a non-loopback address without an API key.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
@@ -621,6 +627,35 @@ impl Drop for BackgroundServer {
 #[cfg(test)]
 mod tests {
     use serde_json::Value;
+
+    use super::ServerConfig;
+
+    #[test]
+    fn the_memory_bound_is_the_documented_one() {
+        // README, "Limits, access and faults".
+        let mib = |config: ServerConfig| config.worst_case_request_memory() >> 20;
+        assert_eq!(mib(ServerConfig::default()), 1568);
+        let small = ServerConfig {
+            queue_size: 2,
+            ..ServerConfig::default()
+        };
+        assert_eq!(mib(small), 800);
+    }
+
+    #[test]
+    fn an_open_address_without_a_key_is_warned_about() {
+        assert!(ServerConfig::default().warnings().is_empty());
+        let open = ServerConfig {
+            host: "0.0.0.0".parse().expect("an address"),
+            ..ServerConfig::default()
+        };
+        assert_eq!(open.warnings().len(), 1, "{:?}", open.warnings());
+        let keyed = ServerConfig {
+            api_key: Some("k".into()),
+            ..open
+        };
+        assert!(keyed.warnings().is_empty());
+    }
 
     #[test]
     fn openapi_documents_the_image_inputs() {
