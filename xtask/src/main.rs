@@ -3,6 +3,7 @@
 //! `bench` and `bench web` / `bench kernels` measure.
 
 mod bench;
+mod schemathesis;
 mod setup;
 mod wasm;
 mod web;
@@ -24,6 +25,9 @@ commands:
                     (as root on Debian/Ubuntu: Vulkan driver, Chromium, Node.js/npm; the wasm32
                     target; wasm-bindgen-cli; the Node driver), builds the npm package and the
                     web model
+  schemathesis [--examples N] [--seed N]
+                    the HTTP fuzzer schemathesis (PyPI, into a venv) against `sd serve`'s
+                    /openapi.json: no 5xx, no answer off its schema (20 examples per operation)
   pack              the npm tarball: build-wasm, then `npm pack` into target/npm/
   build-wasm        the npm package in target/npm/sd-wgsl: sd-web for wasm32 (release) through
                     wasm-bindgen (installed at the Cargo.lock version if missing), plus
@@ -69,6 +73,7 @@ fn main() -> Result<()> {
                 .context("cannot run cargo")?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        ["schemathesis", rest @ ..] => schemathesis::command(&sh, &root, rest),
         ["build-wasm"] => wasm::build(&sh, &root),
         ["pack"] => wasm::pack(&sh, &root).map(|tarball| println!("{}", tarball.display())),
         ["convert"] => web::convert_default(&sh, &root),
@@ -136,6 +141,7 @@ fn test(sh: &Shell, root: &Path, extra: &[&str]) -> Result<()> {
     stage("cargo test --workspace", || {
         Ok(cmd!(sh, "cargo test --workspace {extra...}").run()?)
     })?;
+    schemathesis::run(sh, root, &sd, schemathesis::CI_EXAMPLES, 1)?;
     println!(
         "xtask test: all stages passed in {:.0} s",
         total.elapsed().as_secs_f64()

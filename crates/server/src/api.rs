@@ -132,6 +132,20 @@ pub struct Health {
     pub reason: Option<String>,
 }
 
+/// One Server-Sent Event of a stream, as a client parses it: its name and its data.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(as = StreamEvent)]
+pub struct StreamEventDoc {
+    /// `GET /v1/images/generations/{id}/events`: `progress`, then one of `complete`, `error`,
+    /// `cancelled`. `GET /v1/jobs/{id}/stream`: `message` (unnamed: `Step i/n`), then one of
+    /// `complete`, `error`, `cancelled`.
+    #[schema(pattern = "^(progress|message|complete|error|cancelled)$")]
+    pub event: String,
+    /// The job's state as JSON (`JobState`; the job API: `Step i/n`, then `JobComplete`,
+    /// `JobFailed` or `JobCancelled`).
+    pub data: String,
+}
+
 /// The loaded model.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -282,6 +282,7 @@ pub enum ServerError {
         api::ErrorResponse,
         api::ErrorBody,
         api::Health,
+        api::StreamEventDoc,
         api::Models,
         api::ModelInfo,
         api::LocalModelInfo,

@@ -466,8 +466,8 @@ pub async fn cancel(
 #[utoipa::path(get, path = "/v1/images/generations/{id}/events",
     params(("id" = String, Path, description = "The id `POST` returned")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = JobState,
-         description = "events `progress`, then `complete` | `error` | `cancelled`, each with the job state"),
+        (status = 200, content_type = "text/event-stream", body = crate::api::StreamEventDoc,
+         description = "events `progress`, then `complete` | `error` | `cancelled`, each with the job state (a JobState) as its data"),
         (status = 404, body = ErrorResponse)))]
 pub async fn events(
     State(app): Shared,

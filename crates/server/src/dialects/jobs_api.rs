@@ -499,7 +499,7 @@ fn events_of(store: &Store, follow: &mut Follow, state: &JobState) -> Vec<Event>
 #[utoipa::path(get, path = "/v1/jobs/{id}/stream", operation_id = "jobs_stream", tag = "SD worker job API",
     params(("id" = String, Path, description = "The `job_id` `POST /v1/jobs` returned")),
     responses(
-        (status = 200, content_type = "text/event-stream", body = String,
+        (status = 200, content_type = "text/event-stream", body = crate::api::StreamEventDoc,
          description = "`data: Step i/n` per step, then `event: complete` with a JobComplete, \
                         `event: error` with a JobFailed or `event: cancelled` with a JobCancelled"),
         (status = 404, body = ErrorResponse)))]

@@ -49,6 +49,7 @@ pub const DEFAULT_GUIDANCE_SCALE: f64 = 7.5;
 #[schema(as = TaskRequest)]
 pub struct TaskRequestDoc {
     /// Must be `text-to-image`.
+    #[schema(pattern = "^text-to-image$")]
     pub task_type: String,
     pub params: TaskParamsDoc,
 }
@@ -59,6 +60,7 @@ pub struct TaskRequestDoc {
 #[schema(as = TaskParams)]
 pub struct TaskParamsDoc {
     /// `diffusers` if given.
+    #[schema(pattern = "^diffusers$")]
     pub provider: Option<String>,
     /// If given, the loaded model's name (`GET /v1/models`); this server runs one model.
     pub model_id: Option<String>,
