@@ -959,3 +959,33 @@ fn absurd_scheduler_configs_are_refused() {
         );
     }
 }
+
+/// Found by the property tests (`tests/properties.rs`): a squaredcos_cap_v2 schedule puts a
+/// first sigma of ~20000 next to one of ~0.006, where `sigma_down = sqrt(to^2 - up^2)` rounds
+/// to 0 in float32 (diffusers then gives DPM2 ancestral a midpoint sigma of 0, and a NaN image
+/// after its second call divides by it). The ancestral samplers now stay finite there.
+#[test]
+fn ancestral_samplers_stay_finite_on_a_huge_first_sigma() -> TestResult {
+    let config = SchedulerConfig {
+        beta_schedule: BetaSchedule::SquaredcosCapV2,
+        beta_start: 0.00001,
+        beta_end: 0.005,
+        timestep_spacing: None,
+        steps_offset: 0,
+        ..sd15(PredictionType::Epsilon)
+    };
+    for kind in SamplerKind::ALL {
+        let Ok(mut sampler) = kind.build(&config, 2) else {
+            continue;
+        };
+        let mut sample = vec![0.5f32; 4];
+        for step in 0..sampler.timesteps().len() {
+            sample = sampler.step(&[0.1; 4], step, &sample, &mut |n| vec![0.3; n])?;
+            assert!(
+                sample.iter().all(|x| x.is_finite()),
+                "{kind:?} step {step}: {sample:?}"
+            );
+        }
+    }
+    Ok(())
+}

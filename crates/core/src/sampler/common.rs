@@ -309,10 +309,19 @@ pub(super) fn sigma_up(from: f32, to: f32) -> f32 {
 }
 
 /// k-diffusion's `get_ancestral_step` target, in float32: `sigma_down = (to^2 - up^2) ** 0.5`.
-/// Mathematically `to^2 - up^2 = to^4 / from^2 >= 0`; a rounding-negative value is clamped to 0
-/// instead of giving a NaN.
-pub(super) fn sigma_down(to: f32, up: f32) -> f32 {
-    libm::sqrtf((to * to - up * up).max(0.0))
+/// Mathematically `to^2 - up^2 = to^4 / from^2 > 0`. When rounding cancels it to 0 or below (a
+/// first sigma of 20000 next to one of 0.006, as squaredcos_cap_v2 schedules give), where
+/// diffusers gets 0 or NaN and DPM2 ancestral then a NaN image (its midpoint sigma is 0, and
+/// its second call divides by it), the exact form `to^2 / from` is used instead.
+pub(super) fn sigma_down(from: f32, to: f32, up: f32) -> f32 {
+    let squared = to * to - up * up;
+    if squared > 0.0 {
+        libm::sqrtf(squared)
+    } else if from > 0.0 {
+        to * to / from
+    } else {
+        0.0
+    }
 }
 
 /// k-diffusion's `to_d`: the ODE derivative `(x - denoised) / sigma`.

@@ -67,7 +67,7 @@ impl KDpm2Ancestral {
                 if i == n {
                     0.0
                 } else {
-                    sigma_down(next(i), up[i])
+                    sigma_down(s[i], next(i), up[i])
                 }
             })
             .collect();

@@ -68,7 +68,7 @@ enum Call {
 /// `up = min(to, (to^2 (from^2 - to^2) / from^2) ** 0.5)`, `down = (to^2 - up^2) ** 0.5`.
 fn ancestral_step(from: f32, to: f32) -> (f32, f32) {
     let up = to.min(sigma_up(from, to));
-    (sigma_down(to, up), up)
+    (sigma_down(from, to, up), up)
 }
 
 impl DpmPP2SAncestral {

@@ -64,7 +64,7 @@ impl Sampler for EulerAncestral {
         let sigma_to = self.schedule.sigma(step + 1);
         // Each operation in float32 as in diffusers.
         let up = sigma_up(sigma, sigma_to);
-        let dt = sigma_down(sigma_to, up) - sigma;
+        let dt = sigma_down(sigma, sigma_to, up) - sigma;
         // `sample` prediction is refused in `new`.
         let prev = euler_step(self.prediction, sigma, dt);
         Ok(StepProgram::next(add_fresh_noise(prev, up)))
