@@ -3,6 +3,7 @@
 //! `bench` and `bench web` / `bench kernels` measure.
 
 mod bench;
+mod fuzz;
 mod schemathesis;
 mod setup;
 mod wasm;
@@ -25,6 +26,10 @@ commands:
                     (as root on Debian/Ubuntu: Vulkan driver, Chromium, Node.js/npm; the wasm32
                     target; wasm-bindgen-cli; the Node driver), builds the npm package and the
                     web model
+  fuzz [--seconds N] [TARGET...]
+                    the cargo-fuzz targets (fuzz/: safetensors, single_file, web_manifest,
+                    configs, requests, multipart, images), N seconds each (30), from the
+                    committed seeds; installs the pinned nightly and cargo-fuzz if missing
   schemathesis [--examples N] [--seed N]
                     the HTTP fuzzer schemathesis (PyPI, into a venv) against `sd serve`'s
                     /openapi.json: no 5xx, no answer off its schema (20 examples per operation)
@@ -74,6 +79,7 @@ fn main() -> Result<()> {
             std::process::exit(status.code().unwrap_or(1));
         }
         ["schemathesis", rest @ ..] => schemathesis::command(&sh, &root, rest),
+        ["fuzz", rest @ ..] => fuzz::command(&sh, &root, rest),
         ["build-wasm"] => wasm::build(&sh, &root),
         ["pack"] => wasm::pack(&sh, &root).map(|tarball| println!("{}", tarball.display())),
         ["convert"] => web::convert_default(&sh, &root),
@@ -142,6 +148,7 @@ fn test(sh: &Shell, root: &Path, extra: &[&str]) -> Result<()> {
         Ok(cmd!(sh, "cargo test --workspace {extra...}").run()?)
     })?;
     schemathesis::run(sh, root, &sd, schemathesis::CI_EXAMPLES, 1)?;
+    fuzz::run(sh, root, 30, &fuzz::TARGETS)?;
     println!(
         "xtask test: all stages passed in {:.0} s",
         total.elapsed().as_secs_f64()

@@ -298,6 +298,36 @@ pub async fn edit(
             e.body_text()
         ))
     })?;
+    let EditForm { obj, image, mask } = read_edit_form(&mut multipart, app.max_body_bytes).await?;
+    if image.is_none() && mask.is_none() && obj.is_empty() {
+        return Err(request_error(
+            "no parts: expected multipart/form-data with image, prompt and optionally mask".into(),
+        ));
+    }
+    if image.is_none() && mask.is_none() {
+        return Err(ApiError::invalid(RequestError {
+            field: "image".into(),
+            message: "is required: the input image file (PNG, JPEG or WebP)".into(),
+        }));
+    }
+    submit(&app, place, obj, "image", image, mask).await
+}
+
+/// The parts of a `POST /v1/images/edits` form: the text parts in the JSON request's keys
+/// (numbers as JSON numbers) and the files.
+#[derive(Debug, Default)]
+pub struct EditForm {
+    pub obj: Map<String, Value>,
+    pub image: Option<Given>,
+    pub mask: Option<Given>,
+}
+
+/// Reads a `POST /v1/images/edits` form part by part: every part named and known, none twice,
+/// the text parts at most `max_text_bytes` in all.
+pub async fn read_edit_form(
+    multipart: &mut Multipart,
+    max_text_bytes: usize,
+) -> Result<EditForm, ApiError> {
     let part_error = |name: &str, e: MultipartError| {
         if name.is_empty() {
             request_error(format!("cannot read the multipart body: {}", e.body_text()))
@@ -349,8 +379,8 @@ pub async fn edit(
             known if EDIT_TEXT_PARTS.contains(&known) => {
                 let value = field.text().await.map_err(|e| part_error(&name, e))?;
                 text_bytes += value.len();
-                if text_bytes > app.max_body_bytes {
-                    return Err(too_big(app.max_body_bytes, " not counting image and mask"));
+                if text_bytes > max_text_bytes {
+                    return Err(too_big(max_text_bytes, " not counting image and mask"));
                 }
                 let trimmed = value.trim();
                 let value = if EDIT_NUMBER_PARTS.contains(&known) {
@@ -377,18 +407,7 @@ pub async fn edit(
             }
         }
     }
-    if image.is_none() && mask.is_none() && obj.is_empty() {
-        return Err(request_error(
-            "no parts: expected multipart/form-data with image, prompt and optionally mask".into(),
-        ));
-    }
-    if image.is_none() && mask.is_none() {
-        return Err(ApiError::invalid(RequestError {
-            field: "image".into(),
-            message: "is required: the input image file (PNG, JPEG or WebP)".into(),
-        }));
-    }
-    submit(&app, place, obj, "image", image, mask).await
+    Ok(EditForm { obj, image, mask })
 }
 
 /// What both creating routes share: the `format`, then the common checks and the queue.

@@ -199,13 +199,14 @@ fn in_operation(e: RequestError) -> RequestError {
 
 /// The operation of a `POST /v1/jobs` body, in the common keys, and its images' base64.
 #[derive(Debug)]
-struct Operation {
-    obj: Map<String, Value>,
-    image: Option<String>,
-    mask: Option<String>,
+pub struct Operation {
+    pub obj: Map<String, Value>,
+    pub image: Option<String>,
+    pub mask: Option<String>,
 }
 
-fn read_operation(body: &[u8]) -> Result<Operation, ApiError> {
+/// Reads a `POST /v1/jobs` body: `{"operation": {"type": ..., ...}}`, checked key by key.
+pub fn read_operation(body: &[u8]) -> Result<Operation, ApiError> {
     let json = std::str::from_utf8(body)
         .map_err(|_| ApiError::invalid(whole_request("the body is not UTF-8 text".into())))?;
     let value: Value = serde_json::from_str(json)

@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use super::{SNAKE_CASE, to_common, to_snake};
 use crate::api::Status;
 use crate::jobs::{JobInfo, uuid_v4};
-use crate::routes::{AppState, Shared, read_limited};
+use crate::routes::{Shared, read_limited};
 use crate::submit::{self, BUSY_MESSAGE, CLOSED_MESSAGE, Intake, Refused};
 use sd_wgsl::ImageFormat as Format;
 
@@ -251,8 +251,8 @@ const PARAM_KEYS: [&str; 7] = [
 ];
 
 /// The parameters of a `POST /task` body in the shared parser's keys, with the document's
-/// defaults filled in.
-fn read_task(body: &[u8], app: &AppState) -> Result<Map<String, Value>, TaskApiError> {
+/// defaults filled in (`model`: the loaded model's name, the only `model_id` allowed).
+pub fn read_task(body: &[u8], model: &str) -> Result<Map<String, Value>, TaskApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         TaskApiError::invalid(&["body"], "json_invalid", format!("JSON decode error: {e}"))
     })?;
@@ -330,15 +330,14 @@ fn read_task(body: &[u8], app: &AppState) -> Result<Map<String, Value>, TaskApiE
     }
     match params.remove("model_id") {
         None | Some(Value::Null) => {}
-        Some(Value::String(id)) if id == app.model.name => {}
+        Some(Value::String(id)) if id == model => {}
         Some(other) => {
             return Err(TaskApiError::invalid(
                 &["body", "params", "model_id"],
                 "value_error",
                 format!(
-                    "model {other} is not loaded: this server runs `{}`; leave model_id out \
-                     or give that name",
-                    app.model.name
+                    "model {other} is not loaded: this server runs `{model}`; leave model_id out \
+                     or give that name"
                 ),
             ));
         }
@@ -418,7 +417,7 @@ pub async fn create(State(app): Shared, body: Body) -> Result<Json<TaskCreated>,
     let body = read_limited(body, app.max_body_bytes)
         .await
         .map_err(|e| TaskApiError::invalid(&["body"], "value_error", e.message))?;
-    let obj = read_task(&body, &app)?;
+    let obj = read_task(&body, &app.model.name)?;
     let intake = Intake {
         obj,
         dialect: SNAKE_CASE,
