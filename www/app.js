@@ -538,6 +538,15 @@ async function readImage(source, field) {
   let bitmap = null;
   try {
     if (value instanceof Blob) {
+      // The declared size first: a few kilobytes of PNG can claim gigapixels.
+      const declared = await sd.imageHeaderSize(value);
+      if (declared && (declared.width > sd.MAX_IMAGE_SIDE || declared.height > sd.MAX_IMAGE_SIDE)) {
+        throw imageError(
+          field,
+          `the image is ${declared.width}×${declared.height} pixels; the largest allowed is ` +
+            `${sd.MAX_IMAGE_SIDE}×${sd.MAX_IMAGE_SIDE}`,
+        );
+      }
       try {
         // The stored pixel values, as the library and the native tools decode them.
         bitmap = await createImageBitmap(value, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
@@ -1335,9 +1344,41 @@ async function main() {
 
   refreshCache();
 
+  // A link's `?model=` on another site is loaded only once the user agrees, having seen where
+  // it comes from and how much it declares.
+  const linked = new URLSearchParams(location.search).get("model");
+  if (linked && !(await confirmLinkedModel(resolveUrl(linked)))) {
+    setState("error");
+    setStatus("The linked model was not loaded: press Load to load it");
+    el.modelPillText.textContent = "No model";
+    return;
+  }
   // Without WebGPU the package runs the CPU module (device "auto"); applyModelInfo then shows
   // the CPU notice. The no-WebGPU banner is left for a load that fails with NO_WEBGPU.
   await loadModel(el.modelUrl.value.trim() || DEFAULT_MODEL_URL);
+}
+
+/** Asks before loading a model of another origin; true for one of this origin. */
+async function confirmLinkedModel(url) {
+  let origin;
+  try {
+    origin = new URL(url).origin;
+  } catch {
+    return true; // the load reports what is wrong with it
+  }
+  if (origin === location.origin) return true;
+  let declared = "an unknown size (its manifest could not be read)";
+  try {
+    const response = await fetch(url, { cache: "no-cache" });
+    const manifest = await response.json();
+    const total = (manifest.shards || []).reduce((sum, shard) => sum + (Number(shard.size) || 0), 0);
+    declared = `${formatMB(total)} in ${(manifest.shards || []).length} files`;
+  } catch {
+    // keep "unknown"
+  }
+  return window.confirm(
+    `This link loads a model from another site:\n${url}\n\nIt declares ${declared} to download. Load it?`,
+  );
 }
 
 if (el.guidance.value === "") el.guidance.value = DEFAULT_GUIDANCE.toFixed(1);

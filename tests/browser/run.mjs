@@ -5,7 +5,7 @@
 // PNGs and decides.
 //
 //   node tests/browser/run.mjs --base http://127.0.0.1:PORT --out DIR [--mode test|bench]
-//                              [--only first,second,corrupt,cancel,bad-input,img2img,inpaint,readme,arch,no-webgpu]
+//                              [--only first,second,corrupt,cancel,bad-input,img2img,inpaint,readme,arch,limits,no-webgpu]
 //                              [--reps N]
 //
 // The server at --base must serve the contract's routes (`/` the demo, `/pkg/` the package,
@@ -39,6 +39,12 @@
 //              SDXL and LCM web models tests/tests/browser.rs converts), StableDiffusion.load its
 //              manifest and generate its request from its recorded starting latents (raw f32 at
 //              case.latents) -> arch-<name>.png
+//   limits     what the browser does not trust: the demo opened with ?model= of another origin
+//              (https://models.example, routed to the digits manifest) asks first, showing the
+//              declared size (dismissed: nothing loads); the package refuses a manifest declaring a
+//              4 GiB shard and reads an image's size from its header (a PNG claiming 16384x16384,
+//              and the PNG, JPEG and WebP the canvas makes); the demo refuses the 16384x16384 PNG
+//              as an input image before decoding it
 //   no-webgpu  the demo in a Chromium without --enable-unsafe-webgpu: it falls back to the CPU
 //              module, shows the CPU notice and generates FIRST -> no-webgpu.png; the package
 //              with device "webgpu" there rejects with NO_WEBGPU, and device "tpu" with
@@ -56,7 +62,7 @@ import os from "node:os";
 import path from "node:path";
 
 const PROMPT = "a red digit seven on a blue background";
-const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "img2img", "inpaint", "readme", "arch", "no-webgpu"];
+const PHASES = ["first", "second", "corrupt", "cancel", "bad-input", "img2img", "inpaint", "readme", "arch", "limits", "no-webgpu"];
 
 // img2img and inpainting, the contract's scenarios. The seeds, steps and strengths are here to be
 // tuned; tests/tests/browser.rs judges the pictures (img2img: 0/yellow/green; inpaint: digit 3 on
@@ -786,6 +792,92 @@ window.__archReady = true;
       await archPage.close();
     });
   }
+  if (only.has("limits")) {
+    await phase("limits", async (r) => {
+      const foreign = "https://models.example/digits/manifest.json";
+      const manifestText = await (
+        await fetch(`${args.base}/models/digits/manifest.json`, { signal: AbortSignal.timeout(T.short) })
+      ).text();
+      const linkPage = await context.newPage();
+      watch(linkPage, "limits");
+      r.foreignRequests = [];
+      await linkPage.route("https://models.example/**", (route) => {
+        const url = route.request().url();
+        r.foreignRequests.push(url);
+        if (url.endsWith("manifest.json")) {
+          return route.fulfill({
+            status: 200,
+            contentType: "application/json",
+            headers: { "Access-Control-Allow-Origin": "*" },
+            body: manifestText,
+          });
+        }
+        return route.fulfill({ status: 404, body: "" });
+      });
+      const dialog = new Promise((resolve) =>
+        linkPage.once("dialog", async (d) => {
+          const message = d.message();
+          await d.dismiss();
+          resolve(message);
+        }),
+      );
+      await linkPage.goto(`${args.base}/?model=${encodeURIComponent(foreign)}`, {
+        timeout: T.navigate,
+        waitUntil: "load",
+      });
+      r.dialog = await Promise.race([dialog, new Promise((resolve) => setTimeout(() => resolve(null), T.load))]);
+      await linkPage.waitForFunction(
+        () => /not loaded/.test(document.getElementById("status")?.textContent ?? ""),
+        null,
+        { timeout: T.short, polling: 50 },
+      );
+      r.status = await text(linkPage, "#status");
+      save();
+      r.checks = await linkPage.evaluate(async (base) => {
+        const sd = await import(`${base}/pkg/index.js`);
+        const out = {};
+        const hash = "0".repeat(64);
+        const bomb = {
+          format: "sd-wgsl-web-model",
+          version: 1,
+          name: "bomb",
+          files: { "unet/config.json": "{}", "vae/config.json": "{}" },
+          shards: [{ file: `${hash}.safetensors`, component: "unet", size: 4 * 2 ** 30, sha256: hash }],
+          tensors: [],
+        };
+        try {
+          await sd.StableDiffusion.load(`data:application/json,${encodeURIComponent(JSON.stringify(bomb))}`);
+          out.bombManifest = "loaded";
+        } catch (e) {
+          out.bombManifest = { code: e.code ?? null, message: e.message };
+        }
+        // A PNG whose header claims 16384x16384 (and which has no pixel data at all).
+        const huge = new Uint8Array([
+          0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, 0x49, 0x48, 0x44, 0x52,
+          0, 0, 0x40, 0, 0, 0, 0x40, 0, 8, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x49, 0x45, 0x4e, 0x44,
+          0xae, 0x42, 0x60, 0x82,
+        ]);
+        out.hugeHeader = await sd.imageHeaderSize(new Blob([huge], { type: "image/png" }));
+        const canvas = new OffscreenCanvas(37, 23);
+        const ctx = canvas.getContext("2d");
+        ctx.fillStyle = "#c33";
+        ctx.fillRect(0, 0, 37, 23);
+        out.encoded = {};
+        for (const type of ["image/png", "image/jpeg", "image/webp"]) {
+          out.encoded[type] = await sd.imageHeaderSize(await canvas.convertToBlob({ type }));
+        }
+        try {
+          await window.sdDemo.setInputImage(new Blob([huge], { type: "image/png" }), "huge.png");
+          out.demoHugeImage = "accepted";
+        } catch (e) {
+          out.demoHugeImage = { code: e.code ?? null, message: e.message };
+        }
+        return out;
+      }, args.base);
+      await linkPage.close();
+    });
+  }
+
   if (only.has("no-webgpu")) {
     await phase("no-webgpu", async (r) => {
       // The same Chromium without --enable-unsafe-webgpu has no adapter: the demo must fall back

@@ -31,6 +31,10 @@
 //!     sends is exactly that square, inpaint.png reads digit 3 on blue, and its 4-pixel border
 //!     stays near the input (mean absolute difference at most `MAX_INPAINT_BORDER_DIFF`);
 //!
+//! 12. what the browser does not trust: a `?model=` link to another origin makes the demo ask
+//!     first, showing the URL and the declared size (dismissed, no shard is fetched); the
+//!     package refuses a manifest declaring a 4 GiB shard (`MODEL_INVALID`) and reads image
+//!     sizes from their headers; the demo refuses a PNG claiming 16384x16384 before decoding it;
 //! 11. the other architectures through the npm package: the tiny SD 2 (v-prediction, DDIM),
 //!     SD-Turbo (1 Euler step, no guidance), SDXL (two text encoders, Euler) and LCM (4 steps)
 //!     models of `shared/fixtures/tiny-arch`, converted to web models, each generating its
@@ -415,6 +419,78 @@ fn demo_and_package_in_headless_chromium() {
         for case in ARCH_CASES {
             check_arch_case(&mut checks, &out, &fixtures, &arch_dir, case, what);
         }
+    }
+
+    // 12. What the browser does not trust (issue 18): a linked model of another origin, a
+    // manifest's declared sizes, an image's declared size.
+    let what = "12 (limits)";
+    if phase_ok(&mut checks, &results, "limits", what) {
+        let record = at(&results, "/phases/limits");
+        let dialog = record["dialog"].as_str().unwrap_or("");
+        checks.check(
+            dialog.contains("another site")
+                && dialog.contains("https://models.example/digits/manifest.json")
+                && dialog.contains(" MB in "),
+            || {
+                format!(
+                    "{what}: the demo did not ask with the URL and its declared size: {dialog:?}"
+                )
+            },
+        );
+        let requests: Vec<&str> = record["foreignRequests"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        checks.check(
+            requests.iter().all(|u| u.ends_with("manifest.json")),
+            || format!("{what}: dismissed, yet the demo fetched {requests:?}"),
+        );
+        let c = &record["checks"];
+        checks.check(
+            c["bombManifest"]["code"].as_str() == Some("MODEL_INVALID")
+                && c["bombManifest"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("declares 4294967296 bytes")),
+            || {
+                format!(
+                    "{what}: a manifest with a 4 GiB shard gave {}",
+                    c["bombManifest"]
+                )
+            },
+        );
+        checks.check(
+            c["hugeHeader"]
+                == serde_json::json!({"width": 16384, "height": 16384, "format": "png"}),
+            || format!("{what}: the huge PNG's header read as {}", c["hugeHeader"]),
+        );
+        for (mime, format) in [
+            ("image/png", "png"),
+            ("image/jpeg", "jpeg"),
+            ("image/webp", "webp"),
+        ] {
+            checks.check(
+                c["encoded"][mime]
+                    == serde_json::json!({"width": 37, "height": 23, "format": format}),
+                || {
+                    format!(
+                        "{what}: Chromium's 37x23 {mime} read as {}",
+                        c["encoded"][mime]
+                    )
+                },
+            );
+        }
+        checks.check(
+            c["demoHugeImage"]["code"].as_str() == Some("INVALID_REQUEST")
+                && c["demoHugeImage"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("16384") && m.contains("4096")),
+            || {
+                format!(
+                    "{what}: the demo's 16384x16384 input image gave {}",
+                    c["demoHugeImage"]
+                )
+            },
+        );
     }
 
     // 8. A browser without WebGPU runs the CPU module: the demo says so and draws the prompt.

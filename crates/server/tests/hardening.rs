@@ -300,6 +300,9 @@ fn connections_are_limited() {
         refused.is_err(),
         "a third connection was served: {refused:?}"
     );
+    // The timed-out client's connection goes too (else, once accepted, it would keep its place
+    // as an idle keep-alive connection).
+    drop(quick);
     drop(first);
     let (status, health) = json_of(
         client(Duration::from_secs(10))
@@ -564,12 +567,17 @@ fn a_dead_worker_is_replaced() {
             .is_some_and(|m| m.contains("worker died")),
         "{state}"
     );
-    let health = wait_health(&server, StatusCode::OK, Duration::from_secs(60));
+    serves_again_after_one_reload(&server, &reloads);
+}
+
+/// The server comes back (`/health` 200) after loading its model once more, and completes a job.
+fn serves_again_after_one_reload(server: &TestServer, reloads: &std::sync::atomic::AtomicUsize) {
+    let health = wait_health(server, StatusCode::OK, Duration::from_secs(120));
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(reloads.load(Ordering::SeqCst), 1);
-    let next = submit(&server, &json!({"prompt": "a 1", "steps": 2}));
+    let next = submit(server, &json!({"prompt": "a 1", "steps": 2}));
     assert_eq!(
-        wait_final(&server, &next, Duration::from_secs(60))["status"],
+        wait_final(server, &next, Duration::from_secs(120))["status"],
         "complete"
     );
 }
@@ -609,9 +617,13 @@ fn a_lost_device_is_recreated() {
         wait_final(&server, &first, Duration::from_secs(120))["status"],
         "complete"
     );
-    faults.lose_device.store(true, Ordering::SeqCst);
+    // Two jobs wait behind a long one; the device is lost as the first of them starts.
+    let busy = submit(&server, &json!({"prompt": "a 7", "steps": 150}));
+    wait_running(&server, &busy);
     let lost = submit(&server, &json!({"prompt": "a 1", "steps": 3}));
     let queued = submit(&server, &json!({"prompt": "a 2", "steps": 3}));
+    faults.lose_device.store(true, Ordering::SeqCst);
+    json_of(server.delete_at(&format!("{GENERATIONS}/{busy}")));
     let events = read_sse(
         &server.client,
         &server.url(&format!("{GENERATIONS}/{queued}/events")),
@@ -637,13 +649,7 @@ fn a_lost_device_is_recreated() {
     let (status, refused) = post_json(&server, &json!({"prompt": "a 1", "steps": 2}));
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
     assert_eq!(refused["error"]["code"], "SERVER_BUSY", "{refused}");
-    wait_health(&server, StatusCode::OK, Duration::from_secs(120));
-    assert_eq!(reloads.load(Ordering::SeqCst), 1);
-    let again = submit(&server, &json!({"prompt": "a 1", "steps": 2}));
-    assert_eq!(
-        wait_final(&server, &again, Duration::from_secs(120))["status"],
-        "complete"
-    );
+    serves_again_after_one_reload(&server, &reloads);
 }
 
 /// `--job-timeout`: a job running longer stops at its next step and fails with JOB_TIMEOUT.

@@ -210,6 +210,13 @@ async function download(url, shard, signal, onBytes) {
         "MODEL_INVALID",
       ),
   });
+  // A server that says another length fails before the shard's buffer is allocated (without a
+  // Content-Encoding, Content-Length is the file's size).
+  const declared = response.headers.get("Content-Length");
+  if (declared !== null && !response.headers.get("Content-Encoding") && Number(declared) !== shard.size) {
+    response.body?.cancel().catch(() => {});
+    throw sizeMismatch(shard, url, Number(declared) > shard.size ? "more" : "fewer");
+  }
   const bytes = new Uint8Array(shard.size);
   let length = 0;
   const take = (chunk) => {

@@ -13,6 +13,80 @@ import { SdError, abortedError, invalidRequest, toSdError } from "./errors.js";
 /** The request fields that hold images, in the order they are checked. */
 export const IMAGE_FIELDS = Object.freeze(["initImage", "mask"]);
 
+/** The widest and tallest input image read (as the native server: a few kilobytes of PNG can
+ * claim gigapixels, so encoded images are checked by their header before they are decoded). */
+export const MAX_IMAGE_SIDE = 4096;
+
+/** How far into a file its size is looked for (a JPEG's frame header can follow large EXIF). */
+const HEADER_BYTES = 1 << 20;
+
+/**
+ * The size an encoded image declares in its header (PNG, JPEG, WebP, GIF or BMP), without
+ * decoding it: `{ width, height, format }`, or null for another format or a header that does
+ * not say.
+ */
+export async function imageHeaderSize(blob) {
+  const bytes = new Uint8Array(await blob.slice(0, HEADER_BYTES).arrayBuffer());
+  return headerSize(bytes);
+}
+
+function headerSize(b) {
+  const be16 = (i) => (b[i] << 8) | b[i + 1];
+  const le16 = (i) => b[i] | (b[i + 1] << 8);
+  const be32 = (i) => ((b[i] << 24) >>> 0) + ((b[i + 1] << 16) | (b[i + 2] << 8) | b[i + 3]);
+  const le24 = (i) => b[i] | (b[i + 1] << 8) | (b[i + 2] << 16);
+  const ascii = (i, text) => [...text].every((c, k) => b[i + k] === c.charCodeAt(0));
+  if (b.length >= 24 && b[0] === 0x89 && ascii(1, "PNG") && ascii(12, "IHDR")) {
+    return { width: be32(16), height: be32(20), format: "png" };
+  }
+  if (b.length >= 10 && ascii(0, "GIF8")) return { width: le16(6), height: le16(8), format: "gif" };
+  if (b.length >= 26 && ascii(0, "BM")) {
+    const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
+    return { width: Math.abs(dv.getInt32(18, true)), height: Math.abs(dv.getInt32(22, true)), format: "bmp" };
+  }
+  if (b.length >= 30 && ascii(0, "RIFF") && ascii(8, "WEBP")) {
+    if (ascii(12, "VP8 ") && b[23] === 0x9d && b[24] === 0x01 && b[25] === 0x2a) {
+      return { width: le16(26) & 0x3fff, height: le16(28) & 0x3fff, format: "webp" };
+    }
+    if (ascii(12, "VP8L") && b[20] === 0x2f) {
+      const bits = b[21] | (b[22] << 8) | (b[23] << 16) | (b[24] << 24);
+      return { width: (bits & 0x3fff) + 1, height: ((bits >>> 14) & 0x3fff) + 1, format: "webp" };
+    }
+    if (ascii(12, "VP8X")) return { width: le24(24) + 1, height: le24(27) + 1, format: "webp" };
+    return null;
+  }
+  if (b.length >= 4 && b[0] === 0xff && b[1] === 0xd8) {
+    // JPEG: walk the segments to the first frame header (SOF0..SOF15 but DHT, JPG, DAC).
+    let i = 2;
+    while (i + 9 < b.length && b[i] === 0xff) {
+      const marker = b[i + 1];
+      if (marker === 0xff) {
+        i += 1; // fill byte
+        continue;
+      }
+      if (marker === 0x01 || (marker >= 0xd0 && marker <= 0xd8)) {
+        i += 2; // no length
+        continue;
+      }
+      if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+        return { width: be16(i + 7), height: be16(i + 5), format: "jpeg" };
+      }
+      i += 2 + be16(i + 2);
+    }
+  }
+  return null;
+}
+
+/** Refuses an image over MAX_IMAGE_SIDE, naming `field`. */
+export function checkImageSide(width, height, field) {
+  if (width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE) {
+    throw invalidRequest(
+      field,
+      `the image is ${width}x${height} pixels; the largest allowed is ${MAX_IMAGE_SIDE}x${MAX_IMAGE_SIDE}`,
+    );
+  }
+}
+
 const GENERATION = "Generation";
 const ACCEPTED =
   "an ImageData, a Blob or File, a URL (string or URL), an ImageBitmap, an <img>, a <canvas> or an " +
@@ -150,6 +224,7 @@ async function readDrawable(source, field) {
   if (!(width > 0 && height > 0)) {
     throw invalidRequest(field, `the ${tag} has no pixels (${width}x${height}): is it loaded?`);
   }
+  checkImageSide(width, height, field);
   const ctx = context2d(width, height, field);
   try {
     ctx.drawImage(source, 0, 0, width, height);
@@ -175,6 +250,9 @@ async function decodeBlob(blob, field) {
   if (typeof createImageBitmap !== "function") {
     throw invalidRequest(field, "this browser cannot decode images here (no createImageBitmap): pass an ImageData");
   }
+  // The declared size first: a small file can claim gigapixels.
+  const declared = await imageHeaderSize(blob);
+  if (declared) checkImageSide(declared.width, declared.height, field);
   let bitmap;
   try {
     // As the native surfaces decode: the stored values, no colour management, no premultiplying.
@@ -198,6 +276,7 @@ function checkPixels(value, field) {
   if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
     throw invalidRequest(field, `width and height must be positive whole numbers, got ${width}x${height}`);
   }
+  checkImageSide(width, height, field);
   const tag = tagOf(data);
   if (tag !== "Uint8ClampedArray" && tag !== "Uint8Array") {
     throw invalidRequest(field, `data must be a Uint8ClampedArray or Uint8Array of RGBA bytes, got ${tagOf(data)}`);

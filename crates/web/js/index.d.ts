@@ -53,6 +53,18 @@ export class SdError extends Error {
  */
 export function isWebGPUAvailable(): Promise<boolean>;
 
+/** The widest and tallest input image (`initImage`, `mask`) a generation reads: 4096. */
+export const MAX_IMAGE_SIDE: number;
+
+/**
+ * The size an encoded image (PNG, JPEG, WebP, GIF or BMP) declares in its header, read without
+ * decoding it, or null when the header does not say. Generations check it against
+ * `MAX_IMAGE_SIDE` before decoding a Blob; a page can do the same before it shows one.
+ */
+export function imageHeaderSize(
+  blob: Blob,
+): Promise<{ width: number; height: number; format: "png" | "jpeg" | "webp" | "gif" | "bmp" } | null>;
+
 /** Progress of `StableDiffusion.load`. Download reports come at most every 100 ms. */
 export interface LoadProgress {
   /**

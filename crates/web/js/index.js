@@ -12,6 +12,7 @@ import {
   toSdError,
 } from "./errors.js";
 import { prepareImages } from "./images.js";
+export { MAX_IMAGE_SIDE, imageHeaderSize } from "./images.js";
 
 export { SdError };
 

@@ -27,6 +27,14 @@ pub const FORMAT: &str = "sd-wgsl-web-model";
 pub const VERSION: u32 = 1;
 /// The shard size the converter aims for; a tensor larger than this gets a shard of its own.
 pub const SHARD_TARGET_BYTES: usize = 32 << 20;
+/// The most shards a manifest may list (SDXL in fp16 is about 220 of 32 MiB).
+pub const MAX_SHARDS: usize = 4096;
+/// The largest shard a manifest may declare: a shard is held whole in memory while it
+/// downloads, so a manifest cannot make a browser tab allocate more than this at once (the
+/// largest single tensor of SDXL in fp16 is about 130 MB).
+pub const MAX_SHARD_BYTES: u64 = 512 << 20;
+/// The largest model a manifest may declare in all (SDXL in fp16 is about 7 GB).
+pub const MAX_TOTAL_BYTES: u64 = 16 << 30;
 /// The manifest's file name inside a web model folder.
 pub const MANIFEST_FILE: &str = "manifest.json";
 
@@ -120,6 +128,28 @@ impl WebManifest {
     }
 
     fn check(&self) -> std::result::Result<(), String> {
+        // Sizes first: a caller allocates by them (the browser, a buffer per shard).
+        if self.shards.len() > MAX_SHARDS {
+            return Err(format!(
+                "{} shards; the most allowed is {MAX_SHARDS}",
+                self.shards.len()
+            ));
+        }
+        let mut total = 0u64;
+        for (i, shard) in self.shards.iter().enumerate() {
+            if shard.size > MAX_SHARD_BYTES {
+                return Err(format!(
+                    "shard {i} declares {} bytes; the largest allowed is {MAX_SHARD_BYTES} (512 MiB)",
+                    shard.size
+                ));
+            }
+            total = total.saturating_add(shard.size);
+        }
+        if total > MAX_TOTAL_BYTES {
+            return Err(format!(
+                "the shards declare {total} bytes in all; the most allowed is {MAX_TOTAL_BYTES} (16 GiB)"
+            ));
+        }
         for (i, shard) in self.shards.iter().enumerate() {
             let hex = shard.sha256.len() == 64
                 && shard
@@ -486,6 +516,39 @@ mod tests {
                 .expect_err(json)
                 .to_string();
             assert!(err.contains(expect), "{json}: {err}");
+        }
+    }
+
+    fn manifest_with(shards: &[u64]) -> String {
+        let hash = "0".repeat(64);
+        let shards: Vec<String> = shards
+            .iter()
+            .map(|size| {
+                format!(
+                    r#"{{"file":"{hash}.safetensors","component":"unet","size":{size},"sha256":"{hash}"}}"#
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"format":"sd-wgsl-web-model","version":1,"name":"m","files":{{"unet/config.json":"{{}}","vae/config.json":"{{}}"}},"shards":[{}],"tensors":[]}}"#,
+            shards.join(",")
+        )
+    }
+
+    #[test]
+    fn declared_sizes_are_bounded_before_anything_is_allocated() {
+        WebManifest::from_json("m.json", manifest_with(&[1 << 20, 2 << 20]).as_bytes())
+            .expect("a small manifest");
+        for (shards, expect) in [
+            (vec![4 << 30], "shard 0 declares 4294967296 bytes"),
+            (vec![u64::MAX], "the largest allowed is 536870912"),
+            (vec![MAX_SHARD_BYTES; 40], "the most allowed is 17179869184"),
+            (vec![1; MAX_SHARDS + 1], "4097 shards"),
+        ] {
+            let err = WebManifest::from_json("m.json", manifest_with(&shards).as_bytes())
+                .expect_err(expect)
+                .to_string();
+            assert!(err.contains(expect), "{expect}: {err}");
         }
     }
 }
