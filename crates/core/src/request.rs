@@ -103,6 +103,18 @@ pub fn text(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, Req
     }
 }
 
+/// A string, if present, moved out of the object (no copy: request images are large).
+pub fn take_text(
+    obj: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, RequestError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(v) => Err(invalid(field, format!("must be a string, got {v}"))),
+    }
+}
+
 /// The common keys, in the order error messages list them.
 fn common_keys(dialect: &Dialect) -> [&'static str; 10] {
     [

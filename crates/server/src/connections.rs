@@ -1,6 +1,6 @@
-//! The accept loop: hyper's HTTP/1 connections with its header-read timer, at most
-//! `max_connections` at once, and a graceful drain at shutdown (`hyper_util`'s
-//! `GracefulShutdown`). axum's own `serve` sets no timer, so a client that sends half a
+//! The accept loop: hyper's HTTP/1 connections with its header-read timer and a bounded read
+//! buffer, a write timeout on each socket (`tokio-io-timeout`), at most `max_connections` at
+//! once, and a graceful drain at shutdown (`hyper_util`'s `GracefulShutdown`) with a deadline. axum's own `serve` sets no timer, so a client that sends half a
 //! request line, or keeps an idle connection open, would hold its socket forever.
 //!
 //! The other time limits are tower-http layers on the router ([`crate::router`]): the body's
@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 
 /// The limits on connections and their timing.
 #[derive(Debug, Clone)]
@@ -30,6 +31,12 @@ pub struct Limits {
     /// Every request but the event streams is answered within this: a body still arriving is
     /// cut off with `408` (default 60 s).
     pub request_timeout: Duration,
+    /// A write to a client that has not read for this long fails and closes the connection, so
+    /// a client that stops reading its answer lets go of its slot and its copy (default 30 s).
+    pub write_timeout: Duration,
+    /// At shutdown, once the worker has ended, how long open connections may still finish
+    /// (default 10 s).
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -39,6 +46,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -46,19 +55,26 @@ impl Default for Limits {
 /// How long a failed `accept` (out of file descriptors, most often) waits before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A connection's read buffer at most (hyper's default is about 400 KiB): the headers must fit;
+/// bodies stream through it.
+pub const MAX_BUFFER_BYTES: usize = 64 << 10;
+
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and waits for
-/// the open connections to finish their requests (idle ones close at once).
+/// the open connections to finish their requests (idle ones close at once), until `drained`
+/// resolves at the latest.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Router,
     limits: &Limits,
     shutdown: impl Future<Output = ()> + Send,
+    drained: impl Future<Output = ()> + Send,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout);
+        .header_read_timeout(limits.header_timeout)
+        .max_buf_size(MAX_BUFFER_BYTES);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let slot = tokio::select! {
@@ -79,13 +95,19 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(limits.write_timeout));
         let service = TowerToHyperService::new(app.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let io = TokioIo::new(Box::pin(stream));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             let _ = connection.await;
             drop(slot);
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => {},
+        () = drained => {},
+    }
 }

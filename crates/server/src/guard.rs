@@ -3,8 +3,9 @@
 //! - **Host.** On a loopback address, the `Host` header must name this machine (`localhost`,
 //!   `127.x.y.z`, `[::1]`): a page that rebinds its own DNS name to 127.0.0.1 is refused, so it
 //!   cannot read results or the model list.
-//! - **Origin.** A write (any method but GET, HEAD, OPTIONS) from a browser page of another
-//!   origin is refused with 403 unless `--cors-origin` allows it. A browser says where a
+//! - **Origin.** A write (any method but GET, HEAD, OPTIONS) from a browser page is refused
+//!   with 403 unless `--cors-origin` allows its origin (the server serves no pages, so every
+//!   browser write comes from some other page). A browser says where a
 //!   request comes from in `Origin` and `Sec-Fetch-Site`; a simple cross-origin POST (e.g.
 //!   `Content-Type: text/plain`) needs no preflight, so CORS alone would not stop it. Clients
 //!   that are not browsers send neither header and pass. (ComfyUI's fix for CVE-2024-10481
@@ -52,6 +53,12 @@ impl Access {
             .iter()
             .map(|origin| {
                 let trimmed = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+                // Browsers leave a scheme's default port out of `Origin`.
+                let trimmed = match (trimmed.strip_suffix(":443"), trimmed.strip_suffix(":80")) {
+                    (Some(bare), _) if trimmed.starts_with("https://") => bare.to_owned(),
+                    (_, Some(bare)) if trimmed.starts_with("http://") => bare.to_owned(),
+                    _ => trimmed,
+                };
                 let valid = trimmed.split_once("://").is_some_and(|(scheme, rest)| {
                     matches!(scheme, "http" | "https")
                         && !rest.is_empty()
@@ -67,10 +74,18 @@ impl Access {
                 }
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
-            return Err(ServerError::Config(
-                "--api-key: the key is empty; give a secret, or leave the option out".into(),
-            ));
+        if let Some(key) = &api_key {
+            if key.trim().is_empty() {
+                return Err(ServerError::Config(
+                    "--api-key: the key is empty; give a secret, or leave the option out".into(),
+                ));
+            }
+            // A client sends it in a header, trimmed: only visible ASCII can ever match.
+            if !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ServerError::Config(
+                    "--api-key: the key must be visible ASCII characters, without spaces".into(),
+                ));
+            }
         }
         Ok(Self {
             api_key,
@@ -134,13 +149,11 @@ impl Access {
                  --cors-origin <origin> to allow a web page to call it"
             )))
         };
+        // No page is served from here, so a browser write always comes from some other
+        // page: even an `Origin` equal to `Host` is what a DNS-rebinding page sends.
         if let Some(origin) = text(header::ORIGIN) {
             let origin = origin.trim().to_ascii_lowercase();
-            let host = text(header::HOST).unwrap_or_default().to_ascii_lowercase();
-            let same = origin
-                .split_once("://")
-                .is_some_and(|(_, authority)| !host.is_empty() && authority == host);
-            if same || self.allows_origin(&origin) {
+            if self.allows_origin(&origin) {
                 return Ok(());
             }
             return forbidden(&origin);
@@ -297,9 +310,12 @@ mod tests {
     fn origins_must_be_origins() {
         let ok = Access::new(None, &["https://App.Example/".into()], true).expect("an origin");
         assert!(ok.allows_origin("https://app.example"));
+        let port = Access::new(None, &["https://app.example:443".into()], true).expect("an origin");
+        assert!(port.allows_origin("https://app.example"));
         for bad in ["app.example", "https://app.example/path", "ftp://x", "*"] {
             Access::new(None, &[bad.into()], true).expect_err(bad);
         }
         Access::new(Some(" ".into()), &[], true).expect_err("an empty key");
+        Access::new(Some("two words".into()), &[], true).expect_err("a space");
     }
 }

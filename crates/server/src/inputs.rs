@@ -157,10 +157,11 @@ pub fn decode_image(field: &str, bytes: &[u8]) -> Result<DynamicImage, RequestEr
     reader.decode().map_err(|e| not_image(e.to_string()))
 }
 
-fn bytes_of(given: Given) -> Result<(&'static str, Vec<u8>), RequestError> {
+/// The encoded file: base64 decoded (the text is dropped first), an upload as it came.
+fn bytes_of(given: Given) -> Result<(&'static str, axum::body::Bytes), RequestError> {
     let bytes = match given.data {
-        Encoded::Base64(text) => decode_base64(given.field, &text)?,
-        Encoded::Bytes(bytes) => bytes.to_vec(),
+        Encoded::Base64(text) => decode_base64(given.field, &text)?.into(),
+        Encoded::Bytes(bytes) => bytes,
     };
     Ok((given.field, bytes))
 }

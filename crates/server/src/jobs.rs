@@ -291,14 +291,6 @@ impl Store {
         Some(answer)
     }
 
-    /// Asks every unfinished job to stop (shutdown).
-    pub fn cancel_all(&self) {
-        let ids: Vec<String> = self.lock().entries.keys().cloned().collect();
-        for id in ids {
-            self.cancel(&id);
-        }
-    }
-
     /// Whether a job runs or waits.
     pub fn busy(&self) -> bool {
         let state = self.lock();
@@ -333,7 +325,24 @@ impl Store {
 
     /// No more jobs: the worker ends when the queue is empty.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.shutdown(false);
+    }
+
+    /// Closes the queue and, with `cancel`, cancels every unfinished job, under one lock (a job
+    /// submitted in between would otherwise run to its end).
+    pub fn shutdown(&self, cancel: bool) {
+        let mut state = self.lock();
+        state.closed = true;
+        if cancel {
+            state.queue.clear();
+            for entry in state.entries.values_mut() {
+                entry.cancel.store(true, Ordering::SeqCst);
+                if entry.state.status == Status::Pending {
+                    Self::finish_entry(entry, Status::Cancelled, None, None);
+                }
+            }
+        }
+        drop(state);
         self.inner.1.notify_all();
     }
 

@@ -129,22 +129,24 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
-    /// The most memory requests can hold at once, besides the model and the finished jobs'
-    /// results (kept for `result_ttl`): every place in the queue, the running job's included,
-    /// holding a body of `max_image_body_bytes`, its image strings and the decoded images
-    /// (RGB and mask at [`inputs::MAX_IMAGE_SIDE`]); [`submit::CONCURRENT_DECODES`] decodes
-    /// with their base64 bytes, the decoder's widest output (16-bit RGBA) and its RGB
-    /// conversion; and a small body on every other connection.
+    /// The most memory requests can hold at once, besides the model, the finished jobs'
+    /// results (kept for `result_ttl`) and the copies of them being written to clients (each
+    /// written within `write_timeout`): every place in the queue, the running job's included,
+    /// holding a body of `max_image_body_bytes`, its image strings and the JSON parser's
+    /// scratch copy of one, then the decoded images (RGB and mask at
+    /// [`inputs::MAX_IMAGE_SIDE`]); [`submit::CONCURRENT_DECODES`] decodes with their base64
+    /// bytes, the decoder's widest output (16-bit RGBA) and its RGB conversion; and hyper's
+    /// read and write buffers on every connection.
     pub fn worst_case_request_memory(&self) -> u64 {
         let side = u64::from(inputs::MAX_IMAGE_SIDE);
         let image_body = self.max_image_body_bytes.max(self.max_body_bytes) as u64;
         let decoded = side * side * (3 + 1);
-        let place = 2 * image_body + decoded;
+        let place = 3 * image_body + decoded;
         let decode = image_body * 3 / 4 + side * side * 8 + side * side * 3;
         let places = self.queue_size.max(1) as u64 + 1;
         places * place
             + submit::CONCURRENT_DECODES as u64 * decode
-            + self.limits.max_connections as u64 * self.max_body_bytes as u64
+            + self.limits.max_connections as u64 * 2 * connections::MAX_BUFFER_BYTES as u64
     }
 
     /// Checks the options that can be wrong (the allowed origins, an empty key) before the
@@ -465,7 +467,7 @@ pub async fn serve(
         models_dir: config.models_dir.clone(),
         max_body_bytes: config.max_body_bytes,
         max_image_body_bytes: config.max_image_body_bytes.max(config.max_body_bytes),
-        decodes: tokio::sync::Semaphore::new(submit::CONCURRENT_DECODES),
+        decodes: Arc::new(tokio::sync::Semaphore::new(submit::CONCURRENT_DECODES)),
     });
     let worker_jobs = jobs.store.clone();
     let supervision = supervisor::Supervision {
@@ -483,7 +485,7 @@ pub async fn serve(
     let sweeper_jobs = jobs.store.clone();
     let (ttl, interval) = (config.result_ttl, config.cleanup_interval);
     let sweeper = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
         loop {
             tick.tick().await;
             sweeper_jobs.sweep(ttl);
@@ -495,13 +497,19 @@ pub async fn serve(
     let cancel_on_shutdown = config.cancel_on_shutdown;
     let shutdown = async move {
         shutdown.await;
-        if cancel_on_shutdown {
-            store.cancel_all();
-        }
         // No job is queued after this; the worker ends when the queue is empty.
-        store.close();
+        store.shutdown(cancel_on_shutdown);
     };
-    connections::serve(listener, app, &config.limits, shutdown).await;
+    // Open connections may finish until `drain_timeout` after the worker has ended (in
+    // finish-on-shutdown mode, event streams last as long as their jobs).
+    let (worker_store, drain) = (jobs.store.clone(), config.limits.drain_timeout);
+    let drained = async move {
+        while !worker_store.is_closed() || worker_store.busy() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(drain).await;
+    };
+    connections::serve(listener, app, &config.limits, shutdown, drained).await;
     sweeper.abort();
     jobs.close();
     drop(state);
@@ -635,12 +643,12 @@ mod tests {
     fn the_memory_bound_is_the_documented_one() {
         // README, "Limits, access and faults".
         let mib = |config: ServerConfig| config.worst_case_request_memory() >> 20;
-        assert_eq!(mib(ServerConfig::default()), 1568);
+        assert_eq!(mib(ServerConfig::default()), 1872);
         let small = ServerConfig {
             queue_size: 2,
             ..ServerConfig::default()
         };
-        assert_eq!(mib(small), 800);
+        assert_eq!(mib(small), 912);
     }
 
     #[test]

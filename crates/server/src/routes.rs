@@ -13,7 +13,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use futures_util::{Stream, StreamExt as _};
-use sd_core::request::{Dialect, RequestError, request_object, text};
+use sd_core::request::{Dialect, RequestError, request_object, take_text, text};
 use serde_json::{Map, Value};
 
 use crate::api::{Created, ErrorBody, ErrorResponse, Health, JobState, ModelInfo, Models};
@@ -37,7 +37,7 @@ pub struct AppState {
     /// The largest request body carrying images (`initImage`, `mask`, an upload).
     pub max_image_body_bytes: usize,
     /// Input image decodes running at once ([`crate::submit::CONCURRENT_DECODES`]).
-    pub decodes: tokio::sync::Semaphore,
+    pub decodes: Arc<tokio::sync::Semaphore>,
 }
 
 /// A fault of the body as a whole (`field: request`).
@@ -207,10 +207,8 @@ pub async fn create(
         .map_err(|_| request_error("the body is not UTF-8 text".into()))?;
     let dialect = Dialect::HTTP;
     let mut obj = request_object(json, &dialect).map_err(ApiError::invalid)?;
-    let init_image = text(&obj, "initImage").map_err(ApiError::invalid)?;
-    let mask = text(&obj, "mask").map_err(ApiError::invalid)?;
-    obj.remove("initImage");
-    obj.remove("mask");
+    let init_image = take_text(&mut obj, "initImage").map_err(ApiError::invalid)?;
+    let mask = take_text(&mut obj, "mask").map_err(ApiError::invalid)?;
     // The images may be large; the rest of the request may not.
     let image_chars =
         init_image.as_ref().map_or(0, String::len) + mask.as_ref().map_or(0, String::len);

@@ -6,6 +6,8 @@
 use sd_core::request::{Dialect, RequestError, parse_params};
 use serde_json::{Map, Value};
 
+use std::sync::Arc;
+
 use axum::body::Body;
 
 use crate::api::JobState;
@@ -101,17 +103,23 @@ pub async fn submit(app: &AppState, place: Place, intake: Intake) -> Result<JobS
             message: format!("requires {image_field} (the image to inpaint)"),
         }));
     }
-    let decoded = if image.is_some() {
-        let _permit = app
-            .decodes
-            .acquire()
+    let (decoded, place) = if image.is_some() {
+        let permit = Arc::clone(&app.decodes)
+            .acquire_owned()
             .await
             .map_err(|e| Refused::Internal(e.to_string()))?;
-        tokio::task::spawn_blocking(move || inputs::decode(image, mask))
-            .await
-            .map_err(|e| Refused::Internal(e.to_string()))??
+        // The permit and the place go with the decode: if the client leaves (the handler is
+        // dropped), the decode still runs to its end, and holds both until then.
+        let (decoded, place) = tokio::task::spawn_blocking(move || {
+            let decoded = inputs::decode(image, mask);
+            drop(permit);
+            (decoded, place)
+        })
+        .await
+        .map_err(|e| Refused::Internal(e.to_string()))?;
+        (decoded?, place)
     } else {
-        Decoded::default()
+        (Decoded::default(), place)
     };
     // Without a size in the request, an input image gives its own (rounded down to a multiple
     // of 8).

@@ -31,9 +31,34 @@ pub struct Supervision {
     pub worker: WorkerOptions,
 }
 
+/// Tells the operator, never panicking (`eprintln!` panics when stderr is gone).
+fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// If the supervisor itself unwinds, no worker is left: say so and end every job, so that
+/// nothing waits forever on a store that looks up.
+struct LastWord<'a>(&'a Store);
+
+impl Drop for LastWord<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let reason = "the GPU worker's supervisor died; restart the server";
+            self.0.set_down(Some(reason.into()));
+            self.0.fail_unfinished(&ErrorBody {
+                message: format!("{reason} (this job was lost with it)"),
+                code: "BACKEND_ERROR".into(),
+                field: None,
+            });
+        }
+    }
+}
+
 /// Runs the worker with `model`, and again with a new model after each loss, until the store
 /// closes.
 pub fn supervise(model: Model, jobs: &Store, supervision: &Supervision) {
+    let _last_word = LastWord(jobs);
     let mut model = Some(model);
     loop {
         let Some(current) = model.take().or_else(|| reload(jobs, supervision)) else {
@@ -62,10 +87,12 @@ pub fn supervise(model: Model, jobs: &Store, supervision: &Supervision) {
         // Dropping a model whose device is gone must not take the supervisor with it.
         let _ = catch_unwind(AssertUnwindSafe(move || drop(current)));
         if supervision.exit_on_device_loss {
-            eprintln!("{reason}: exiting (--exit-on-device-loss)");
+            say(&format!("{reason}: exiting (--exit-on-device-loss)"));
+            // A moment for the failed jobs' event streams to carry their error.
+            std::thread::sleep(Duration::from_millis(500));
             std::process::exit(EXIT_DEVICE_LOST);
         }
-        eprintln!("{reason}: loading the model again");
+        say(&format!("{reason}: loading the model again"));
     }
 }
 
@@ -89,7 +116,7 @@ fn reload(jobs: &Store, supervision: &Supervision) -> Option<Model> {
         match loaded {
             Ok(model) => {
                 jobs.set_down(None);
-                eprintln!("the model is loaded again; serving");
+                say("the model is loaded again; serving");
                 return Some(model);
             }
             Err(e) => {

@@ -19,7 +19,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::{Stream, StreamExt as _, stream};
-use sd_core::request::{RequestError, text};
+use sd_core::request::{RequestError, take_text};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -223,7 +223,7 @@ pub fn read_operation(body: &[u8]) -> Result<Operation, ApiError> {
             format!("unknown key; the request is {shape}"),
         ));
     }
-    let operation = match top.remove("operation") {
+    let mut operation = match top.remove("operation") {
         None | Some(Value::Null) => {
             return Err(invalid("operation", format!("is required: {shape}")));
         }
@@ -267,7 +267,8 @@ pub fn read_operation(body: &[u8]) -> Result<Operation, ApiError> {
         };
         return Err(invalid(format!("operation.{key}"), message));
     }
-    let read_text = |key| text(&operation, key).map_err(|e| ApiError::invalid(in_operation(e)));
+    let mut read_text =
+        |key| take_text(&mut operation, key).map_err(|e| ApiError::invalid(in_operation(e)));
     let image = read_text("image")?;
     let mask = read_text("mask")?;
     if transform && image.is_none() {
